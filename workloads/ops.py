@@ -1,0 +1,199 @@
+"""The operation vocabulary: what one rank executes, in order.
+
+Every backend (the simulator, MPI, torch.distributed) runs exactly these
+operations; a high-level workload only ever produces lists of them.  They are
+frozen dataclasses that serialize to plain dicts (``op_to_dict`` /
+``op_from_dict``), so a scenario file, a Python object and what an MPI rank
+receives are the same thing.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Union
+
+COLLECTIVES = (
+    "allreduce",
+    "broadcast",
+    "reduce",
+    "allgather",
+    "reduce_scatter",
+    "alltoall",
+    "barrier",
+)
+
+
+@dataclass(frozen=True)
+class Compute:
+    """Local work of ``flops`` floating-point operations."""
+
+    flops: float
+    label: str = ""
+
+    kind = "compute"
+
+    def __post_init__(self):
+        if not self.flops >= 0:
+            raise ValueError(f"compute: flops must be >= 0, got {self.flops!r}")
+
+
+@dataclass(frozen=True)
+class Send:
+    """Blocking send of ``nbytes`` to rank ``peer``; completes on delivery."""
+
+    peer: int
+    nbytes: int
+    tag: int = 0
+
+    kind = "send"
+
+    def __post_init__(self):
+        _check_p2p(self)
+
+
+@dataclass(frozen=True)
+class Recv:
+    """Blocking receive of ``nbytes`` from rank ``peer``."""
+
+    peer: int
+    nbytes: int
+    tag: int = 0
+
+    kind = "recv"
+
+    def __post_init__(self):
+        _check_p2p(self)
+
+
+@dataclass(frozen=True)
+class Collective:
+    """A collective over all ranks, run with a named algorithm.
+
+    ``nbytes`` follows Thakur, Rabenseifner and Gropp (2005): the size of the
+    whole vector (for allgather, the gathered output; for reduce_scatter, the
+    input; for alltoall, one rank's whole send buffer).
+
+    A non-blocking collective (``blocking=False``) starts on the rank's
+    communication stream and returns at once; a later ``Wait`` names its
+    ``handle``.  Non-blocking collectives of one rank run one after another, in
+    issue order, as NCCL runs DDP's gradient buckets on one stream.
+    ``inter_algorithm`` is the all-reduce used among group leaders by the
+    ``hierarchical`` algorithm.
+    """
+
+    op: str
+    nbytes: int
+    algorithm: str = "ring"
+    root: int = 0
+    blocking: bool = True
+    handle: str | None = None
+    inter_algorithm: str = "ring"
+
+    def __post_init__(self):
+        if self.op not in COLLECTIVES:
+            raise ValueError(
+                f"collective: unknown op {self.op!r}; expected one of {', '.join(COLLECTIVES)}"
+            )
+        if not (isinstance(self.nbytes, int) and self.nbytes >= 0):
+            raise ValueError(f"{self.op}: nbytes must be an integer >= 0, got {self.nbytes!r}")
+        if not self.blocking and not self.handle:
+            raise ValueError(f"{self.op}: a non-blocking collective needs a handle")
+
+    @property
+    def kind(self) -> str:
+        return self.op
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Wait for the non-blocking collectives named by ``handles``."""
+
+    handles: tuple[str, ...]
+
+    kind = "wait"
+
+    def __post_init__(self):
+        if isinstance(self.handles, str):
+            object.__setattr__(self, "handles", (self.handles,))
+        else:
+            object.__setattr__(self, "handles", tuple(self.handles))
+
+
+Operation = Union[Compute, Send, Recv, Collective, Wait]
+
+_OP_TYPES: dict[str, type] = {"compute": Compute, "send": Send, "recv": Recv, "wait": Wait}
+
+
+def _check_p2p(op) -> None:
+    if not (isinstance(op.peer, int) and op.peer >= 0):
+        raise ValueError(f"{op.kind}: peer must be a rank (integer >= 0), got {op.peer!r}")
+    if not (isinstance(op.nbytes, int) and op.nbytes >= 0):
+        raise ValueError(f"{op.kind}: nbytes must be an integer >= 0, got {op.nbytes!r}")
+
+
+def op_to_dict(op: Operation) -> dict[str, Any]:
+    """A plain dict with a ``kind`` key; defaults are left out."""
+    out: dict[str, Any] = {"kind": op.kind}
+    for f in dataclasses.fields(op):
+        if isinstance(op, Collective) and f.name == "op":
+            continue
+        value = getattr(op, f.name)
+        if value == f.default:
+            continue
+        out[f.name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def op_from_dict(data: dict[str, Any]) -> Operation:
+    """Inverse of ``op_to_dict``; raises ValueError naming what is wrong."""
+    if not isinstance(data, dict) or "kind" not in data:
+        raise ValueError(f"operation must be a mapping with a 'kind', got {data!r}")
+    fields = dict(data)
+    kind = fields.pop("kind")
+    if kind in COLLECTIVES:
+        cls, fields["op"] = Collective, kind
+    elif kind in _OP_TYPES:
+        cls = _OP_TYPES[kind]
+    else:
+        known = ", ".join(list(_OP_TYPES) + list(COLLECTIVES))
+        raise ValueError(f"operation: unknown kind {kind!r}; expected one of {known}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(fields) - names)
+    if unknown:
+        raise ValueError(f"{kind}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}")
+    for key in ("nbytes", "peer", "root", "tag"):
+        # YAML writes 1e6 as a float; accept integral floats for sizes.
+        if isinstance(fields.get(key), float) and float(fields[key]).is_integer():
+            fields[key] = int(fields[key])
+    try:
+        return cls(**fields)
+    except TypeError as exc:
+        raise ValueError(f"{kind}: {exc}") from None
+
+
+class Transfer(NamedTuple):
+    """One point-to-point transfer inside a lowered collective step.
+
+    ``offset`` and ``nbytes`` locate the bytes in the rank's buffer.  A send
+    reads the buffer; a receive writes it, combining with what is there when
+    ``reduce`` is true.  Alltoall is the one collective with separate buffers:
+    its sends read the input buffer and its receives write the output buffer.
+    """
+
+    peer: int
+    nbytes: int
+    offset: int = 0
+    reduce: bool = False
+
+
+class Step(NamedTuple):
+    """Transfers that a rank starts together and waits for together.
+
+    A step ends when all its sends are delivered and all its receives have
+    arrived (``Isend``/``Irecv`` then ``Waitall`` in a real run).  Local
+    copies (alltoall's own block) are the executor's business and cost nothing
+    in the simulator.
+    """
+
+    sends: tuple[Transfer, ...] = ()
+    recvs: tuple[Transfer, ...] = ()
