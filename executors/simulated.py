@@ -1,0 +1,21 @@
+"""The simulated executor: predicts with the SimPy engine."""
+from __future__ import annotations
+
+from executors.base import Executor
+from simcore.engine import Simulator
+from simcore.result import RunResult
+
+
+class SimulatedExecutor(Executor):
+    name = "sim"
+
+    def run(self, scenario) -> RunResult:
+        simulator = Simulator(
+            scenario.topology,
+            scenario.programs(),
+            seed=scenario.seed,
+            stragglers=scenario.stragglers,
+            count_idle_energy=scenario.energy.count_idle,
+            name=scenario.name,
+        )
+        return simulator.run()

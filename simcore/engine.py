@@ -1,0 +1,350 @@
+"""The SimPy engine: runs per-rank programs of operations on a topology.
+
+Each rank is a SimPy process that executes its operations in order.  Compute
+takes flops / (node speed) times the rank's straggler slowdown.  Messages are
+matched per (source, destination, tag) in FIFO order, as MPI's non-overtaking
+rule does; a send completes when its last byte arrives.  Collectives run the
+point-to-point steps their algorithm lowers to (``workloads.collectives``),
+so the simulator executes exactly the steps a real run in algorithm mode does.
+
+Simultaneous events are processed in the order they were scheduled (SimPy's
+event id), and the network solves rates after all of them (see
+``simcore.network``), so a seed determines the result bit for bit.
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import simpy
+
+from simcore.network import FlowNetwork
+from simcore.result import RECORD_COLUMNS, RunResult
+from topologies import Topology
+from workloads.collectives import lower
+from workloads.ops import Collective, Compute, Operation, Recv, Send, Wait
+from workloads.stragglers import SlowdownSampler, StragglerSpec, rank_streams
+from workloads.validate import validate_programs
+
+
+class SimulationError(RuntimeError):
+    """A scenario that cannot run to the end; ``partial`` holds what was computed."""
+
+    def __init__(self, message: str, partial: RunResult | None = None):
+        super().__init__(message)
+        self.partial = partial
+
+
+class DeadlockError(SimulationError):
+    """Ranks wait for messages that never come."""
+
+
+class Simulator:
+    """Simulates ``programs[r]`` (a list of operations) on rank ``r`` of ``topology``."""
+
+    def __init__(
+        self,
+        topology: Topology,
+        programs: Sequence[Sequence[Operation]],
+        *,
+        seed: int = 0,
+        stragglers: StragglerSpec | None = None,
+        count_idle_energy: bool = True,
+        name: str = "",
+    ):
+        self.topology = topology
+        self.programs = [list(p) for p in programs]
+        self.seed = int(seed)
+        self.stragglers = stragglers or StragglerSpec()
+        self.count_idle_energy = count_idle_energy
+        self.name = name
+        self.nranks = topology.nranks
+        self.groups = topology.groups()
+        validate_programs(self.programs, self.nranks, self.groups)
+
+    # -- the run -----------------------------------------------------------------
+
+    def run(self) -> RunResult:
+        wall0 = time.perf_counter()
+        topo = self.topology
+        env = simpy.Environment()
+        self.env = env
+        self.net = FlowNetwork(env, topo.link_bandwidth_bytes_per_s)
+        self._route_cache: dict[tuple[int, int], tuple] = {}
+        self._arrived: dict[tuple, deque] = {}
+        self._waiting: dict[tuple, deque] = {}
+        self._records: list[tuple] = []
+        self._compute_s = [0.0] * self.nranks
+        self._comm_s = [0.0] * self.nranks
+        self._wait_s = [0.0] * self.nranks
+        self._end_s = [None] * self.nranks
+        self._current: list[tuple[int, Operation] | None] = [None] * self.nranks
+        self._link_energy_by_rank = [0.0] * self.nranks
+        self._messages = 0
+        streams = rank_streams(self.seed, self.nranks)
+        self._samplers = [SlowdownSampler(self.stragglers, r, streams[r]) for r in range(self.nranks)]
+        for rank in range(self.nranks):
+            env.process(self._rank(rank))
+        env.run()
+        wall_s = time.perf_counter() - wall0
+        result = self._result(wall_s)
+        unfinished = [r for r in range(self.nranks) if self._end_s[r] is None]
+        if unfinished:
+            raise DeadlockError(self._deadlock_message(unfinished), partial=result)
+        return result
+
+    def _rank(self, rank: int):
+        env = self.env
+        records = self._records
+        speed = self.topology.rank_flops_per_s[rank]
+        busy_w = self.topology.rank_busy_power_w[rank]
+        idle_w = self.topology.rank_idle_power_w[rank]
+        sampler = self._samplers[rank]
+        handles: dict[str, simpy.Event] = {}
+        stream_tail: simpy.Event | None = None
+        coll_seq = 0
+        for index, op in enumerate(self.programs[rank]):
+            self._current[rank] = (index, op)
+            start = env.now
+            link_j0 = self._link_energy_by_rank[rank]
+            if type(op) is Compute:
+                duration = op.flops / speed * sampler.next()
+                if duration > 0:
+                    yield env.timeout(duration)
+                self._compute_s[rank] += duration
+                records.append((rank, index, "compute", "", -1, 0, op.flops, start, env.now, busy_w * duration))
+                continue
+            if type(op) is Collective:
+                coll_seq += 1
+                tag = -coll_seq  # collectives get negative tags, users' messages non-negative ones
+                if not op.blocking:
+                    done = env.event()
+                    handles[op.handle] = done
+                    env.process(self._nonblocking(rank, index, op, tag, stream_tail, done, idle_w))
+                    stream_tail = done
+                    continue
+                yield from self._collective(rank, op, tag)
+                peer, nbytes, algorithm = (op.root if op.op in ("broadcast", "reduce") else -1), op.nbytes, op.algorithm
+                self._comm_s[rank] += env.now - start
+            elif type(op) is Send or type(op) is Recv:
+                waiter = [1, None]
+                if type(op) is Send:
+                    self._send(rank, op.peer, op.nbytes, op.tag, waiter)
+                else:
+                    self._post_recv(op.peer, rank, op.nbytes, op.tag, waiter)
+                if waiter[0]:
+                    waiter[1] = env.event()
+                    yield waiter[1]
+                peer, nbytes, algorithm = op.peer, op.nbytes, ""
+                self._comm_s[rank] += env.now - start
+            else:  # Wait
+                pending = [handles[h] for h in op.handles if not handles[h].processed]
+                if pending:
+                    yield env.all_of(pending)
+                peer, nbytes, algorithm = -1, 0, ""
+                self._wait_s[rank] += env.now - start
+            energy = idle_w * (env.now - start) + self._link_energy_by_rank[rank] - link_j0
+            records.append((rank, index, op.kind, algorithm, peer, nbytes, 0.0, start, env.now, energy))
+        if stream_tail is not None and not stream_tail.processed:
+            # A program that never waits for its last non-blocking collective
+            # still ends only when the communication stream is drained.
+            self._current[rank] = (len(self.programs[rank]), Wait(("<end of program>",)))
+            start = env.now
+            yield stream_tail
+            self._wait_s[rank] += env.now - start
+        self._current[rank] = None
+        self._end_s[rank] = env.now
+
+    def _nonblocking(self, rank, index, op, tag, previous, done, idle_w):
+        if previous is not None and not previous.processed:
+            yield previous
+        start = self.env.now
+        link_j0 = self._link_energy_by_rank[rank]
+        yield from self._collective(rank, op, tag)
+        # Idle power is already counted for the rank's time line; a background
+        # collective adds only the energy of the bytes it moved.
+        energy = self._link_energy_by_rank[rank] - link_j0
+        peer = op.root if op.op in ("broadcast", "reduce") else -1
+        self._records.append(
+            (rank, index, op.kind, op.algorithm, peer, op.nbytes, 0.0, start, self.env.now, energy)
+        )
+        done.succeed()
+
+    def _collective(self, rank: int, op: Collective, tag: int):
+        env = self.env
+        for sends, recvs in lower(op, rank, self.nranks, self.groups):
+            waiter = [len(sends) + len(recvs), None]
+            for t in sends:
+                self._send(rank, t.peer, t.nbytes, tag, waiter)
+            for t in recvs:
+                self._post_recv(t.peer, rank, t.nbytes, tag, waiter)
+            if waiter[0]:
+                waiter[1] = env.event()
+                yield waiter[1]
+
+    # -- messages ------------------------------------------------------------------
+
+    def _route(self, src: int, dst: int):
+        key = (src, dst)
+        cached = self._route_cache.get(key)
+        if cached is None:
+            topo = self.topology
+            route = topo.route(src, dst)
+            bw = topo.link_bandwidth_bytes_per_s
+            min_cap = min((bw[l] for l in route.links), default=float("inf"))
+            energy_per_byte = sum(topo.link_energy_per_byte_j[l] for l in route.links)
+            cached = (route.links, min_cap, route.latency_s, energy_per_byte)
+            self._route_cache[key] = cached
+        return cached
+
+    def _send(self, src: int, dst: int, nbytes: int, tag: int, waiter: list) -> None:
+        links, min_cap, latency_s, energy_per_byte = self._route(src, dst)
+        self._link_energy_by_rank[src] += nbytes * energy_per_byte
+        self._messages += 1
+        key = (src, dst, tag)
+
+        def delivered():
+            waiting = self._waiting.get(key)
+            if waiting:
+                recv_nbytes, recv_waiter = waiting.popleft()
+                if recv_nbytes != nbytes:
+                    raise SimulationError(
+                        f"rank {dst} posted a receive of {recv_nbytes} B from rank {src} (tag {tag}) "
+                        f"but the matching send carries {nbytes} B"
+                    )
+                _release(recv_waiter)
+            else:
+                self._arrived.setdefault(key, deque()).append(nbytes)
+            _release(waiter)
+
+        self.net.transfer(links, min_cap, latency_s, nbytes, delivered)
+
+    def _post_recv(self, src: int, dst: int, nbytes: int, tag: int, waiter: list) -> None:
+        key = (src, dst, tag)
+        arrived = self._arrived.get(key)
+        if arrived:
+            sent = arrived.popleft()
+            if sent != nbytes:
+                raise SimulationError(
+                    f"rank {dst} posted a receive of {nbytes} B from rank {src} (tag {tag}) "
+                    f"but the matching send carries {sent} B"
+                )
+            waiter[0] -= 1
+        else:
+            self._waiting.setdefault(key, deque()).append((nbytes, waiter))
+
+    # -- results -------------------------------------------------------------------
+
+    def _deadlock_message(self, unfinished: list[int]) -> str:
+        waits: dict[int, list[str]] = {}
+        for (src, dst, tag), queue in self._waiting.items():
+            for nbytes, _ in queue:
+                what = f"a message of {nbytes} B from rank {src}" + (
+                    f" (tag {tag})" if tag >= 0 else f" (collective #{-tag})"
+                )
+                waits.setdefault(dst, []).append(what)
+        lines = []
+        for rank in unfinished:
+            current = self._current[rank]
+            where = f"op {current[0]} ({current[1].kind})" if current else "the end of its program"
+            what = "; ".join(waits.get(rank, [])) or "non-blocking collectives that cannot finish"
+            lines.append(f"rank {rank} waits in {where} for {what}")
+        head = f"deadlock at t={self.env.now:.6g} s: {len(unfinished)} rank(s) wait for messages that never come"
+        return head + "\n  " + "\n  ".join(lines)
+
+    def _result(self, wall_s: float) -> RunResult:
+        topo = self.topology
+        records = pd.DataFrame.from_records(self._records, columns=list(RECORD_COLUMNS))
+        records.sort_values(["rank", "op_index"], inplace=True, kind="stable")
+        records.reset_index(drop=True, inplace=True)
+        ends = [e for e in self._end_s if e is not None]
+        makespan = max(ends) if ends else self.env.now
+        if len(ends) < self.nranks:
+            makespan = self.env.now
+        n = self.nranks
+        compute_s = np.array(self._compute_s)
+        comm_s = np.array(self._comm_s)
+        end_s = np.array([e if e is not None else makespan for e in self._end_s])
+        wait_s = np.array(self._wait_s) + (makespan - end_s)
+        busy_w = np.array(topo.rank_busy_power_w)
+        idle_w = np.array(topo.rank_idle_power_w)
+        idle_factor = 1.0 if self.count_idle_energy else 0.0
+        rank_energy = busy_w * compute_s + idle_factor * idle_w * (makespan - compute_s)
+        per_rank = pd.DataFrame(
+            {
+                "rank": np.arange(n),
+                "node": [str(topo.node_of(r)) for r in range(n)],
+                "compute_s": compute_s,
+                "comm_s": comm_s,
+                "wait_s": wait_s,
+                "end_s": end_s,
+                "slowdown": [s._node_factor if s.spec.scope == "node" else np.nan for s in self._samplers],
+                "energy_j": rank_energy,
+            }
+        )
+        rank_nodes = set(topo.ranks)
+        other_nodes = [v for v in topo.graph.nodes if v not in rank_nodes]
+        other_energy = [
+            idle_factor * float(topo.graph.nodes[v].get("idle_power_w", 0.0)) * makespan for v in other_nodes
+        ]
+        per_node = pd.DataFrame(
+            {
+                "node": [str(topo.node_of(r)) for r in range(n)] + [str(v) for v in other_nodes],
+                "role": ["compute"] * n + [str(topo.graph.nodes[v].get("role", "")) for v in other_nodes],
+                "energy_j": list(rank_energy) + other_energy,
+            }
+        )
+        link_bytes = np.array(self.net.bytes_on_link)
+        link_energy = link_bytes * np.array(topo.link_energy_per_byte_j)
+        used = np.nonzero(link_bytes)[0]
+        per_link = pd.DataFrame(
+            {
+                "link": [f"{topo.links[i][0]}->{topo.links[i][1]}" for i in used],
+                "bytes": link_bytes[used],
+                "energy_j": link_energy[used],
+            }
+        )
+        node_energy = float(rank_energy.sum())
+        other_energy_total = float(sum(other_energy))
+        link_energy_total = float(link_energy.sum())
+        summary = {
+            "scenario": self.name,
+            "backend": "sim",
+            "topology": topo.name,
+            "nranks": n,
+            "seed": self.seed,
+            "makespan_s": float(makespan),
+            "total_energy_j": node_energy + other_energy_total + link_energy_total,
+            "node_energy_j": node_energy,
+            "other_node_energy_j": other_energy_total,
+            "link_energy_j": link_energy_total,
+            "compute_s_mean": float(compute_s.mean()),
+            "comm_s_mean": float(comm_s.mean()),
+            "wait_s_mean": float(wait_s.mean()),
+            "operations": int(len(records)),
+            "messages": self._messages,
+            "events": _events_scheduled(self.env),
+            "wall_s": round(wall_s, 4),
+        }
+        return RunResult(records=records, summary=summary, per_rank=per_rank, per_link=per_link, per_node=per_node)
+
+
+def _release(waiter: list) -> None:
+    waiter[0] -= 1
+    if waiter[0] == 0 and waiter[1] is not None:
+        waiter[1].succeed()
+
+
+def simulate(topology: Topology, programs, **kwargs) -> RunResult:
+    return Simulator(topology, programs, **kwargs).run()
+
+
+def _events_scheduled(env: simpy.Environment) -> int:
+    """Events SimPy scheduled (all of them processed when a run ends)."""
+    # SimPy numbers events with an itertools.count; reading it costs nothing
+    # per event, unlike counting in an overridden step().
+    counter = getattr(env, "_eid", None)
+    return int(repr(counter)[6:-1]) if counter is not None else -1

@@ -1,0 +1,224 @@
+"""Flow-level network: transfers sharing a link share its bandwidth max-min fairly.
+
+A message of n bytes is a flow on every link of its route from the moment it
+is sent until its last byte has left (its rate is the max-min fair share, so
+alone on its path it takes n / bottleneck bandwidth), and it is delivered the
+path's latency later.  Alone on an uncontended path that is Hockney's
+alpha + n * beta.
+
+Rates are re-solved by progressive filling whenever a flow starts or ends, but
+only over the connected component of flows that share links with the change,
+so flows that share nothing cost O(1) each.  All starts and ends that happen
+at one simulated instant are solved in one batch: the solve is scheduled at
+that instant with a priority below SimPy's NORMAL, so it runs after every
+process that wakes at that instant has issued its transfers.
+
+A flow alone in its component gets a single event, its delivery; it is not
+taken off its links when its last byte leaves but lazily, by the next solve
+that meets it (it no longer competes, having finished) or by its delivery.
+Flows that share links get an event when their last byte leaves, which frees
+their share for the others, and their delivery after the latency.
+
+Iteration is over insertion-ordered dicts, never sets, so the order of events,
+and therefore every result, is the same on every run.
+"""
+from __future__ import annotations
+
+import heapq
+from functools import partial
+from typing import Callable, Sequence
+
+import simpy
+
+# Below simpy.events.NORMAL (1) and URGENT (0): runs after everything else at an instant.
+_SOLVE_PRIORITY = 2
+
+
+class _Flow:
+    __slots__ = ("fid", "links", "min_capacity", "latency_s", "remaining", "rate", "t_last", "t_end",
+                 "version", "on_done")
+
+    def __init__(self, fid, links, min_capacity, latency_s, nbytes, now, on_done):
+        self.fid = fid
+        self.links = links
+        self.min_capacity = min_capacity
+        self.latency_s = latency_s
+        self.remaining = float(nbytes)
+        self.rate = 0.0
+        self.t_last = now
+        self.t_end = None  # when the last byte leaves, at the current rate
+        self.version = 0
+        self.on_done = on_done
+
+
+class FlowNetwork:
+    """Max-min fair sharing of directed links among concurrent flows.
+
+    ``capacities_bytes_per_s[i]`` is the bandwidth of directed link ``i``.
+    ``transfer`` moves ``nbytes`` along ``links`` and calls ``on_done()`` when
+    the last byte has arrived, ``latency_s`` after it left.
+    """
+
+    def __init__(self, env: simpy.Environment, capacities_bytes_per_s: Sequence[float]):
+        self.env = env
+        self._timeout = env.timeout  # bound once: SimPy builds a new binding per attribute access
+        self.capacity = [float(c) for c in capacities_bytes_per_s]
+        self._flows_on: list[dict[int, _Flow]] = [dict() for _ in self.capacity]
+        self._touched: dict[int, None] = {}
+        self._solve_pending = False
+        self._next_fid = 0
+        self.bytes_on_link = [0.0] * len(self.capacity)
+        self.flows_started = 0
+        self.solves = 0
+
+    def transfer(
+        self,
+        links: tuple[int, ...],
+        min_capacity: float,
+        latency_s: float,
+        nbytes: int,
+        on_done: Callable[[], None],
+    ) -> None:
+        self.flows_started += 1
+        if nbytes and links:
+            bytes_on_link = self.bytes_on_link
+            flows_on = self._flows_on
+            touched = self._touched
+            fid = self._next_fid
+            self._next_fid = fid + 1
+            flow = _Flow(fid, links, min_capacity, latency_s, nbytes, self.env._now, on_done)
+            for link in links:
+                bytes_on_link[link] += nbytes
+                flows_on[link][fid] = flow
+                touched[link] = None
+            if not self._solve_pending:
+                self._schedule_solve()
+        elif latency_s > 0:
+            self._timeout(latency_s).callbacks.append(lambda _ev: on_done())
+        else:
+            on_done()
+
+    # -- internals -----------------------------------------------------------
+
+    def _schedule_solve(self) -> None:
+        self._solve_pending = True
+        ev = simpy.Event(self.env)
+        ev._ok = True
+        ev._value = None
+        ev.callbacks.append(self._solve)
+        self.env.schedule(ev, _SOLVE_PRIORITY, 0)
+
+    def _last_byte_left(self, flow: _Flow, version: int, _event) -> None:
+        if flow.version != version:
+            return  # superseded by a later rate change
+        self._detach(flow, touch=True)
+        if flow.latency_s > 0:
+            self._timeout(flow.latency_s).callbacks.append(lambda _ev: flow.on_done())
+        else:
+            flow.on_done()
+
+    def _delivered_alone(self, flow: _Flow, version: int, _event) -> None:
+        if flow.version != version:
+            return
+        self._detach(flow, touch=False)
+        flow.on_done()
+
+    def _detach(self, flow: _Flow, touch: bool) -> None:
+        fid = flow.fid
+        flows_on = self._flows_on
+        touched = self._touched
+        for link in flow.links:
+            on_link = flows_on[link]
+            if on_link.pop(fid, None) is not None and touch and on_link:
+                touched[link] = None
+        if touch and touched and not self._solve_pending:
+            self._schedule_solve()
+
+    def _solve(self, _event) -> None:
+        self._solve_pending = False
+        self.solves += 1
+        now = self.env._now
+        flows_on = self._flows_on
+        touched, self._touched = self._touched, {}
+        seen: set[int] = set()
+        for start in touched:
+            if start in seen or not flows_on[start]:
+                continue
+            seen.add(start)
+            component: dict[int, _Flow] = {}
+            stack = [start]
+            while stack:
+                link = stack.pop()
+                on_link = flows_on[link]
+                finished = None
+                for fid, flow in on_link.items():
+                    if fid in component:
+                        continue
+                    if flow.t_end is not None and flow.t_end <= now:
+                        # Its last byte has left: it lingers only until delivery.
+                        finished = (finished or []) + [flow]
+                        continue
+                    component[fid] = flow
+                    for other in flow.links:
+                        if other not in seen:
+                            seen.add(other)
+                            stack.append(other)
+                if finished:
+                    for flow in finished:
+                        for other in flow.links:
+                            flows_on[other].pop(flow.fid, None)
+            if not component:
+                continue
+            if len(component) == 1:
+                (flow,) = component.values()
+                self._set_rate(flow, flow.min_capacity, now, alone=True)
+            else:
+                self._progressive_filling(component, now)
+
+    def _progressive_filling(self, component: dict[int, _Flow], now: float) -> None:
+        flows_on = self._flows_on
+        capacity = self.capacity
+        spare: dict[int, float] = {}
+        unfixed: dict[int, int] = {}
+        for flow in component.values():
+            for link in flow.links:
+                if link not in spare:
+                    spare[link] = capacity[link]
+                    unfixed[link] = len(flows_on[link])
+        heap = [(spare[l] / unfixed[l], l) for l in spare]
+        heapq.heapify(heap)
+        fixed: set[int] = set()
+        while heap:
+            share, link = heapq.heappop(heap)
+            count = unfixed[link]
+            if count == 0 or share != spare[link] / count:
+                continue  # stale entry
+            for fid, flow in flows_on[link].items():
+                if fid in fixed:
+                    continue
+                fixed.add(fid)
+                self._set_rate(flow, share, now, alone=False)
+                for other in flow.links:
+                    spare[other] = max(spare[other] - share, 0.0)
+                    unfixed[other] -= 1
+                    if unfixed[other] and other != link:
+                        heapq.heappush(heap, (spare[other] / unfixed[other], other))
+
+    def _set_rate(self, flow: _Flow, rate: float, now: float, alone: bool) -> None:
+        if rate == flow.rate:
+            return
+        if flow.rate:
+            flow.remaining -= flow.rate * (now - flow.t_last)
+            if flow.remaining < 0.0:
+                flow.remaining = 0.0
+        flow.t_last = now
+        flow.rate = rate
+        flow.version += 1
+        duration = flow.remaining / rate
+        flow.t_end = now + duration
+        if alone:
+            self._timeout(duration + flow.latency_s).callbacks.append(
+                partial(self._delivered_alone, flow, flow.version)
+            )
+        else:
+            self._timeout(duration).callbacks.append(partial(self._last_byte_left, flow, flow.version))

@@ -1,0 +1,94 @@
+"""RunResult: what every executor returns, simulated or measured."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+RECORD_COLUMNS = (
+    "rank",
+    "op_index",
+    "kind",
+    "algorithm",
+    "peer",
+    "nbytes",
+    "flops",
+    "start_s",
+    "end_s",
+    "energy_j",
+)
+
+
+@dataclass
+class RunResult:
+    """One record per operation per rank, and a summary.
+
+    ``records`` has ``RECORD_COLUMNS`` (``peer`` is -1 where there is none,
+    ``algorithm`` empty for point-to-point and compute).  ``per_rank`` has
+    ``compute_s``, ``comm_s`` and ``wait_s`` (time blocked on communication,
+    and idle after the rank's last operation until the makespan; the three add
+    up to the makespan) and ``energy_j``.
+    """
+
+    records: pd.DataFrame
+    summary: dict[str, Any]
+    per_rank: pd.DataFrame = field(default_factory=pd.DataFrame)
+    per_link: pd.DataFrame = field(default_factory=pd.DataFrame)
+    per_node: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    @property
+    def makespan_s(self) -> float:
+        return float(self.summary["makespan_s"])
+
+    def write(self, out_dir: str | Path) -> list[Path]:
+        """Write records, per-rank, per-link, per-node tables (CSV) and the summary (JSON)."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        written = []
+        for name in ("records", "per_rank", "per_link", "per_node"):
+            frame = getattr(self, name)
+            if frame is not None and len(frame.columns):
+                path = out / f"{name}.csv"
+                frame.to_csv(path, index=False)
+                written.append(path)
+        path = out / "summary.json"
+        path.write_text(json.dumps(self.summary, indent=2, default=_jsonable) + "\n")
+        written.append(path)
+        return written
+
+    def format_summary(self) -> str:
+        s = self.summary
+        lines = [
+            f"scenario        {s.get('scenario', '')}",
+            f"backend         {s.get('backend', '')}",
+            f"ranks           {s.get('nranks')}",
+            f"makespan        {s['makespan_s']:.6g} s",
+        ]
+        if "total_energy_j" in s:
+            lines.append(
+                f"energy          {s['total_energy_j']:.6g} J "
+                f"(compute nodes {s.get('node_energy_j', 0):.4g} J, other nodes {s.get('other_node_energy_j', 0):.4g} J, "
+                f"links {s.get('link_energy_j', 0):.4g} J)"
+            )
+        if len(self.per_rank.columns):
+            pr = self.per_rank
+            lines.append(
+                "per rank (mean) compute {:.4g} s, communication {:.4g} s, waiting {:.4g} s".format(
+                    pr["compute_s"].mean(), pr["comm_s"].mean(), pr["wait_s"].mean()
+                )
+            )
+        for key in ("operations", "messages", "events", "wall_s"):
+            if key in s:
+                lines.append(f"{key:<15} {s[key]}")
+        return "\n".join(lines)
+
+
+def _jsonable(value):
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    return str(value)

@@ -1,0 +1,468 @@
+"""Topology builders: small pure functions returning a validated ``Topology``.
+
+Units live in the names: bandwidth in bytes/s, latency in s, energy per byte
+in J, compute speed in flop/s, power in W.  Compute nodes are named ``n0``,
+``n1``, ... and inserted first, so node insertion order is rank order.
+Defaults describe a GPU cluster on 100 Gb/s Ethernet: 100 Tflop/s per rank,
+100 W idle / 400 W busy, 12.5 GB/s links with 2 us latency and 10 pJ/byte;
+switches draw a constant 150 W.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Callable
+
+import networkx as nx
+
+from .model import Topology, TopologyError
+
+BANDWIDTH_BYTES_PER_S = 12.5e9
+LATENCY_S = 2e-6
+ENERGY_PER_BYTE_J = 1e-11
+FLOPS_PER_S = 100e12
+IDLE_POWER_W = 100.0
+BUSY_POWER_W = 400.0
+SWITCH_POWER_W = 150.0
+
+
+# -- validation at the edge ---------------------------------------------------
+
+def _int(value, what: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TopologyError(f"{what} must be an int, got {value!r}")
+    value = int(value)
+    if value < minimum:
+        raise TopologyError(f"{what} must be >= {minimum}, got {value}")
+    return value
+
+
+def _real(value, what: str, *, positive: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TopologyError(f"{what} must be a number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise TopologyError(f"{what} must be finite, got {value!r}")
+    if positive and value <= 0:
+        raise TopologyError(f"{what} must be > 0, got {value!r}")
+    if value < 0:
+        raise TopologyError(f"{what} must be >= 0, got {value!r}")
+    return value
+
+
+def _link(bandwidth_bytes_per_s, latency_s, energy_per_byte_j, prefix: str = "") -> dict:
+    return {
+        "bandwidth_bytes_per_s": _real(bandwidth_bytes_per_s, f"{prefix}bandwidth_bytes_per_s", positive=True),
+        "latency_s": _real(latency_s, f"{prefix}latency_s"),
+        "energy_per_byte_j": _real(energy_per_byte_j, f"{prefix}energy_per_byte_j"),
+    }
+
+
+def _compute(flops_per_s, idle_power_w, busy_power_w, prefix: str = "", **extra) -> dict:
+    return {
+        "role": "compute",
+        "flops_per_s": _real(flops_per_s, f"{prefix}flops_per_s", positive=True),
+        "idle_power_w": _real(idle_power_w, f"{prefix}idle_power_w"),
+        "busy_power_w": _real(busy_power_w, f"{prefix}busy_power_w"),
+        **extra,
+    }
+
+
+def _switch(idle_power_w, busy_power_w, role: str = "switch", prefix: str = "switch_") -> dict:
+    return {
+        "role": role,
+        "flops_per_s": 0.0,
+        "idle_power_w": _real(idle_power_w, f"{prefix}idle_power_w"),
+        "busy_power_w": _real(busy_power_w, f"{prefix}busy_power_w"),
+    }
+
+
+def _add_ranks(g: nx.Graph, n: int, node_attrs: dict) -> list[str]:
+    names = [f"n{i}" for i in range(n)]
+    for name in names:
+        g.add_node(name, **node_attrs)
+    return names
+
+
+def _params(local: dict) -> dict:
+    return {k: (tuple(v) if isinstance(v, list) else v) for k, v in local.items()}
+
+
+# -- builders -----------------------------------------------------------------
+
+def ring(
+    n: int,
+    *,
+    bandwidth_bytes_per_s: float = BANDWIDTH_BYTES_PER_S,
+    latency_s: float = LATENCY_S,
+    energy_per_byte_j: float = ENERGY_PER_BYTE_J,
+    flops_per_s: float = FLOPS_PER_S,
+    idle_power_w: float = IDLE_POWER_W,
+    busy_power_w: float = BUSY_POWER_W,
+) -> Topology:
+    """``n`` ranks in a cycle, rank i linked to rank (i+1) % n (n=2: one link)."""
+    params = _params(locals())
+    n = _int(n, "ring: n", 2)
+    link = _link(bandwidth_bytes_per_s, latency_s, energy_per_byte_j, "ring: ")
+    g = nx.Graph()
+    names = _add_ranks(g, n, _compute(flops_per_s, idle_power_w, busy_power_w, "ring: "))
+    for i in range(n if n > 2 else 1):
+        g.add_edge(names[i], names[(i + 1) % n], **link)
+    return Topology(g, name="ring", params=params)
+
+
+def switch(
+    n: int,
+    *,
+    bandwidth_bytes_per_s: float = BANDWIDTH_BYTES_PER_S,
+    latency_s: float = LATENCY_S,
+    energy_per_byte_j: float = ENERGY_PER_BYTE_J,
+    flops_per_s: float = FLOPS_PER_S,
+    idle_power_w: float = IDLE_POWER_W,
+    busy_power_w: float = BUSY_POWER_W,
+    switch_idle_power_w: float = SWITCH_POWER_W,
+    switch_busy_power_w: float = SWITCH_POWER_W,
+) -> Topology:
+    """Star: ``n`` ranks each linked to one switch ``s0``."""
+    params = _params(locals())
+    n = _int(n, "switch: n", 2)
+    link = _link(bandwidth_bytes_per_s, latency_s, energy_per_byte_j, "switch: ")
+    g = nx.Graph()
+    names = _add_ranks(g, n, _compute(flops_per_s, idle_power_w, busy_power_w, "switch: "))
+    g.add_node("s0", **_switch(switch_idle_power_w, switch_busy_power_w, prefix="switch: switch_"))
+    for name in names:
+        g.add_edge(name, "s0", **link)
+    return Topology(g, name="switch", params=params)
+
+
+def fully_connected(
+    n: int,
+    *,
+    bandwidth_bytes_per_s: float = BANDWIDTH_BYTES_PER_S,
+    latency_s: float = LATENCY_S,
+    energy_per_byte_j: float = ENERGY_PER_BYTE_J,
+    flops_per_s: float = FLOPS_PER_S,
+    idle_power_w: float = IDLE_POWER_W,
+    busy_power_w: float = BUSY_POWER_W,
+) -> Topology:
+    """A direct link between every pair of the ``n`` ranks (n(n-1)/2 links)."""
+    params = _params(locals())
+    n = _int(n, "fully_connected: n", 2)
+    link = _link(bandwidth_bytes_per_s, latency_s, energy_per_byte_j, "fully_connected: ")
+    g = nx.Graph()
+    names = _add_ranks(g, n, _compute(flops_per_s, idle_power_w, busy_power_w, "fully_connected: "))
+    for i in range(n):
+        for j in range(i + 1, n):
+            g.add_edge(names[i], names[j], **link)
+    return Topology(g, name="fully_connected", params=params)
+
+
+def tree(
+    n: int,
+    *,
+    arity: int = 2,
+    bandwidth_bytes_per_s: float = BANDWIDTH_BYTES_PER_S,
+    uplink_bandwidth_bytes_per_s: float | None = None,
+    latency_s: float = LATENCY_S,
+    energy_per_byte_j: float = ENERGY_PER_BYTE_J,
+    flops_per_s: float = FLOPS_PER_S,
+    idle_power_w: float = IDLE_POWER_W,
+    busy_power_w: float = BUSY_POWER_W,
+    switch_idle_power_w: float = SWITCH_POWER_W,
+    switch_busy_power_w: float = SWITCH_POWER_W,
+) -> Topology:
+    """``arity``-ary tree: ranks are leaves, switches the inner nodes.
+
+    Leaves fill the level-1 switches left to right (``arity`` each), those
+    fill level-2 switches the same way, up to a single root switch
+    ``s{levels}_0``.  Switch-switch links use ``uplink_bandwidth_bytes_per_s``
+    (default: ``bandwidth_bytes_per_s``).
+    """
+    params = _params(locals())
+    n = _int(n, "tree: n", 2)
+    arity = _int(arity, "tree: arity", 2)
+    leaf_link = _link(bandwidth_bytes_per_s, latency_s, energy_per_byte_j, "tree: ")
+    if uplink_bandwidth_bytes_per_s is None:
+        uplink_bandwidth_bytes_per_s = bandwidth_bytes_per_s
+    uplink = _link(uplink_bandwidth_bytes_per_s, latency_s, energy_per_byte_j, "tree: uplink_")
+    sw = _switch(switch_idle_power_w, switch_busy_power_w, prefix="tree: switch_")
+    g = nx.Graph()
+    children = _add_ranks(g, n, _compute(flops_per_s, idle_power_w, busy_power_w, "tree: "))
+    level = 0
+    while level == 0 or len(children) > 1:
+        level += 1
+        parents = [f"s{level}_{i}" for i in range(-(-len(children) // arity))]
+        for parent in parents:
+            g.add_node(parent, **sw)
+        for i, child in enumerate(children):
+            g.add_edge(child, parents[i // arity], **(leaf_link if level == 1 else uplink))
+        children = parents
+    return Topology(g, name="tree", params=params)
+
+
+def torus(
+    dims,
+    *,
+    bandwidth_bytes_per_s: float = BANDWIDTH_BYTES_PER_S,
+    latency_s: float = LATENCY_S,
+    energy_per_byte_j: float = ENERGY_PER_BYTE_J,
+    flops_per_s: float = FLOPS_PER_S,
+    idle_power_w: float = IDLE_POWER_W,
+    busy_power_w: float = BUSY_POWER_W,
+) -> Topology:
+    """2-D or 3-D torus of ranks with wraparound; each dim >= 2.
+
+    Rank order is row-major (last dimension fastest): in ``dims=(4, 4)``
+    rank 5 sits at (1, 1).  A dimension of size 2 gives one link between the
+    two neighbours, not two parallel ones.
+    """
+    if isinstance(dims, (str, bytes)) or not hasattr(dims, "__iter__"):
+        raise TopologyError(f"torus: dims must be a tuple of 2 or 3 ints, got {dims!r}")
+    dims = tuple(dims)
+    params = _params(locals())
+    if len(dims) not in (2, 3):
+        raise TopologyError(f"torus: dims must have 2 or 3 entries, got {dims!r}")
+    dims = tuple(_int(d, f"torus: dims[{i}]", 2) for i, d in enumerate(dims))
+    link = _link(bandwidth_bytes_per_s, latency_s, energy_per_byte_j, "torus: ")
+    g = nx.Graph()
+    n = math.prod(dims)
+    names = _add_ranks(g, n, _compute(flops_per_s, idle_power_w, busy_power_w, "torus: "))
+    strides = [math.prod(dims[i + 1:]) for i in range(len(dims))]
+    for r in range(n):
+        for d, (size, stride) in enumerate(zip(dims, strides)):
+            coord = (r // stride) % size
+            neighbour = r + (((coord + 1) % size) - coord) * stride
+            if not g.has_edge(names[r], names[neighbour]):
+                g.add_edge(names[r], names[neighbour], **link)
+    return Topology(g, name="torus", params=params)
+
+
+def fat_tree(
+    k: int,
+    *,
+    n: int | None = None,
+    bandwidth_bytes_per_s: float = BANDWIDTH_BYTES_PER_S,
+    latency_s: float = LATENCY_S,
+    energy_per_byte_j: float = ENERGY_PER_BYTE_J,
+    flops_per_s: float = FLOPS_PER_S,
+    idle_power_w: float = IDLE_POWER_W,
+    busy_power_w: float = BUSY_POWER_W,
+    switch_idle_power_w: float = SWITCH_POWER_W,
+    switch_busy_power_w: float = SWITCH_POWER_W,
+) -> Topology:
+    """k-ary fat tree (Al-Fares et al. 2008), ``k`` even.
+
+    k pods of k/2 edge and k/2 aggregation switches, (k/2)^2 core switches,
+    k^3/4 hosts (k/2 per edge switch).  Aggregation switch j of every pod
+    links to core switches j*k/2 .. j*k/2 + k/2 - 1.  With ``n``, only the
+    first ``n`` hosts are kept (all switches stay).
+    """
+    params = _params(locals())
+    k = _int(k, "fat_tree: k", 2)
+    if k % 2:
+        raise TopologyError(f"fat_tree: k must be even, got {k}")
+    half = k // 2
+    hosts = k ** 3 // 4
+    n = hosts if n is None else _int(n, "fat_tree: n", 2)
+    if n > hosts:
+        raise TopologyError(f"fat_tree: n must be <= k^3/4 = {hosts} for k={k}, got {n}")
+    link = _link(bandwidth_bytes_per_s, latency_s, energy_per_byte_j, "fat_tree: ")
+    sw = _switch(switch_idle_power_w, switch_busy_power_w, prefix="fat_tree: switch_")
+    g = nx.Graph()
+    names = _add_ranks(g, n, _compute(flops_per_s, idle_power_w, busy_power_w, "fat_tree: "))
+    core = [f"core{i}" for i in range(half * half)]
+    for p in range(k):
+        for j in range(half):
+            g.add_node(f"edge{p}_{j}", **sw)
+        for j in range(half):
+            g.add_node(f"agg{p}_{j}", **sw)
+    for c in core:
+        g.add_node(c, **sw)
+    for h, name in enumerate(names):
+        p, rest = divmod(h, half * half)
+        g.add_edge(name, f"edge{p}_{rest // half}", **link)
+    for p in range(k):
+        for e in range(half):
+            for a in range(half):
+                g.add_edge(f"edge{p}_{e}", f"agg{p}_{a}", **link)
+        for a in range(half):
+            for i in range(half):
+                g.add_edge(f"agg{p}_{a}", core[a * half + i], **link)
+    return Topology(g, name="fat_tree", params=params)
+
+
+HIERARCHICAL_BANDWIDTHS_BYTES_PER_S = (300e9, 25e9, 12.5e9)  # NVLink/NVSwitch, NIC, spine
+HIERARCHICAL_LATENCIES_S = (1e-6, 5e-6, 10e-6)
+
+
+def hierarchical(
+    levels,
+    *,
+    bandwidths_bytes_per_s=None,
+    latencies_s=None,
+    energies_per_byte_j=None,
+    flops_per_s: float = FLOPS_PER_S,
+    idle_power_w: float = IDLE_POWER_W,
+    busy_power_w: float = BUSY_POWER_W,
+    switch_idle_power_w: float = SWITCH_POWER_W,
+    switch_busy_power_w: float = SWITCH_POWER_W,
+) -> Topology:
+    """Nested groups joined by one switch per group at every level.
+
+    ``levels`` counts outermost first: ``(4, 8)`` is 4 servers of 8 GPUs,
+    ``(2, 4, 8)`` is 2 racks of 4 servers of 8 GPUs.  The per-level lists
+    count innermost first: ``bandwidths_bytes_per_s[0]`` is the innermost
+    network (GPU to its server's switch, like NVSwitch), ``[1]`` the next
+    (server to top-of-rack), and so on; each must have ``len(levels)``
+    entries.  Defaults (up to 3 levels): bandwidths 300e9, 25e9, 12.5e9
+    bytes/s, latencies 1e-6, 5e-6, 10e-6 s, energy 1e-11 J/byte.
+
+    Each rank's ``group`` attribute is the index of its innermost group
+    (``rank // levels[-1]``).  Switches are named ``sw{level}_{i}``.
+    """
+    if isinstance(levels, (str, bytes)) or not hasattr(levels, "__iter__"):
+        raise TopologyError(f"hierarchical: levels must be a tuple of ints, got {levels!r}")
+    levels = tuple(levels)
+    if not levels:
+        raise TopologyError("hierarchical: levels must not be empty")
+    levels = tuple(_int(c, f"hierarchical: levels[{i}]", 1) for i, c in enumerate(levels))
+    depth = len(levels)
+
+    def per_level(values, what, default):
+        if values is None:
+            if default is None:
+                return [ENERGY_PER_BYTE_J] * depth
+            if depth > len(default):
+                raise TopologyError(
+                    f"hierarchical: {what} has no default for {depth} levels; pass {depth} values"
+                )
+            return list(default[:depth])
+        if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+            raise TopologyError(f"hierarchical: {what} must be a list of {depth} numbers, got {values!r}")
+        values = list(values)
+        if len(values) != depth:
+            raise TopologyError(
+                f"hierarchical: {what} must have len(levels) = {depth} entries, got {len(values)}"
+            )
+        return values
+
+    bandwidths = per_level(bandwidths_bytes_per_s, "bandwidths_bytes_per_s", HIERARCHICAL_BANDWIDTHS_BYTES_PER_S)
+    latencies = per_level(latencies_s, "latencies_s", HIERARCHICAL_LATENCIES_S)
+    energies = per_level(energies_per_byte_j, "energies_per_byte_j", None)
+    params = {
+        "levels": levels,
+        "bandwidths_bytes_per_s": tuple(bandwidths),
+        "latencies_s": tuple(latencies),
+        "energies_per_byte_j": tuple(energies),
+        "flops_per_s": flops_per_s,
+        "idle_power_w": idle_power_w,
+        "busy_power_w": busy_power_w,
+        "switch_idle_power_w": switch_idle_power_w,
+        "switch_busy_power_w": switch_busy_power_w,
+    }
+    link_at = [
+        _link(bandwidths[i], latencies[i], energies[i], f"hierarchical: level {i} ")
+        for i in range(depth)
+    ]
+    n = math.prod(levels)
+    if n < 2:
+        raise TopologyError(f"hierarchical: levels {levels} give {n} rank; need >= 2")
+    compute = _compute(flops_per_s, idle_power_w, busy_power_w, "hierarchical: ")
+    sw = _switch(switch_idle_power_w, switch_busy_power_w, prefix="hierarchical: switch_")
+    g = nx.Graph()
+    group_size = levels[-1]
+    children = [f"n{r}" for r in range(n)]
+    for r, name in enumerate(children):
+        g.add_node(name, **compute, group=r // group_size)
+    # Level i joins consecutive runs of levels[-1 - i] children under one switch.
+    for i in range(depth):
+        fan_in = levels[-1 - i]
+        parents = [f"sw{i}_{j}" for j in range(len(children) // fan_in)]
+        for parent in parents:
+            g.add_node(parent, **sw)
+        for c, child in enumerate(children):
+            g.add_edge(child, parents[c // fan_in], **link_at[i])
+        children = parents
+    return Topology(g, name="hierarchical", params=params)
+
+
+def edge_cloud(
+    *,
+    n_devices: int,
+    n_edge: int,
+    n_cloud: int = 1,
+    device_flops_per_s: float = 1e12,
+    edge_flops_per_s: float = 20e12,
+    cloud_flops_per_s: float = 200e12,
+    device_idle_power_w: float = 1.0,
+    device_busy_power_w: float = 5.0,
+    edge_idle_power_w: float = 50.0,
+    edge_busy_power_w: float = 150.0,
+    cloud_idle_power_w: float = 200.0,
+    cloud_busy_power_w: float = 500.0,
+    wireless_bandwidth_bytes_per_s: float = 12.5e6,
+    wireless_latency_s: float = 5e-3,
+    wireless_energy_per_byte_j: float = 1e-7,
+    lan_bandwidth_bytes_per_s: float = 1.25e9,
+    lan_latency_s: float = 0.2e-3,
+    lan_energy_per_byte_j: float = 1e-9,
+    wan_bandwidth_bytes_per_s: float = 125e6,
+    wan_latency_s: float = 20e-3,
+    wan_energy_per_byte_j: float = 5e-9,
+    switch_idle_power_w: float = SWITCH_POWER_W,
+    switch_busy_power_w: float = SWITCH_POWER_W,
+) -> Topology:
+    """Devices, edge servers and a cloud data centre (the computing continuum).
+
+    Device i reaches edge server ``i % n_edge`` by a wireless link; every
+    edge server reaches the gateway router ``gw`` by a WAN link; the gateway
+    reaches the data-centre switch ``dc_switch`` by a LAN link, and so does
+    every cloud node.  All three tiers compute (``tier`` is 'device', 'edge'
+    or 'cloud'); ranks are devices, then edge servers, then cloud nodes.
+    ``group`` is the edge server's index for it and its devices, and
+    ``n_edge`` for the cloud nodes.  ``n_cloud=0`` drops the data centre.
+    Router and switch draw ``switch_*_power_w``.
+    """
+    params = _params(locals())
+    n_devices = _int(n_devices, "edge_cloud: n_devices", 0)
+    n_edge = _int(n_edge, "edge_cloud: n_edge", 1)
+    n_cloud = _int(n_cloud, "edge_cloud: n_cloud", 0)
+    if n_devices + n_edge + n_cloud < 2:
+        raise TopologyError("edge_cloud: needs at least 2 compute nodes in total")
+    wireless = _link(wireless_bandwidth_bytes_per_s, wireless_latency_s, wireless_energy_per_byte_j, "edge_cloud: wireless_")
+    lan = _link(lan_bandwidth_bytes_per_s, lan_latency_s, lan_energy_per_byte_j, "edge_cloud: lan_")
+    wan = _link(wan_bandwidth_bytes_per_s, wan_latency_s, wan_energy_per_byte_j, "edge_cloud: wan_")
+    device = _compute(device_flops_per_s, device_idle_power_w, device_busy_power_w, "edge_cloud: device_", tier="device")
+    edge = _compute(edge_flops_per_s, edge_idle_power_w, edge_busy_power_w, "edge_cloud: edge_", tier="edge")
+    cloud = _compute(cloud_flops_per_s, cloud_idle_power_w, cloud_busy_power_w, "edge_cloud: cloud_", tier="cloud")
+    g = nx.Graph()
+    for i in range(n_devices):
+        g.add_node(f"dev{i}", **device, group=i % n_edge)
+    for j in range(n_edge):
+        g.add_node(f"edge{j}", **edge, group=j)
+    for c in range(n_cloud):
+        g.add_node(f"cloud{c}", **cloud, group=n_edge)
+    g.add_node("gw", **_switch(switch_idle_power_w, switch_busy_power_w, role="router", prefix="edge_cloud: switch_"))
+    if n_cloud:
+        g.add_node("dc_switch", **_switch(switch_idle_power_w, switch_busy_power_w, prefix="edge_cloud: switch_"))
+    for i in range(n_devices):
+        g.add_edge(f"dev{i}", f"edge{i % n_edge}", **wireless)
+    for j in range(n_edge):
+        g.add_edge(f"edge{j}", "gw", **wan)
+    if n_cloud:
+        g.add_edge("gw", "dc_switch", **lan)
+        for c in range(n_cloud):
+            g.add_edge(f"cloud{c}", "dc_switch", **lan)
+    return Topology(g, name="edge_cloud", params=params)
+
+
+BUILDERS: dict[str, Callable[..., Topology]] = {
+    "ring": ring,
+    "switch": switch,
+    "fully_connected": fully_connected,
+    "tree": tree,
+    "torus": torus,
+    "fat_tree": fat_tree,
+    "hierarchical": hierarchical,
+    "edge_cloud": edge_cloud,
+}

@@ -1,0 +1,606 @@
+"""Collective algorithms lowered to the point-to-point steps each rank runs.
+
+The algorithms and their names follow Thakur, Rabenseifner and Gropp (2005),
+"Optimization of Collective Communication Operations in MPICH", and MPICH's
+own implementations of them.  ``lower(op, rank, nranks)`` yields the
+``Step`` s of one rank, in order; every executor runs exactly these steps (the
+simulator as flows, a real backend as ``Isend``/``Irecv`` then ``Waitall``).
+
+Buffer model.  Each rank has one buffer of ``op.nbytes`` bytes and every
+collective works in place, except alltoall (see ``alltoall_output_layout``).
+A send reads ``nbytes`` at ``offset``; a receive writes ``nbytes`` at
+``offset``, adding to what is there when ``reduce`` is true.  Sends read the
+buffer as it is when the step starts, receives land when the step ends, so a
+reducing receive may cover bytes that the same step sends (the executor
+receives into scratch and adds after the wait); an overwriting receive never
+overlaps a send of its own step.  Where the vector is cut into blocks, the cut
+is ``block_layout``: sizes differ by at most one byte, larger blocks first.
+
+Matching.  Between an ordered pair of ranks the k-th send matches the k-th
+receive (MPI's non-overtaking order), and every step is deadlock-free even if
+sends complete only once the receiver has posted (rendezvous).  The message
+pattern does not depend on ``nbytes``: blocks that come out empty, and
+``nbytes == 0``, still travel as 0-byte transfers, so a collective of nothing
+still synchronizes like the real one does.
+
+Steps are plain NamedTuples built on the fly from precomputed block edges:
+the simulator lowers ring all-reduce on 1024 ranks (2046 steps per rank) and
+must never hold all ranks' steps at once.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Callable, Iterable, Iterator
+
+from workloads.ops import Collective, Step, Transfer
+
+__all__ = [
+    "ALGORITHMS",
+    "alltoall_output_layout",
+    "block_layout",
+    "check",
+    "lower",
+]
+
+ALGORITHMS: dict[str, tuple[str, ...]] = {
+    "allreduce": ("ring", "recursive_doubling", "rabenseifner", "binomial", "hierarchical"),
+    "broadcast": ("binomial", "ring", "scatter_allgather"),
+    "reduce": ("binomial", "ring", "rabenseifner"),
+    "allgather": ("ring", "recursive_doubling", "binomial"),
+    "reduce_scatter": ("ring", "recursive_halving"),
+    # "ring" is an alias of "pairwise": step k sends to r+k, as a ring shift does.
+    "alltoall": ("pairwise", "ring"),
+    # "recursive_doubling" is an alias of "dissemination" (the same partners at distance 2^k).
+    "barrier": ("dissemination", "recursive_doubling"),
+}
+
+_ROOTED = ("broadcast", "reduce")
+
+Groups = tuple[tuple[int, ...], ...]
+
+
+# ---------------------------------------------------------------------------
+# Layout
+
+
+def block_layout(nbytes: int, nparts: int) -> tuple[tuple[int, int], ...]:
+    """``(offset, size)`` of each of ``nparts`` blocks of ``nbytes`` bytes.
+
+    Sizes differ by at most one byte and the larger blocks come first, as in
+    MPICH's reduce-scatter and scatter counts.
+    """
+    if not (isinstance(nbytes, int) and nbytes >= 0):
+        raise ValueError(f"block_layout: nbytes must be an integer >= 0, got {nbytes!r}")
+    if not (isinstance(nparts, int) and nparts >= 1):
+        raise ValueError(f"block_layout: nparts must be an integer >= 1, got {nparts!r}")
+    edges = _edges(nbytes, nparts)
+    return tuple((edges[i], edges[i + 1] - edges[i]) for i in range(nparts))
+
+
+def alltoall_output_layout(nbytes: int, rank: int, nranks: int) -> tuple[tuple[int, int], ...]:
+    """``(offset, size)`` of each block of ``rank``'s alltoall output buffer.
+
+    Block j of the output is block ``rank`` of rank j's input, so every output
+    block has the size of input block ``rank`` and the output buffer holds
+    ``nranks`` times that (it equals ``nbytes`` when ``nranks`` divides
+    ``nbytes``; otherwise this is MPI_Alltoallv with ``block_layout`` counts).
+    The executor copies the rank's own block locally; it is not a transfer.
+    """
+    edges = _edges(nbytes, nranks)
+    size = edges[rank + 1] - edges[rank]
+    return tuple((j * size, size) for j in range(nranks))
+
+
+@lru_cache(maxsize=256)
+def _edges(nbytes: int, nparts: int) -> tuple[int, ...]:
+    # edges[i] is the offset of block i; edges[nparts] == nbytes.
+    base, extra = divmod(nbytes, nparts)
+    return tuple(i * base + min(i, extra) for i in range(nparts + 1))
+
+
+# ---------------------------------------------------------------------------
+# Validation
+
+
+def check(op: Collective, nranks: int, groups: Iterable[Iterable[int]] | None = None) -> None:
+    """Raise ValueError naming the problem if ``op`` cannot run on ``nranks`` ranks."""
+    _validate(op, nranks, _normalize_groups(groups))
+
+
+def _validate(op: Collective, nranks: int, groups: Groups | None) -> None:
+    if not isinstance(op, Collective):
+        raise ValueError(f"collectives: expected a Collective, got {op!r}")
+    _check(op, nranks, groups)
+
+
+@lru_cache(maxsize=256)
+def _check(op: Collective, nranks: int, groups: Groups | None) -> None:
+    # Cached: every rank of a large run lowers the same op with the same groups.
+    if isinstance(nranks, bool) or not (isinstance(nranks, int) and nranks >= 1):
+        raise ValueError(f"{op.op}: nranks must be an integer >= 1, got {nranks!r}")
+    allowed = ALGORITHMS[op.op]
+    if op.algorithm not in allowed:
+        raise ValueError(
+            f"{op.op}: unknown algorithm {op.algorithm!r}; allowed: {', '.join(allowed)}"
+        )
+    if op.op in _ROOTED and not (
+        isinstance(op.root, int) and not isinstance(op.root, bool) and 0 <= op.root < nranks
+    ):
+        raise ValueError(f"{op.op}: root {op.root!r} out of range for {nranks} ranks")
+    if op.algorithm == "hierarchical":
+        inter = [a for a in ALGORITHMS["allreduce"] if a != "hierarchical"]
+        if op.inter_algorithm not in inter:
+            raise ValueError(
+                f"{op.op} hierarchical: unknown inter_algorithm {op.inter_algorithm!r}; "
+                f"allowed: {', '.join(inter)}"
+            )
+        if groups is None:
+            raise ValueError(f"{op.op} hierarchical: needs groups (a partition of the ranks)")
+        seen: set[int] = set()
+        for g in groups:
+            if not g:
+                raise ValueError(f"{op.op} hierarchical: empty group in {groups!r}")
+            for r in g:
+                if isinstance(r, bool) or not isinstance(r, int) or not 0 <= r < nranks:
+                    raise ValueError(
+                        f"{op.op} hierarchical: rank {r!r} in groups is out of range for {nranks} ranks"
+                    )
+                if r in seen:
+                    raise ValueError(f"{op.op} hierarchical: rank {r} is in more than one group")
+                seen.add(r)
+        if len(seen) != nranks:
+            missing = sorted(set(range(nranks)) - seen)
+            raise ValueError(f"{op.op} hierarchical: ranks {missing} are in no group")
+
+
+def _normalize_groups(groups) -> Groups | None:
+    if groups is None:
+        return None
+    try:
+        normalized = tuple(tuple(g) for g in groups)
+        hash(normalized)
+    except TypeError:
+        raise ValueError(f"groups must be a sequence of sequences of ranks, got {groups!r}") from None
+    return normalized
+
+
+# ---------------------------------------------------------------------------
+# Entry point
+
+
+def lower(
+    op: Collective,
+    rank: int,
+    nranks: int,
+    groups: Iterable[Iterable[int]] | None = None,
+) -> Iterator[Step]:
+    """The steps of ``rank`` for collective ``op`` over ``nranks`` ranks, in order.
+
+    Validates eagerly (``check``), then returns a lazy iterator.  ``groups``
+    (a partition of the ranks) is needed by the ``hierarchical`` all-reduce and
+    ignored otherwise.  One rank yields nothing.
+    """
+    groups = _normalize_groups(groups)
+    _validate(op, nranks, groups)
+    if isinstance(rank, bool) or not (isinstance(rank, int) and 0 <= rank < nranks):
+        raise ValueError(f"{op.op}: rank {rank!r} out of range for {nranks} ranks")
+    if nranks == 1:
+        return iter(())
+    if op.algorithm == "hierarchical":
+        return _hierarchical_allreduce(rank, op.nbytes, _group_plan(groups), op.inter_algorithm)
+    return _LOWERERS[op.op, op.algorithm](rank, nranks, op.nbytes, op.root)
+
+
+# ---------------------------------------------------------------------------
+# Building blocks.  Each lowerer takes (rank, p, nbytes, root) over ranks
+# 0..p-1 and yields Steps; the hierarchical all-reduce renames the peers.
+
+
+def _fold(p: int) -> tuple[int, int]:
+    # MPICH's non-power-of-two scheme: p' = largest power of two <= p, and the
+    # first 2*rem ranks pair up (even ones drop out, odd ones stand for both).
+    pof2 = 1 << (p.bit_length() - 1)
+    return pof2, p - pof2
+
+
+def _newrank(r: int, rem: int) -> int:
+    if r < 2 * rem:
+        return r // 2 if r & 1 else -1
+    return r - rem
+
+
+def _oldrank(n: int, rem: int) -> int:
+    return 2 * n + 1 if n < rem else n + rem
+
+
+def _first(n: int, rem: int) -> int:
+    # First real rank represented by survivor n; survivors [a, b) stand for
+    # real ranks [_first(a), _first(b)), always a contiguous run.
+    return n + (n if n < rem else rem)
+
+
+def _ring_reduce_scatter(
+    i: int, p: int, edges: tuple[int, ...], left: int, right: int
+) -> Iterator[Step]:
+    # Block (i-k-1) goes right at step k; after p-1 steps block i is complete here.
+    for k in range(p - 1):
+        s = (i - k - 1) % p
+        q = (i - k - 2) % p
+        yield Step(
+            (Transfer(right, edges[s + 1] - edges[s], edges[s], False),),
+            (Transfer(left, edges[q + 1] - edges[q], edges[q], True),),
+        )
+
+
+def _ring_allgather(
+    i: int, p: int, edges: tuple[int, ...], left: int, right: int
+) -> Iterator[Step]:
+    # Position i starts with block i and forwards what it received last step.
+    for k in range(p - 1):
+        s = (i - k) % p
+        q = (i - k - 1) % p
+        yield Step(
+            (Transfer(right, edges[s + 1] - edges[s], edges[s], False),),
+            (Transfer(left, edges[q + 1] - edges[q], edges[q], False),),
+        )
+
+
+def _fold_in(r: int, rem: int, nbytes: int, offset: int = 0, reduce: bool = True) -> Iterator[Step]:
+    if r < 2 * rem:
+        if r & 1:
+            yield Step((), (Transfer(r - 1, nbytes, offset, reduce),))
+        else:
+            yield Step((Transfer(r + 1, nbytes, offset, False),), ())
+
+
+def _fold_out(r: int, rem: int, nbytes: int, offset: int = 0) -> Iterator[Step]:
+    if r < 2 * rem:
+        if r & 1:
+            yield Step((Transfer(r - 1, nbytes, offset, False),), ())
+        else:
+            yield Step((), (Transfer(r + 1, nbytes, offset, False),))
+
+
+def _halving(newrank: int, pof2: int, rem: int, edges: tuple[int, ...], blocks_of) -> Iterator[Step]:
+    # Recursive halving (Thakur sec. 4.3): distance pof2/2 first, so survivor n
+    # ends holding the reduced blocks blocks_of(n)..blocks_of(n+1).
+    lo, hi = 0, pof2
+    dist = pof2 >> 1
+    while dist:
+        dst = _oldrank(newrank ^ dist, rem)
+        mid = lo + dist
+        if newrank & dist:
+            slo, shi, lo = lo, mid, mid
+        else:
+            slo, shi, hi = mid, hi, mid
+        a, b = edges[blocks_of(slo)], edges[blocks_of(shi)]
+        c, d = edges[blocks_of(lo)], edges[blocks_of(hi)]
+        yield Step((Transfer(dst, b - a, a, False),), (Transfer(dst, d - c, c, True),))
+        dist >>= 1
+
+
+def _doubling_gather(newrank: int, pof2: int, rem: int, edges: tuple[int, ...], blocks_of) -> Iterator[Step]:
+    # Recursive doubling allgather: at distance d survivor n holds the aligned
+    # run of d survivors containing n and swaps it for its partner's run.
+    dist = 1
+    while dist < pof2:
+        partner = newrank ^ dist
+        dst = _oldrank(partner, rem)
+        mine = newrank & ~(dist - 1)
+        theirs = partner & ~(dist - 1)
+        a, b = edges[blocks_of(mine)], edges[blocks_of(mine + dist)]
+        c, d = edges[blocks_of(theirs)], edges[blocks_of(theirs + dist)]
+        yield Step((Transfer(dst, b - a, a, False),), (Transfer(dst, d - c, c, False),))
+        dist <<= 1
+
+
+def _identity(n: int) -> int:
+    return n
+
+
+# --- allreduce -------------------------------------------------------------
+
+
+def _allreduce_ring(r: int, p: int, nbytes: int, root: int) -> Iterator[Step]:
+    edges = _edges(nbytes, p)
+    left, right = (r - 1) % p, (r + 1) % p
+    yield from _ring_reduce_scatter(r, p, edges, left, right)
+    yield from _ring_allgather(r, p, edges, left, right)
+
+
+def _allreduce_recursive_doubling(r: int, p: int, nbytes: int, root: int) -> Iterator[Step]:
+    pof2, rem = _fold(p)
+    yield from _fold_in(r, rem, nbytes)
+    newrank = _newrank(r, rem)
+    if newrank >= 0:
+        mask = 1
+        while mask < pof2:
+            dst = _oldrank(newrank ^ mask, rem)
+            yield Step((Transfer(dst, nbytes, 0, False),), (Transfer(dst, nbytes, 0, True),))
+            mask <<= 1
+    yield from _fold_out(r, rem, nbytes)
+
+
+def _allreduce_rabenseifner(r: int, p: int, nbytes: int, root: int) -> Iterator[Step]:
+    pof2, rem = _fold(p)
+    yield from _fold_in(r, rem, nbytes)
+    newrank = _newrank(r, rem)
+    if newrank >= 0:
+        edges = _edges(nbytes, pof2)
+        yield from _halving(newrank, pof2, rem, edges, _identity)
+        yield from _doubling_gather(newrank, pof2, rem, edges, _identity)
+    yield from _fold_out(r, rem, nbytes)
+
+
+def _allreduce_binomial(r: int, p: int, nbytes: int, root: int) -> Iterator[Step]:
+    yield from _reduce_binomial(r, p, nbytes, 0)
+    yield from _broadcast_binomial(r, p, nbytes, 0)
+
+
+# --- broadcast -------------------------------------------------------------
+
+
+def _broadcast_binomial(r: int, p: int, nbytes: int, root: int) -> Iterator[Step]:
+    # MPICH MPIR_Bcast_intra_binomial: receive from the parent (relative rank
+    # minus its lowest set bit), then send to children, farthest first.
+    rel = (r - root) % p
+    mask = 1
+    while mask < p:
+        if rel & mask:
+            yield Step((), (Transfer((r - mask) % p, nbytes, 0, False),))
+            break
+        mask <<= 1
+    mask >>= 1
+    while mask:
+        if rel + mask < p:
+            yield Step((Transfer((r + mask) % p, nbytes, 0, False),), ())
+        mask >>= 1
+
+
+def _broadcast_ring(r: int, p: int, nbytes: int, root: int) -> Iterator[Step]:
+    # A chain root -> root+1 -> ... -> root+p-1, whole message per hop.
+    rel = (r - root) % p
+    if rel > 0:
+        yield Step((), (Transfer((r - 1) % p, nbytes, 0, False),))
+    if rel < p - 1:
+        yield Step((Transfer((r + 1) % p, nbytes, 0, False),), ())
+
+
+def _broadcast_scatter_allgather(r: int, p: int, nbytes: int, root: int) -> Iterator[Step]:
+    # van de Geijn: binomial scatter (relative rank i gets block i, a subtree
+    # gets its contiguous run of blocks), then ring allgather.
+    rel = (r - root) % p
+    edges = _edges(nbytes, p)
+    mask = 1
+    while mask < p:
+        if rel & mask:
+            hi = min(rel + mask, p)
+            yield Step((), (Transfer((r - mask) % p, edges[hi] - edges[rel], edges[rel], False),))
+            break
+        mask <<= 1
+    mask >>= 1
+    while mask:
+        lo = rel + mask
+        if lo < p:
+            hi = min(lo + mask, p)
+            yield Step((Transfer((r + mask) % p, edges[hi] - edges[lo], edges[lo], False),), ())
+        mask >>= 1
+    yield from _ring_allgather(rel, p, edges, (r - 1) % p, (r + 1) % p)
+
+
+# --- reduce ----------------------------------------------------------------
+
+
+def _reduce_binomial(r: int, p: int, nbytes: int, root: int) -> Iterator[Step]:
+    # MPICH MPIR_Reduce_intra_binomial: receive from children nearest first,
+    # then send the partial result to the parent.
+    rel = (r - root) % p
+    mask = 1
+    while mask < p:
+        if rel & mask:
+            yield Step((Transfer((r - mask) % p, nbytes, 0, False),), ())
+            return
+        if rel + mask < p:
+            yield Step((), (Transfer((r + mask) % p, nbytes, 0, True),))
+        mask <<= 1
+
+
+def _reduce_ring(r: int, p: int, nbytes: int, root: int) -> Iterator[Step]:
+    # A chain root+1 -> root+2 -> ... -> root+p-1 -> root, every hop to r+1
+    # (the ring direction of the other ring algorithms), reducing on the way.
+    rel = (r - root) % p
+    if rel != 1:
+        yield Step((), (Transfer((r - 1) % p, nbytes, 0, True),))
+    if rel != 0:
+        yield Step((Transfer((r + 1) % p, nbytes, 0, False),), ())
+
+
+def _reduce_rabenseifner(r: int, p: int, nbytes: int, root: int) -> Iterator[Step]:
+    # Reduce-scatter by recursive halving, then a binomial gather to the root.
+    # The gather tree pairs survivors by XOR with the root's survivor number,
+    # so every subtree holds an aligned, contiguous run of blocks.  A root that
+    # dropped out in the fold gets the result from its partner at the end.
+    pof2, rem = _fold(p)
+    yield from _fold_in(r, rem, nbytes)
+    newrank = _newrank(r, rem)
+    root_dropped = root < 2 * rem and not root & 1
+    newroot = _newrank(root + 1 if root_dropped else root, rem)
+    if newrank >= 0:
+        edges = _edges(nbytes, pof2)
+        yield from _halving(newrank, pof2, rem, edges, _identity)
+        rel = newrank ^ newroot
+        mask = 1
+        while mask < pof2:
+            partner = newrank ^ mask
+            dst = _oldrank(partner, rem)
+            if rel & mask:
+                lo = newrank & ~(mask - 1)
+                yield Step((Transfer(dst, edges[lo + mask] - edges[lo], edges[lo], False),), ())
+                break
+            lo = partner & ~(mask - 1)
+            yield Step((), (Transfer(dst, edges[lo + mask] - edges[lo], edges[lo], False),))
+            mask <<= 1
+    if root_dropped:
+        if r == root + 1:
+            yield Step((Transfer(root, nbytes, 0, False),), ())
+        elif r == root:
+            yield Step((), (Transfer(root + 1, nbytes, 0, False),))
+
+
+# --- allgather -------------------------------------------------------------
+
+
+def _allgather_ring(r: int, p: int, nbytes: int, root: int) -> Iterator[Step]:
+    yield from _ring_allgather(r, p, _edges(nbytes, p), (r - 1) % p, (r + 1) % p)
+
+
+def _allgather_recursive_doubling(r: int, p: int, nbytes: int, root: int) -> Iterator[Step]:
+    # Folded ranks hand their block to their partner; survivor n then stands
+    # for real ranks [_first(n), _first(n+1)), so the blocks an aligned run of
+    # survivors holds are one contiguous run and each step is one transfer.
+    pof2, rem = _fold(p)
+    edges = _edges(nbytes, p)
+    if r < 2 * rem:
+        if r & 1:
+            yield Step((), (Transfer(r - 1, edges[r] - edges[r - 1], edges[r - 1], False),))
+        else:
+            yield Step((Transfer(r + 1, edges[r + 1] - edges[r], edges[r], False),), ())
+    newrank = _newrank(r, rem)
+    if newrank >= 0:
+        yield from _doubling_gather(newrank, pof2, rem, edges, lambda n: _first(n, rem))
+    yield from _fold_out(r, rem, nbytes)
+
+
+def _allgather_binomial(r: int, p: int, nbytes: int, root: int) -> Iterator[Step]:
+    # Binomial gather to rank 0 (rank r's subtree holds blocks r..r+mask-1),
+    # then binomial broadcast of the whole vector.
+    edges = _edges(nbytes, p)
+    mask = 1
+    while mask < p:
+        if r & mask:
+            hi = min(r + mask, p)
+            yield Step((Transfer(r - mask, edges[hi] - edges[r], edges[r], False),), ())
+            break
+        src = r + mask
+        if src < p:
+            hi = min(src + mask, p)
+            yield Step((), (Transfer(src, edges[hi] - edges[src], edges[src], False),))
+        mask <<= 1
+    yield from _broadcast_binomial(r, p, nbytes, 0)
+
+
+# --- reduce_scatter --------------------------------------------------------
+
+
+def _reduce_scatter_ring(r: int, p: int, nbytes: int, root: int) -> Iterator[Step]:
+    yield from _ring_reduce_scatter(r, p, _edges(nbytes, p), (r - 1) % p, (r + 1) % p)
+
+
+def _reduce_scatter_recursive_halving(r: int, p: int, nbytes: int, root: int) -> Iterator[Step]:
+    # MPICH MPIR_Reduce_scatter_intra_recursive_halving: fold whole vectors,
+    # halve among survivors over the blocks of the ranks each one stands for,
+    # then each survivor hands its dropped partner that partner's block.
+    pof2, rem = _fold(p)
+    edges = _edges(nbytes, p)
+    yield from _fold_in(r, rem, nbytes)
+    newrank = _newrank(r, rem)
+    if newrank >= 0:
+        yield from _halving(newrank, pof2, rem, edges, lambda n: _first(n, rem))
+    if r < 2 * rem:
+        even = r & ~1
+        yield from _fold_out(r, rem, edges[even + 1] - edges[even], edges[even])
+
+
+# --- alltoall and barrier --------------------------------------------------
+
+
+def _alltoall_pairwise(r: int, p: int, nbytes: int, root: int) -> Iterator[Step]:
+    edges = _edges(nbytes, p)
+    size = edges[r + 1] - edges[r]
+    for k in range(1, p):
+        dst = (r + k) % p
+        src = (r - k) % p
+        yield Step(
+            (Transfer(dst, edges[dst + 1] - edges[dst], edges[dst], False),),
+            (Transfer(src, size, src * size, False),),
+        )
+
+
+def _barrier_dissemination(r: int, p: int, nbytes: int, root: int) -> Iterator[Step]:
+    # Hensgen, Finkel and Manber's dissemination barrier; it carries no data,
+    # so the op's nbytes is ignored.
+    dist = 1
+    while dist < p:
+        yield Step((Transfer((r + dist) % p, 0, 0, False),), (Transfer((r - dist) % p, 0, 0, False),))
+        dist <<= 1
+
+
+# --- hierarchical ----------------------------------------------------------
+
+
+class _GroupPlan:
+    __slots__ = ("members", "index", "leaders", "leader_index")
+
+    def __init__(self, groups: Groups):
+        self.members: dict[int, tuple[int, ...]] = {}
+        self.index: dict[int, int] = {}
+        for g in groups:
+            members = tuple(sorted(g))
+            for i, r in enumerate(members):
+                self.members[r] = members
+                self.index[r] = i
+        # Leaders in rank order, so the plan does not depend on group order.
+        self.leaders = tuple(sorted(min(g) for g in groups))
+        self.leader_index = {r: i for i, r in enumerate(self.leaders)}
+
+
+@lru_cache(maxsize=64)
+def _group_plan(groups: Groups) -> _GroupPlan:
+    return _GroupPlan(groups)
+
+
+def _renamed(steps: Iterator[Step], names: tuple[int, ...]) -> Iterator[Step]:
+    for step in steps:
+        yield Step(
+            tuple(Transfer(names[t.peer], t.nbytes, t.offset, t.reduce) for t in step.sends),
+            tuple(Transfer(names[t.peer], t.nbytes, t.offset, t.reduce) for t in step.recvs),
+        )
+
+
+def _hierarchical_allreduce(r: int, nbytes: int, plan: _GroupPlan, inter: str) -> Iterator[Step]:
+    # Binomial reduce to each group's leader (its lowest rank), all-reduce
+    # among the leaders, binomial broadcast back inside each group.
+    members = plan.members[r]
+    i, q = plan.index[r], len(members)
+    if q > 1:
+        yield from _renamed(_reduce_binomial(i, q, nbytes, 0), members)
+    if i == 0 and len(plan.leaders) > 1:
+        lower_inter = _LOWERERS["allreduce", inter]
+        yield from _renamed(
+            lower_inter(plan.leader_index[r], len(plan.leaders), nbytes, 0), plan.leaders
+        )
+    if q > 1:
+        yield from _renamed(_broadcast_binomial(i, q, nbytes, 0), members)
+
+
+_LOWERERS: dict[tuple[str, str], Callable[[int, int, int, int], Iterator[Step]]] = {
+    ("allreduce", "ring"): _allreduce_ring,
+    ("allreduce", "recursive_doubling"): _allreduce_recursive_doubling,
+    ("allreduce", "rabenseifner"): _allreduce_rabenseifner,
+    ("allreduce", "binomial"): _allreduce_binomial,
+    ("broadcast", "binomial"): _broadcast_binomial,
+    ("broadcast", "ring"): _broadcast_ring,
+    ("broadcast", "scatter_allgather"): _broadcast_scatter_allgather,
+    ("reduce", "binomial"): _reduce_binomial,
+    ("reduce", "ring"): _reduce_ring,
+    ("reduce", "rabenseifner"): _reduce_rabenseifner,
+    ("allgather", "ring"): _allgather_ring,
+    ("allgather", "recursive_doubling"): _allgather_recursive_doubling,
+    ("allgather", "binomial"): _allgather_binomial,
+    ("reduce_scatter", "ring"): _reduce_scatter_ring,
+    ("reduce_scatter", "recursive_halving"): _reduce_scatter_recursive_halving,
+    ("alltoall", "pairwise"): _alltoall_pairwise,
+    ("alltoall", "ring"): _alltoall_pairwise,
+    ("barrier", "dissemination"): _barrier_dissemination,
+    ("barrier", "recursive_doubling"): _barrier_dissemination,
+}

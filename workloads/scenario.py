@@ -1,0 +1,159 @@
+"""A scenario: topology + workload + seed + straggler and energy settings.
+
+The same object reaches every executor unchanged.  In a file (YAML or JSON)::
+
+    name: ring8-allreduce
+    seed: 1
+    topology: {builder: ring, n: 8, bandwidth_bytes_per_s: 12.5e9, latency_s: 2.0e-6}
+    workload: {kind: collective, op: allreduce, nbytes: 100000000, algorithm: ring}
+    stragglers: {kind: lognormal, sigma: 0.2, scope: operation}
+    energy: {count_idle: true}
+
+``topology`` may also be a path to a topology file, relative to the scenario.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from topologies import Topology, TopologyError, load_topology, topology_from_dict
+from workloads import training  # noqa: F401  (registers data_parallel)
+from workloads.base import workload_from_dict
+from workloads.stragglers import StragglerSpec
+
+_KEYS = ("name", "seed", "topology", "workload", "stragglers", "energy", "description")
+
+
+class ScenarioError(ValueError):
+    """A malformed scenario; the message names the file and the item."""
+
+
+@dataclass(frozen=True)
+class EnergySpec:
+    """``count_idle``: charge idle power of every node over the whole run."""
+
+    count_idle: bool = True
+
+    @classmethod
+    def from_dict(cls, data) -> "EnergySpec":
+        if data is None:
+            return cls()
+        if not isinstance(data, dict) or set(data) - {"count_idle"}:
+            raise ValueError(f"energy: expected {{count_idle: true|false}}, got {data!r}")
+        return cls(count_idle=bool(data.get("count_idle", True)))
+
+
+@dataclass(frozen=True)
+class Scenario:
+    topology: Topology
+    workload: Any
+    seed: int = 0
+    stragglers: StragglerSpec = field(default_factory=StragglerSpec)
+    energy: EnergySpec = field(default_factory=EnergySpec)
+    name: str = ""
+    description: str = ""
+    source: dict | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def nranks(self) -> int:
+        return self.topology.nranks
+
+    def programs(self):
+        return self.workload.programs(self.topology.nranks, self.topology.groups())
+
+    def to_dict(self) -> dict[str, Any]:
+        """The scenario as plain data (the original file's form when loaded from one)."""
+        if self.source is not None:
+            return copy.deepcopy(self.source)
+        return {
+            "name": self.name,
+            "seed": self.seed,
+            "topology": self.topology.to_dict(),
+            "workload": self.workload.to_dict(),
+            "stragglers": self.stragglers.to_dict(),
+            "energy": {"count_idle": self.energy.count_idle},
+        }
+
+
+def scenario_from_dict(data: dict[str, Any], *, base_dir: Path | None = None, where: str = "scenario") -> Scenario:
+    """Build and validate a scenario; every error names ``where`` and the item."""
+    if not isinstance(data, dict):
+        raise ScenarioError(f"{where}: expected a mapping at the top level, got {type(data).__name__}")
+    unknown = sorted(set(data) - set(_KEYS))
+    if unknown:
+        raise ScenarioError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(_KEYS)}")
+    for key in ("topology", "workload"):
+        if key not in data:
+            raise ScenarioError(f"{where}: missing '{key}'")
+    try:
+        topo_data = data["topology"]
+        if isinstance(topo_data, str):
+            path = Path(topo_data)
+            if not path.is_absolute() and base_dir is not None:
+                path = base_dir / path
+            topology = load_topology(path)
+        else:
+            topology = topology_from_dict(topo_data)
+    except TopologyError as exc:
+        raise ScenarioError(f"{where}: {exc}") from None
+    seed = data.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ScenarioError(f"{where}: seed must be an integer >= 0, got {seed!r}")
+    try:
+        workload = workload_from_dict(data["workload"])
+        stragglers = StragglerSpec.from_dict(data.get("stragglers"))
+        energy = EnergySpec.from_dict(data.get("energy"))
+    except ValueError as exc:
+        raise ScenarioError(f"{where}: {exc}") from None
+    for rank in stragglers.ranks:
+        if not 0 <= rank < topology.nranks:
+            raise ScenarioError(f"{where}: stragglers.ranks names rank {rank}, but there are {topology.nranks}")
+    scenario = Scenario(
+        topology=topology,
+        workload=workload,
+        seed=seed,
+        stragglers=stragglers,
+        energy=energy,
+        name=str(data.get("name", "")),
+        description=str(data.get("description", "")),
+        source=copy.deepcopy(data),
+    )
+    # Lower once now so that a bad workload (a peer out of range, an algorithm
+    # that needs groups) is reported before anything runs.
+    try:
+        _check_programs(scenario)
+    except ValueError as exc:
+        raise ScenarioError(f"{where}: {exc}") from None
+    return scenario
+
+
+def _check_programs(scenario: Scenario) -> None:
+    from workloads.validate import validate_programs
+
+    validate_programs(scenario.programs(), scenario.nranks, scenario.topology.groups())
+
+
+def read_scenario_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ScenarioError(f"{path}: no such scenario file")
+    text = path.read_text()
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as exc:
+        raise ScenarioError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}") from None
+    return data
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    path = Path(path)
+    data = read_scenario_file(path)
+    scenario = scenario_from_dict(data, base_dir=path.parent, where=str(path))
+    if not scenario.name:
+        object.__setattr__(scenario, "name", path.stem)
+    return scenario

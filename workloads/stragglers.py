@@ -1,0 +1,133 @@
+"""Straggler models: how much slower than nominal a rank computes.
+
+A model draws a slowdown factor (1.0 = nominal speed) either once per rank
+(``scope: node``, a persistently slow machine) or once per compute operation
+(``scope: operation``, noise and hiccups).  Each rank has its own random
+stream spawned from the scenario seed, so a rank's draws do not depend on how
+many other ranks there are or in what order the simulator interleaves them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+# kind -> (parameter name -> default)
+KINDS: dict[str, dict[str, float]] = {
+    "none": {},
+    "fixed": {"factor": 2.0},
+    "lognormal": {"mu": 0.0, "sigma": 0.25},
+    "shifted_exponential": {"shift": 1.0, "scale": 0.1},
+    "pareto": {"alpha": 3.0, "scale": 1.0},
+    "slow_with_probability": {"p": 0.05, "factor": 2.0},
+}
+SCOPES = ("operation", "node")
+
+
+@dataclass(frozen=True)
+class StragglerSpec:
+    """``kind`` names the distribution of the slowdown factor:
+
+    - ``none``: 1.
+    - ``fixed``: ``factor`` (a rank that is always that much slower).
+    - ``lognormal``: exp(N(``mu``, ``sigma``)); median exp(mu).
+    - ``shifted_exponential``: ``shift`` + Exp(mean ``scale``).
+    - ``pareto``: ``scale`` * Pareto(``alpha``), i.e. >= scale, heavy tail.
+    - ``slow_with_probability``: ``factor`` with probability ``p``, else 1.
+
+    ``ranks`` limits the model to some ranks (all when empty).
+    """
+
+    kind: str = "none"
+    params: dict[str, float] = field(default_factory=dict)
+    scope: str = "operation"
+    ranks: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"stragglers.kind: unknown {self.kind!r}; expected one of {', '.join(KINDS)}")
+        if self.scope not in SCOPES:
+            raise ValueError(f"stragglers.scope: unknown {self.scope!r}; expected one of {', '.join(SCOPES)}")
+        unknown = sorted(set(self.params) - set(KINDS[self.kind]))
+        if unknown:
+            raise ValueError(
+                f"stragglers: unknown parameter(s) {', '.join(unknown)} for kind {self.kind!r}; "
+                f"allowed: {', '.join(KINDS[self.kind]) or 'none'}"
+            )
+        merged = {**KINDS[self.kind], **{k: float(v) for k, v in self.params.items()}}
+        object.__setattr__(self, "params", merged)
+        object.__setattr__(self, "ranks", tuple(int(r) for r in self.ranks))
+        p = merged
+        checks = {
+            "factor": lambda v: v > 0,
+            "sigma": lambda v: v >= 0,
+            "shift": lambda v: v > 0,
+            "scale": lambda v: v > 0,
+            "alpha": lambda v: v > 0,
+            "p": lambda v: 0 <= v <= 1,
+        }
+        for name, ok in checks.items():
+            if name in p and not ok(p[name]):
+                raise ValueError(f"stragglers.{name}: invalid value {p[name]!r} for kind {self.kind!r}")
+
+    @property
+    def active(self) -> bool:
+        return self.kind != "none"
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind, **self.params}
+        if self.scope != "operation":
+            out["scope"] = self.scope
+        if self.ranks:
+            out["ranks"] = list(self.ranks)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> "StragglerSpec":
+        if data is None:
+            return cls()
+        if not isinstance(data, dict):
+            raise ValueError(f"stragglers: expected a mapping, got {data!r}")
+        data = dict(data)
+        kind = data.pop("kind", "none")
+        scope = data.pop("scope", "operation")
+        ranks = data.pop("ranks", ()) or ()
+        return cls(kind=kind, params=data, scope=scope, ranks=tuple(ranks))
+
+
+def rank_streams(seed: int, nranks: int) -> list[np.random.Generator]:
+    """One independent generator per rank, spawned from the scenario seed."""
+    root = np.random.SeedSequence(seed)
+    return [np.random.default_rng(child) for child in root.spawn(nranks)]
+
+
+class SlowdownSampler:
+    """Draws slowdown factors for one rank from its own stream."""
+
+    def __init__(self, spec: StragglerSpec, rank: int, rng: np.random.Generator):
+        self.spec = spec
+        self.rng = rng
+        self.applies = spec.active and (not spec.ranks or rank in spec.ranks)
+        self._node_factor = self._draw() if self.applies and spec.scope == "node" else 1.0
+
+    def next(self) -> float:
+        if not self.applies:
+            return 1.0
+        if self.spec.scope == "node":
+            return self._node_factor
+        return self._draw()
+
+    def _draw(self) -> float:
+        p, rng, kind = self.spec.params, self.rng, self.spec.kind
+        if kind == "fixed":
+            return p["factor"]
+        if kind == "lognormal":
+            return float(np.exp(rng.normal(p["mu"], p["sigma"])))
+        if kind == "shifted_exponential":
+            return p["shift"] + float(rng.exponential(p["scale"]))
+        if kind == "pareto":
+            return p["scale"] * (1.0 + float(rng.pareto(p["alpha"])))
+        if kind == "slow_with_probability":
+            return p["factor"] if rng.random() < p["p"] else 1.0
+        return 1.0
