@@ -74,7 +74,7 @@ class CollectiveWorkload(WorkloadBase):
 
     op: str = "allreduce"
     nbytes: int = 1 << 20
-    algorithm: str = "ring"
+    algorithm: str = ""
     root: int = 0
     iterations: int = 1
     compute_flops: float = 0.0

@@ -22,6 +22,17 @@ COLLECTIVES = (
     "barrier",
 )
 
+# The algorithm a collective runs when none is named.
+DEFAULT_ALGORITHM = {
+    "allreduce": "ring",
+    "broadcast": "binomial",
+    "reduce": "binomial",
+    "allgather": "ring",
+    "reduce_scatter": "ring",
+    "alltoall": "pairwise",
+    "barrier": "dissemination",
+}
+
 
 @dataclass(frozen=True)
 class Compute:
@@ -77,13 +88,14 @@ class Collective:
     communication stream and returns at once; a later ``Wait`` names its
     ``handle``.  Non-blocking collectives of one rank run one after another, in
     issue order, as NCCL runs DDP's gradient buckets on one stream.
+    An empty ``algorithm`` means the op's ``DEFAULT_ALGORITHM``.
     ``inter_algorithm`` is the all-reduce used among group leaders by the
     ``hierarchical`` algorithm.
     """
 
     op: str
     nbytes: int
-    algorithm: str = "ring"
+    algorithm: str = ""
     root: int = 0
     blocking: bool = True
     handle: str | None = None
@@ -96,6 +108,8 @@ class Collective:
             )
         if not (isinstance(self.nbytes, int) and self.nbytes >= 0):
             raise ValueError(f"{self.op}: nbytes must be an integer >= 0, got {self.nbytes!r}")
+        if not self.algorithm:
+            object.__setattr__(self, "algorithm", DEFAULT_ALGORITHM[self.op])
         if not self.blocking and not self.handle:
             raise ValueError(f"{self.op}: a non-blocking collective needs a handle")
 

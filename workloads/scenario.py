@@ -22,8 +22,7 @@ from typing import Any
 import yaml
 
 from topologies import Topology, TopologyError, load_topology, topology_from_dict
-from workloads import training  # noqa: F401  (registers data_parallel)
-from workloads.base import workload_from_dict
+from workloads import workload_from_dict
 from workloads.stragglers import StragglerSpec
 
 _KEYS = ("name", "seed", "topology", "workload", "stragglers", "energy", "description")
