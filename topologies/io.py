@@ -196,6 +196,35 @@ def _from_explicit(data: Mapping, where: str) -> Topology:
         raise TopologyError(f"{where}: {exc}") from None
 
 
+def read_data_file(path, error: type[Exception] = TopologyError):
+    """Parse a ``.yaml``/``.yml`` or ``.json`` file; problems raise ``error`` naming the path and line.
+
+    YAML numbers like ``1e-6`` are read as floats (YAML 1.2), not strings.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".yaml", ".yml", ".json"):
+        raise error(f"{path}: unsupported file type {suffix!r}; use .yaml, .yml or .json")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error(f"{path}: no such file") from None
+    except OSError as exc:
+        raise error(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if suffix == ".json":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise error(f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise error(f"{path}: invalid YAML{at}: {problem}") from None
+
+
 def load_topology(path) -> Topology:
     """Read a topology from a ``.yaml``/``.yml`` or ``.json`` file.
 
@@ -203,28 +232,7 @@ def load_topology(path) -> Topology:
     key (so a whole scenario file can be pointed at).
     """
     path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in (".yaml", ".yml", ".json"):
-        raise TopologyError(f"{path}: unsupported file type {suffix!r}; use .yaml, .yml or .json")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise TopologyError(f"{path}: no such file") from None
-    except OSError as exc:
-        raise TopologyError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    if suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise TopologyError(f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
-    else:
-        try:
-            data = yaml.load(text, Loader=_Loader)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-            problem = getattr(exc, "problem", None) or str(exc)
-            raise TopologyError(f"{path}: invalid YAML{at}: {problem}") from None
+    data = read_data_file(path)
     where = str(path)
     if isinstance(data, Mapping) and "topology" in data:
         data = data["topology"]

@@ -14,14 +14,12 @@ The same object reaches every executor unchanged.  In a file (YAML or JSON)::
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from topologies import Topology, TopologyError, load_topology, topology_from_dict
+from topologies.io import read_data_file
 from workloads import workload_from_dict
 from workloads.stragglers import StragglerSpec
 
@@ -138,14 +136,10 @@ def _check_programs(scenario: Scenario) -> None:
 
 
 def read_scenario_file(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise ScenarioError(f"{path}: no such scenario file")
-    text = path.read_text()
-    try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (yaml.YAMLError, json.JSONDecodeError) as exc:
-        raise ScenarioError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}") from None
+    """The scenario file's plain data (YAML or JSON; ``1e9`` reads as a float)."""
+    data = read_data_file(path, ScenarioError)
+    if data is None:
+        raise ScenarioError(f"{path}: empty scenario file")
     return data
 
 
