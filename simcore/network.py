@@ -25,7 +25,6 @@ and therefore every result, is the same on every run.
 from __future__ import annotations
 
 import heapq
-from functools import partial
 from typing import Callable, Sequence
 
 import simpy
@@ -36,9 +35,9 @@ _SOLVE_PRIORITY = 2
 
 class _Flow:
     __slots__ = ("fid", "links", "min_capacity", "latency_s", "remaining", "rate", "t_last", "t_end",
-                 "version", "on_done")
+                 "version", "message")
 
-    def __init__(self, fid, links, min_capacity, latency_s, nbytes, now, on_done):
+    def __init__(self, fid, links, min_capacity, latency_s, nbytes, now, message):
         self.fid = fid
         self.links = links
         self.min_capacity = min_capacity
@@ -48,20 +47,27 @@ class _Flow:
         self.t_last = now
         self.t_end = None  # when the last byte leaves, at the current rate
         self.version = 0
-        self.on_done = on_done
+        self.message = message
 
 
 class FlowNetwork:
     """Max-min fair sharing of directed links among concurrent flows.
 
     ``capacities_bytes_per_s[i]`` is the bandwidth of directed link ``i``.
-    ``transfer`` moves ``nbytes`` along ``links`` and calls ``on_done()`` when
-    the last byte has arrived, ``latency_s`` after it left.
+    ``transfer`` moves ``nbytes`` along ``links`` and calls
+    ``on_delivered(message)`` when the last byte has arrived, ``latency_s``
+    after it left.
     """
 
-    def __init__(self, env: simpy.Environment, capacities_bytes_per_s: Sequence[float]):
+    def __init__(
+        self,
+        env: simpy.Environment,
+        capacities_bytes_per_s: Sequence[float],
+        on_delivered: Callable[[object], None],
+    ):
         self.env = env
-        self._timeout = env.timeout  # bound once: SimPy builds a new binding per attribute access
+        self.on_delivered = on_delivered
+        self._Timeout = simpy.Timeout
         self.capacity = [float(c) for c in capacities_bytes_per_s]
         self._flows_on: list[dict[int, _Flow]] = [dict() for _ in self.capacity]
         self._touched: dict[int, None] = {}
@@ -77,7 +83,7 @@ class FlowNetwork:
         min_capacity: float,
         latency_s: float,
         nbytes: int,
-        on_done: Callable[[], None],
+        message: object,
     ) -> None:
         self.flows_started += 1
         if nbytes and links:
@@ -86,7 +92,7 @@ class FlowNetwork:
             touched = self._touched
             fid = self._next_fid
             self._next_fid = fid + 1
-            flow = _Flow(fid, links, min_capacity, latency_s, nbytes, self.env._now, on_done)
+            flow = _Flow(fid, links, min_capacity, latency_s, nbytes, self.env._now, message)
             for link in links:
                 bytes_on_link[link] += nbytes
                 flows_on[link][fid] = flow
@@ -94,9 +100,9 @@ class FlowNetwork:
             if not self._solve_pending:
                 self._schedule_solve()
         elif latency_s > 0:
-            self._timeout(latency_s).callbacks.append(lambda _ev: on_done())
+            self._Timeout(self.env, latency_s, message).callbacks.append(self._deliver_value)
         else:
-            on_done()
+            self.on_delivered(message)
 
     # -- internals -----------------------------------------------------------
 
@@ -108,20 +114,25 @@ class FlowNetwork:
         ev.callbacks.append(self._solve)
         self.env.schedule(ev, _SOLVE_PRIORITY, 0)
 
-    def _last_byte_left(self, flow: _Flow, version: int, _event) -> None:
+    def _last_byte_left(self, event) -> None:
+        flow, version = event._value
         if flow.version != version:
             return  # superseded by a later rate change
         self._detach(flow, touch=True)
         if flow.latency_s > 0:
-            self._timeout(flow.latency_s).callbacks.append(lambda _ev: flow.on_done())
+            self._Timeout(self.env, flow.latency_s, flow.message).callbacks.append(self._deliver_value)
         else:
-            flow.on_done()
+            self.on_delivered(flow.message)
 
-    def _delivered_alone(self, flow: _Flow, version: int, _event) -> None:
+    def _deliver_value(self, event) -> None:
+        self.on_delivered(event._value)
+
+    def _delivered_alone(self, event) -> None:
+        flow, version = event._value
         if flow.version != version:
             return
         self._detach(flow, touch=False)
-        flow.on_done()
+        self.on_delivered(flow.message)
 
     def _detach(self, flow: _Flow, touch: bool) -> None:
         fid = flow.fid
@@ -170,8 +181,8 @@ class FlowNetwork:
             if not component:
                 continue
             if len(component) == 1:
-                (flow,) = component.values()
-                self._set_rate(flow, flow.min_capacity, now, alone=True)
+                for flow in component.values():
+                    self._set_rate(flow, flow.min_capacity, now, alone=True)
             else:
                 self._progressive_filling(component, now)
 
@@ -216,9 +227,11 @@ class FlowNetwork:
         flow.version += 1
         duration = flow.remaining / rate
         flow.t_end = now + duration
+        # The event's value carries (flow, version): a later rate change bumps
+        # the version and so cancels this event without touching the queue.
         if alone:
-            self._timeout(duration + flow.latency_s).callbacks.append(
-                partial(self._delivered_alone, flow, flow.version)
+            self._Timeout(self.env, duration + flow.latency_s, (flow, flow.version)).callbacks.append(
+                self._delivered_alone
             )
         else:
-            self._timeout(duration).callbacks.append(partial(self._last_byte_left, flow, flow.version))
+            self._Timeout(self.env, duration, (flow, flow.version)).callbacks.append(self._last_byte_left)
