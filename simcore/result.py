@@ -57,7 +57,33 @@ class RunResult:
         path = out / "summary.json"
         path.write_text(json.dumps(self.summary, indent=2, default=_jsonable) + "\n")
         written.append(path)
+        if len(self.records):
+            path = out / "trace.json"
+            path.write_text(json.dumps(self.chrome_trace()))
+            written.append(path)
         return written
+
+    def chrome_trace(self) -> dict[str, Any]:
+        """The records as a Chrome/Perfetto trace (open in ui.perfetto.dev or chrome://tracing).
+
+        Two tracks per rank: compute (and waits), and communication, so that
+        non-blocking collectives overlapping compute show side by side.
+        """
+        events: list[dict[str, Any]] = []
+        for rank in sorted(int(r) for r in self.records["rank"].unique()):
+            for stream, label in ((0, "compute"), (1, "communication")):
+                events.append({"name": "thread_name", "ph": "M", "pid": 0, "tid": 2 * rank + stream,
+                               "args": {"name": f"rank {rank} {label}"}})
+        for row in self.records.itertuples(index=False):
+            stream = 0 if row.kind in ("compute", "wait") else 1
+            name = row.kind if not row.algorithm else f"{row.kind} ({row.algorithm})"
+            args = {"op_index": int(row.op_index), "nbytes": int(row.nbytes), "flops": float(row.flops),
+                    "energy_j": float(row.energy_j)}
+            if row.peer >= 0:
+                args["peer"] = int(row.peer)
+            events.append({"name": name, "ph": "X", "pid": 0, "tid": 2 * int(row.rank) + stream,
+                           "ts": row.start_s * 1e6, "dur": (row.end_s - row.start_s) * 1e6, "args": args})
+        return {"traceEvents": events, "displayTimeUnit": "ms"}
 
     def format_summary(self) -> str:
         s = self.summary
