@@ -275,8 +275,7 @@ class Simulator:
     def _result(self, wall_s: float) -> RunResult:
         topo = self.topology
         records = pd.DataFrame.from_records(self._records, columns=list(RECORD_COLUMNS))
-        records.sort_values(["rank", "op_index"], inplace=True, kind="stable")
-        records.reset_index(drop=True, inplace=True)
+        records = records.sort_values(["rank", "op_index"], kind="stable").reset_index(drop=True)
         ends = [e for e in self._end_s if e is not None]
         makespan = max(ends) if ends else self.env.now
         if len(ends) < self.nranks:

@@ -13,8 +13,6 @@ from typing import Any, ClassVar
 
 from workloads.ops import COLLECTIVES, Collective, Compute, Operation, op_from_dict, op_to_dict
 
-Groups = "tuple[tuple[int, ...], ...] | None"
-
 WORKLOADS: dict[str, type] = {}
 
 
@@ -31,6 +29,59 @@ def _as_int(value, where: str) -> int:
     return value
 
 
+def check_int(obj, names, minimum: int | None) -> None:
+    """ValueError naming ``workload.<name>`` unless each field is an int (>= minimum, if given)."""
+    for name in names:
+        value = getattr(obj, name)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"workload.{name} must be an integer, got {value!r}")
+        if minimum is not None and value < minimum:
+            raise ValueError(f"workload.{name} must be >= {minimum}, got {value}")
+
+
+def check_nonnegative(obj, names) -> None:
+    """ValueError naming ``workload.<name>`` unless each field is a finite number >= 0."""
+    for name in names:
+        value = getattr(obj, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+            raise ValueError(f"workload.{name} must be a finite number >= 0, got {value!r}")
+
+
+def split_bytes(total: int, parts: int) -> list[int]:
+    """``total`` bytes in ``parts`` near-equal shards, the first ``total % parts`` one byte larger."""
+    base, extra = divmod(total, parts)
+    return [base + (1 if i < extra else 0) for i in range(parts)]
+
+
+def rank_tuple(value, name: str) -> tuple[int, ...]:
+    """A field holding ranks, as a tuple of ints (YAML gives a list; 3.0 is accepted as 3)."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise ValueError(f"workload.{name} must be a list of ranks, got {value!r}")
+    ranks = tuple(_as_int(r, f"workload.{name}") for r in value)
+    if len(set(ranks)) != len(ranks):
+        raise ValueError(f"workload.{name} lists a rank twice: {list(ranks)}")
+    return ranks
+
+
+def resolve_rank(rank: int, nranks: int, name: str) -> int:
+    """``rank`` in 0..nranks-1; negative counts from the end (-1 is the last rank)."""
+    resolved = rank + nranks if rank < 0 else rank
+    if not 0 <= resolved < nranks:
+        raise ValueError(f"workload.{name}: rank {rank} is out of range for {nranks} ranks")
+    return resolved
+
+
+def resolve_ranks(ranks, nranks: int, name: str) -> tuple[int, ...]:
+    resolved = tuple(resolve_rank(r, nranks, name) for r in ranks)
+    if len(set(resolved)) != len(resolved):
+        raise ValueError(f"workload.{name} names a rank twice: {list(ranks)} with {nranks} ranks")
+    return resolved
+
+
+def round_half_up(x: float) -> int:
+    return int(x + 0.5)
+
+
 class WorkloadBase:
     kind: ClassVar[str] = ""
     _int_fields: ClassVar[tuple[str, ...]] = ()
@@ -43,7 +94,8 @@ class WorkloadBase:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if value != f.default:
-                out[f.name] = value
+                # Tuples as lists, so that the dict dumps to YAML and JSON.
+                out[f.name] = list(value) if isinstance(value, tuple) else value
         return out
 
     @classmethod
