@@ -65,6 +65,9 @@ class Simulator:
         self.nranks = topology.nranks
         self.groups = topology.groups()
         validate_programs(self.programs, self.nranks, self.groups)
+        for rank in self.stragglers.ranks:
+            if not 0 <= rank < self.nranks:
+                raise ValueError(f"stragglers.ranks names rank {rank}, but there are {self.nranks} ranks")
 
     # -- the run -----------------------------------------------------------------
 

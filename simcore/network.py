@@ -35,7 +35,7 @@ _SOLVE_PRIORITY = 2
 
 class _Flow:
     __slots__ = ("fid", "links", "min_capacity", "latency_s", "remaining", "rate", "t_last", "t_end",
-                 "version", "message")
+                 "version", "alone", "message")
 
     def __init__(self, fid, links, min_capacity, latency_s, nbytes, now, message):
         self.fid = fid
@@ -47,6 +47,7 @@ class _Flow:
         self.t_last = now
         self.t_end = None  # when the last byte leaves, at the current rate
         self.version = 0
+        self.alone = False  # its pending event is a delivery that frees no bandwidth for others
         self.message = message
 
 
@@ -216,7 +217,10 @@ class FlowNetwork:
                         heapq.heappush(heap, (spare[other] / unfixed[other], other))
 
     def _set_rate(self, flow: _Flow, rate: float, now: float, alone: bool) -> None:
-        if rate == flow.rate:
+        if rate == flow.rate and alone == flow.alone:
+            # Unchanged.  (A flow that was alone and now shares at the same
+            # rate still needs a new event: its lone delivery would never free
+            # bandwidth for the others when its last byte leaves.)
             return
         if flow.rate:
             flow.remaining -= flow.rate * (now - flow.t_last)
@@ -224,6 +228,7 @@ class FlowNetwork:
                 flow.remaining = 0.0
         flow.t_last = now
         flow.rate = rate
+        flow.alone = alone
         flow.version += 1
         duration = flow.remaining / rate
         flow.t_end = now + duration

@@ -143,6 +143,9 @@ def _check_p2p(op) -> None:
         raise ValueError(f"{op.kind}: peer must be a rank (integer >= 0), got {op.peer!r}")
     if not (isinstance(op.nbytes, int) and op.nbytes >= 0):
         raise ValueError(f"{op.kind}: nbytes must be an integer >= 0, got {op.nbytes!r}")
+    # Negative tags belong to the collectives (see simcore.engine).
+    if isinstance(op.tag, bool) or not (isinstance(op.tag, int) and op.tag >= 0):
+        raise ValueError(f"{op.kind}: tag must be an integer >= 0, got {op.tag!r}")
 
 
 def op_to_dict(op: Operation) -> dict[str, Any]:
