@@ -169,6 +169,8 @@ def op_from_dict(data: dict[str, Any]) -> Operation:
     kind = fields.pop("kind")
     if kind in COLLECTIVES:
         cls, fields["op"] = Collective, kind
+        if kind == "barrier":
+            fields.setdefault("nbytes", 0)
     elif kind in _OP_TYPES:
         cls = _OP_TYPES[kind]
     else:

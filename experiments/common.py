@@ -1,0 +1,245 @@
+"""Shared pieces of the studies: scenario assembly, parallel runs, tables.
+
+Experiments hold no model logic.  They write scenarios as plain dicts (the
+same form a scenario file has), hand them to an executor, and tabulate what
+comes back.  Every run goes through ``run_scenario_dict`` so that the
+parallel studies ship only small dicts between processes, never DataFrames.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+import sys
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import yaml
+
+# -- the topologies of the scaling study -----------------------------------------
+
+STUDY_TOPOLOGIES = ("ring", "tree", "hierarchical", "edge_cloud")
+
+# 100 Gb/s Ethernet-class links for the flat topologies.
+LINK_BANDWIDTH_BYTES_PER_S = 12.5e9
+# A fan-out-4 switch tree: few enough switches that their idle power does not
+# swamp the energy column, deep enough (log4 256 = 4 levels) to show uplinks.
+TREE_ARITY = 4
+# GPUs per server in the hierarchical topology (the builder's default level
+# bandwidths, innermost first: 300e9 NVSwitch, 25e9 NIC to the top-of-rack switch).
+GROUP_SIZE = 8
+# Edge-cloud split: one edge server per 16 ranks (at least one), one cloud
+# node from N=3 on, the rest are devices, so that every size trains on at
+# least one device (N=2 is a device and its edge server).
+EDGE_RANKS_PER_SERVER = 16
+
+# The all-reduce each topology runs by default, as a framework would choose:
+# NCCL-style ring where links are uniform; on the hierarchical and edge-cloud
+# topologies the 'hierarchical' algorithm (reduce inside each group, ring
+# all-reduce among group leaders, broadcast back) keeps the slow links to one
+# message per group.  It is also what makes 256-rank runs cheap to simulate:
+# a flat ring costs 2(p-1)p point-to-point messages per bucket, about 130k at
+# p=256, and the simulator spends roughly 10 us per message.
+DEFAULT_ALGORITHM = {
+    "ring": "ring",
+    "tree": "ring",
+    "hierarchical": "hierarchical",
+    "edge_cloud": "hierarchical",
+}
+
+
+def study_topology(kind: str, n: int) -> dict[str, Any]:
+    """The builder-form topology dict of ``kind`` with ``n`` ranks (see module constants)."""
+    if kind == "ring":
+        return {"builder": "ring", "n": n, "bandwidth_bytes_per_s": LINK_BANDWIDTH_BYTES_PER_S}
+    if kind == "tree":
+        return {"builder": "tree", "n": n, "arity": TREE_ARITY, "bandwidth_bytes_per_s": LINK_BANDWIDTH_BYTES_PER_S}
+    if kind == "hierarchical":
+        if n <= GROUP_SIZE:
+            # One server: a single level (the fast intra-server network).
+            return {"builder": "hierarchical", "levels": [n]}
+        if n % GROUP_SIZE:
+            raise ValueError(f"hierarchical: N={n} must be <= {GROUP_SIZE} or a multiple of {GROUP_SIZE}")
+        return {"builder": "hierarchical", "levels": [n // GROUP_SIZE, GROUP_SIZE]}
+    if kind == "edge_cloud":
+        n_edge = max(1, n // EDGE_RANKS_PER_SERVER)
+        n_cloud = 1 if n >= 3 else 0
+        return {"builder": "edge_cloud", "n_devices": n - n_edge - n_cloud, "n_edge": n_edge, "n_cloud": n_cloud}
+    raise ValueError(f"unknown study topology {kind!r}; known: {', '.join(STUDY_TOPOLOGIES)}")
+
+
+def check_study_size(kind: str, n: int) -> str | None:
+    """Why ``kind`` cannot have ``n`` ranks, or None."""
+    if n < 2:
+        return f"{kind}: N must be >= 2, got {n}"
+    try:
+        study_topology(kind, n)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+# -- running -----------------------------------------------------------------------
+
+def run_scenario_dict(data: dict[str, Any], backend: str = "sim", base_dir: str | None = None,
+                      where: str = "scenario") -> dict[str, Any]:
+    """Build, run and summarize one scenario; returns plain numbers only.
+
+    Top-level so that ``ProcessPoolExecutor`` can pickle it.
+    """
+    from executors import get_executor
+    from workloads.scenario import scenario_from_dict
+
+    scenario = scenario_from_dict(data, base_dir=Path(base_dir) if base_dir else None, where=where)
+    result = get_executor(backend).run(scenario)
+    return metrics(result)
+
+
+def metrics(result) -> dict[str, Any]:
+    """The columns every study reports, from one RunResult.
+
+    ``comm_share`` is the mean over ranks of (comm_s + wait_s) / makespan: the
+    part of the step a rank spends not computing, i.e. blocked on
+    communication, waiting for slower peers, or idle after finishing early.
+    With DDP's overlap the all-reduces run on the communication stream, so
+    only their exposed (not hidden behind backward) part counts.
+    """
+    s = result.summary
+    makespan = float(s["makespan_s"])
+    pr = result.per_rank
+    if len(pr.columns):
+        compute_mean = float(pr["compute_s"].mean())
+        comm_mean = float(pr["comm_s"].mean())
+        wait_mean = float(pr["wait_s"].mean())
+    else:
+        compute_mean = float(s.get("compute_s_mean", 0.0))
+        comm_mean = float(s.get("comm_s_mean", 0.0))
+        wait_mean = float(s.get("wait_s_mean", 0.0))
+    share = (comm_mean + wait_mean) / makespan if makespan > 0 else 0.0
+    return {
+        "nranks": int(s["nranks"]),
+        "makespan_s": makespan,
+        "compute_s_mean": compute_mean,
+        "comm_s_mean": comm_mean,
+        "wait_s_mean": wait_mean,
+        "comm_share": share,
+        "energy_j": float(s.get("total_energy_j", float("nan"))),
+        "messages": int(s.get("messages", 0)),
+        # Host time of the run: reported on the progress line, never in a table
+        # (tables must not depend on the machine).
+        "wall_s": float(s.get("wall_s", 0.0)),
+    }
+
+
+def default_jobs() -> int:
+    return os.cpu_count() or 1
+
+
+def run_many(tasks: Sequence[tuple[Callable, tuple]], *, jobs: int,
+             label: Callable[[int, Any], str] | None = None, cost: Sequence[float] | None = None,
+             stream=None) -> list[Any]:
+    """Run ``fn(*args)`` for every task, ``jobs`` at a time; results in task order.
+
+    ``cost`` (an estimate per task) only orders submission, dearest first, so
+    the long runs do not end up last on one worker; results never depend on
+    it or on ``jobs``.  ``label(i, result)`` is printed to ``stream`` (stderr)
+    as each task finishes, with a ``[k/n]`` counter.
+    """
+    stream = sys.stderr if stream is None else stream
+    total = len(tasks)
+    results: list[Any] = [None] * total
+    order = list(range(total))
+    if cost is not None:
+        order.sort(key=lambda i: -cost[i])
+    done = 0
+
+    def report(i: int) -> None:
+        nonlocal done
+        done += 1
+        if label is not None:
+            print(f"[{done}/{total}] {label(i, results[i])}", file=stream, flush=True)
+
+    if jobs <= 1 or total <= 1:
+        for i in order:
+            fn, args = tasks[i]
+            results[i] = fn(*args)
+            report(i)
+        return results
+    with ProcessPoolExecutor(max_workers=min(jobs, total)) as pool:
+        futures = {pool.submit(tasks[i][0], *tasks[i][1]): i for i in order}
+        try:
+            for future in as_completed(futures):
+                i = futures[future]
+                results[i] = future.result()
+                report(i)
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+    return results
+
+
+# -- values and paths --------------------------------------------------------------
+
+_FLOAT = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?(?:inf|nan)", re.IGNORECASE)
+
+
+def parse_scalar(text: str) -> Any:
+    """A command-line value as YAML reads it, but ``1e9`` is a float (YAML 1.1 reads a string)."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+        return float(value)
+    return value
+
+
+def format_value(value: Any) -> str:
+    """A varied value for labels: floats short (1e+09), the rest as text."""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def numeric_or_none(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+# -- output ------------------------------------------------------------------------
+
+def format_table(rows: Iterable[dict[str, Any]], columns: Sequence[tuple[str, str, str]]) -> str:
+    """A plain-text table; ``columns`` are (key, header, format spec) triples."""
+    rows = list(rows)
+    cells = [[h for _, h, _ in columns]]
+    for row in rows:
+        line = []
+        for key, _, spec in columns:
+            value = row.get(key, "")
+            if isinstance(value, float) and not math.isfinite(value):
+                line.append("-")
+            elif spec and isinstance(value, (int, float)) and not isinstance(value, bool):
+                line.append(format(value, spec))
+            else:
+                line.append(str(value))
+        cells.append(line)
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    out = []
+    for k, line in enumerate(cells):
+        out.append("  ".join(c.rjust(w) if k and _numberish(c) else c.ljust(w) for c, w in zip(line, widths)).rstrip())
+        if k == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+def _numberish(text: str) -> bool:
+    return bool(_FLOAT.fullmatch(text)) or text == "-"
+
+
+def make_out_dir(path: str | Path) -> Path:
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
