@@ -7,7 +7,12 @@ from simcore.result import RunResult
 
 
 class SimulatedExecutor(Executor):
+    """``progress(simulated_s, events)``, if given, is called now and then on long runs."""
+
     name = "sim"
+
+    def __init__(self, progress=None):
+        self.progress = progress
 
     def run(self, scenario) -> RunResult:
         simulator = Simulator(
@@ -18,4 +23,4 @@ class SimulatedExecutor(Executor):
             count_idle_energy=scenario.energy.count_idle,
             name=scenario.name,
         )
-        return simulator.run()
+        return simulator.run(progress=self.progress)

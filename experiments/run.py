@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import re
 import sys
+import time
 from pathlib import Path
 
 
@@ -49,6 +50,22 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "scenario"
 
 
+class _ProgressPrinter:
+    """Prints the simulated time reached, at most every ``every_s`` seconds of wall time."""
+
+    def __init__(self, every_s: float = 2.0):
+        self.every_s = every_s
+        self.started = time.monotonic()
+        self.last = self.started
+
+    def __call__(self, simulated_s: float, events: int) -> None:
+        now = time.monotonic()
+        if now - self.last >= self.every_s:
+            self.last = now
+            print(f"  ... simulated {simulated_s:.6g} s, {events:,} events, {now - self.started:.0f} s wall",
+                  file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     from executors import get_executor
     from simcore.engine import SimulationError
@@ -66,8 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.seed is not None:
         source = None if scenario.source is None else {**scenario.source, "seed": args.seed}
         scenario = dataclasses.replace(scenario, seed=args.seed, source=source)
+    options = {"progress": _ProgressPrinter()} if args.backend == "sim" else {}
     try:
-        executor = get_executor(args.backend)
+        executor = get_executor(args.backend, **options)
     except (ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

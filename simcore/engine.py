@@ -16,11 +16,12 @@ from __future__ import annotations
 import gc
 import time
 from collections import deque
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 import simpy
+from simpy.core import EmptySchedule
 
 from simcore.network import FlowNetwork
 from simcore.result import RECORD_COLUMNS, RunResult
@@ -29,6 +30,9 @@ from workloads.collectives import lower
 from workloads.ops import Collective, Compute, Operation, Recv, Send, Wait
 from workloads.stragglers import SlowdownSampler, StragglerSpec, rank_streams
 from workloads.validate import validate_programs
+
+
+PROGRESS_EVERY_EVENTS = 200_000
 
 
 class SimulationError(RuntimeError):
@@ -71,7 +75,9 @@ class Simulator:
 
     # -- the run -----------------------------------------------------------------
 
-    def run(self) -> RunResult:
+    def run(self, progress: Callable[[float, int], None] | None = None) -> RunResult:
+        """Simulate to the end; ``progress(simulated_s, events)`` is called every
+        ``PROGRESS_EVERY_EVENTS`` events (it may print; it cannot change the run)."""
         wall0 = time.perf_counter()
         topo = self.topology
         env = simpy.Environment()
@@ -97,7 +103,17 @@ class Simulator:
         gc_was_enabled = gc.isenabled()
         gc.disable()
         try:
-            env.run()
+            if progress is None:
+                env.run()
+            else:
+                step = env.step
+                try:
+                    while True:
+                        for _ in range(PROGRESS_EVERY_EVENTS):
+                            step()
+                        progress(env.now, _events_scheduled(env))
+                except EmptySchedule:
+                    pass
         finally:
             if gc_was_enabled:
                 gc.enable()
