@@ -32,6 +32,8 @@ class Executor(ABC):
 # name -> "module:Class", imported on first use.
 _REGISTRY: dict[str, str] = {
     "sim": "executors.simulated:SimulatedExecutor",
+    "mpi": "executors.mpi:MPIExecutor",
+    "torch": "executors.torchdist:TorchExecutor",
 }
 
 

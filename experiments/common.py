@@ -243,3 +243,45 @@ def make_out_dir(path: str | Path) -> Path:
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+# -- options of the real executors (experiments.run, experiments.validate) -------
+
+
+def add_real_options(parser) -> None:
+    from executors.real import MODES, TIMINGS
+
+    g = parser.add_argument_group("real runs (--backend mpi | torch)")
+    g.add_argument("--mode", default="native", choices=MODES,
+                   help="collectives as the library's own call (native, default) or as the lowered "
+                        "point-to-point steps of the scenario's algorithm (algorithm)")
+    g.add_argument("--warmup", type=int, default=1, help="untimed repeats first (default 1)")
+    g.add_argument("--repeats", type=int, default=5, help="timed repeats of the whole program (default 5)")
+    g.add_argument("--timing", default="auto", choices=TIMINGS,
+                   help="aligned: a barrier before every operation; free: one per repeat; "
+                        "auto (default): aligned when every rank runs the same operations, none non-blocking")
+    g.add_argument("--timeout", type=float, default=120.0, metavar="S",
+                   help="a rank stuck this long in one operation ends the run (default 120 s)")
+    g.add_argument("--check", action="store_true",
+                   help="check every collective's result (fills buffers; slower)")
+    g.add_argument("--hostfile", help="MPI hostfile, for a run launched across machines")
+
+
+def real_options(args):
+    """RealOptions from the parsed ``add_real_options`` arguments (ValueError on bad values)."""
+    from executors.real import RealOptions
+
+    return RealOptions(mode=args.mode, warmup=args.warmup, repeats=args.repeats, timing=args.timing,
+                       timeout_s=args.timeout, check=args.check)
+
+
+def make_executor(backend: str, args, progress=None):
+    """The executor for ``backend`` with the options given on the command line."""
+    from executors import get_executor
+
+    if backend == "sim":
+        return get_executor("sim", progress=progress)
+    options = {"options": real_options(args)}
+    if backend == "mpi":
+        options["hostfile"] = args.hostfile
+    return get_executor(backend, **options)

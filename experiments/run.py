@@ -2,12 +2,15 @@
 
     python -m experiments.run experiments/scenarios/ring8_allreduce.yaml
     python -m experiments.run SCENARIO.yaml --backend sim --out results/mine --seed 3
+    python -m experiments.run SCENARIO.yaml --backend mpi            # launches mpiexec itself
+    mpiexec -n 8 python -m experiments.run SCENARIO.yaml --backend mpi
+    python -m experiments.run SCENARIO.yaml --backend torch          # launches torchrun itself
 
 Prints the summary and a per-kind table (operation kind, count, mean
 duration), and writes records.csv, per_rank.csv, per_link.csv, per_node.csv
 and summary.json into ``--out`` (default ``results/run-<scenario name>/``).
-Exit codes: 0 done, 1 the run failed (a deadlock; what was computed is still
-written), 2 a bad scenario file or option.
+Exit codes: 0 done, 1 the run failed (a deadlock, or a real rank that died or
+hung; what was computed is still written), 2 a bad scenario file or option.
 """
 from __future__ import annotations
 
@@ -28,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="sim", choices=backends(), help="executor (default sim)")
     p.add_argument("--out", help="results folder (default results/run-<scenario name>)")
     p.add_argument("--seed", type=int, help="override the scenario's seed")
+    from experiments.common import add_real_options
+
+    add_real_options(p)
     return p
 
 
@@ -67,7 +73,8 @@ class _ProgressPrinter:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from executors import get_executor
+    from executors.real import RealRunError
+    from experiments.common import make_executor
     from simcore.engine import SimulationError
     from workloads.scenario import ScenarioError, load_scenario
 
@@ -83,9 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.seed is not None:
         source = None if scenario.source is None else {**scenario.source, "seed": args.seed}
         scenario = dataclasses.replace(scenario, seed=args.seed, source=source)
-    options = {"progress": _ProgressPrinter()} if args.backend == "sim" else {}
     try:
-        executor = get_executor(args.backend, **options)
+        executor = make_executor(args.backend, args, progress=_ProgressPrinter())
     except (ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -99,6 +105,11 @@ def main(argv: list[str] | None = None) -> int:
             exc.partial.write(out)
             print(f"wrote what was computed before the failure to {out}/")
         return 1
+    except RealRunError as exc:
+        print(f"error: {args.scenario}: {exc}", file=sys.stderr)
+        return 1
+    if result is None:
+        return 0  # a rank other than 0 of an MPI job: rank 0 reports
 
     print(result.format_summary())
     print()

@@ -1,0 +1,176 @@
+"""Launch a real run from a plain process, and make sure it ends.
+
+``launch("mpi" | "torch", scenario, options)`` writes the scenario to a
+temporary folder, starts ``mpiexec -n N`` or ``torchrun --nproc-per-node N``
+on ``python -m executors.worker`` in a session of its own, and waits.
+
+A run never hangs forever: each rank's watchdog ends the job when one
+operation outlasts ``options.timeout_s``, and the launcher kills the whole
+process group when the ranks show no sign of life (no rank entered a new
+operation) for ``options.timeout_s`` plus a start-up grace.  Either way the
+error names the ranks and the operations they were in, from the status file
+each rank keeps, and no process is left behind.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from executors.real import RealOptions, RealRunError
+
+START_GRACE_S = 60.0
+
+
+def scenario_for_workers(scenario) -> dict:
+    """The scenario as self-contained plain data (a topology file becomes explicit nodes and links)."""
+    data = scenario.to_dict()
+    if not isinstance(data.get("topology"), dict):
+        data["topology"] = scenario.topology.to_dict()
+    data.setdefault("name", scenario.name)
+    return data
+
+
+def command(backend: str, nranks: int, run_dir: str, hostfile: str | None = None) -> list[str]:
+    worker = [sys.executable, "-m", "executors.worker", run_dir]
+    if backend == "mpi":
+        from executors.mpi import mpiexec_path
+
+        mpiexec = mpiexec_path()
+        if mpiexec is None:
+            raise RealRunError("no mpiexec found on PATH (pip install mpich, or load your cluster's MPI module)")
+        cmd = [mpiexec, "-n", str(nranks)]
+        if hostfile:
+            cmd += ["-f", hostfile]
+        return cmd + worker
+    if backend == "torch":
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nranks}",
+                "--max-restarts=0", "-m", "executors.worker", run_dir]
+    raise ValueError(f"unknown real backend {backend!r}")
+
+
+def launch(backend: str, scenario, options: RealOptions, *, hostfile: str | None = None,
+           timeout_s: float | None = None, keep_dir: bool = False):
+    """Run ``scenario`` for real with ``backend`` ('mpi' or 'torch'); return rank 0's RunResult."""
+    run_dir = tempfile.mkdtemp(prefix=f"distsim-{backend}-")
+    try:
+        Path(run_dir, "scenario.json").write_text(json.dumps(scenario_for_workers(scenario)))
+        Path(run_dir, "options.json").write_text(json.dumps({**options.to_dict(), "backend": backend}))
+        cmd = command(backend, scenario.nranks, run_dir, hostfile)
+        env = dict(os.environ)
+        # N ranks on one machine share its cores: one BLAS thread each unless
+        # the user says otherwise.
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            env.setdefault(var, "1")
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(Path(__file__).resolve().parent.parent)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+        )
+        stdout = open(Path(run_dir, "stdout.txt"), "w")
+        stderr = open(Path(run_dir, "stderr.txt"), "w")
+        try:
+            proc = subprocess.Popen(cmd, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL, env=env,
+                                    start_new_session=True)
+        finally:
+            stdout.close()
+            stderr.close()
+        silent_limit_s = options.timeout_s + START_GRACE_S
+        started = time.monotonic()
+        reason = None
+        while proc.poll() is None:
+            time.sleep(0.1)
+            now = time.monotonic()
+            if timeout_s is not None and now - started > timeout_s:
+                reason = f"the run took longer than {timeout_s:g} s"
+            elif now - max(started, _last_sign_of_life(run_dir)) > silent_limit_s:
+                reason = f"no rank started a new operation for {silent_limit_s:g} s"
+            if reason:
+                _kill_group(proc)
+                break
+        code = proc.wait()
+        result_path = Path(run_dir, "result.pkl")
+        if reason is None and code == 0 and result_path.exists():
+            with open(result_path, "rb") as fh:
+                return pickle.load(fh)
+        raise RealRunError(_failure_message(backend, scenario.nranks, run_dir, code, reason))
+    finally:
+        if not keep_dir:
+            _remove(run_dir)
+
+
+def _last_sign_of_life(run_dir: str) -> float:
+    """Latest status-file change, on the monotonic clock."""
+    latest = 0.0
+    for path in Path(run_dir).glob("rank*.status"):
+        try:
+            latest = max(latest, path.stat().st_mtime)
+        except FileNotFoundError:
+            continue
+    if not latest:
+        return 0.0
+    return time.monotonic() - (time.time() - latest)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=3)
+            # The launcher may be gone while ranks linger: make sure of the group.
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def rank_states(run_dir: str, nranks: int) -> list[str]:
+    states = []
+    for rank in range(nranks):
+        path = Path(run_dir, f"rank{rank}.status")
+        states.append(path.read_text().strip() if path.exists() else "not started")
+    return states
+
+
+def _describe(rank: int, state: str) -> str:
+    words = state.split()
+    if words and words[0] in ("op", "died", "timeout", "error") and len(words) >= 3 and words[1].lstrip("-").isdigit():
+        index, kind = int(words[1]), words[2]
+        where = "before its first operation (start barrier)" if index < 0 else f"in op {index} ({kind})"
+        verb = {"op": "was", "died": "died", "timeout": "timed out", "error": "failed"}[words[0]]
+        return f"rank {rank} {verb} {where}"
+    return f"rank {rank}: {state}"
+
+
+def _failure_message(backend: str, nranks: int, run_dir: str, code: int, reason: str | None) -> str:
+    states = rank_states(run_dir, nranks)
+    culprits = [r for r, s in enumerate(states) if s.split()[:1] and s.split()[0] in ("died", "timeout", "error")]
+    unfinished = [r for r, s in enumerate(states) if s != "done"]
+    head = f"{backend} run failed"
+    if reason:
+        head += f": {reason}; killed it"
+    elif code:
+        head += f" (exit code {code})"
+    lines = [head]
+    for rank in culprits or unfinished:
+        lines.append("  " + _describe(rank, states[rank]))
+    stderr = Path(run_dir, "stderr.txt")
+    tail = stderr.read_text(errors="replace").strip().splitlines()[-12:] if stderr.exists() else []
+    if tail:
+        lines.append("  last lines of the ranks' stderr:")
+        lines += ["    " + line for line in tail]
+    return "\n".join(lines)
+
+
+def _remove(run_dir: str) -> None:
+    import shutil
+
+    shutil.rmtree(run_dir, ignore_errors=True)

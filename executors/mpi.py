@@ -1,0 +1,188 @@
+"""The MPI executor: runs a scenario with mpi4py, one process per rank.
+
+Two ways to start it:
+
+- inside an MPI job: ``mpiexec -n N python -m experiments.run S.yaml --backend mpi``
+  (or ``srun``); every process runs its rank and rank 0 writes the result;
+- from a plain process: ``MPIExecutor().run(scenario)`` launches
+  ``mpiexec -n N`` itself (see ``executors.launch``), with a timeout that ends a
+  dead or stuck run and leaves no process behind.
+
+mpi4py is imported only here and only when needed, so the rest of the package
+imports without it.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+
+from executors.base import Executor
+from executors.real import KERNEL_N, RealBackend, RealOptions, run_real
+from workloads.collectives import alltoall_output_layout, block_layout
+
+
+def inside_mpi_job() -> bool:
+    """True when this process was started by an MPI launcher with more than one rank."""
+    for var in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS", "PMIX_SIZE"):
+        value = os.environ.get(var)
+        if value is not None:
+            return True
+    return "SLURM_STEP_NUM_TASKS" in os.environ and "PMI_RANK" in os.environ
+
+
+def mpiexec_path() -> str | None:
+    return os.environ.get("DISTSIM_MPIEXEC") or shutil.which("mpiexec") or shutil.which("mpirun")
+
+
+class MPIBackend(RealBackend):
+    name = "mpi"
+
+    def __init__(self):
+        from mpi4py import MPI
+
+        self.MPI = MPI
+        self.world = MPI.COMM_WORLD
+        # Collective steps get a communicator of their own, so their messages
+        # can never match a user's send or receive.
+        self.steps = self.world.Dup()
+        self.rank = self.world.Get_rank()
+        self.size = self.world.Get_size()
+        rng = np.random.default_rng(self.rank)
+        self._a = rng.random((KERNEL_N, KERNEL_N), dtype=np.float32)
+        self._b = rng.random((KERNEL_N, KERNEL_N), dtype=np.float32)
+        self._c = np.empty((KERNEL_N, KERNEL_N), dtype=np.float32)
+
+    def barrier(self) -> None:
+        self.world.Barrier()
+
+    def now_s(self) -> float:
+        return self.MPI.Wtime()
+
+    def buffer(self, nbytes: int):
+        return np.zeros(nbytes, dtype=np.uint8)
+
+    def fill(self, buf, value: int) -> None:
+        buf.fill(value % 256)
+
+    def to_numpy(self, buf) -> np.ndarray:
+        return buf
+
+    def send(self, buf, peer: int, tag: int) -> None:
+        self.world.Send([buf, self.MPI.BYTE], dest=peer, tag=tag)
+
+    def recv(self, buf, peer: int, tag: int) -> None:
+        self.world.Recv([buf, self.MPI.BYTE], source=peer, tag=tag)
+
+    def isend(self, buf, peer: int, tag: int):
+        return self.steps.Isend([buf, self.MPI.BYTE], dest=peer, tag=tag)
+
+    def irecv(self, buf, peer: int, tag: int):
+        return self.steps.Irecv([buf, self.MPI.BYTE], source=peer, tag=tag)
+
+    def waitall(self, requests) -> None:
+        self.MPI.Request.Waitall(requests)
+
+    def wait(self, request) -> None:
+        request.Wait()
+
+    def add_(self, dst, src) -> None:
+        np.add(dst, src, out=dst)
+
+    def copy_(self, dst, src) -> None:
+        dst[...] = src
+
+    def matmul(self, rows: int) -> None:
+        np.matmul(self._a[:rows], self._b, out=self._c[:rows])
+
+    def gather(self, obj):
+        return self.world.gather(obj, root=0)
+
+    def processor_name(self) -> str:
+        return self.MPI.Get_processor_name()
+
+    def collective(self, op, buf, out, blocking: bool):
+        MPI, comm, p = self.MPI, self.world, self.size
+        u8 = MPI.UNSIGNED_CHAR  # MPI_SUM is defined on it (not on MPI_BYTE); sums wrap mod 256
+        kind = op.op
+        if kind == "allreduce":
+            args = (MPI.IN_PLACE, [buf, u8])
+            return comm.Allreduce(*args, op=MPI.SUM) if blocking else comm.Iallreduce(*args, op=MPI.SUM)
+        if kind == "broadcast":
+            return comm.Bcast([buf, u8], root=op.root) if blocking else comm.Ibcast([buf, u8], root=op.root)
+        if kind == "reduce":
+            send = MPI.IN_PLACE if self.rank == op.root else [buf, u8]
+            if blocking:
+                return comm.Reduce(send, [buf, u8], op=MPI.SUM, root=op.root)
+            return comm.Ireduce(send, [buf, u8], op=MPI.SUM, root=op.root)
+        layout = block_layout(op.nbytes, p)
+        counts = [size for _, size in layout]
+        displs = [off for off, _ in layout]
+        if kind == "allgather":
+            args = (MPI.IN_PLACE, [buf, counts, displs, u8])
+            return comm.Allgatherv(*args) if blocking else comm.Iallgatherv(*args)
+        if kind == "reduce_scatter":
+            # The result lands in this rank's block of the buffer, where the
+            # lowered algorithm leaves it too.
+            off, size = layout[self.rank]
+            recv = out[:size]
+            if blocking:
+                comm.Reduce_scatter([buf, u8], [recv, u8], recvcounts=counts, op=MPI.SUM)
+                buf[off: off + size] = recv
+                return None
+            return _Finisher(comm.Ireduce_scatter([buf, u8], [recv, u8], recvcounts=counts, op=MPI.SUM),
+                             lambda: buf.__setitem__(slice(off, off + size), recv))
+        if kind == "alltoall":
+            out_layout = alltoall_output_layout(op.nbytes, self.rank, p)
+            send = [buf, counts, displs, u8]
+            recv = [out, [s for _, s in out_layout], [o for o, _ in out_layout], u8]
+            return comm.Alltoallv(send, recv) if blocking else comm.Ialltoallv(send, recv)
+        if kind == "barrier":
+            return comm.Barrier() if blocking else comm.Ibarrier()
+        raise ValueError(f"mpi: no native call for {kind}")
+
+
+class _Finisher:
+    """A request plus what to do once it completes."""
+
+    def __init__(self, request, then):
+        self.request = request
+        self.then = then
+
+    def Wait(self):  # noqa: N802  (mpi4py's spelling)
+        self.request.Wait()
+        self.then()
+
+
+class MPIExecutor(Executor):
+    """Run a scenario over MPI; see the module docstring for the two ways to start it."""
+
+    name = "mpi"
+
+    def __init__(self, options: RealOptions | None = None, hostfile: str | None = None, launcher_timeout_s=None):
+        self.options = options or RealOptions()
+        self.hostfile = hostfile
+        self.launcher_timeout_s = launcher_timeout_s
+
+    @classmethod
+    def is_available(cls) -> bool:
+        return cls.unavailable_reason() == ""
+
+    @classmethod
+    def unavailable_reason(cls) -> str:
+        try:
+            import mpi4py  # noqa: F401
+        except ImportError:
+            return "mpi4py is not installed (pip install -e '.[mpi]' installs mpi4py and the mpich wheel)"
+        if not inside_mpi_job() and mpiexec_path() is None:
+            return "no mpiexec found on PATH (pip install mpich, or load your cluster's MPI module)"
+        return ""
+
+    def run(self, scenario):
+        if inside_mpi_job():
+            backend = MPIBackend()
+            return run_real(backend, scenario, self.options)
+        from executors.launch import launch
+
+        return launch("mpi", scenario, self.options, hostfile=self.hostfile, timeout_s=self.launcher_timeout_s)

@@ -1,0 +1,429 @@
+"""What every real backend shares: run a rank's program and time each operation.
+
+A backend (``executors.mpi``, ``executors.torchdist``) supplies a
+``RealBackend``: point-to-point and native collective calls on byte buffers,
+a barrier, a clock and a gather.  ``run_real`` then executes the scenario's
+program for this rank, exactly the operations the simulator ran:
+
+- compute: matrix products of float32 matrices sized to the operation's FLOPs
+  (2 n^3 per n x n product), never a sleep;
+- send / recv: real buffers of the given size;
+- collectives, ``native``: the library's own call (``Allreduce``,
+  ``all_reduce``...); ``algorithm``: the lowered point-to-point steps of the
+  named algorithm (``workloads.collectives.lower``), Isend/Irecv then Waitall
+  per step, on a separate communicator so user tags never collide;
+- non-blocking collectives start at once and complete at their ``wait``.
+
+Buffers are bytes (uint8), and reductions add bytes modulo 256 in both modes,
+so a result can be checked exactly (``check=True``).
+
+Timing: ``aligned`` puts a barrier before every operation and times each
+from that barrier, so an operation's time is its own (the only mode that is
+valid is when every rank runs the same number of operations and none is
+non-blocking); ``free`` puts one barrier before each repeat and lets the
+ranks run on, as the simulator does.  ``auto`` picks aligned where it is valid.
+Records carry ``start_s``/``end_s`` from the repeat's first barrier, and a
+``repeat`` column; warm-up repeats are run and dropped.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+import threading
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from simcore.result import RECORD_COLUMNS, RunResult
+from workloads.collectives import alltoall_output_layout, block_layout, lower
+from workloads.ops import Collective, Compute, Recv, Send, Wait
+
+MODES = ("native", "algorithm")
+TIMINGS = ("auto", "aligned", "free")
+# Side of the square float32 matrices compute operations multiply: large
+# enough for BLAS to run near peak, small enough to hit a FLOP count closely.
+KERNEL_N = 256
+
+
+class RealRunError(RuntimeError):
+    """A real run that could not finish; the message names the rank and operation."""
+
+
+@dataclass(frozen=True)
+class RealOptions:
+    mode: str = "native"
+    warmup: int = 1
+    repeats: int = 3
+    timing: str = "auto"
+    timeout_s: float = 120.0
+    check: bool = False
+    # Test hook, "ACTION:RANK:OP" with ACTION exit or hang: that rank dies or
+    # stops at that operation, to prove that failures end the run cleanly.
+    fault: str = ""
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.timing not in TIMINGS:
+            raise ValueError(f"timing must be one of {', '.join(TIMINGS)}, got {self.timing!r}")
+        if self.warmup < 0 or self.repeats < 1:
+            raise ValueError(f"warmup must be >= 0 and repeats >= 1, got {self.warmup} and {self.repeats}")
+        if not self.timeout_s > 0:
+            raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
+        if self.fault:
+            parse_fault(self.fault)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def parse_fault(text: str) -> tuple[str, int, int]:
+    try:
+        action, rank, op = text.split(":")
+        if action not in ("exit", "hang"):
+            raise ValueError
+        return action, int(rank), int(op)
+    except ValueError:
+        raise ValueError(f"fault must look like exit:RANK:OP or hang:RANK:OP, got {text!r}") from None
+
+
+class RealBackend(ABC):
+    """One rank of a real run.  Buffers are 1-D uint8 arrays (numpy or torch)."""
+
+    name = ""
+    rank: int
+    size: int
+
+    @abstractmethod
+    def barrier(self) -> None: ...
+
+    def now_s(self) -> float:
+        return time.perf_counter()
+
+    def synchronize(self) -> None:
+        """Wait for queued device work before the clock is read (GPU backends)."""
+
+    @abstractmethod
+    def buffer(self, nbytes: int): ...
+
+    @abstractmethod
+    def fill(self, buf, value: int) -> None: ...
+
+    @abstractmethod
+    def to_numpy(self, buf) -> np.ndarray: ...
+
+    @abstractmethod
+    def send(self, buf, peer: int, tag: int) -> None: ...
+
+    @abstractmethod
+    def recv(self, buf, peer: int, tag: int) -> None: ...
+
+    # isend/irecv carry the steps of lowered collectives, on a communicator
+    # (process group) of their own; send/recv carry the users' messages.
+    @abstractmethod
+    def isend(self, buf, peer: int, tag: int): ...
+
+    @abstractmethod
+    def irecv(self, buf, peer: int, tag: int): ...
+
+    @abstractmethod
+    def waitall(self, requests) -> None:
+        """Wait for requests from ``isend``/``irecv``."""
+
+    def wait(self, request) -> None:
+        """Wait for a request returned by a non-blocking ``collective``."""
+        request.wait()
+
+    @abstractmethod
+    def add_(self, dst, src) -> None: ...
+
+    @abstractmethod
+    def copy_(self, dst, src) -> None: ...
+
+    @abstractmethod
+    def collective(self, op: Collective, buf, out, blocking: bool):
+        """The library's own call; returns a request to wait on when not blocking."""
+
+    @abstractmethod
+    def matmul(self, rows: int) -> None:
+        """One product of a (rows x KERNEL_N) by a (KERNEL_N x KERNEL_N) float32 matrix."""
+
+    @abstractmethod
+    def gather(self, obj) -> list | None:
+        """All ranks' ``obj`` at rank 0 (None elsewhere)."""
+
+    def processor_name(self) -> str:
+        import socket
+
+        return socket.gethostname()
+
+    def close(self) -> None:
+        pass
+
+
+# -- the run -------------------------------------------------------------------
+
+
+def choose_timing(programs, timing: str) -> str:
+    if timing != "auto":
+        return timing
+    lengths = {len(p) for p in programs}
+    nonblocking = any(isinstance(op, (Wait,)) or (isinstance(op, Collective) and not op.blocking)
+                      for p in programs for op in p)
+    return "aligned" if len(lengths) == 1 and not nonblocking else "free"
+
+
+def run_real(backend: RealBackend, scenario, options: RealOptions, status_dir: str | None = None) -> RunResult | None:
+    """Run this rank's program; rank 0 returns the gathered RunResult, others None."""
+    programs = scenario.programs()
+    if backend.size != scenario.nranks:
+        raise RealRunError(
+            f"the scenario has {scenario.nranks} ranks but {backend.size} processes were started; "
+            f"start it with {scenario.nranks} processes (mpiexec -n {scenario.nranks} / torchrun --nproc-per-node)"
+        )
+    timing = choose_timing(programs, options.timing)
+    if timing == "aligned" and len({len(p) for p in programs}) != 1:
+        raise RealRunError("timing 'aligned' needs every rank to run the same number of operations; use 'free'")
+    runner = _RankRunner(backend, scenario, programs[backend.rank], options, timing, status_dir)
+    wall0 = time.perf_counter()
+    records = runner.run()
+    wall_s = time.perf_counter() - wall0
+    gathered = backend.gather((records, backend.processor_name()))
+    if backend.rank != 0:
+        return None
+    rows = [row for rank_rows, _ in gathered for row in rank_rows]
+    frame = pd.DataFrame.from_records(rows, columns=list(RECORD_COLUMNS) + ["repeat"])
+    frame = frame.sort_values(["repeat", "rank", "op_index"], kind="stable").reset_index(drop=True)
+    hosts = [host for _, host in gathered]
+    makespans = frame.groupby("repeat")["end_s"].max()
+    summary = {
+        "scenario": scenario.name,
+        "backend": backend.name,
+        "mode": options.mode,
+        "timing": timing,
+        "nranks": backend.size,
+        "hosts": sorted(set(hosts)),
+        "rank_hosts": hosts,
+        "repeats": options.repeats,
+        "warmup": options.warmup,
+        "makespan_s": float(makespans.median()),
+        "makespan_s_min": float(makespans.min()),
+        "makespan_s_max": float(makespans.max()),
+        "operations": int((frame["repeat"] == 0).sum()),
+        "wall_s": round(wall_s, 4),
+    }
+    return RunResult(records=frame, summary=summary)
+
+
+class _RankRunner:
+    def __init__(self, backend: RealBackend, scenario, program, options: RealOptions, timing: str,
+                 status_dir: str | None):
+        self.b = backend
+        self.rank = backend.rank
+        self.size = backend.size
+        self.program = program
+        self.options = options
+        self.timing = timing
+        self.groups = scenario.topology.groups()
+        self.fault = parse_fault(options.fault) if options.fault else None
+        self.status_path = os.path.join(status_dir, f"rank{self.rank}.status") if status_dir else None
+        nbytes = [op.nbytes for op in program if isinstance(op, (Send, Recv, Collective))]
+        biggest = max(nbytes, default=0)
+        self.buf = backend.buffer(biggest)
+        self.scratch = backend.buffer(biggest)
+        self.out = backend.buffer(max(biggest, self._alltoall_out_bytes()))
+        self.current: tuple[int, str] | None = None
+        self.current_since = 0.0
+        self._watchdog_stop = threading.Event()
+
+    def _alltoall_out_bytes(self) -> int:
+        sizes = [sum(s for _, s in alltoall_output_layout(op.nbytes, self.rank, self.size))
+                 for op in self.program if isinstance(op, Collective) and op.op == "alltoall"]
+        return max(sizes, default=0)
+
+    # -- watchdog: a rank stuck in one operation ends the whole run -------------
+
+    def _watch(self) -> None:
+        while not self._watchdog_stop.wait(0.2):
+            current = self.current
+            if current is not None and time.monotonic() - self.current_since > self.options.timeout_s:
+                index, kind = current
+                message = (f"rank {self.rank}: op {index} ({kind}) did not finish within "
+                           f"{self.options.timeout_s:g} s; ending the run")
+                self._status(f"timeout {index} {kind}")
+                print(message, file=sys.stderr, flush=True)
+                os._exit(3)
+
+    def _status(self, text: str) -> None:
+        if self.status_path:
+            with open(self.status_path, "w") as fh:
+                fh.write(text + "\n")
+
+    def _enter(self, index: int, kind: str) -> None:
+        self.current = (index, kind)
+        self.current_since = time.monotonic()
+        self._status(f"op {index} {kind}")
+        if self.fault and self.fault[1] == self.rank and self.fault[2] == index:
+            action = self.fault[0]
+            if action == "exit":
+                self._status(f"died {index} {kind}")
+                print(f"rank {self.rank}: injected fault: exiting in op {index} ({kind})", file=sys.stderr, flush=True)
+                os._exit(9)
+            # "hang": block without progress until the watchdog ends the run.
+            threading.Event().wait()
+
+    def run(self) -> list[tuple]:
+        watchdog = threading.Thread(target=self._watch, name="distsim-watchdog", daemon=True)
+        watchdog.start()
+        records: list[tuple] = []
+        try:
+            for repeat in range(-self.options.warmup, self.options.repeats):
+                rows = self._run_once()
+                if repeat >= 0:
+                    records.extend(row + (repeat,) for row in rows)
+            self._status("done")
+        finally:
+            self._watchdog_stop.set()
+        return records
+
+    def _run_once(self) -> list[tuple]:
+        b = self.b
+        aligned = self.timing == "aligned"
+        self.current, self.current_since = (-1, "barrier"), time.monotonic()
+        b.barrier()
+        base = b.now_s()
+        rows: list[tuple] = []
+        pending: dict[str, tuple] = {}  # handle -> (request, row start, op, index)
+        coll_seq = 0
+        for index, op in enumerate(self.program):
+            kind = op.kind
+            if self.options.check and isinstance(op, Collective):
+                b.fill(self.buf, self.rank + 1)
+            if aligned:
+                self.current, self.current_since = (index, "barrier"), time.monotonic()
+                b.barrier()
+            self._enter(index, kind)
+            start = b.now_s()
+            peer, nbytes, flops, algorithm = -1, 0, 0.0, ""
+            if type(op) is Compute:
+                self._compute(op.flops)
+                flops = op.flops
+            elif type(op) is Send:
+                b.send(self.buf[: op.nbytes], op.peer, op.tag)
+                peer, nbytes = op.peer, op.nbytes
+            elif type(op) is Recv:
+                b.recv(self.buf[: op.nbytes], op.peer, op.tag)
+                peer, nbytes = op.peer, op.nbytes
+            elif type(op) is Collective:
+                coll_seq += 1
+                peer = op.root if op.op in ("broadcast", "reduce") else -1
+                nbytes, algorithm = op.nbytes, op.algorithm
+                if not op.blocking:
+                    request = self._collective(op, blocking=False)
+                    pending[op.handle] = (request, start, op, index)
+                    continue
+                self._collective(op, blocking=True)
+            elif type(op) is Wait:
+                rows.extend(self._finish(pending, op.handles, base))
+            b.synchronize()
+            end = b.now_s()
+            self.current = None
+            if self.options.check and isinstance(op, Collective):
+                self._check(op)
+            rows.append((self.rank, index, kind, algorithm, peer, nbytes, flops, start - base, end - base, math.nan))
+        if pending:
+            self._enter(len(self.program), "wait")
+            rows.extend(self._finish(pending, tuple(pending), base))
+            self.current = None
+        return rows
+
+    def _finish(self, pending: dict, handles, base: float) -> list[tuple]:
+        rows = []
+        for handle in handles:
+            request, start, op, index = pending.pop(handle)
+            if request is not None:
+                self.b.wait(request)
+            self.b.synchronize()
+            end = self.b.now_s()
+            peer = op.root if op.op in ("broadcast", "reduce") else -1
+            rows.append((self.rank, index, op.kind, op.algorithm, peer, op.nbytes, 0.0,
+                         start - base, end - base, math.nan))
+        return rows
+
+    def _compute(self, flops: float) -> None:
+        per_full = 2.0 * KERNEL_N**3
+        full = int(flops // per_full)
+        matmul = self.b.matmul
+        for _ in range(full):
+            matmul(KERNEL_N)
+        rows = int(round((flops - full * per_full) / (2.0 * KERNEL_N * KERNEL_N)))
+        if rows:
+            matmul(rows)
+
+    def _collective(self, op: Collective, blocking: bool):
+        if self.options.mode == "native":
+            return self.b.collective(op, self.buf[: op.nbytes], self.out, blocking)
+        # Algorithm mode runs the steps now, also for a non-blocking collective:
+        # without a progress thread, steps issued in the background would only
+        # advance inside later library calls.
+        self._algorithm(op)
+        return None
+
+    def _algorithm(self, op: Collective) -> None:
+        b = self.b
+        buf, scratch = self.buf, self.scratch
+        alltoall = op.op == "alltoall"
+        if alltoall:
+            mine = block_layout(op.nbytes, self.size)[self.rank]
+            out_block = alltoall_output_layout(op.nbytes, self.rank, self.size)[self.rank]
+            b.copy_(self.out[out_block[0]: out_block[0] + out_block[1]], buf[mine[0]: mine[0] + mine[1]])
+        for step in lower(op, self.rank, self.size, self.groups):
+            requests = []
+            reduces = []
+            for t in step.recvs:
+                if t.reduce:
+                    view = scratch[t.offset: t.offset + t.nbytes]
+                    reduces.append((t, view))
+                else:
+                    view = (self.out if alltoall else buf)[t.offset: t.offset + t.nbytes]
+                requests.append(b.irecv(view, t.peer, 0))
+            for t in step.sends:
+                requests.append(b.isend(buf[t.offset: t.offset + t.nbytes], t.peer, 0))
+            b.waitall(requests)
+            for t, view in reduces:
+                b.add_(buf[t.offset: t.offset + t.nbytes], view)
+
+    # -- result checks (check=True): every rank started with bytes rank+1 -------
+
+    def _check(self, op: Collective) -> None:
+        p, r = self.size, self.rank
+        total = sum(range(1, p + 1)) % 256
+        layout = block_layout(op.nbytes, p)
+        data = self.b.to_numpy(self.buf[: op.nbytes])
+        expect: list[tuple[np.ndarray, int, str]] = []
+        if op.op == "allreduce" or (op.op == "reduce" and r == op.root):
+            expect.append((data, total, "the sum"))
+        elif op.op == "broadcast":
+            expect.append((data, (op.root + 1) % 256, "the root's data"))
+        elif op.op == "allgather":
+            for j, (off, size) in enumerate(layout):
+                expect.append((data[off: off + size], (j + 1) % 256, f"block {j} from rank {j}"))
+        elif op.op == "reduce_scatter":
+            off, size = layout[r]
+            expect.append((data[off: off + size], total, f"the sum of block {r}"))
+        elif op.op == "alltoall":
+            out = self.b.to_numpy(self.out)
+            for j, (off, size) in enumerate(alltoall_output_layout(op.nbytes, r, p)):
+                expect.append((out[off: off + size], (j + 1) % 256, f"block {j} from rank {j}"))
+        for values, want, what in expect:
+            if len(values) and not np.all(values == want):
+                bad = int(np.flatnonzero(values != want)[0])
+                raise RealRunError(
+                    f"rank {r}: {op.op} ({self.options.mode} {op.algorithm}) gave a wrong result: "
+                    f"{what} should be {want} but byte {bad} is {int(values[bad])}"
+                )

@@ -1,0 +1,52 @@
+"""One rank of a launched real run: ``python -m executors.worker RUN_DIR``.
+
+Started by ``executors.launch`` under mpiexec or torchrun; reads the scenario
+and options from RUN_DIR, runs this rank, and rank 0 writes ``result.pkl``.
+"""
+from __future__ import annotations
+
+import json
+import pickle
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m executors.worker RUN_DIR", file=sys.stderr)
+        return 2
+    run_dir = Path(argv[0])
+    from executors.real import RealOptions, RealRunError, run_real
+    from workloads.scenario import scenario_from_dict
+
+    options = json.loads((run_dir / "options.json").read_text())
+    backend_name = options.pop("backend")
+    scenario = scenario_from_dict(json.loads((run_dir / "scenario.json").read_text()), where="scenario")
+    options = RealOptions(**options)
+    if backend_name == "mpi":
+        from executors.mpi import MPIBackend
+
+        backend = MPIBackend()
+    else:
+        from executors.torchdist import TorchBackend
+
+        backend = TorchBackend.from_environment(timeout_s=options.timeout_s)
+    try:
+        result = run_real(backend, scenario, options, status_dir=str(run_dir))
+    except RealRunError as exc:
+        (run_dir / f"rank{backend.rank}.status").write_text(f"error -1 run\n{exc}\n")
+        print(f"rank {backend.rank}: {exc}", file=sys.stderr, flush=True)
+        return 2
+    finally:
+        backend.close()
+    if result is not None:
+        tmp = run_dir / "result.pkl.tmp"
+        with open(tmp, "wb") as fh:
+            pickle.dump(result, fh)
+        tmp.rename(run_dir / "result.pkl")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
