@@ -31,6 +31,8 @@ START_GRACE_S = 60.0
 def scenario_for_workers(scenario) -> dict:
     """The scenario as self-contained plain data (a topology file becomes explicit nodes and links)."""
     data = scenario.to_dict()
+    # A real run ignores the simulated machine; a profile's path may not resolve from the workers.
+    data.pop("profile", None)
     if not isinstance(data.get("topology"), dict):
         data["topology"] = scenario.topology.to_dict()
     data.setdefault("name", scenario.name)

@@ -15,6 +15,13 @@ class SimulatedExecutor(Executor):
         self.progress = progress
 
     def run(self, scenario) -> RunResult:
+        profile = getattr(scenario, "profile", None)
+        calibrated = {}
+        if profile is not None:
+            calibrated = {
+                "reduce_s_per_byte": profile.reduce_s_per_byte,
+                "message_efficiency": profile.message_efficiency(scenario.nranks),
+            }
         simulator = Simulator(
             scenario.topology,
             scenario.programs(),
@@ -22,5 +29,6 @@ class SimulatedExecutor(Executor):
             stragglers=scenario.stragglers,
             count_idle_energy=scenario.energy.count_idle,
             name=scenario.name,
+            **calibrated,
         )
         return simulator.run(progress=self.progress)

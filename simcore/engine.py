@@ -59,6 +59,8 @@ class Simulator:
         stragglers: StragglerSpec | None = None,
         count_idle_energy: bool = True,
         name: str = "",
+        reduce_s_per_byte: float = 0.0,
+        message_efficiency: Callable[[int, int, int], float] | None = None,
     ):
         self.topology = topology
         self.programs = [list(p) for p in programs]
@@ -66,6 +68,10 @@ class Simulator:
         self.stragglers = stragglers or StragglerSpec()
         self.count_idle_energy = count_idle_energy
         self.name = name
+        # Calibrated extras (see simcore.profile): the time a lowered collective
+        # spends reducing each byte it receives, and a per-size bandwidth factor.
+        self.reduce_s_per_byte = float(reduce_s_per_byte)
+        self.message_efficiency = message_efficiency
         self.nranks = topology.nranks
         self.groups = topology.groups()
         validate_programs(self.programs, self.nranks, self.groups)
@@ -203,6 +209,7 @@ class Simulator:
 
     def _collective(self, rank: int, op: Collective, tag: int):
         env = self.env
+        reduce_s_per_byte = self.reduce_s_per_byte
         for sends, recvs in lower(op, rank, self.nranks, self.groups):
             waiter = [len(sends) + len(recvs), None]
             for t in sends:
@@ -212,6 +219,10 @@ class Simulator:
             if waiter[0]:
                 waiter[1] = env.event()
                 yield waiter[1]
+            if reduce_s_per_byte:
+                reduced = sum(t.nbytes for t in recvs if t.reduce)
+                if reduced:
+                    yield env.timeout(reduced * reduce_s_per_byte)
 
     # -- messages ------------------------------------------------------------------
 
@@ -236,7 +247,9 @@ class Simulator:
         links, min_cap, latency_s, energy_per_byte = cached
         self._link_energy_by_rank[src] += nbytes * energy_per_byte
         self._messages += 1
-        self.net.transfer(links, min_cap, latency_s, nbytes, (src, dst, tag, nbytes, waiter))
+        # The network moves the bytes the calibrated bandwidth would take to move.
+        work = nbytes / self.message_efficiency(src, dst, nbytes) if self.message_efficiency else None
+        self.net.transfer(links, min_cap, latency_s, nbytes, (src, dst, tag, nbytes, waiter), work)
 
     def _delivered(self, message: tuple) -> None:
         src, dst, tag, nbytes, waiter = message

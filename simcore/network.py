@@ -85,7 +85,10 @@ class FlowNetwork:
         latency_s: float,
         nbytes: int,
         message: object,
+        work_bytes: float | None = None,
     ) -> None:
+        """``work_bytes`` (default ``nbytes``) is what the bandwidth must move: a
+        calibrated machine moves n bytes as if they were n / efficiency(n)."""
         self.flows_started += 1
         if nbytes and links:
             bytes_on_link = self.bytes_on_link
@@ -93,7 +96,8 @@ class FlowNetwork:
             touched = self._touched
             fid = self._next_fid
             self._next_fid = fid + 1
-            flow = _Flow(fid, links, min_capacity, latency_s, nbytes, self.env._now, message)
+            flow = _Flow(fid, links, min_capacity, latency_s, nbytes if work_bytes is None else work_bytes,
+                         self.env._now, message)
             for link in links:
                 bytes_on_link[link] += nbytes
                 flows_on[link][fid] = flow

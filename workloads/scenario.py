@@ -10,6 +10,8 @@ The same object reaches every executor unchanged.  In a file (YAML or JSON)::
     energy: {count_idle: true}
 
 ``topology`` may also be a path to a topology file, relative to the scenario.
+``profile: PROFILE.yaml`` (from ``python -m experiments.calibrate``) simulates
+the scenario on the measured machine instead; see ``simcore.profile``.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from topologies.io import read_data_file
 from workloads import workload_from_dict
 from workloads.stragglers import StragglerSpec
 
-_KEYS = ("name", "seed", "topology", "workload", "stragglers", "energy", "description")
+_KEYS = ("name", "seed", "topology", "workload", "stragglers", "energy", "description", "profile")
 
 
 class ScenarioError(ValueError):
@@ -55,6 +57,8 @@ class Scenario:
     name: str = ""
     description: str = ""
     source: dict | None = field(default=None, compare=False, repr=False)
+    # A measured machine (simcore.profile): set, the topology above is that machine.
+    profile: Any = None
 
     @property
     def nranks(self) -> int:
@@ -110,6 +114,18 @@ def scenario_from_dict(data: dict[str, Any], *, base_dir: Path | None = None, wh
     for rank in stragglers.ranks:
         if not 0 <= rank < topology.nranks:
             raise ScenarioError(f"{where}: stragglers.ranks names rank {rank}, but there are {topology.nranks}")
+    profile = None
+    if data.get("profile") is not None:
+        profile_path = Path(str(data["profile"]))
+        if not profile_path.is_absolute() and base_dir is not None:
+            profile_path = base_dir / profile_path
+        try:
+            from simcore.profile import load_profile
+
+            profile = load_profile(profile_path)
+            topology = profile.topology(topology.nranks, topology.groups())
+        except ValueError as exc:
+            raise ScenarioError(f"{where}: profile: {exc}") from None
     scenario = Scenario(
         topology=topology,
         workload=workload,
@@ -119,6 +135,7 @@ def scenario_from_dict(data: dict[str, Any], *, base_dir: Path | None = None, wh
         name=str(data.get("name", "")),
         description=str(data.get("description", "")),
         source=copy.deepcopy(data),
+        profile=profile,
     )
     # Lower once now so that a bad workload (a peer out of range, an algorithm
     # that needs groups) is reported before anything runs.
@@ -133,6 +150,14 @@ def _check_programs(scenario: Scenario) -> None:
     from workloads.validate import validate_programs
 
     validate_programs(scenario.programs(), scenario.nranks, scenario.topology.groups())
+
+
+def with_profile(scenario: Scenario, profile) -> Scenario:
+    """``scenario`` simulated on the machine ``profile`` measured (see simcore.profile)."""
+    import dataclasses
+
+    topology = profile.topology(scenario.topology.nranks, scenario.topology.groups())
+    return dataclasses.replace(scenario, topology=topology, profile=profile, source=None)
 
 
 def read_scenario_file(path: str | Path) -> dict[str, Any]:

@@ -1,0 +1,242 @@
+"""Machine profiles: measured figures of a real system that the simulator can use.
+
+``python -m experiments.calibrate`` measures a machine (ping-pong latency and
+bandwidth per link class, the compute speed of the kernel compute operations
+use, collective times) and writes a profile; a scenario that names it
+(``profile: PROFILE.yaml``) is then simulated on the measured machine:
+
+- every rank computes at the measured ``compute.flops_per_s``;
+- the network is the machine the profile measured: ranks placed on hosts as
+  the profile's run placed them (block placement when the rank count
+  differs), each host a switch whose links give the measured intra-node
+  latency and bandwidth, the hosts joined by a switch whose links add the
+  measured inter-node figures;
+- a message of n bytes between two ranks of a link class costs
+  ``latency_s + n / (bandwidth_bytes_per_s * efficiency(n))``, where the
+  efficiency curve (1 where one latency-bandwidth line fits) corrects the
+  sizes at which the line does not;
+- each byte a lowered collective reduces costs ``reduce_s_per_byte``.
+
+The scenario's own topology is replaced, except for its rank groups (which
+the hierarchical algorithm uses): a real run on this machine is what the
+prediction is compared with.
+"""
+from __future__ import annotations
+
+import bisect
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import networkx as nx
+import numpy as np
+
+LINK_CLASSES = ("intra_node", "inter_node")
+
+
+@dataclass(frozen=True)
+class LinkClass:
+    latency_s: float
+    bandwidth_bytes_per_s: float
+    # (nbytes, efficiency) points, ascending; empty when the line fits.
+    efficiency: tuple[tuple[int, float], ...] = ()
+
+    def __post_init__(self):
+        if not self.latency_s >= 0:
+            raise ValueError(f"latency_s must be >= 0, got {self.latency_s!r}")
+        if not self.bandwidth_bytes_per_s > 0:
+            raise ValueError(f"bandwidth_bytes_per_s must be > 0, got {self.bandwidth_bytes_per_s!r}")
+        points = tuple((int(n), float(e)) for n, e in self.efficiency)
+        if any(e <= 0 for _, e in points) or list(points) != sorted(points):
+            raise ValueError("efficiency must be ascending (nbytes, factor > 0) pairs")
+        object.__setattr__(self, "efficiency", points)
+
+    def efficiency_at(self, nbytes: int) -> float:
+        """Linear in log(nbytes) between measured points, flat beyond them."""
+        points = self.efficiency
+        if not points or nbytes <= 0:
+            return 1.0
+        sizes = [n for n, _ in points]
+        if nbytes <= sizes[0]:
+            return points[0][1]
+        if nbytes >= sizes[-1]:
+            return points[-1][1]
+        i = bisect.bisect_right(sizes, nbytes)
+        (n0, e0), (n1, e1) = points[i - 1], points[i]
+        w = (math.log(nbytes) - math.log(n0)) / (math.log(n1) - math.log(n0))
+        return e0 + w * (e1 - e0)
+
+    def time_s(self, nbytes: int) -> float:
+        return self.latency_s + nbytes / (self.bandwidth_bytes_per_s * self.efficiency_at(nbytes))
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"latency_s": self.latency_s, "bandwidth_bytes_per_s": self.bandwidth_bytes_per_s}
+        if self.efficiency:
+            out["efficiency"] = [[n, e] for n, e in self.efficiency]
+        return out
+
+
+@dataclass(frozen=True)
+class MachineProfile:
+    name: str
+    backend: str
+    flops_per_s: float
+    link_classes: dict[str, LinkClass]
+    rank_hosts: tuple[str, ...] = ()
+    reduce_s_per_byte: float = 0.0
+    measurements: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self):
+        if not self.flops_per_s > 0:
+            raise ValueError(f"compute.flops_per_s must be > 0, got {self.flops_per_s!r}")
+        if "intra_node" not in self.link_classes:
+            raise ValueError("link_classes must include intra_node")
+        unknown = sorted(set(self.link_classes) - set(LINK_CLASSES))
+        if unknown:
+            raise ValueError(f"unknown link class(es) {', '.join(unknown)}; known: {', '.join(LINK_CLASSES)}")
+        if not self.reduce_s_per_byte >= 0:
+            raise ValueError(f"reduce_s_per_byte must be >= 0, got {self.reduce_s_per_byte!r}")
+
+    # -- placement and the simulated machine --------------------------------------
+
+    def placement(self, nranks: int) -> list[int]:
+        """Host index of each rank: the measured placement, or blocks of the measured ranks per host."""
+        hosts = self.rank_hosts
+        if len(hosts) == nranks:
+            names = list(dict.fromkeys(hosts))
+            return [names.index(h) for h in hosts]
+        if not hosts or len(set(hosts)) == 1:
+            return [0] * nranks
+        per_host = max(1, math.ceil(len(hosts) / len(set(hosts))))
+        return [r // per_host for r in range(nranks)]
+
+    def topology(self, nranks: int, groups: Sequence[Sequence[int]] | None = None):
+        """The measured machine as a topology for ``nranks`` ranks (keeping ``groups``)."""
+        from topologies import Topology
+
+        intra = self.link_classes["intra_node"]
+        inter = self.link_classes.get("inter_node")
+        host_of = self.placement(nranks)
+        if len(set(host_of)) > 1 and inter is None:
+            raise ValueError(f"profile {self.name!r} has no inter_node link class but places ranks on several hosts")
+        group_of = {}
+        for index, members in enumerate(groups or ()):
+            for rank in members:
+                group_of[rank] = index
+        g = nx.Graph()
+        for rank in range(nranks):
+            attrs = {"role": "compute", "flops_per_s": self.flops_per_s}
+            if rank in group_of:
+                attrs["group"] = group_of[rank]
+            g.add_node(f"r{rank}", **attrs)
+        for host in sorted(set(host_of)):
+            g.add_node(f"host{host}", role="switch")
+        for rank, host in enumerate(host_of):
+            # Two hops between ranks of a host: half the latency on each.
+            g.add_edge(f"r{rank}", f"host{host}", bandwidth_bytes_per_s=intra.bandwidth_bytes_per_s,
+                       latency_s=intra.latency_s / 2)
+        if len(set(host_of)) > 1:
+            g.add_node("network", role="switch")
+            extra_s = max(inter.latency_s - intra.latency_s, 0.0) / 2
+            for host in sorted(set(host_of)):
+                g.add_edge(f"host{host}", "network", bandwidth_bytes_per_s=inter.bandwidth_bytes_per_s,
+                           latency_s=extra_s)
+        return Topology(g, name=f"profile:{self.name}")
+
+    def message_efficiency(self, nranks: int):
+        """``f(src, dst, nbytes) -> factor`` for the engine, or None when every curve is flat."""
+        if not any(c.efficiency for c in self.link_classes.values()):
+            return None
+        host_of = self.placement(nranks)
+        intra = self.link_classes["intra_node"]
+        inter = self.link_classes.get("inter_node", intra)
+
+        def efficiency(src: int, dst: int, nbytes: int) -> float:
+            link_class = intra if host_of[src] == host_of[dst] else inter
+            return link_class.efficiency_at(nbytes)
+
+        return efficiency
+
+    # -- files ----------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "profile": {"name": self.name, "backend": self.backend},
+            "compute": {"flops_per_s": self.flops_per_s},
+            "link_classes": {name: c.to_dict() for name, c in self.link_classes.items()},
+            "reduce_s_per_byte": self.reduce_s_per_byte,
+        }
+        if self.rank_hosts:
+            out["rank_hosts"] = list(self.rank_hosts)
+        if self.measurements:
+            out["measurements"] = self.measurements
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "profile") -> "MachineProfile":
+        try:
+            head = data.get("profile", {}) or {}
+            classes = {name: LinkClass(**values) for name, values in (data.get("link_classes") or {}).items()}
+            return cls(
+                name=str(head.get("name", "profile")),
+                backend=str(head.get("backend", "")),
+                flops_per_s=float((data.get("compute") or {}).get("flops_per_s", 0.0)),
+                link_classes=classes,
+                rank_hosts=tuple(str(h) for h in data.get("rank_hosts", ()) or ()),
+                reduce_s_per_byte=float(data.get("reduce_s_per_byte", 0.0)),
+                measurements=dict(data.get("measurements", {}) or {}),
+            )
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"{where}: {exc}") from None
+
+    def save(self, path: str | Path) -> None:
+        import yaml
+
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def load_profile(path: str | Path) -> MachineProfile:
+    from topologies.io import read_data_file
+
+    data = read_data_file(path, ValueError)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a profile is a mapping")
+    return MachineProfile.from_dict(data, where=str(path))
+
+
+# -- fitting ----------------------------------------------------------------------------
+
+
+def fit_hockney(sizes: Sequence[int], times_s: Sequence[float]) -> tuple[float, float]:
+    """Latency and bandwidth of t = a + n/B, least squares on relative error.
+
+    Relative error weighs a 1 KiB message as much as a 64 MiB one, so the
+    latency comes from the small sizes and the bandwidth from the large.
+    """
+    n = np.asarray(sizes, dtype=float)
+    t = np.asarray(times_s, dtype=float)
+    if len(n) < 2 or np.any(t <= 0):
+        raise ValueError("need at least two sizes with positive times to fit latency and bandwidth")
+    design = np.stack([np.ones_like(n), n], axis=1) / t[:, None]
+    (latency_s, seconds_per_byte), *_ = np.linalg.lstsq(design, np.ones_like(t), rcond=None)
+    if seconds_per_byte <= 0:
+        # Times that do not grow with size: a bandwidth fit is meaningless.
+        seconds_per_byte = float(np.max(t / np.maximum(n, 1.0)))
+    return max(float(latency_s), 0.0), 1.0 / float(seconds_per_byte)
+
+
+def efficiency_curve(sizes, times_s, latency_s: float, bandwidth_bytes_per_s: float,
+                     tolerance: float = 0.1) -> tuple[tuple[int, float], ...]:
+    """Per-size factors making the line pass through each measurement; () if it fits within ``tolerance``."""
+    predicted = [latency_s + n / bandwidth_bytes_per_s for n in sizes]
+    if all(abs(p - t) <= tolerance * t for p, t in zip(predicted, times_s)):
+        return ()
+    points = []
+    for n, t in zip(sizes, times_s):
+        transfer_s = t - latency_s
+        if n <= 0 or transfer_s <= 0:
+            continue
+        factor = n / (bandwidth_bytes_per_s * transfer_s)
+        points.append((int(n), float(min(max(factor, 0.01), 100.0))))
+    return tuple(sorted(points))
