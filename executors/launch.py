@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from executors.real import RealOptions, RealRunError
+from executors.real import RealOptions, RealRunError, read_status
 
 START_GRACE_S = 60.0
 
@@ -82,14 +82,17 @@ def launch(backend: str, scenario, options: RealOptions, *, hostfile: str | None
             stdout.close()
             stderr.close()
         silent_limit_s = options.timeout_s + START_GRACE_S
-        started = time.monotonic()
+        started = last_life = time.monotonic()
+        seen: dict = {}
         reason = None
         while proc.poll() is None:
             time.sleep(0.1)
             now = time.monotonic()
+            if _signs_of_life(run_dir, seen):
+                last_life = now
             if timeout_s is not None and now - started > timeout_s:
                 reason = f"the run took longer than {timeout_s:g} s"
-            elif now - max(started, _last_sign_of_life(run_dir)) > silent_limit_s:
+            elif now - last_life > silent_limit_s:
                 reason = f"no rank started a new operation for {silent_limit_s:g} s"
             if reason:
                 _kill_group(proc)
@@ -105,17 +108,18 @@ def launch(backend: str, scenario, options: RealOptions, *, hostfile: str | None
             _remove(run_dir)
 
 
-def _last_sign_of_life(run_dir: str) -> float:
-    """Latest status-file change, on the monotonic clock."""
-    latest = 0.0
+def _signs_of_life(run_dir: str, seen: dict) -> bool:
+    """True when some rank's status changed since the last look (its sequence number moves)."""
+    changed = False
     for path in Path(run_dir).glob("rank*.status"):
         try:
-            latest = max(latest, path.stat().st_mtime)
+            text = path.read_bytes()
         except FileNotFoundError:
             continue
-    if not latest:
-        return 0.0
-    return time.monotonic() - (time.time() - latest)
+        if seen.get(path.name) != text:
+            seen[path.name] = text
+            changed = True
+    return changed
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -137,8 +141,11 @@ def _kill_group(proc: subprocess.Popen) -> None:
 def rank_states(run_dir: str, nranks: int) -> list[str]:
     states = []
     for rank in range(nranks):
-        path = Path(run_dir, f"rank{rank}.status")
-        states.append(path.read_text().strip() if path.exists() else "not started")
+        error = Path(run_dir, f"rank{rank}.error")
+        if error.exists():
+            states.append("error -1 run " + error.read_text().strip())
+            continue
+        states.append(read_status(Path(run_dir, f"rank{rank}.status")) or "not started")
     return states
 
 

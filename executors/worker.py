@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = run_real(backend, scenario, options, status_dir=str(run_dir))
     except RealRunError as exc:
-        (run_dir / f"rank{backend.rank}.status").write_text(f"error -1 run\n{exc}\n")
+        (run_dir / f"rank{backend.rank}.error").write_text(f"{exc}\n")
         print(f"rank {backend.rank}: {exc}", file=sys.stderr, flush=True)
         return 2
     finally:

@@ -240,3 +240,33 @@ def efficiency_curve(sizes, times_s, latency_s: float, bandwidth_bytes_per_s: fl
         factor = n / (bandwidth_bytes_per_s * transfer_s)
         points.append((int(n), float(min(max(factor, 0.01), 100.0))))
     return tuple(sorted(points))
+
+
+def fit_reduce_cost(scenario, measured_s: dict[int, float]) -> float:
+    """Seconds per reduced byte that make ``scenario`` (already on its profile's machine) match.
+
+    ``measured_s`` maps op index to the measured time of that operation (all
+    ranks start it together).  Simulated time is linear in the reduction cost,
+    so one extra simulation with a unit cost gives each operation's
+    sensitivity, and least squares gives the cost (never negative).
+    """
+    import dataclasses
+
+    from simcore.engine import Simulator
+
+    def op_times(reduce_s_per_byte: float) -> dict[int, float]:
+        profile = dataclasses.replace(scenario.profile, reduce_s_per_byte=reduce_s_per_byte)
+        result = Simulator(scenario.topology, scenario.programs(), seed=scenario.seed,
+                           reduce_s_per_byte=reduce_s_per_byte,
+                           message_efficiency=profile.message_efficiency(scenario.nranks)).run()
+        frame = result.records.assign(d=result.records["end_s"] - result.records["start_s"])
+        return frame.groupby("op_index")["d"].max().to_dict()
+
+    unit = 1e-9
+    base, bumped = op_times(0.0), op_times(unit)
+    indices = sorted(measured_s)
+    sensitivity = np.array([(bumped[i] - base[i]) / unit for i in indices])
+    residual = np.array([measured_s[i] - base[i] for i in indices])
+    if not np.any(sensitivity > 0):
+        return 0.0
+    return max(float(np.dot(sensitivity, residual) / np.dot(sensitivity, sensitivity)), 0.0)

@@ -1,0 +1,255 @@
+"""Measure a real system and write a machine profile the simulator can use.
+
+    python -m experiments.calibrate --backend mpi [--nranks 2] [--out PROFILE.yaml]
+    mpiexec -n 16 python -m experiments.calibrate --backend mpi --out cluster.yaml
+    python -m experiments.calibrate --backend torch --nranks 2
+
+Runs three small scenarios through the real executor (so the measured code
+is the code validation measures):
+
+1. ping-pong between rank 0 and rank 1 and between rank 0 and the last rank,
+   over a sweep of sizes: one-way time = round trip / 2.  Each pair is
+   classed intra- or inter-node from the hosts the ranks ran on, and each
+   class gets a latency and bandwidth fitted to t = a + n/B, plus a per-size
+   efficiency curve where one line does not fit within 10%;
+2. every rank computing at once, with the matrix product compute operations
+   use: the compute speed under the machine's real contention;
+3. collectives of each algorithm at a few sizes, lowered to point-to-point
+   steps (algorithm mode) and native: stored in the profile, and used to fit
+   the time spent reducing each received byte.
+
+A scenario that names the profile (``profile: PROFILE.yaml``, or
+``experiments.validate --profile``) is then simulated on the measured machine.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_SIZES = (8, 1024, 16384, 131072, 1048576, 8388608, 33554432)
+ROUND_TRIPS = 5
+COMPUTE_FLOPS = (1e8, 1e9, 4e9)
+COLLECTIVE_SIZES = (65536, 1048576, 8388608)
+COLLECTIVES = (
+    ("allreduce", "ring"),
+    ("allreduce", "recursive_doubling"),
+    ("allreduce", "rabenseifner"),
+    ("allreduce", "binomial"),
+    ("broadcast", "binomial"),
+    ("allgather", "ring"),
+    ("reduce_scatter", "ring"),
+    ("alltoall", "pairwise"),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m experiments.calibrate", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 2)[2])
+    p.add_argument("--backend", required=True, choices=("mpi", "torch"), help="real executor to measure")
+    p.add_argument("--nranks", type=int, default=2,
+                   help="processes to launch (default 2; ignored inside an MPI job, which sets its own)")
+    p.add_argument("--out", help="profile file to write (default results/profile-<backend>.yaml)")
+    p.add_argument("--name", help="profile name (default <backend>-<host>-<N>ranks)")
+    p.add_argument("--sizes", type=int, nargs="+", default=list(DEFAULT_SIZES), metavar="BYTES",
+                   help="ping-pong message sizes (default 8 B .. 32 MiB)")
+    p.add_argument("--repeats", type=int, default=5, help="timed repeats of each measurement (default 5)")
+    p.add_argument("--timeout", type=float, default=120.0, metavar="S",
+                   help="a rank stuck this long in one operation ends the run (default 120 s)")
+    p.add_argument("--hostfile", help="MPI hostfile, for a run launched across machines")
+    p.add_argument("--no-collectives", action="store_true", help="skip the collective measurements (faster)")
+    return p
+
+
+def _scenario(nranks: int, programs: list[list[dict]], name: str):
+    from workloads.scenario import scenario_from_dict
+
+    # The nominal topology does not matter to a real run; a switch has every size.
+    return scenario_from_dict({"name": name, "topology": {"builder": "switch", "n": max(nranks, 2)},
+                               "workload": {"kind": "programs", "ranks": programs}}, where=name)
+
+
+def ping_pong_scenario(nranks: int, sizes, partners, round_trips: int = ROUND_TRIPS):
+    programs: list[list[dict]] = [[] for _ in range(nranks)]
+    for partner in partners:
+        for nbytes in sizes:
+            for _ in range(round_trips):
+                programs[0] += [{"kind": "send", "peer": partner, "nbytes": nbytes},
+                                {"kind": "recv", "peer": partner, "nbytes": nbytes}]
+                programs[partner] += [{"kind": "recv", "peer": 0, "nbytes": nbytes},
+                                      {"kind": "send", "peer": 0, "nbytes": nbytes}]
+    return _scenario(nranks, programs, "calibrate-ping-pong")
+
+
+def compute_scenario(nranks: int):
+    program = [{"kind": "compute", "flops": f} for f in COMPUTE_FLOPS]
+    return _scenario(nranks, [list(program) for _ in range(nranks)], "calibrate-compute")
+
+
+def collectives_scenario(nranks: int):
+    program = [{"kind": op, "nbytes": n, "algorithm": algorithm}
+               for op, algorithm in COLLECTIVES for n in COLLECTIVE_SIZES]
+    return _scenario(nranks, [list(program) for _ in range(nranks)], "calibrate-collectives")
+
+
+def one_way_times(records, partners, sizes, round_trips: int = ROUND_TRIPS) -> dict[int, list[float]]:
+    """Median one-way time per size for each partner, from rank 0's send/recv records."""
+    import numpy as np
+
+    rank0 = records[records["rank"] == 0]
+    out: dict[int, list[float]] = {}
+    per_partner = len(sizes) * round_trips * 2
+    for k, partner in enumerate(partners):
+        times = []
+        for s, _ in enumerate(sizes):
+            first = k * per_partner + s * round_trips * 2
+            trips = []
+            for trip in range(round_trips):
+                send_index, recv_index = first + 2 * trip, first + 2 * trip + 1
+                send = rank0[rank0["op_index"] == send_index]
+                recv = rank0[rank0["op_index"] == recv_index]
+                for (_, a), (_, b) in zip(send.iterrows(), recv.iterrows()):
+                    trips.append((b["end_s"] - a["start_s"]) / 2)
+            times.append(float(np.median(trips)))
+        out[partner] = times
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.nranks < 2:
+        print("error: --nranks must be >= 2 (ping-pong needs two ranks)", file=sys.stderr)
+        return 2
+    if args.repeats < 1 or any(n < 0 for n in args.sizes) or len(set(args.sizes)) < 2:
+        print("error: --repeats must be >= 1 and --sizes at least two distinct sizes >= 0", file=sys.stderr)
+        return 2
+    from executors import get_executor
+    from executors.mpi import inside_mpi_job
+    from executors.real import RealOptions, RealRunError
+
+    nranks = args.nranks
+    if args.backend == "mpi" and inside_mpi_job():
+        from mpi4py import MPI
+
+        nranks = MPI.COMM_WORLD.Get_size()
+    options = RealOptions(mode="native", warmup=1, repeats=args.repeats, timing="free", timeout_s=args.timeout)
+    extra = {"hostfile": args.hostfile} if args.backend == "mpi" else {}
+
+    def run(scenario, **changes):
+        import dataclasses
+
+        executor = get_executor(args.backend, options=dataclasses.replace(options, **changes), **extra)
+        return executor.run(scenario)
+
+    sizes = sorted(set(args.sizes))
+    partners = sorted({1, nranks - 1})
+    wall0 = time.perf_counter()
+    try:
+        say(f"[1/3] ping-pong rank 0 <-> {', '.join(map(str, partners))}, {len(sizes)} sizes")
+        ping = run(ping_pong_scenario(nranks, sizes, partners))
+        say("[2/3] compute speed, all ranks at once")
+        compute = run(compute_scenario(nranks), timing="aligned")
+        coll_algorithm = coll_native = None
+        if not args.no_collectives:
+            say(f"[3/3] {len(COLLECTIVES)} collectives x {len(COLLECTIVE_SIZES)} sizes, algorithm and native")
+            coll_algorithm = run(collectives_scenario(nranks), mode="algorithm", timing="aligned")
+            coll_native = run(collectives_scenario(nranks), mode="native", timing="aligned")
+    except RealRunError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if ping is None:
+        return 0  # not rank 0 of an MPI job
+    profile = build_profile(args, nranks, sizes, partners, ping, compute, coll_algorithm, coll_native)
+    out = Path(args.out) if args.out else Path("results") / f"profile-{args.backend}.yaml"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    profile.save(out)
+    print(describe(profile))
+    print(f"\nmeasured in {time.perf_counter() - wall0:.1f} s; wrote {out}")
+    return 0
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def build_profile(args, nranks, sizes, partners, ping, compute, coll_algorithm, coll_native):
+    import numpy as np
+
+    from simcore.profile import LinkClass, MachineProfile, efficiency_curve, fit_hockney
+
+    hosts = tuple(ping.summary.get("rank_hosts", ()))
+    times = one_way_times(ping.records, partners, sizes)
+    classes = {}
+    ping_table = []
+    for partner in partners:
+        link_class = "intra_node" if not hosts or hosts[partner] == hosts[0] else "inter_node"
+        if link_class in classes:
+            continue
+        latency_s, bandwidth = fit_hockney(sizes, times[partner])
+        curve = efficiency_curve(sizes, times[partner], latency_s, bandwidth)
+        classes[link_class] = LinkClass(latency_s, bandwidth, curve)
+        ping_table.append({"class": link_class, "partner": partner,
+                           "one_way_s": [[n, t] for n, t in zip(sizes, times[partner])]})
+    if "intra_node" not in classes:
+        # Every measured pair crossed hosts (one rank per host): the inter-node
+        # figures are the best estimate of a host's own.
+        classes["intra_node"] = classes["inter_node"]
+    frame = compute.records
+    largest = frame[frame["flops"] == frame["flops"].max()]
+    flops_per_s = float(np.median(largest["flops"] / (largest["end_s"] - largest["start_s"])))
+    name = args.name or f"{args.backend}-{hosts[0] if hosts else 'host'}-{nranks}ranks"
+    measurements = {"ping_pong": ping_table, "compute_flops_per_s_by_size": {
+        str(int(f)): float(np.median(g["flops"] / (g["end_s"] - g["start_s"])))
+        for f, g in frame.groupby("flops")}}
+    profile = MachineProfile(name=name, backend=args.backend, flops_per_s=flops_per_s, link_classes=classes,
+                             rank_hosts=hosts, measurements=measurements)
+    if coll_algorithm is not None:
+        import dataclasses
+
+        gamma = fit_reduce_cost(profile, nranks, coll_algorithm)
+        measurements["collectives"] = collective_table(coll_algorithm, "algorithm") + collective_table(
+            coll_native, "native")
+        profile = dataclasses.replace(profile, reduce_s_per_byte=gamma, measurements=measurements)
+    return profile
+
+
+def collective_table(result, mode: str) -> list[dict]:
+    frame = result.records
+    per_op = frame.assign(duration_s=frame["end_s"] - frame["start_s"]).groupby(
+        ["repeat", "op_index", "kind", "algorithm", "nbytes"])["duration_s"].max().reset_index()
+    table = per_op.groupby(["kind", "algorithm", "nbytes"])["duration_s"].median().reset_index()
+    return [{"op": r.kind, "algorithm": r.algorithm, "mode": mode, "nbytes": int(r.nbytes),
+             "measured_s": float(r.duration_s)} for r in table.itertuples()]
+
+
+def fit_reduce_cost(profile, nranks: int, measured) -> float:
+    """The reduction cost that makes the simulated collectives match the algorithm-mode measurements."""
+    from simcore.profile import fit_reduce_cost as fit
+    from workloads.scenario import with_profile
+
+    real = measured.records.assign(d=measured.records["end_s"] - measured.records["start_s"])
+    # An aligned operation's time is its slowest rank's; the median over repeats.
+    real = real.groupby(["repeat", "op_index"])["d"].max().groupby("op_index").median().to_dict()
+    return fit(with_profile(collectives_scenario(nranks), profile), real)
+
+
+def describe(profile) -> str:
+    lines = [f"profile {profile.name} ({profile.backend})",
+             f"  compute        {profile.flops_per_s / 1e9:.3g} GFLOP/s per rank (all ranks busy)"]
+    for name, c in profile.link_classes.items():
+        curve = f", efficiency curve at {len(c.efficiency)} sizes" if c.efficiency else ""
+        lines.append(f"  {name:<14} latency {c.latency_s * 1e6:.3g} us, bandwidth "
+                     f"{c.bandwidth_bytes_per_s / 1e9:.3g} GB/s{curve}")
+    lines.append(f"  reduction      {profile.reduce_s_per_byte * 1e9:.3g} ns per byte")
+    for entry in profile.measurements.get("ping_pong", []):
+        c = profile.link_classes[entry["class"]]
+        lines.append(f"  ping-pong rank 0 <-> {entry['partner']} ({entry['class']}): size, measured, fitted")
+        for n, t in entry["one_way_s"]:
+            lines.append(f"    {n:>10} B  {t * 1e6:10.2f} us  {c.time_s(n) * 1e6:10.2f} us")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
