@@ -1,0 +1,150 @@
+"""Machine profiles: fitting, the measured machine as a topology, and their use by the simulator."""
+import dataclasses
+
+import pytest
+
+from simcore.engine import simulate
+from simcore.profile import (
+    LinkClass,
+    MachineProfile,
+    efficiency_curve,
+    fit_hockney,
+    fit_reduce_cost,
+    load_profile,
+)
+from workloads.ops import Collective, Recv, Send
+from workloads.scenario import ScenarioError, load_scenario, scenario_from_dict, with_profile
+
+REL = 1e-9
+SIZES = [8, 1024, 65536, 1 << 20, 16 << 20]
+
+
+def profile(**changes):
+    base = MachineProfile(
+        name="test", backend="mpi", flops_per_s=5e10,
+        link_classes={"intra_node": LinkClass(2e-6, 10e9), "inter_node": LinkClass(10e-6, 1e9)},
+    )
+    return dataclasses.replace(base, **changes)
+
+
+def test_fit_hockney_recovers_latency_and_bandwidth_exactly():
+    times = [3e-6 + n / 4e9 for n in SIZES]
+    latency_s, bandwidth = fit_hockney(SIZES, times)
+    assert latency_s == pytest.approx(3e-6, rel=1e-9)
+    assert bandwidth == pytest.approx(4e9, rel=1e-9)
+
+
+def test_fit_hockney_needs_two_sizes():
+    with pytest.raises(ValueError, match="two sizes"):
+        fit_hockney([1024], [1e-6])
+
+
+def test_efficiency_curve_is_empty_when_the_line_fits_and_corrects_it_otherwise():
+    line = [3e-6 + n / 4e9 for n in SIZES]
+    assert efficiency_curve(SIZES, line, 3e-6, 4e9) == ()
+    # Mid sizes at half the bandwidth (a protocol switch, say): the curve
+    # makes the line pass through each measured point.
+    slow = [3e-6 + n / (2e9 if 1000 < n < 2e6 else 4e9) for n in SIZES]
+    curve = dict(efficiency_curve(SIZES, slow, 3e-6, 4e9))
+    assert curve[65536] == pytest.approx(0.5, rel=1e-9)
+    assert curve[1 << 20] == pytest.approx(0.5, rel=1e-9)
+    assert curve[16 << 20] == pytest.approx(1.0, rel=1e-9)
+    link = LinkClass(3e-6, 4e9, tuple(sorted(curve.items())))
+    for n, t in zip(SIZES, slow):
+        if n in curve:
+            assert link.time_s(n) == pytest.approx(t, rel=1e-9)
+
+
+def test_efficiency_interpolates_in_log_size_and_is_flat_outside():
+    link = LinkClass(0.0, 1e9, ((1000, 0.5), (100000, 1.0)))
+    assert link.efficiency_at(10) == 0.5
+    assert link.efficiency_at(10**6) == 1.0
+    assert link.efficiency_at(10000) == pytest.approx(0.75, rel=1e-12)
+
+
+def test_profile_machine_gives_hockney_per_message_between_ranks_of_a_host():
+    machine = profile(link_classes={"intra_node": LinkClass(2e-6, 10e9, ((1024, 0.25), (1 << 20, 1.0)))})
+    topology = machine.topology(2)
+    nbytes = 1024
+    programs = [[Send(peer=1, nbytes=nbytes)], [Recv(peer=0, nbytes=nbytes)]]
+    result = simulate(topology, programs, message_efficiency=machine.message_efficiency(2))
+    assert result.makespan_s == pytest.approx(2e-6 + nbytes / (10e9 * 0.25), rel=REL)
+
+
+def test_profile_places_ranks_as_measured_and_charges_inter_node_figures():
+    machine = profile(rank_hosts=("a", "a", "b", "b"))
+    assert machine.placement(4) == [0, 0, 1, 1]
+    assert machine.placement(8) == [0, 0, 1, 1, 2, 2, 3, 3]  # blocks of the measured ranks per host
+    topology = machine.topology(4)
+    nbytes = 10**6
+    programs = [[Send(peer=2, nbytes=nbytes)], [], [Recv(peer=0, nbytes=nbytes)], []]
+    result = simulate(topology, programs)
+    # Latency 10 us across hosts; the slowest link on the way is the 1 GB/s one.
+    assert result.makespan_s == pytest.approx(10e-6 + nbytes / 1e9, rel=REL)
+
+
+def test_profile_without_inter_node_class_cannot_place_ranks_on_two_hosts():
+    machine = profile(link_classes={"intra_node": LinkClass(2e-6, 10e9)}, rank_hosts=("a", "b"))
+    with pytest.raises(ValueError, match="inter_node"):
+        machine.topology(2)
+
+
+def test_reduction_cost_adds_to_ring_allreduce_as_its_closed_form_says():
+    p, n, gamma = 4, 4 * 2**20, 2e-10
+    machine = profile()
+    topology = machine.topology(p)
+    programs = [[Collective("allreduce", n, algorithm="ring")] for _ in range(p)]
+    result = simulate(topology, programs, reduce_s_per_byte=gamma)
+    block = n // p
+    # 2(p-1) steps of a + block/B, and the p-1 reduce-scatter steps each reduce a block.
+    expected = 2 * (p - 1) * (2e-6 + block / 10e9) + (p - 1) * block * gamma
+    assert result.makespan_s == pytest.approx(expected, rel=REL)
+
+
+def test_fit_reduce_cost_recovers_a_known_cost():
+    p, gamma = 4, 3e-10
+    programs = {r: [{"kind": "allreduce", "nbytes": n, "algorithm": "ring"} for n in (1 << 16, 1 << 20, 1 << 23)]
+                for r in range(p)}
+    scenario = scenario_from_dict({"topology": {"builder": "switch", "n": p},
+                                   "workload": {"kind": "programs", "ranks": programs}})
+    machine = profile()
+    truth = simulate(machine.topology(p), scenario.programs(), reduce_s_per_byte=gamma).records
+    truth = truth.assign(d=truth["end_s"] - truth["start_s"]).groupby("op_index")["d"].max().to_dict()
+    # Ops run one after another here, so an op's time is its own end minus its start.
+    assert fit_reduce_cost(with_profile(scenario, machine), truth) == pytest.approx(gamma, rel=1e-6)
+
+
+def test_profile_round_trips_through_a_file(tmp_path):
+    machine = profile(rank_hosts=("a", "b"), reduce_s_per_byte=1e-10,
+                      link_classes={"intra_node": LinkClass(2e-6, 10e9, ((8, 0.1), (1024, 0.5))),
+                                    "inter_node": LinkClass(1e-5, 1e9)})
+    path = tmp_path / "p.yaml"
+    machine.save(path)
+    assert load_profile(path) == machine
+
+
+def test_scenario_names_a_profile_relative_to_its_file(tmp_path):
+    profile(rank_hosts=("h", "h")).save(tmp_path / "machine.yaml")
+    (tmp_path / "s.yaml").write_text(
+        "topology: {builder: ring, n: 2}\n"
+        "workload: {kind: collective, op: allreduce, nbytes: 1048576}\n"
+        "profile: machine.yaml\n"
+    )
+    scenario = load_scenario(tmp_path / "s.yaml")
+    assert scenario.profile.name == "test"
+    assert scenario.topology.name == "profile:test"
+    assert scenario.topology.rank_flops_per_s == (5e10, 5e10)
+
+
+def test_a_bad_profile_is_one_clear_error_naming_the_file(tmp_path):
+    (tmp_path / "machine.yaml").write_text("compute: {flops_per_s: -1}\nlink_classes: {intra_node: {latency_s: 1.0e-6, bandwidth_bytes_per_s: 1.0e+9}}\n")
+    (tmp_path / "s.yaml").write_text(
+        "topology: {builder: ring, n: 2}\nworkload: {kind: collective, op: allreduce, nbytes: 8}\nprofile: machine.yaml\n"
+    )
+    with pytest.raises(ScenarioError, match=r"machine\.yaml.*flops_per_s"):
+        load_scenario(tmp_path / "s.yaml")
+    (tmp_path / "s.yaml").write_text(
+        "topology: {builder: ring, n: 2}\nworkload: {kind: collective, op: allreduce, nbytes: 8}\nprofile: missing.yaml\n"
+    )
+    with pytest.raises(ScenarioError, match="missing.yaml"):
+        load_scenario(tmp_path / "s.yaml")
