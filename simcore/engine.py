@@ -98,7 +98,6 @@ class Simulator:
         self._wait_s = [0.0] * self.nranks
         self._end_s = [None] * self.nranks
         self._current: list[tuple[int, Operation] | None] = [None] * self.nranks
-        self._link_energy_by_rank = [0.0] * self.nranks
         self._messages = 0
         streams = rank_streams(self.seed, self.nranks)
         self._samplers = [SlowdownSampler(self.stragglers, r, streams[r]) for r in range(self.nranks)]
@@ -108,6 +107,7 @@ class Simulator:
         # outlive a step: the cyclic collector's passes over them only cost time.
         gc_was_enabled = gc.isenabled()
         gc.disable()
+        failure = None
         try:
             if progress is None:
                 env.run()
@@ -120,14 +120,25 @@ class Simulator:
                         progress(env.now, _events_scheduled(env))
                 except EmptySchedule:
                     pass
+        except SimulationError as exc:
+            failure = exc
         finally:
             if gc_was_enabled:
                 gc.enable()
         wall_s = time.perf_counter() - wall0
         result = self._result(wall_s)
+        if failure is not None:
+            raise type(failure)(str(failure), partial=result)
         unfinished = [r for r in range(self.nranks) if self._end_s[r] is None]
         if unfinished:
             raise DeadlockError(self._deadlock_message(unfinished), partial=result)
+        unreceived = self._unreceived()
+        if unreceived:
+            raise SimulationError(
+                "messages were sent but never received (a missing recv, or a tag or peer that does not match):\n  "
+                + "\n  ".join(unreceived),
+                partial=result,
+            )
         return result
 
     def _rank(self, rank: int):
@@ -135,7 +146,8 @@ class Simulator:
         records = self._records
         speed = self.topology.rank_flops_per_s[rank]
         busy_w = self.topology.rank_busy_power_w[rank]
-        idle_w = self.topology.rank_idle_power_w[rank]
+        # Records charge idle power only where the run does (count_idle).
+        idle_w = self.topology.rank_idle_power_w[rank] * (1.0 if self.count_idle_energy else 0.0)
         sampler = self._samplers[rank]
         handles: dict[str, simpy.Event] = {}
         stream_tail: simpy.Event | None = None
@@ -143,7 +155,9 @@ class Simulator:
         for index, op in enumerate(self.programs[rank]):
             self._current[rank] = (index, op)
             start = env.now
-            link_j0 = self._link_energy_by_rank[rank]
+            # The link energy of the bytes this operation sends, kept per
+            # operation: a background collective's bytes are its own.
+            link_j = [0.0]
             if type(op) is Compute:
                 duration = op.flops / speed * sampler.next()
                 if duration > 0:
@@ -157,16 +171,16 @@ class Simulator:
                 if not op.blocking:
                     done = env.event()
                     handles[op.handle] = done
-                    env.process(self._nonblocking(rank, index, op, tag, stream_tail, done, idle_w))
+                    env.process(self._nonblocking(rank, index, op, tag, stream_tail, done))
                     stream_tail = done
                     continue
-                yield from self._collective(rank, op, tag)
-                peer, nbytes, algorithm = (op.root if op.op in ("broadcast", "reduce") else -1), op.nbytes, op.algorithm
+                yield from self._collective(rank, op, tag, link_j)
+                peer, nbytes, algorithm = _root_peer(op), op.nbytes, op.algorithm
                 self._comm_s[rank] += env.now - start
             elif type(op) is Send or type(op) is Recv:
                 waiter = [1, None]
                 if type(op) is Send:
-                    self._send(rank, op.peer, op.nbytes, op.tag, waiter)
+                    self._send(rank, op.peer, op.nbytes, op.tag, waiter, link_j)
                 else:
                     self._post_recv(op.peer, rank, op.nbytes, op.tag, waiter)
                 if waiter[0]:
@@ -180,7 +194,7 @@ class Simulator:
                     yield env.all_of(pending)
                 peer, nbytes, algorithm = -1, 0, ""
                 self._wait_s[rank] += env.now - start
-            energy = idle_w * (env.now - start) + self._link_energy_by_rank[rank] - link_j0
+            energy = idle_w * (env.now - start) + link_j[0]
             records.append((rank, index, op.kind, algorithm, peer, nbytes, 0.0, start, env.now, energy))
         if stream_tail is not None and not stream_tail.processed:
             # A program that never waits for its last non-blocking collective
@@ -192,28 +206,26 @@ class Simulator:
         self._current[rank] = None
         self._end_s[rank] = env.now
 
-    def _nonblocking(self, rank, index, op, tag, previous, done, idle_w):
+    def _nonblocking(self, rank, index, op, tag, previous, done):
         if previous is not None and not previous.processed:
             yield previous
         start = self.env.now
-        link_j0 = self._link_energy_by_rank[rank]
-        yield from self._collective(rank, op, tag)
+        link_j = [0.0]
+        yield from self._collective(rank, op, tag, link_j)
         # Idle power is already counted for the rank's time line; a background
         # collective adds only the energy of the bytes it moved.
-        energy = self._link_energy_by_rank[rank] - link_j0
-        peer = op.root if op.op in ("broadcast", "reduce") else -1
         self._records.append(
-            (rank, index, op.kind, op.algorithm, peer, op.nbytes, 0.0, start, self.env.now, energy)
+            (rank, index, op.kind, op.algorithm, _root_peer(op), op.nbytes, 0.0, start, self.env.now, link_j[0])
         )
         done.succeed()
 
-    def _collective(self, rank: int, op: Collective, tag: int):
+    def _collective(self, rank: int, op: Collective, tag: int, link_j: list):
         env = self.env
         reduce_s_per_byte = self.reduce_s_per_byte
         for sends, recvs in lower(op, rank, self.nranks, self.groups):
             waiter = [len(sends) + len(recvs), None]
             for t in sends:
-                self._send(rank, t.peer, t.nbytes, tag, waiter)
+                self._send(rank, t.peer, t.nbytes, tag, waiter, link_j)
             for t in recvs:
                 self._post_recv(t.peer, rank, t.nbytes, tag, waiter)
             if waiter[0]:
@@ -239,13 +251,13 @@ class Simulator:
             self._route_cache[key] = cached
         return cached
 
-    def _send(self, src: int, dst: int, nbytes: int, tag: int, waiter: list) -> None:
+    def _send(self, src: int, dst: int, nbytes: int, tag: int, waiter: list, link_j: list) -> None:
         key = (src, dst)
         cached = self._route_cache.get(key)
         if cached is None:
             cached = self._route(src, dst)
         links, min_cap, latency_s, energy_per_byte = cached
-        self._link_energy_by_rank[src] += nbytes * energy_per_byte
+        link_j[0] += nbytes * energy_per_byte
         self._messages += 1
         # The network moves the bytes the calibrated bandwidth would take to move.
         work = nbytes / self.message_efficiency(src, dst, nbytes) if self.message_efficiency else None
@@ -258,10 +270,7 @@ class Simulator:
         if waiting:
             recv_nbytes, recv_waiter = waiting.popleft()
             if recv_nbytes != nbytes:
-                raise SimulationError(
-                    f"rank {dst} posted a receive of {recv_nbytes} B from rank {src} (tag {tag}) "
-                    f"but the matching send carries {nbytes} B"
-                )
+                self._size_mismatch(src, dst, tag, recv_nbytes, nbytes)
             _release(recv_waiter)
         else:
             arrived = self._arrived.get(key)
@@ -277,13 +286,26 @@ class Simulator:
         if arrived:
             sent = arrived.popleft()
             if sent != nbytes:
-                raise SimulationError(
-                    f"rank {dst} posted a receive of {nbytes} B from rank {src} (tag {tag}) "
-                    f"but the matching send carries {sent} B"
-                )
+                self._size_mismatch(src, dst, tag, nbytes, sent)
             waiter[0] -= 1
         else:
             self._waiting.setdefault(key, deque()).append((nbytes, waiter))
+
+    def _size_mismatch(self, src: int, dst: int, tag: int, recv_nbytes: int, send_nbytes: int):
+        current = self._current[dst]
+        where = f" in op {current[0]} ({current[1].kind})" if current else ""
+        raise SimulationError(
+            f"at t={self.env.now:.6g} s rank {dst}{where} receives {recv_nbytes} B from rank {src} "
+            f"({_tag_name(tag)}) but the matching send carries {send_nbytes} B"
+        )
+
+    def _unreceived(self) -> list[str]:
+        lines = []
+        for (src, dst, tag), queue in self._arrived.items():
+            if queue:
+                sizes = ", ".join(f"{n} B" for n in queue)
+                lines.append(f"rank {src} -> rank {dst} ({_tag_name(tag)}): {len(queue)} message(s) of {sizes}")
+        return lines
 
     # -- results -------------------------------------------------------------------
 
@@ -291,9 +313,7 @@ class Simulator:
         waits: dict[int, list[str]] = {}
         for (src, dst, tag), queue in self._waiting.items():
             for nbytes, _ in queue:
-                what = f"a message of {nbytes} B from rank {src}" + (
-                    f" (tag {tag})" if tag >= 0 else f" (collective #{-tag})"
-                )
+                what = f"a message of {nbytes} B from rank {src} ({_tag_name(tag)})"
                 waits.setdefault(dst, []).append(what)
         lines = []
         for rank in unfinished:
@@ -302,6 +322,9 @@ class Simulator:
             what = "; ".join(waits.get(rank, [])) or "non-blocking collectives that cannot finish"
             lines.append(f"rank {rank} waits in {where} for {what}")
         head = f"deadlock at t={self.env.now:.6g} s: {len(unfinished)} rank(s) wait for messages that never come"
+        unreceived = self._unreceived()
+        if unreceived:
+            lines.append("messages that arrived but match no receive: " + "; ".join(unreceived))
         return head + "\n  " + "\n  ".join(lines)
 
     def _result(self, wall_s: float) -> RunResult:
@@ -378,6 +401,15 @@ class Simulator:
             "wall_s": round(wall_s, 4),
         }
         return RunResult(records=records, summary=summary, per_rank=per_rank, per_link=per_link, per_node=per_node)
+
+
+def _tag_name(tag: int) -> str:
+    # Negative tags are the engine's own, one per collective a rank starts.
+    return f"tag {tag}" if tag >= 0 else f"collective #{-tag}"
+
+
+def _root_peer(op: Collective) -> int:
+    return op.root if op.op in ("broadcast", "reduce") else -1
 
 
 def _release(waiter: list) -> None:
