@@ -185,16 +185,25 @@ def test_ring_routes_and_tie_break():
     assert t.route(0, 1) == Route((t.link_index[("n0", "n1")],), 2e-6)
     assert path_of(t, 1, 0) == [("n1", "n0")]
     assert path_of(t, 0, 7) == [("n0", "n7")]
-    # Opposite nodes: both directions tie on (latency, hops); the lower-index
-    # predecessor wins at every step, which here is the clockwise way.
-    assert path_of(t, 0, 4) == [("n0", "n1"), ("n1", "n2"), ("n2", "n3"), ("n3", "n4")]
-    assert path_of(t, 4, 0) == [("n4", "n3"), ("n3", "n2"), ("n2", "n1"), ("n1", "n0")]
-    # The rule applies backwards from the destination: 6 is reached from 5
-    # (not 7), 2 from 1 (not 3).
-    assert path_of(t, 2, 6) == [("n2", "n3"), ("n3", "n4"), ("n4", "n5"), ("n5", "n6")]
-    assert path_of(t, 6, 2) == [("n6", "n7"), ("n7", "n0"), ("n0", "n1"), ("n1", "n2")]
+    # Opposite nodes: both ways round tie on (latency, hops); the ECMP hash
+    # picks one, the same on every build of the topology.
+    for src, dst in ((0, 4), (4, 0), (2, 6), (6, 2)):
+        path = path_of(t, src, dst)
+        assert len(path) == 4 and path[0][0] == f"n{src}" and path[-1][1] == f"n{dst}"
+        assert all(a[1] == b[0] for a, b in zip(path, path[1:]))
+        assert path_of(ring(8), src, dst) == path
+    assert path_of(t, 2, 6) == [("n2", "n1"), ("n1", "n0"), ("n0", "n7"), ("n7", "n6")]
     assert t.route(0, 4).latency_s == pytest.approx(8e-6, rel=1e-12)
     assert t.route(3, 3) == Route((), 0.0)
+
+
+def test_ecmp_spreads_cross_pod_traffic_over_every_core_switch():
+    t = fat_tree(4)
+    cores = set()
+    for r in range(16):
+        for link_id in t.route(r, (r + 8) % 16).links:
+            cores.update(x for x in t.links[link_id] if str(x).startswith("core"))
+    assert cores == {"core0", "core1", "core2", "core3"}
 
 
 def test_route_prefers_latency_then_hops():

@@ -41,6 +41,15 @@ def _number(value: Any, what: str) -> float:
     return value
 
 
+def _ecmp_hash(src: int, dst: int, node: int) -> int:
+    # A fixed integer mix (not Python's hash(), which is salted per process).
+    h = ((src + 1) * 0x9E3779B1) ^ ((dst + 1) * 0x85EBCA77) ^ ((node + 1) * 0xC2B2AE3D)
+    h &= 0xFFFFFFFF
+    h ^= h >> 16
+    h = (h * 0x7FEB352D) & 0xFFFFFFFF
+    return h ^ (h >> 15)
+
+
 def _link_name(u, v) -> str:
     return f"{u}-{v}"
 
@@ -214,10 +223,11 @@ class Topology:
     def route(self, src_rank: int, dst_rank: int) -> Route:
         """Lowest-latency path from ``src_rank`` to ``dst_rank``.
 
-        Ties break on hop count, then on the predecessor with the lower node
-        insertion index, so routes never depend on heap or dict accidents.
-        Exact float equality decides ties: paths whose latencies differ only
-        by rounding are not ties.
+        Ties on latency break on hop count.  Among paths equal in both, the
+        route is chosen as ECMP switches choose: at every node with several
+        equal-cost predecessors, a fixed hash of (source, destination, node)
+        picks one, so a fat tree's traffic spreads over its core switches the
+        same way on every run.  Exact float equality decides ties.
         """
         src = self._check_rank(src_rank, "src_rank")
         dst = self._check_rank(dst_rank, "dst_rank")
@@ -233,7 +243,7 @@ class Topology:
         s = self._node_index[self.ranks[src]]
         t = self._node_index[self.ranks[dst]]
         best: dict[int, tuple[float, int]] = {s: (0.0, 0)}
-        pred: dict[int, tuple[int, int]] = {}  # node -> (predecessor node, link id)
+        preds: dict[int, list[tuple[int, int]]] = {}  # node -> equal-cost (predecessor, link id)
         settled = set()
         heap = [(0.0, 0, s)]
         while heap:
@@ -242,9 +252,9 @@ class Topology:
                 continue
             settled.add(u)
             if u == t:
-                # Every candidate predecessor of t has a strictly smaller key
-                # (hops grow by one per link), so all were popped before t
-                # and pred[t] is final: stopping here equals full Dijkstra.
+                # Every equal-cost predecessor of t has a strictly smaller key
+                # (hops grow by one per link), so all were popped before t and
+                # preds[t] is complete: stopping here equals full Dijkstra.
                 break
             for v, link_id, w in self._adj[u]:
                 if v in settled:
@@ -253,14 +263,19 @@ class Topology:
                 old = best.get(v)
                 if old is None or cand < old:
                     best[v] = cand
-                    pred[v] = (u, link_id)
+                    preds[v] = [(u, link_id)]
                     heapq.heappush(heap, (cand[0], cand[1], v))
-                elif cand == old and u < pred[v][0]:
-                    pred[v] = (u, link_id)
+                elif cand == old:
+                    preds[v].append((u, link_id))
         links = []
         node = t
         while node != s:
-            node, link_id = pred[node]
+            candidates = preds[node]
+            if len(candidates) > 1:
+                candidates = sorted(candidates)
+                node, link_id = candidates[_ecmp_hash(src, dst, node) % len(candidates)]
+            else:
+                node, link_id = candidates[0]
             links.append(link_id)
         links.reverse()
         return Route(tuple(links), best[t][0])
