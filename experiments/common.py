@@ -285,3 +285,11 @@ def make_executor(backend: str, args, progress=None):
     if backend == "mpi":
         options["hostfile"] = args.hostfile
     return get_executor(backend, **options)
+
+
+# -- names ---------------------------------------------------------------------------
+
+
+def safe_name(name: str) -> str:
+    """``name`` as one path component (letters, digits, ``._-``), for results folders."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "scenario"
