@@ -187,10 +187,17 @@ def main(argv: list[str] | None = None) -> int:
 
     tasks = [(common.run_scenario_dict, (data, args.backend, str(path.parent), where))
              for _, _, data, where in variants]
-    results = common.run_many(
-        tasks, jobs=args.jobs,
-        label=lambda i, m: f"{variants[i][1]}  N={m['nranks']}  makespan {m['makespan_s']:.4g} s",
-    )
+    from simcore.engine import SimulationError
+
+    try:
+        results = common.run_many(
+            tasks, jobs=args.jobs,
+            label=lambda i, m: f"{variants[i][1]}  N={m['nranks']}  makespan {m['makespan_s']:.4g} s",
+        )
+    except SimulationError as exc:
+        # A variant that deadlocks or loses messages: say which, not a worker's traceback.
+        print(f"error: {path}: a variant could not run to the end: {exc}", file=sys.stderr)
+        return 1
 
     rows = []
     first = results[0]["makespan_s"]

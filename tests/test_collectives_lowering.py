@@ -425,7 +425,7 @@ def test_check_rejects_unknown_algorithm(op_name, algorithm):
 def test_check_rejects_bad_roots_ranks_and_groups():
     with pytest.raises(ValueError, match=r"broadcast: root 4 out of range"):
         check(Collective("broadcast", 8, "binomial", root=4), 4)
-    with pytest.raises(ValueError, match=r"reduce: root -1 out of range"):
+    with pytest.raises(ValueError, match=r"reduce: root (-1 out of range|must be a rank)"):
         check(Collective("reduce", 8, "rabenseifner", root=-1), 4)
     with pytest.raises(ValueError, match="nranks"):
         check(Collective("allreduce", 8), 0)

@@ -8,6 +8,7 @@ in ``WORKLOADS`` and round-trip through plain dicts (``to_dict`` /
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -82,6 +83,20 @@ def round_half_up(x: float) -> int:
     return int(x + 0.5)
 
 
+def _check_like_default(name: str, value, default) -> None:
+    """A file's value must have its field's kind: true/false, text, or a finite number."""
+    where = f"workload.{name}"
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ValueError(f"{where} must be true or false, got {value!r}")
+    elif isinstance(default, str):
+        if not isinstance(value, str):
+            raise ValueError(f"{where} must be text, got {value!r}")
+    elif isinstance(default, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{where} must be a finite number, got {value!r}")
+
+
 class WorkloadBase:
     kind: ClassVar[str] = ""
     _int_fields: ClassVar[tuple[str, ...]] = ()
@@ -110,6 +125,9 @@ class WorkloadBase:
         for name in cls._int_fields:
             if name in data:
                 data[name] = _as_int(data[name], f"workload.{name}")
+        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+        for name, value in data.items():
+            _check_like_default(name, value, defaults[name])
         try:
             return cls(**data)
         except TypeError as exc:
@@ -180,6 +198,8 @@ class ProgramsWorkload(WorkloadBase):
             raise ValueError(f"workload (programs): unknown field(s) {', '.join(unknown)}; allowed: ranks")
         ranks = data.get("ranks")
         if isinstance(ranks, dict):
+            if not all(isinstance(k, int) and not isinstance(k, bool) for k in ranks):
+                raise ValueError(f"workload.ranks: keys must be ranks (integers), got {list(ranks)}")
             keys = sorted(ranks)
             if keys != list(range(len(keys))):
                 raise ValueError(f"workload.ranks: keys must be the ranks 0..{len(keys) - 1}, got {keys}")
@@ -188,6 +208,8 @@ class ProgramsWorkload(WorkloadBase):
             raise ValueError("workload (programs): 'ranks' must be a list (or mapping rank -> list) of operations")
         programs = []
         for r, ops in enumerate(ranks):
+            if ops is not None and not isinstance(ops, list):
+                raise ValueError(f"workload.ranks[{r}]: expected a list of operations, got {ops!r}")
             program = []
             for i, op in enumerate(ops or []):
                 try:
@@ -203,6 +225,6 @@ def workload_from_dict(data: dict[str, Any]):
         raise ValueError(f"workload: expected a mapping, got {data!r}")
     data = dict(data)
     kind = data.pop("kind", None)
-    if kind not in WORKLOADS:
+    if not isinstance(kind, str) or kind not in WORKLOADS:
         raise ValueError(f"workload.kind: unknown {kind!r}; expected one of {', '.join(WORKLOADS)}")
     return WORKLOADS[kind].from_dict(data)

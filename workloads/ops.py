@@ -9,6 +9,7 @@ receives are the same thing.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Union
 
@@ -44,8 +45,10 @@ class Compute:
     kind = "compute"
 
     def __post_init__(self):
-        if not self.flops >= 0:
-            raise ValueError(f"compute: flops must be >= 0, got {self.flops!r}")
+        if isinstance(self.flops, bool) or not isinstance(self.flops, (int, float)) or not 0 <= self.flops < math.inf:
+            raise ValueError(f"compute: flops must be a finite number >= 0, got {self.flops!r}")
+        if not isinstance(self.label, str):
+            raise ValueError(f"compute: label must be a string, got {self.label!r}")
 
 
 @dataclass(frozen=True)
@@ -102,12 +105,21 @@ class Collective:
     inter_algorithm: str = "ring"
 
     def __post_init__(self):
-        if self.op not in COLLECTIVES:
+        if not isinstance(self.op, str) or self.op not in COLLECTIVES:
             raise ValueError(
                 f"collective: unknown op {self.op!r}; expected one of {', '.join(COLLECTIVES)}"
             )
         if not (isinstance(self.nbytes, int) and self.nbytes >= 0):
             raise ValueError(f"{self.op}: nbytes must be an integer >= 0, got {self.nbytes!r}")
+        for name in ("algorithm", "inter_algorithm"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{self.op}: {name} must be a name, got {getattr(self, name)!r}")
+        if isinstance(self.root, bool) or not isinstance(self.root, int) or self.root < 0:
+            raise ValueError(f"{self.op}: root must be a rank (integer >= 0), got {self.root!r}")
+        if not isinstance(self.blocking, bool):
+            raise ValueError(f"{self.op}: blocking must be true or false, got {self.blocking!r}")
+        if self.handle is not None and not isinstance(self.handle, str):
+            raise ValueError(f"{self.op}: handle must be a string, got {self.handle!r}")
         if not self.algorithm:
             object.__setattr__(self, "algorithm", DEFAULT_ALGORITHM[self.op])
         if not self.blocking and not self.handle:
@@ -127,10 +139,10 @@ class Wait:
     kind = "wait"
 
     def __post_init__(self):
-        if isinstance(self.handles, str):
-            object.__setattr__(self, "handles", (self.handles,))
-        else:
-            object.__setattr__(self, "handles", tuple(self.handles))
+        handles = (self.handles,) if isinstance(self.handles, str) else self.handles
+        if not isinstance(handles, (list, tuple)) or not all(isinstance(h, str) for h in handles):
+            raise ValueError(f"wait: handles must be a list of handle names, got {self.handles!r}")
+        object.__setattr__(self, "handles", tuple(handles))
 
 
 Operation = Union[Compute, Send, Recv, Collective, Wait]
@@ -167,6 +179,8 @@ def op_from_dict(data: dict[str, Any]) -> Operation:
         raise ValueError(f"operation must be a mapping with a 'kind', got {data!r}")
     fields = dict(data)
     kind = fields.pop("kind")
+    if not isinstance(kind, str):
+        raise ValueError(f"operation: kind must be a name, got {kind!r}")
     if kind in COLLECTIVES:
         cls, fields["op"] = Collective, kind
         if kind == "barrier":

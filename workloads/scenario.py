@@ -42,7 +42,9 @@ class EnergySpec:
     def from_dict(cls, data) -> "EnergySpec":
         if data is None:
             return cls()
-        if not isinstance(data, dict) or set(data) - {"count_idle"}:
+        if not isinstance(data, dict) or set(data) - {"count_idle"} or not isinstance(
+            data.get("count_idle", True), bool
+        ):
             raise ValueError(f"energy: expected {{count_idle: true|false}}, got {data!r}")
         return cls(count_idle=bool(data.get("count_idle", True)))
 
@@ -102,6 +104,9 @@ def scenario_from_dict(data: dict[str, Any], *, base_dir: Path | None = None, wh
             topology = topology_from_dict(topo_data)
     except TopologyError as exc:
         raise ScenarioError(f"{where}: {exc}") from None
+    for key in ("name", "description"):
+        if key in data and not isinstance(data[key], str):
+            raise ScenarioError(f"{where}: {key} must be text, got {data[key]!r}")
     seed = data.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ScenarioError(f"{where}: seed must be an integer >= 0, got {seed!r}")
@@ -109,7 +114,8 @@ def scenario_from_dict(data: dict[str, Any], *, base_dir: Path | None = None, wh
         workload = workload_from_dict(data["workload"])
         stragglers = StragglerSpec.from_dict(data.get("stragglers"))
         energy = EnergySpec.from_dict(data.get("energy"))
-    except ValueError as exc:
+    except (ValueError, TypeError) as exc:
+        # TypeError: a value of the wrong shape that a check above missed; still one line.
         raise ScenarioError(f"{where}: {exc}") from None
     for rank in stragglers.ranks:
         if not 0 <= rank < topology.nranks:
@@ -141,7 +147,7 @@ def scenario_from_dict(data: dict[str, Any], *, base_dir: Path | None = None, wh
     # that needs groups) is reported before anything runs.
     try:
         _check_programs(scenario)
-    except ValueError as exc:
+    except (ValueError, TypeError) as exc:
         raise ScenarioError(f"{where}: {exc}") from None
     return scenario
 

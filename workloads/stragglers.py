@@ -8,6 +8,7 @@ many other ranks there are or in what order the simulator interleaves them.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,6 +94,17 @@ class StragglerSpec:
         kind = data.pop("kind", "none")
         scope = data.pop("scope", "operation")
         ranks = data.pop("ranks", ()) or ()
+        if not isinstance(kind, str):
+            raise ValueError(f"stragglers.kind must be a name, got {kind!r}")
+        if not isinstance(scope, str):
+            raise ValueError(f"stragglers.scope must be a name, got {scope!r}")
+        if not isinstance(ranks, (list, tuple)) or not all(
+            isinstance(r, int) and not isinstance(r, bool) for r in ranks
+        ):
+            raise ValueError(f"stragglers.ranks must be a list of ranks (integers), got {ranks!r}")
+        for name, value in data.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"stragglers.{name} must be a finite number, got {value!r}")
         return cls(kind=kind, params=data, scope=scope, ranks=tuple(ranks))
 
 
