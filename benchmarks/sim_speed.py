@@ -36,6 +36,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ranks", type=int, nargs="+", default=[64, 256, 1024])
     args = parser.parse_args(argv)
+    if any(n < 2 for n in args.ranks):
+        parser.error("--ranks: every size must be >= 2")
     print("ranks simulated_s wall_s events_per_s")
     ok = True
     for n in args.ranks:

@@ -144,7 +144,7 @@ class Simulator:
     def _rank(self, rank: int):
         env = self.env
         records = self._records
-        speed = self.topology.rank_flops_per_s[rank]
+        flops_per_s = self.topology.rank_flops_per_s[rank]
         busy_w = self.topology.rank_busy_power_w[rank]
         # Records charge idle power only where the run does (count_idle).
         idle_w = self.topology.rank_idle_power_w[rank] * (1.0 if self.count_idle_energy else 0.0)
@@ -159,7 +159,7 @@ class Simulator:
             # operation: a background collective's bytes are its own.
             link_j = [0.0]
             if type(op) is Compute:
-                duration = op.flops / speed * sampler.next()
+                duration = op.flops / flops_per_s * sampler.next()
                 if duration > 0:
                     yield env.timeout(duration)
                 self._compute_s[rank] += duration

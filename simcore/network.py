@@ -34,18 +34,18 @@ _SOLVE_PRIORITY = 2
 
 
 class _Flow:
-    __slots__ = ("fid", "links", "min_capacity", "latency_s", "remaining", "rate", "t_last", "t_end",
+    __slots__ = ("fid", "links", "min_capacity_bytes_per_s", "latency_s", "remaining_bytes", "rate_bytes_per_s", "t_last_s", "t_end_s",
                  "version", "alone", "message")
 
-    def __init__(self, fid, links, min_capacity, latency_s, nbytes, now, message):
+    def __init__(self, fid, links, min_capacity_bytes_per_s, latency_s, nbytes, now, message):
         self.fid = fid
         self.links = links
-        self.min_capacity = min_capacity
+        self.min_capacity_bytes_per_s = min_capacity_bytes_per_s
         self.latency_s = latency_s
-        self.remaining = float(nbytes)
-        self.rate = 0.0
-        self.t_last = now
-        self.t_end = None  # when the last byte leaves, at the current rate
+        self.remaining_bytes = float(nbytes)
+        self.rate_bytes_per_s = 0.0
+        self.t_last_s = now
+        self.t_end_s = None  # when the last byte leaves, at the current rate
         self.version = 0
         self.alone = False  # its pending event is a delivery that frees no bandwidth for others
         self.message = message
@@ -69,19 +69,19 @@ class FlowNetwork:
         self.env = env
         self.on_delivered = on_delivered
         self._Timeout = simpy.Timeout
-        self.capacity = [float(c) for c in capacities_bytes_per_s]
-        self._flows_on: list[dict[int, _Flow]] = [dict() for _ in self.capacity]
+        self.capacity_bytes_per_s = [float(c) for c in capacities_bytes_per_s]
+        self._flows_on: list[dict[int, _Flow]] = [dict() for _ in self.capacity_bytes_per_s]
         self._touched: dict[int, None] = {}
         self._solve_pending = False
         self._next_fid = 0
-        self.bytes_on_link = [0.0] * len(self.capacity)
+        self.bytes_on_link = [0.0] * len(self.capacity_bytes_per_s)
         self.flows_started = 0
         self.solves = 0
 
     def transfer(
         self,
         links: tuple[int, ...],
-        min_capacity: float,
+        min_capacity_bytes_per_s: float,
         latency_s: float,
         nbytes: int,
         message: object,
@@ -96,7 +96,7 @@ class FlowNetwork:
             touched = self._touched
             fid = self._next_fid
             self._next_fid = fid + 1
-            flow = _Flow(fid, links, min_capacity, latency_s, nbytes if work_bytes is None else work_bytes,
+            flow = _Flow(fid, links, min_capacity_bytes_per_s, latency_s, nbytes if work_bytes is None else work_bytes,
                          self.env._now, message)
             for link in links:
                 bytes_on_link[link] += nbytes
@@ -170,7 +170,7 @@ class FlowNetwork:
                 for fid, flow in on_link.items():
                     if fid in component:
                         continue
-                    if flow.t_end is not None and flow.t_end <= now:
+                    if flow.t_end_s is not None and flow.t_end_s <= now:
                         # Its last byte has left: it lingers only until delivery.
                         finished = (finished or []) + [flow]
                         continue
@@ -187,13 +187,13 @@ class FlowNetwork:
                 continue
             if len(component) == 1:
                 for flow in component.values():
-                    self._set_rate(flow, flow.min_capacity, now, alone=True)
+                    self._set_rate(flow, flow.min_capacity_bytes_per_s, now, alone=True)
             else:
                 self._progressive_filling(component, now)
 
     def _progressive_filling(self, component: dict[int, _Flow], now: float) -> None:
         flows_on = self._flows_on
-        capacity = self.capacity
+        capacity = self.capacity_bytes_per_s
         spare: dict[int, float] = {}
         unfixed: dict[int, int] = {}
         for flow in component.values():
@@ -220,22 +220,22 @@ class FlowNetwork:
                     if unfixed[other] and other != link:
                         heapq.heappush(heap, (spare[other] / unfixed[other], other))
 
-    def _set_rate(self, flow: _Flow, rate: float, now: float, alone: bool) -> None:
-        if rate == flow.rate and alone == flow.alone:
+    def _set_rate(self, flow: _Flow, rate_bytes_per_s: float, now: float, alone: bool) -> None:
+        if rate_bytes_per_s == flow.rate_bytes_per_s and alone == flow.alone:
             # Unchanged.  (A flow that was alone and now shares at the same
             # rate still needs a new event: its lone delivery would never free
             # bandwidth for the others when its last byte leaves.)
             return
-        if flow.rate:
-            flow.remaining -= flow.rate * (now - flow.t_last)
-            if flow.remaining < 0.0:
-                flow.remaining = 0.0
-        flow.t_last = now
-        flow.rate = rate
+        if flow.rate_bytes_per_s:
+            flow.remaining_bytes -= flow.rate_bytes_per_s * (now - flow.t_last_s)
+            if flow.remaining_bytes < 0.0:
+                flow.remaining_bytes = 0.0
+        flow.t_last_s = now
+        flow.rate_bytes_per_s = rate_bytes_per_s
         flow.alone = alone
         flow.version += 1
-        duration = flow.remaining / rate
-        flow.t_end = now + duration
+        duration = flow.remaining_bytes / rate_bytes_per_s
+        flow.t_end_s = now + duration
         # The event's value carries (flow, version): a later rate change bumps
         # the version and so cancels this event without touching the queue.
         if alone:
