@@ -24,12 +24,15 @@ from workloads.collectives import alltoall_output_layout, block_layout
 
 
 def inside_mpi_job() -> bool:
-    """True when this process was started by an MPI launcher with more than one rank."""
-    for var in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS", "PMIX_SIZE"):
-        value = os.environ.get(var)
-        if value is not None:
+    """True when an MPI launcher (mpiexec, or srun with PMI-2, PMIx or none) started this process."""
+    for var in ("PMI_SIZE", "PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS"):
+        if os.environ.get(var) is not None:
             return True
-    return "SLURM_STEP_NUM_TASKS" in os.environ and "PMI_RANK" in os.environ
+    # srun --mpi=none with Slurm's own PMI library sets only Slurm's variables.
+    try:
+        return int(os.environ.get("SLURM_STEP_NUM_TASKS", "0")) > 1 and "SLURM_PROCID" in os.environ
+    except ValueError:
+        return False
 
 
 def mpiexec_path() -> str | None:

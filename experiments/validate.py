@@ -1,0 +1,409 @@
+"""Check the simulator against reality: predicted and measured, side by side.
+
+    python -m experiments.validate experiments/scenarios/ring8_allreduce.yaml --backend mpi
+    python -m experiments.validate SCENARIO.yaml --backend mpi --repeats 20 --out results/mine
+    mpiexec -n 8 python -m experiments.validate SCENARIO.yaml --backend mpi
+    python -m experiments.validate SCENARIO.yaml --backend torch        # launches torchrun itself
+
+The scenario is simulated first (a scenario the simulator rejects never
+starts a process), then run for real, and the two sets of records are
+compared per operation kind and size: rows are keyed by (kind, algorithm,
+nbytes, flops), so collectives and messages group by size and compute by
+FLOPs.
+
+Statistics (the same for the prediction and the measurement):
+
+- an operation is one ``op_index`` of the ranks' programs; its time is the
+  longest of the ranks' durations (end_s - start_s) for it.  With aligned
+  timing every operation starts after a barrier, so this is the time the
+  slowest rank spends in it, which is what the simulator predicts for a
+  collective all ranks enter together;
+- a row's time in one run (one repeat) is the median over its operations;
+- predicted_s is that time in the simulation (it is deterministic: one run);
+  measured_s is the median over the timed repeats, measured_min_s and
+  measured_max_s the smallest and largest repeat;
+- error_pct = (predicted_s - measured_s) / measured_s * 100: positive when
+  the simulator predicts too slow, negative when it predicts too fast;
+- algbw and busbw as nccl-tests define them: algbw = nbytes / time (GB/s,
+  1e9 bytes), busbw = algbw * 2(n-1)/n for allreduce, (n-1)/n for allgather,
+  reduce_scatter and alltoall, 1 for broadcast, reduce, send and recv
+  (``nbytes`` is the whole vector, as in ``workloads.ops.Collective``);
+- the total row compares makespans: the largest end_s of the simulation
+  against the median over repeats of each repeat's largest end_s (aligned
+  timing includes the barriers between operations).
+
+Writes validation.csv, validation.png (predicted against measured, log-log,
+with y = x), sim_records.csv, real_records.csv and summary.json into
+``--out`` (default ``results/validate-<scenario name>-<backend>/``).  Inside
+an MPI or torchrun job only rank 0 simulates, prints and writes.
+Exit codes: 0 done, 1 the real run failed, 2 a bad scenario or option.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+REAL_BACKENDS = ("mpi", "torch")
+GROUP_KEYS = ["kind", "algorithm", "nbytes", "flops"]
+TABLE_COLUMNS = [
+    "kind", "algorithm", "nbytes", "flops", "count", "predicted_s", "measured_s", "measured_min_s",
+    "measured_max_s", "error_pct", "algbw_GBps", "busbw_GBps", "predicted_algbw_GBps", "predicted_busbw_GBps",
+]
+STATISTIC = ("operation time = max over ranks of (end_s - start_s) for one op_index; row time = median over "
+             "the row's operations; measured = median over repeats (min/max over repeats as spread); "
+             "total = makespan (largest end_s), median over repeats")
+ERROR_SIGN = "error_pct = (predicted - measured) / measured * 100; > 0: the simulator predicts too slow"
+
+# nccl-tests' bus bandwidth factors (doc/PERFORMANCE.md), as functions of n ranks.
+_BUSBW_FACTOR = {
+    "allreduce": lambda n: 2.0 * (n - 1) / n,
+    "allgather": lambda n: (n - 1) / n,
+    "reduce_scatter": lambda n: (n - 1) / n,
+    "alltoall": lambda n: (n - 1) / n,
+    "broadcast": lambda n: 1.0,
+    "reduce": lambda n: 1.0,
+    "send": lambda n: 1.0,
+    "recv": lambda n: 1.0,
+}
+
+
+# -- the table (pure functions: records in, numbers out) ---------------------------
+
+
+def busbw_factor(kind: str, nranks: int) -> float:
+    """busbw / algbw for ``kind`` on ``nranks`` ranks; NaN where bandwidth means nothing (compute, barrier)."""
+    factor = _BUSBW_FACTOR.get(kind)
+    return float(factor(nranks)) if factor is not None and nranks >= 1 else math.nan
+
+
+def bandwidths_GBps(kind: str, nbytes: int, time_s: float, nranks: int) -> tuple[float, float]:  # noqa: N802
+    """(algbw, busbw) in GB/s (1e9 bytes/s) for ``nbytes`` moved in ``time_s``."""
+    if not nbytes or not (time_s > 0) or kind not in _BUSBW_FACTOR:
+        return math.nan, math.nan
+    algbw = nbytes / time_s / 1e9
+    return algbw, algbw * busbw_factor(kind, nranks)
+
+
+def _prepared(records: pd.DataFrame) -> pd.DataFrame:
+    frame = records.copy()
+    if "repeat" not in frame.columns:
+        frame["repeat"] = 0
+    # A CSV round trip reads the empty algorithm of compute and messages as NaN.
+    frame["algorithm"] = frame["algorithm"].fillna("").astype(str)
+    frame["nbytes"] = frame["nbytes"].astype("int64")
+    frame["flops"] = frame["flops"].astype(float)
+    frame["duration_s"] = frame["end_s"] - frame["start_s"]
+    return frame
+
+
+def row_times(records: pd.DataFrame) -> pd.DataFrame:
+    """Per repeat and row (kind, algorithm, nbytes, flops): ``time_s`` and ``count`` (see the module docstring)."""
+    frame = _prepared(records)
+    columns = ["repeat"] + GROUP_KEYS + ["time_s", "count"]
+    if not len(frame):
+        return pd.DataFrame(columns=columns)
+    per_op = frame.groupby(["repeat", "op_index"] + GROUP_KEYS, sort=True)["duration_s"].max()
+    rows = per_op.groupby(level=["repeat"] + GROUP_KEYS, sort=True).agg(["median", "size"])
+    return rows.rename(columns={"median": "time_s", "size": "count"}).reset_index()[columns]
+
+
+def makespans(records: pd.DataFrame) -> pd.Series:
+    """The largest end_s of each repeat."""
+    frame = _prepared(records)
+    return frame.groupby("repeat")["end_s"].max()
+
+
+def error_pct(predicted_s: float, measured_s: float) -> float:
+    if not (measured_s > 0) or not math.isfinite(predicted_s):
+        return math.nan
+    return (predicted_s - measured_s) / measured_s * 100.0
+
+
+def validation_table(sim_records: pd.DataFrame, real_records: pd.DataFrame, nranks: int) -> pd.DataFrame:
+    """Predicted against measured per (kind, algorithm, nbytes, flops), plus a ``total`` row (makespan).
+
+    ``sim_records``: the simulator's records (one run); ``real_records``: a
+    real executor's, with a ``repeat`` column.  Columns: ``TABLE_COLUMNS``.
+    A row that only one side has keeps NaN on the other.
+    """
+    sim = row_times(sim_records)
+    sim = sim[sim["repeat"] == sim["repeat"].min()] if len(sim) else sim
+    predicted = sim.set_index(GROUP_KEYS)[["time_s", "count"]].rename(columns={"time_s": "predicted_s"})
+    real = row_times(real_records)
+    measured = real.groupby(GROUP_KEYS, sort=True).agg(
+        measured_s=("time_s", "median"), measured_min_s=("time_s", "min"), measured_max_s=("time_s", "max"),
+        real_count=("count", "first"),
+    )
+    table = predicted.join(measured, how="outer").reset_index()
+    table["count"] = table["count"].fillna(table["real_count"]).astype("int64")
+    rows: list[dict[str, Any]] = []
+    for row in table.to_dict("records"):
+        row = {key: row[key] for key in GROUP_KEYS + ["count", "predicted_s", "measured_s",
+                                                      "measured_min_s", "measured_max_s"]}
+        row["error_pct"] = error_pct(row["predicted_s"], row["measured_s"])
+        row["algbw_GBps"], row["busbw_GBps"] = bandwidths_GBps(row["kind"], row["nbytes"], row["measured_s"], nranks)
+        row["predicted_algbw_GBps"], row["predicted_busbw_GBps"] = bandwidths_GBps(
+            row["kind"], row["nbytes"], row["predicted_s"], nranks)
+        rows.append(row)
+
+    sim_span = makespans(sim_records)
+    real_span = makespans(real_records)
+    predicted_total = float(sim_span.iloc[0]) if len(sim_span) else math.nan
+    measured_total = float(real_span.median()) if len(real_span) else math.nan
+    rows.append({
+        "kind": "total", "algorithm": "", "nbytes": 0, "flops": 0.0,
+        "count": int(sum(r["count"] for r in rows)),
+        "predicted_s": predicted_total, "measured_s": measured_total,
+        "measured_min_s": float(real_span.min()) if len(real_span) else math.nan,
+        "measured_max_s": float(real_span.max()) if len(real_span) else math.nan,
+        "error_pct": error_pct(predicted_total, measured_total),
+        "algbw_GBps": math.nan, "busbw_GBps": math.nan,
+        "predicted_algbw_GBps": math.nan, "predicted_busbw_GBps": math.nan,
+    })
+    out = pd.DataFrame(rows, columns=TABLE_COLUMNS)
+    out["nbytes"] = out["nbytes"].astype("int64")
+    out["count"] = out["count"].astype("int64")
+    return out
+
+
+def median_abs_error_pct(table: pd.DataFrame) -> float:
+    """Median of |error_pct| over the operation rows (the total row left out)."""
+    errors = table.loc[table["kind"] != "total", "error_pct"].abs().dropna()
+    return float(errors.median()) if len(errors) else math.nan
+
+
+def format_validation(table: pd.DataFrame) -> str:
+    from experiments.common import format_table
+
+    rows = []
+    for row in table.to_dict("records"):
+        size = f"{row['flops']:.4g} flop" if row["kind"] == "compute" else (
+            "" if row["kind"] == "total" else f"{int(row['nbytes'])} B")
+        spread = "-" if not math.isfinite(row["measured_min_s"]) else (
+            f"{row['measured_min_s']:.4g}-{row['measured_max_s']:.4g}")
+        rows.append({**row, "size": size, "spread": spread})
+    return format_table(rows, (
+        ("kind", "kind", ""), ("algorithm", "algorithm", ""), ("size", "size", ""), ("count", "count", "d"),
+        ("predicted_s", "predicted s", ".4g"), ("measured_s", "measured s", ".4g"),
+        ("spread", "measured min-max s", ""), ("error_pct", "error %", "+.1f"),
+        ("algbw_GBps", "algbw GB/s", ".3g"), ("busbw_GBps", "busbw GB/s", ".3g"),
+        ("predicted_busbw_GBps", "pred. busbw GB/s", ".3g"),
+    ))
+
+
+def plot_validation(table: pd.DataFrame, path: Path, title: str = "") -> Path:
+    """Predicted (x) against measured (y), log-log, one marker per kind, repeat spread as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    markers = "osD^v<>pPX*h"
+    fig, ax = plt.subplots(figsize=(5.6, 5.0))
+    usable = table[(table["predicted_s"] > 0) & (table["measured_s"] > 0)]
+    for i, (kind, part) in enumerate(usable.groupby("kind", sort=False)):
+        label = "total (makespan)" if kind == "total" else kind
+        low = (part["measured_s"] - part["measured_min_s"]).clip(lower=0).fillna(0)
+        high = (part["measured_max_s"] - part["measured_s"]).clip(lower=0).fillna(0)
+        ax.errorbar(part["predicted_s"], part["measured_s"], yerr=[low, high], fmt=markers[i % len(markers)],
+                    color=f"C{i}", markersize=6, capsize=2, linestyle="none", label=label)
+    if len(usable):
+        values = pd.concat([usable["predicted_s"], usable["measured_s"], usable["measured_max_s"].dropna(),
+                            usable["measured_min_s"].dropna()])
+        values = values[values > 0]
+        lo, hi = float(values.min()) / 2, float(values.max()) * 2
+    else:
+        lo, hi = 1e-6, 1.0
+    ax.plot([lo, hi], [lo, hi], "k--", linewidth=0.8, label="y = x")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_xlabel("predicted time (s)")
+    ax.set_ylabel("measured time (s)")
+    if title:
+        ax.set_title(title, fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+# -- the command -------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from experiments.common import add_real_options
+
+    p = argparse.ArgumentParser(
+        prog="python -m experiments.validate",
+        description="Run a scenario in the simulator and for real (MPI or torch.distributed), and compare "
+                    "predicted and measured time per operation kind and size.",
+        epilog=f"Statistics: {STATISTIC}. {ERROR_SIGN}. algbw = nbytes/time; busbw = algbw * 2(n-1)/n "
+               "(allreduce), (n-1)/n (allgather, reduce_scatter, alltoall), 1 (broadcast, reduce, send, recv), "
+               "as nccl-tests defines them. In native mode the library picks its own collective algorithm; "
+               "the algorithm column is the scenario's (what the simulator models). Writes validation.csv, "
+               "validation.png, sim_records.csv, real_records.csv and summary.json. Inside an MPI or torchrun "
+               "job only rank 0 simulates, prints and writes. Exit codes: 0 done, 1 the real run failed, "
+               "2 a bad scenario or option.",
+    )
+    p.add_argument("scenario", help="scenario file (YAML or JSON)")
+    p.add_argument("--backend", required=True, choices=REAL_BACKENDS, help="the real executor")
+    p.add_argument("--out", help="results folder (default results/validate-<scenario name>-<backend>)")
+    p.add_argument("--profile", metavar="PROFILE.yaml",
+                   help="simulate on the machine this profile measured (python -m experiments.calibrate); "
+                        "the real run is unchanged")
+    add_real_options(p)
+    return p
+
+
+def _in_job(backend: str) -> bool:
+    """True when this process is one rank of an MPI job (mpiexec, srun) or a torchrun job."""
+    if backend == "mpi":
+        from executors.mpi import inside_mpi_job
+
+        return inside_mpi_job()
+    return "TORCHELASTIC_RUN_ID" in os.environ or ("RANK" in os.environ and "WORLD_SIZE" in os.environ)
+
+
+def _env_rank() -> int | None:
+    """The rank the launcher announces, if any (to print a start-up error once)."""
+    for var in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "RANK", "SLURM_PROCID"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    from executors.real import RealRunError
+    from experiments import common
+    from simcore.engine import SimulationError
+    from workloads.scenario import ScenarioError, load_scenario
+
+    args = build_parser().parse_args(argv)
+    try:
+        options = common.real_options(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        scenario = load_scenario(args.scenario)
+    except ScenarioError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    sim_scenario = scenario
+    if args.profile:
+        from simcore.profile import load_profile
+        from workloads.scenario import with_profile
+
+        try:
+            sim_scenario = with_profile(scenario, load_profile(args.profile))
+        except (ValueError, OSError) as exc:
+            print(f"error: --profile {args.profile}: {exc}", file=sys.stderr)
+            return 2
+    in_job = _in_job(args.backend)
+    try:
+        executor = common.make_executor(args.backend, args)
+    except (ValueError, RuntimeError, ImportError) as exc:
+        if _env_rank() in (None, 0):
+            what = f"backend {args.backend!r} cannot be loaded: " if isinstance(exc, ImportError) else ""
+            print(f"error: {what}{exc}", file=sys.stderr)
+        return 2
+    world = None
+    rank = 0
+    if in_job and args.backend == "mpi":
+        from executors.mpi import MPIBackend
+
+        world = MPIBackend().world
+        rank = world.Get_rank()
+    elif in_job:
+        rank = int(os.environ.get("RANK", "0"))
+
+    sim = None
+    if rank == 0:
+        try:
+            sim = common.make_executor("sim", args).run(sim_scenario)
+        except SimulationError as exc:
+            print(f"error: {args.scenario}: the simulator rejects it: {exc}", file=sys.stderr)
+    if world is not None:
+        # The other ranks wait for rank 0's verdict here, not in the real run's
+        # first barrier, where the watchdog would count the simulation against
+        # --timeout.  A torchrun job needs no such step: rank 0 leaving with
+        # exit 2 makes torchrun stop the others.
+        if not world.bcast(sim is not None if rank == 0 else None, root=0):
+            return 2
+    elif rank == 0 and sim is None:
+        return 2
+
+    try:
+        real = executor.run(scenario)
+    except RealRunError as exc:
+        print(f"error: {args.scenario}: {exc}", file=sys.stderr)
+        return 1
+    if real is None or rank != 0:
+        return 0  # a rank other than 0 of a job: rank 0 reports
+
+    table = validation_table(sim.records, real.records, scenario.nranks)
+    name = scenario.name or Path(args.scenario).stem
+    out = common.make_out_dir(args.out or Path("results") / f"validate-{common.safe_name(name)}-{args.backend}")
+    written = []
+    path = out / "validation.csv"
+    table.to_csv(path, index=False)
+    written.append(path)
+    written.append(plot_validation(table, out / "validation.png",
+                                   title=f"{name}: {args.backend} {real.summary.get('mode', '')}, "
+                                         f"{scenario.nranks} ranks"))
+    for label, frame in (("sim_records.csv", sim.records), ("real_records.csv", real.records)):
+        frame.to_csv(out / label, index=False)
+        written.append(out / label)
+    rs = real.summary
+    total = table[table["kind"] == "total"].iloc[0]
+    summary = {
+        "scenario": name,
+        "scenario_file": str(args.scenario),
+        "backend": args.backend,
+        "mode": rs.get("mode", options.mode),
+        "timing": rs.get("timing", options.timing),
+        "hosts": rs.get("hosts", []),
+        "ranks": int(scenario.nranks),
+        "repeats": options.repeats,
+        "warmup": options.warmup,
+        "profile": args.profile or (scenario.source or {}).get("profile"),
+        "predicted_makespan_s": _num(total["predicted_s"]),
+        "measured_makespan_s": _num(total["measured_s"]),
+        "makespan_error_pct": _num(total["error_pct"]),
+        "median_abs_error_pct": _num(median_abs_error_pct(table)),
+        "statistic": STATISTIC,
+        "error_sign": ERROR_SIGN,
+        "real_wall_s": rs.get("wall_s"),
+        "sim_wall_s": sim.summary.get("wall_s"),
+    }
+    path = out / "summary.json"
+    path.write_text(json.dumps(summary, indent=2) + "\n")
+    written.append(path)
+
+    print(f"scenario {name} ({args.scenario}): {scenario.nranks} ranks, {args.backend} {summary['mode']}, "
+          f"timing {summary['timing']}, {options.repeats} repeats on {', '.join(summary['hosts']) or '?'}")
+    print(format_validation(table))
+    print()
+    print(f"median |error| {summary['median_abs_error_pct']:.1f} %   ({ERROR_SIGN})")
+    print(f"wrote {', '.join(p.name for p in written)} to {out}/")
+    return 0
+
+
+def _num(value) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
