@@ -1,0 +1,295 @@
+"""The torch.distributed executor: gloo on CPU, NCCL on NVIDIA GPUs.
+
+Two ways to start it:
+
+- inside a torchrun job:
+  ``torchrun --standalone --nproc-per-node=N -m experiments.run S.yaml --backend torch``;
+  every process runs its rank and rank 0 writes the result;
+- from a plain process: ``TorchExecutor().run(scenario)`` launches
+  ``python -m torch.distributed.run`` itself (see ``executors.launch``), with a
+  timeout that ends a dead or stuck run and leaves no process behind.
+
+What the libraries lack, and what this backend does instead (``EMULATED``
+and ``PADDED_WHEN_UNEVEN`` say so, for ``validate`` to report):
+
+- gloo has no reduce-scatter of its own: torch's gloo process group runs
+  ``reduce_scatter`` as one all-reduce per block, so its cost is all-reduce
+  traffic, not Thakur's (p-1)/p n beta.
+- neither gloo nor the equal-block tensor calls take blocks of unequal size
+  (``nbytes`` not divisible by p): allgather and reduce-scatter then pad every
+  block to the largest (at most one byte more, ``block_layout``) and copy the
+  real bytes in and out.  Alltoall needs no padding: ``all_to_all_single``
+  takes split sizes.
+- 0-byte messages need no special case: gloo and NCCL send, receive and
+  reduce empty tensors (checked with torch 2.13).
+
+torch is imported only here and only when needed, so the rest of the package
+imports without it.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from datetime import timedelta
+
+from executors.base import Executor
+from executors.real import KERNEL_N, RealBackend, RealOptions, run_real
+from workloads.collectives import alltoall_output_layout, block_layout
+
+# (process-group backend, collective) -> what actually runs.
+EMULATED: dict[tuple[str, str], str] = {
+    ("gloo", "reduce_scatter"): "all_reduce",
+}
+# Collectives whose unequal blocks are padded to the largest block, on every backend.
+PADDED_WHEN_UNEVEN = ("allgather", "reduce_scatter")
+
+_TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+
+
+def inside_torchrun_job() -> bool:
+    """True when this process was started by torchrun (or set up as one of its workers)."""
+    return all(var in os.environ for var in _TORCHRUN_VARS)
+
+
+class TorchBackend(RealBackend):
+    name = "torch"
+
+    def __init__(self, rank: int, size: int, device, pg_backend: str):
+        import torch
+        import torch.distributed as dist
+
+        self.torch = torch
+        self.dist = dist
+        self.rank = rank
+        self.size = size
+        self.device = device
+        self.pg_backend = pg_backend
+        self.cuda = device.type == "cuda"
+        # torch 2.13 renamed the equal-block calls (the old names warn); older torch has only the old.
+        self._all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+        self._reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+        # Collective steps get a process group of their own, so their messages
+        # can never match a user's send or receive (the group has every rank,
+        # so its group ranks are the global ranks the steps name).
+        self.steps = dist.new_group(list(range(size)))
+        if self.cuda:
+            # NCCL communicators start lazily; the first batched point-to-point
+            # call on a group must involve every rank, so start it here with a
+            # collective that does.
+            dist.all_reduce(torch.zeros(1, device=device), group=self.steps)
+            torch.cuda.synchronize()
+        gen = torch.Generator(device="cpu").manual_seed(rank)
+        self._a = torch.rand((KERNEL_N, KERNEL_N), generator=gen, dtype=torch.float32).to(device)
+        self._b = torch.rand((KERNEL_N, KERNEL_N), generator=gen, dtype=torch.float32).to(device)
+        self._c = torch.empty((KERNEL_N, KERNEL_N), dtype=torch.float32, device=device)
+        self._pads: dict[tuple[str, int], tuple] = {}
+
+    @classmethod
+    def from_environment(cls, timeout_s: float = 120.0) -> "TorchBackend":
+        """This rank of a torchrun job: RANK, WORLD_SIZE, LOCAL_RANK and the rendezvous from the environment."""
+        import torch
+        import torch.distributed as dist
+
+        missing = [var for var in _TORCHRUN_VARS if var not in os.environ]
+        if missing:
+            raise RuntimeError(f"torch backend: {', '.join(missing)} not set; start the ranks with torchrun")
+        rank = int(os.environ["RANK"])
+        size = int(os.environ["WORLD_SIZE"])
+        local_rank = int(os.environ["LOCAL_RANK"])
+        timeout = timedelta(seconds=timeout_s)
+        if torch.cuda.is_available() and dist.is_nccl_available():
+            device = torch.device(f"cuda:{local_rank}")
+            # gather_object and barrier on NCCL use the current device.
+            torch.cuda.set_device(device)
+            dist.init_process_group("nccl", timeout=timeout, device_id=device)
+            pg_backend = "nccl"
+        else:
+            device = torch.device("cpu")
+            dist.init_process_group("gloo", timeout=timeout)
+            pg_backend = "gloo"
+        return cls(rank, size, device, pg_backend)
+
+    # -- the RealBackend calls -----------------------------------------------------
+
+    def barrier(self) -> None:
+        if self.cuda:
+            self.dist.barrier(device_ids=[self.device.index])
+        else:
+            self.dist.barrier()
+
+    def synchronize(self) -> None:
+        # Kernels and NCCL calls return before the GPU has run them.
+        if self.cuda:
+            self.torch.cuda.synchronize(self.device)
+
+    def buffer(self, nbytes: int):
+        return self.torch.zeros(nbytes, dtype=self.torch.uint8, device=self.device)
+
+    def fill(self, buf, value: int) -> None:
+        buf.fill_(value % 256)
+
+    def to_numpy(self, buf):
+        return buf.cpu().numpy()
+
+    def send(self, buf, peer: int, tag: int) -> None:
+        self.dist.send(buf, dst=peer, tag=tag)  # NCCL ignores tags; messages between a pair keep their order
+
+    def recv(self, buf, peer: int, tag: int) -> None:
+        self.dist.recv(buf, src=peer, tag=tag)
+
+    # A step's transfers are posted together at ``waitall``: NCCL runs the
+    # sends and receives between one pair on one stream, so a rank that sends
+    # to and receives from the same peer deadlocks unless they are grouped
+    # (batch_isend_irecv); the runner always calls waitall right after posting.
+    def isend(self, buf, peer: int, tag: int):
+        return self.dist.P2POp(self.dist.isend, buf, peer, group=self.steps, tag=tag)
+
+    def irecv(self, buf, peer: int, tag: int):
+        return self.dist.P2POp(self.dist.irecv, buf, peer, group=self.steps, tag=tag)
+
+    def waitall(self, requests) -> None:
+        if not requests:
+            return
+        for work in self.dist.batch_isend_irecv(list(requests)):
+            work.wait()
+
+    def add_(self, dst, src) -> None:
+        dst.add_(src)  # uint8 wraps modulo 256, as MPI's UNSIGNED_CHAR sum does
+
+    def copy_(self, dst, src) -> None:
+        dst.copy_(src)
+
+    def matmul(self, rows: int) -> None:
+        self.torch.matmul(self._a[:rows], self._b, out=self._c[:rows])
+
+    def gather(self, obj):
+        out = [None] * self.size if self.rank == 0 else None
+        self.dist.gather_object(obj, out, dst=0)
+        return out
+
+    def processor_name(self) -> str:
+        return socket.gethostname()
+
+    def close(self) -> None:
+        if self.dist.is_initialized():
+            self.dist.destroy_process_group()
+
+    # -- native collectives ----------------------------------------------------------
+
+    def _padded(self, kind: str, block: int):
+        """Reused (input, output) tensors for ``kind`` with blocks padded to ``block`` bytes."""
+        key = (kind, block)
+        if key not in self._pads:
+            p = self.size
+            if kind == "allgather":
+                self._pads[key] = (self.buffer(block), self.buffer(p * block))
+            else:
+                self._pads[key] = (self.buffer(p * block), self.buffer(block))
+        return self._pads[key]
+
+    def collective(self, op, buf, out, blocking: bool):
+        dist, p = self.dist, self.size
+        async_op = not blocking
+        kind = op.op
+        if kind == "allreduce":
+            return dist.all_reduce(buf, op=dist.ReduceOp.SUM, async_op=async_op)
+        if kind == "broadcast":
+            return dist.broadcast(buf, src=op.root, async_op=async_op)
+        if kind == "reduce":
+            return dist.reduce(buf, dst=op.root, op=dist.ReduceOp.SUM, async_op=async_op)
+        if kind == "barrier":
+            if self.cuda:
+                return dist.barrier(async_op=async_op, device_ids=[self.device.index])
+            return dist.barrier(async_op=async_op)
+        layout = block_layout(op.nbytes, p)
+        off, size = layout[self.rank]
+        even = op.nbytes % p == 0
+        if kind == "allgather":
+            if even:
+                # In place: this rank's block is the input, the whole buffer the output.
+                return self._all_gather(buf, buf[off: off + size], async_op=async_op)
+            block = layout[0][1]
+            pad_in, pad_out = self._padded(kind, block)
+            pad_in[:size].copy_(buf[off: off + size])
+            work = self._all_gather(pad_out, pad_in, async_op=async_op)
+
+            def unpad():
+                for j, (o, s) in enumerate(layout):
+                    buf[o: o + s].copy_(pad_out[j * block: j * block + s])
+            return _then(work, unpad)
+        if kind == "reduce_scatter":
+            # The result lands in this rank's block of the buffer, where the
+            # lowered algorithm leaves it too.
+            if even:
+                recv = out[:size]
+                work = self._reduce_scatter(recv, buf, op=dist.ReduceOp.SUM, async_op=async_op)
+                return _then(work, lambda: buf[off: off + size].copy_(recv))
+            block = layout[0][1]
+            pad_in, pad_out = self._padded(kind, block)
+            for j, (o, s) in enumerate(layout):
+                pad_in[j * block: j * block + s].copy_(buf[o: o + s])
+            work = self._reduce_scatter(pad_out, pad_in, op=dist.ReduceOp.SUM, async_op=async_op)
+            return _then(work, lambda: buf[off: off + size].copy_(pad_out[:size]))
+        if kind == "alltoall":
+            out_layout = alltoall_output_layout(op.nbytes, self.rank, p)
+            total = sum(s for _, s in out_layout)
+            return dist.all_to_all_single(out[:total], buf, output_split_sizes=[s for _, s in out_layout],
+                                          input_split_sizes=[s for _, s in layout], async_op=async_op)
+        raise ValueError(f"torch: no native call for {kind}")
+
+
+def _then(work, after):
+    """Run ``after`` once ``work`` completes: now when blocking (work is None), else at ``wait``."""
+    if work is None:
+        after()
+        return None
+    return _Finisher(work, after)
+
+
+class _Finisher:
+    """A work object plus what to do once it completes."""
+
+    def __init__(self, work, then):
+        self.work = work
+        self.then = then
+
+    def wait(self):
+        self.work.wait()
+        self.then()
+
+
+class TorchExecutor(Executor):
+    """Run a scenario over torch.distributed; see the module docstring for the two ways to start it."""
+
+    name = "torch"
+
+    def __init__(self, options: RealOptions | None = None, launcher_timeout_s=None):
+        self.options = options or RealOptions()
+        self.launcher_timeout_s = launcher_timeout_s
+
+    @classmethod
+    def is_available(cls) -> bool:
+        return cls.unavailable_reason() == ""
+
+    @classmethod
+    def unavailable_reason(cls) -> str:
+        try:
+            import torch.distributed as dist
+        except ImportError:
+            return "torch is not installed (pip install -e '.[torch]')"
+        if not dist.is_available():
+            return "this torch build has no torch.distributed"
+        if not (dist.is_gloo_available() or dist.is_nccl_available()):
+            return "this torch build has neither gloo nor NCCL"
+        return ""
+
+    def run(self, scenario):
+        if inside_torchrun_job():
+            backend = TorchBackend.from_environment(timeout_s=self.options.timeout_s)
+            try:
+                return run_real(backend, scenario, self.options)
+            finally:
+                backend.close()
+        from executors.launch import launch
+
+        return launch("torch", scenario, self.options, timeout_s=self.launcher_timeout_s)
