@@ -87,18 +87,13 @@ def per_repeat_times(records) -> dict[tuple[str, int], list[float]]:
 # -- the bare loop (under mpiexec) ---------------------------------------------------
 
 
-def worker(args) -> int:
-    import numpy as np
+def bare_calls(comm, buf, ops):
+    """The mpi4py calls the executor makes for ``ops``, on slices of one buffer."""
     from mpi4py import MPI
 
     from workloads.collectives import block_layout
 
-    comm = MPI.COMM_WORLD
-    rank, size = comm.Get_rank(), comm.Get_size()
-    ops = operations(args.collectives.split(","), [int(float(s) * MiB) for s in args.sizes_mib.split(",")])
-    biggest = max(s for _, s in ops)
-    # One buffer of the largest size, sliced per operation, as the executor does.
-    buf = np.zeros(biggest, dtype=np.uint8)
+
     u8 = MPI.UNSIGNED_CHAR
     calls = []
     for kind, nbytes in ops:
@@ -106,12 +101,24 @@ def worker(args) -> int:
         if kind == "allreduce":
             calls.append(lambda v=view: comm.Allreduce(MPI.IN_PLACE, [v, u8], op=MPI.SUM))
         elif kind == "allgather":
-            layout = block_layout(nbytes, size)
+            layout = block_layout(nbytes, comm.Get_size())
             counts, displs = [s for _, s in layout], [o for o, _ in layout]
             # Allgatherv, as the executor calls it (blocks of uneven size are allowed there).
             calls.append(lambda v=view, c=counts, d=displs: comm.Allgatherv(MPI.IN_PLACE, [v, c, d, u8]))
         else:
             raise SystemExit(f"bare loop: no call for {kind}")
+    return calls
+
+
+def worker(args) -> int:
+    import numpy as np
+    from mpi4py import MPI
+
+
+    comm = MPI.COMM_WORLD
+    rank, size = comm.Get_rank(), comm.Get_size()
+    ops = operations(args.collectives.split(","), [int(float(s) * MiB) for s in args.sizes_mib.split(",")])
+    biggest = max(s for _, s in ops)
     from executors.mpi import MPIBackend
     from executors.real import RealOptions, run_real
 
@@ -126,6 +133,10 @@ def worker(args) -> int:
         # follows the other (caches, page state, a neighbour's load).
         if round_ % 2:
             run = run_real(backend, scen, options, status_dir=status_dir)
+        # A fresh buffer each round, as each run_real allocates its own: large
+        # buffers that have just been mapped are measurably slower to copy
+        # (page faults and the kernel's huge-page policy), whoever owns them.
+        calls = bare_calls(comm, np.zeros(biggest, dtype=np.uint8), ops)
         mine: list[list[float]] = [[] for _ in ops]
         for repeat in range(-args.warmup, args.repeats):
             for i, call in enumerate(calls):

@@ -106,43 +106,55 @@ class MPIBackend(RealBackend):
         return self.MPI.Get_processor_name()
 
     def collective(self, op, buf, out, blocking: bool):
+        return self.prepare_collective(op, buf, out, blocking)()
+
+    def prepare_collective(self, op, buf, out, blocking: bool):
         MPI, comm, p = self.MPI, self.world, self.size
         u8 = MPI.UNSIGNED_CHAR  # MPI_SUM is defined on it (not on MPI_BYTE); sums wrap mod 256
         kind = op.op
         if kind == "allreduce":
             args = (MPI.IN_PLACE, [buf, u8])
-            return comm.Allreduce(*args, op=MPI.SUM) if blocking else comm.Iallreduce(*args, op=MPI.SUM)
+            call = comm.Allreduce if blocking else comm.Iallreduce
+            return lambda: call(*args, op=MPI.SUM)
         if kind == "broadcast":
-            return comm.Bcast([buf, u8], root=op.root) if blocking else comm.Ibcast([buf, u8], root=op.root)
+            call = comm.Bcast if blocking else comm.Ibcast
+            return lambda: call([buf, u8], root=op.root)
         if kind == "reduce":
             send = MPI.IN_PLACE if self.rank == op.root else [buf, u8]
-            if blocking:
-                return comm.Reduce(send, [buf, u8], op=MPI.SUM, root=op.root)
-            return comm.Ireduce(send, [buf, u8], op=MPI.SUM, root=op.root)
+            call = comm.Reduce if blocking else comm.Ireduce
+            return lambda: call(send, [buf, u8], op=MPI.SUM, root=op.root)
         layout = block_layout(op.nbytes, p)
         counts = [size for _, size in layout]
         displs = [off for off, _ in layout]
         if kind == "allgather":
             args = (MPI.IN_PLACE, [buf, counts, displs, u8])
-            return comm.Allgatherv(*args) if blocking else comm.Iallgatherv(*args)
+            call = comm.Allgatherv if blocking else comm.Iallgatherv
+            return lambda: call(*args)
         if kind == "reduce_scatter":
             # The result lands in this rank's block of the buffer, where the
             # lowered algorithm leaves it too.
             off, size = layout[self.rank]
             recv = out[:size]
-            if blocking:
-                comm.Reduce_scatter([buf, u8], [recv, u8], recvcounts=counts, op=MPI.SUM)
+
+            def place():
                 buf[off: off + size] = recv
-                return None
-            return _Finisher(comm.Ireduce_scatter([buf, u8], [recv, u8], recvcounts=counts, op=MPI.SUM),
-                             lambda: buf.__setitem__(slice(off, off + size), recv))
+
+            if blocking:
+                def reduce_scatter():
+                    comm.Reduce_scatter([buf, u8], [recv, u8], recvcounts=counts, op=MPI.SUM)
+                    place()
+                return reduce_scatter
+            return lambda: _Finisher(
+                comm.Ireduce_scatter([buf, u8], [recv, u8], recvcounts=counts, op=MPI.SUM), place)
         if kind == "alltoall":
             out_layout = alltoall_output_layout(op.nbytes, self.rank, p)
             send = [buf, counts, displs, u8]
             recv = [out, [s for _, s in out_layout], [o for o, _ in out_layout], u8]
-            return comm.Alltoallv(send, recv) if blocking else comm.Ialltoallv(send, recv)
+            call = comm.Alltoallv if blocking else comm.Ialltoallv
+            return lambda: call(send, recv)
         if kind == "barrier":
-            return comm.Barrier() if blocking else comm.Ibarrier()
+            call = comm.Barrier if blocking else comm.Ibarrier
+            return call
         raise ValueError(f"mpi: no native call for {kind}")
 
 

@@ -193,6 +193,11 @@ class RealBackend(ABC):
     def collective(self, op: Collective, buf, out, blocking: bool):
         """The library's own call; returns a request to wait on when not blocking."""
 
+    def prepare_collective(self, op: Collective, buf, out, blocking: bool):
+        """A no-argument callable making ``collective``'s call, its arguments worked
+        out now, so that the timed region holds the library call and little else."""
+        return lambda: self.collective(op, buf, out, blocking)
+
     @abstractmethod
     def matmul(self, rows: int) -> None:
         """One product of a (rows x KERNEL_N) by a (KERNEL_N x KERNEL_N) float32 matrix."""
@@ -281,6 +286,7 @@ class _RankRunner:
         self.buf = backend.buffer(biggest)
         self.scratch = backend.buffer(biggest)
         self.out = backend.buffer(max(biggest, self._alltoall_out_bytes()))
+        self._native: dict[int, Any] = {}  # op index -> prepared native call
         self.current: tuple[int, str] | None = None
         self.current_since = 0.0
         self._watchdog_stop = threading.Event()
@@ -351,6 +357,12 @@ class _RankRunner:
                 self.current, self.current_since = (index, "barrier"), time.monotonic()
                 b.barrier()
             self._enter(index, kind)
+            native = None
+            if type(op) is Collective and self.options.mode == "native":
+                native = self._native.get(index)
+                if native is None:
+                    native = self._native[index] = b.prepare_collective(
+                        op, self.buf[: op.nbytes], self.out, op.blocking)
             start = b.now_s()
             peer, nbytes, flops, algorithm = -1, 0, 0.0, ""
             if type(op) is Compute:
@@ -366,11 +378,16 @@ class _RankRunner:
                 coll_seq += 1
                 peer = op.root if op.op in ("broadcast", "reduce") else -1
                 nbytes, algorithm = op.nbytes, op.algorithm
+                if native is not None:
+                    request = native()
+                else:
+                    # Algorithm mode runs the steps now, also for a non-blocking
+                    # collective: without a progress thread, steps issued in the
+                    # background would only advance inside later library calls.
+                    request = self._algorithm(op)
                 if not op.blocking:
-                    request = self._collective(op, blocking=False)
                     pending[op.handle] = (request, start, op, index)
                     continue
-                self._collective(op, blocking=True)
             elif type(op) is Wait:
                 rows.extend(self._finish(pending, op.handles, base))
             b.synchronize()
@@ -407,15 +424,6 @@ class _RankRunner:
         rows = int(round((flops - full * per_full) / (2.0 * KERNEL_N * KERNEL_N)))
         if rows:
             matmul(rows)
-
-    def _collective(self, op: Collective, blocking: bool):
-        if self.options.mode == "native":
-            return self.b.collective(op, self.buf[: op.nbytes], self.out, blocking)
-        # Algorithm mode runs the steps now, also for a non-blocking collective:
-        # without a progress thread, steps issued in the background would only
-        # advance inside later library calls.
-        self._algorithm(op)
-        return None
 
     def _algorithm(self, op: Collective) -> None:
         b = self.b
