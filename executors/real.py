@@ -106,6 +106,10 @@ class RealOptions:
     timing: str = "auto"
     timeout_s: float = 120.0
     check: bool = False
+    # One core per rank when the machine has a core for every local rank:
+    # unpinned ranks that the OS puts on one core make shared-memory transfers
+    # several times slower, and differently from launch to launch.
+    pin: bool = True
     # Test hook, "ACTION:RANK:OP" with ACTION exit or hang: that rank dies or
     # stops at that operation, to prove that failures end the run cleanly.
     fault: str = ""
@@ -142,6 +146,8 @@ class RealBackend(ABC):
     name = ""
     rank: int
     size: int
+    local_rank: int = 0  # among the ranks on this host
+    local_size: int = 1
 
     @abstractmethod
     def barrier(self) -> None: ...
@@ -211,6 +217,20 @@ class RealBackend(ABC):
 
         return socket.gethostname()
 
+    def pin_to_core(self) -> str:
+        """Bind this process to one core of those it may use, if there is one per local rank.
+
+        Returns the core, or why it did not pin.
+        """
+        if not hasattr(os, "sched_getaffinity"):
+            return "not pinned (no CPU affinity on this system)"
+        cores = sorted(os.sched_getaffinity(0))
+        if self.local_size > len(cores):
+            return f"not pinned ({self.local_size} ranks on {len(cores)} cores)"
+        core = cores[self.local_rank]
+        os.sched_setaffinity(0, {core})
+        return f"core {core}"
+
     def close(self) -> None:
         pass
 
@@ -235,6 +255,7 @@ def run_real(backend: RealBackend, scenario, options: RealOptions, status_dir: s
             f"the scenario has {scenario.nranks} ranks but {backend.size} processes were started; "
             f"start it with {scenario.nranks} processes (mpiexec -n {scenario.nranks} / torchrun --nproc-per-node)"
         )
+    pinned = backend.pin_to_core() if options.pin else "not pinned (pin off)"
     timing = choose_timing(programs, options.timing)
     if timing == "aligned" and len({len(p) for p in programs}) != 1:
         raise RealRunError("timing 'aligned' needs every rank to run the same number of operations; use 'free'")
@@ -242,13 +263,13 @@ def run_real(backend: RealBackend, scenario, options: RealOptions, status_dir: s
     wall0 = time.perf_counter()
     records = runner.run()
     wall_s = time.perf_counter() - wall0
-    gathered = backend.gather((records, backend.processor_name()))
+    gathered = backend.gather((records, backend.processor_name(), pinned))
     if backend.rank != 0:
         return None
-    rows = [row for rank_rows, _ in gathered for row in rank_rows]
+    rows = [row for rank_rows, _, _ in gathered for row in rank_rows]
     frame = pd.DataFrame.from_records(rows, columns=list(RECORD_COLUMNS) + ["repeat"])
     frame = frame.sort_values(["repeat", "rank", "op_index"], kind="stable").reset_index(drop=True)
-    hosts = [host for _, host in gathered]
+    hosts = [host for _, host, _ in gathered]
     makespans = frame.groupby("repeat")["end_s"].max()
     summary = {
         "scenario": scenario.name,
@@ -258,6 +279,7 @@ def run_real(backend: RealBackend, scenario, options: RealOptions, status_dir: s
         "nranks": backend.size,
         "hosts": sorted(set(hosts)),
         "rank_hosts": hosts,
+        "rank_cores": [where for _, _, where in gathered],
         "repeats": options.repeats,
         "warmup": options.warmup,
         "makespan_s": float(makespans.median()),

@@ -107,7 +107,17 @@ class TorchBackend(RealBackend):
             device = torch.device("cpu")
             dist.init_process_group("gloo", timeout=timeout)
             pg_backend = "gloo"
-        return cls(rank, size, device, pg_backend)
+        backend = cls(rank, size, device, pg_backend)
+        backend.local_rank = local_rank
+        backend.local_size = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        return backend
+
+    def pin_to_core(self) -> str:
+        where = super().pin_to_core()
+        if where.startswith("core"):
+            # One core: more intra-op threads would only take turns on it.
+            self.torch.set_num_threads(1)
+        return where
 
     # -- the RealBackend calls -----------------------------------------------------
 

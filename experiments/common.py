@@ -264,6 +264,9 @@ def add_real_options(parser) -> None:
                    help="a rank stuck this long in one operation ends the run (default 120 s)")
     g.add_argument("--check", action="store_true",
                    help="check every collective's result (fills buffers; slower)")
+    g.add_argument("--no-pin", action="store_true",
+                   help="do not bind each rank to a core of its own (by default ranks are bound when the "
+                        "host has a core per rank)")
     g.add_argument("--hostfile", help="MPI hostfile, for a run launched across machines")
 
 
@@ -272,7 +275,7 @@ def real_options(args):
     from executors.real import RealOptions
 
     return RealOptions(mode=args.mode, warmup=args.warmup, repeats=args.repeats, timing=args.timing,
-                       timeout_s=args.timeout, check=args.check)
+                       timeout_s=args.timeout, check=args.check, pin=not args.no_pin)
 
 
 def make_executor(backend: str, args, progress=None):

@@ -41,3 +41,10 @@ def test_a_value_of_the_wrong_kind_is_one_clear_error(tmp_path, text, message):
     with pytest.raises(ScenarioError, match=message) as info:
         load_scenario(path)
     assert str(path) in str(info.value)
+
+
+def test_rank_keys_may_be_digit_strings_as_json_writes_them(tmp_path):
+    path = tmp_path / "s.json"
+    path.write_text('{"topology": {"builder": "ring", "n": 2}, "workload": {"kind": "programs", "ranks": '
+                    '{"0": [{"kind": "send", "peer": 1, "nbytes": 8}], "1": [{"kind": "recv", "peer": 0, "nbytes": 8}]}}}')
+    assert [len(p) for p in load_scenario(path).programs()] == [1, 1]

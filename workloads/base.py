@@ -198,8 +198,11 @@ class ProgramsWorkload(WorkloadBase):
             raise ValueError(f"workload (programs): unknown field(s) {', '.join(unknown)}; allowed: ranks")
         ranks = data.get("ranks")
         if isinstance(ranks, dict):
-            if not all(isinstance(k, int) and not isinstance(k, bool) for k in ranks):
-                raise ValueError(f"workload.ranks: keys must be ranks (integers), got {list(ranks)}")
+            # JSON has only string keys: "0" is rank 0 there.
+            try:
+                ranks = {_rank_key(k): v for k, v in ranks.items()}
+            except ValueError:
+                raise ValueError(f"workload.ranks: keys must be ranks (integers), got {list(ranks)}") from None
             keys = sorted(ranks)
             if keys != list(range(len(keys))):
                 raise ValueError(f"workload.ranks: keys must be the ranks 0..{len(keys) - 1}, got {keys}")
@@ -218,6 +221,14 @@ class ProgramsWorkload(WorkloadBase):
                     raise ValueError(f"workload.ranks[{r}][{i}]: {exc}") from None
             programs.append(tuple(program))
         return cls(programs_=tuple(programs))
+
+
+def _rank_key(key) -> int:
+    if isinstance(key, int) and not isinstance(key, bool):
+        return key
+    if isinstance(key, str) and key.isdigit():
+        return int(key)
+    raise ValueError(key)
 
 
 def workload_from_dict(data: dict[str, Any]):
