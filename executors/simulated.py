@@ -21,6 +21,7 @@ class SimulatedExecutor(Executor):
             calibrated = {
                 "reduce_s_per_byte": profile.reduce_s_per_byte,
                 "message_efficiency": profile.message_efficiency(scenario.nranks),
+                "collective_efficiency": profile.collective_factor(),
             }
         simulator = Simulator(
             scenario.topology,

@@ -212,6 +212,8 @@ def build_profile(args, nranks, sizes, partners, ping, compute, coll_algorithm, 
         measurements["collectives"] = collective_table(coll_algorithm, "algorithm") + collective_table(
             coll_native, "native")
         profile = dataclasses.replace(profile, reduce_s_per_byte=gamma, measurements=measurements)
+        profile = dataclasses.replace(profile, collective_efficiency=fit_native_collectives(profile, nranks,
+                                                                                            coll_native))
     return profile
 
 
@@ -229,10 +231,28 @@ def fit_reduce_cost(profile, nranks: int, measured) -> float:
     from simcore.profile import fit_reduce_cost as fit
     from workloads.scenario import with_profile
 
-    real = measured.records.assign(d=measured.records["end_s"] - measured.records["start_s"])
+    return fit(with_profile(collectives_scenario(nranks), profile), _aligned_op_times(measured))
+
+
+def fit_native_collectives(profile, nranks: int, measured):
+    """Corrections for the library's own collectives, fitted against each op's default algorithm."""
+    from simcore.profile import fit_collective_efficiency
+    from workloads.ops import DEFAULT_ALGORITHM
+    from workloads.scenario import with_profile
+
+    real = _aligned_op_times(measured)
+    scenario = with_profile(collectives_scenario(nranks), profile)
+    program = scenario.programs()[0]
+    # The library picks its own algorithm; the correction is relative to the
+    # one the simulator runs when a scenario names none.
+    chosen = {i: t for i, t in real.items() if program[i].algorithm == DEFAULT_ALGORITHM[program[i].op]}
+    return fit_collective_efficiency(scenario, chosen)
+
+
+def _aligned_op_times(measured) -> dict[int, float]:
+    frame = measured.records.assign(d=measured.records["end_s"] - measured.records["start_s"])
     # An aligned operation's time is its slowest rank's; the median over repeats.
-    real = real.groupby(["repeat", "op_index"])["d"].max().groupby("op_index").median().to_dict()
-    return fit(with_profile(collectives_scenario(nranks), profile), real)
+    return frame.groupby(["repeat", "op_index"])["d"].max().groupby("op_index").median().to_dict()
 
 
 def describe(profile) -> str:
@@ -243,6 +263,9 @@ def describe(profile) -> str:
         lines.append(f"  {name:<14} latency {c.latency_s * 1e6:.3g} us, bandwidth "
                      f"{c.bandwidth_bytes_per_s / 1e9:.3g} GB/s{curve}")
     lines.append(f"  reduction      {profile.reduce_s_per_byte * 1e9:.3g} ns per byte")
+    for op, points in profile.collective_efficiency.items():
+        text = ", ".join(f"{n} B: {e:.2f}" for n, e in points)
+        lines.append(f"  native {op:<14} efficiency {text}")
     for entry in profile.measurements.get("ping_pong", []):
         c = profile.link_classes[entry["class"]]
         lines.append(f"  ping-pong rank 0 <-> {entry['partner']} ({entry['class']}): size, measured, fitted")

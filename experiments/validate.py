@@ -306,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
         from workloads.scenario import with_profile
 
         try:
-            sim_scenario = with_profile(scenario, load_profile(args.profile))
+            sim_scenario = with_profile(scenario, load_profile(args.profile),
+                                        native_collectives=args.mode == "native")
         except (ValueError, OSError) as exc:
             print(f"error: --profile {args.profile}: {exc}", file=sys.stderr)
             return 2

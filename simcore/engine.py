@@ -61,6 +61,7 @@ class Simulator:
         name: str = "",
         reduce_s_per_byte: float = 0.0,
         message_efficiency: Callable[[int, int, int], float] | None = None,
+        collective_efficiency: Callable[[str, int], float] | None = None,
     ):
         self.topology = topology
         self.programs = [list(p) for p in programs]
@@ -72,6 +73,7 @@ class Simulator:
         # spends reducing each byte it receives, and a per-size bandwidth factor.
         self.reduce_s_per_byte = float(reduce_s_per_byte)
         self.message_efficiency = message_efficiency
+        self.collective_efficiency = collective_efficiency
         self.nranks = topology.nranks
         self.groups = topology.groups()
         validate_programs(self.programs, self.nranks, self.groups)
@@ -222,10 +224,11 @@ class Simulator:
     def _collective(self, rank: int, op: Collective, tag: int, link_j: list):
         env = self.env
         reduce_s_per_byte = self.reduce_s_per_byte
+        slowdown = 1.0 / self.collective_efficiency(op.op, op.nbytes) if self.collective_efficiency else 1.0
         for sends, recvs in lower(op, rank, self.nranks, self.groups):
             waiter = [len(sends) + len(recvs), None]
             for t in sends:
-                self._send(rank, t.peer, t.nbytes, tag, waiter, link_j)
+                self._send(rank, t.peer, t.nbytes, tag, waiter, link_j, slowdown)
             for t in recvs:
                 self._post_recv(t.peer, rank, t.nbytes, tag, waiter)
             if waiter[0]:
@@ -251,7 +254,8 @@ class Simulator:
             self._route_cache[key] = cached
         return cached
 
-    def _send(self, src: int, dst: int, nbytes: int, tag: int, waiter: list, link_j: list) -> None:
+    def _send(self, src: int, dst: int, nbytes: int, tag: int, waiter: list, link_j: list,
+              slowdown: float = 1.0) -> None:
         key = (src, dst)
         cached = self._route_cache.get(key)
         if cached is None:
@@ -261,6 +265,8 @@ class Simulator:
         self._messages += 1
         # The network moves the bytes the calibrated bandwidth would take to move.
         work = nbytes / self.message_efficiency(src, dst, nbytes) if self.message_efficiency else None
+        if slowdown != 1.0:
+            work = (nbytes if work is None else work) * slowdown
         self.net.transfer(links, min_cap, latency_s, nbytes, (src, dst, tag, nbytes, waiter), work)
 
     def _delivered(self, message: tuple) -> None:

@@ -35,6 +35,28 @@ import numpy as np
 LINK_CLASSES = ("intra_node", "inter_node")
 
 
+def _curve(points) -> tuple[tuple[int, float], ...]:
+    points = tuple((int(n), float(e)) for n, e in points)
+    if any(e <= 0 for _, e in points) or list(points) != sorted(points):
+        raise ValueError("an efficiency curve is ascending (nbytes, factor > 0) pairs")
+    return points
+
+
+def curve_at(points: tuple[tuple[int, float], ...], nbytes: int) -> float:
+    """Linear in log(nbytes) between measured points, flat beyond them; 1 without points."""
+    if not points or nbytes <= 0:
+        return 1.0
+    sizes = [n for n, _ in points]
+    if nbytes <= sizes[0]:
+        return points[0][1]
+    if nbytes >= sizes[-1]:
+        return points[-1][1]
+    i = bisect.bisect_right(sizes, nbytes)
+    (n0, e0), (n1, e1) = points[i - 1], points[i]
+    w = (math.log(nbytes) - math.log(n0)) / (math.log(n1) - math.log(n0))
+    return e0 + w * (e1 - e0)
+
+
 @dataclass(frozen=True)
 class LinkClass:
     latency_s: float
@@ -47,25 +69,10 @@ class LinkClass:
             raise ValueError(f"latency_s must be >= 0, got {self.latency_s!r}")
         if not self.bandwidth_bytes_per_s > 0:
             raise ValueError(f"bandwidth_bytes_per_s must be > 0, got {self.bandwidth_bytes_per_s!r}")
-        points = tuple((int(n), float(e)) for n, e in self.efficiency)
-        if any(e <= 0 for _, e in points) or list(points) != sorted(points):
-            raise ValueError("efficiency must be ascending (nbytes, factor > 0) pairs")
-        object.__setattr__(self, "efficiency", points)
+        object.__setattr__(self, "efficiency", _curve(self.efficiency))
 
     def efficiency_at(self, nbytes: int) -> float:
-        """Linear in log(nbytes) between measured points, flat beyond them."""
-        points = self.efficiency
-        if not points or nbytes <= 0:
-            return 1.0
-        sizes = [n for n, _ in points]
-        if nbytes <= sizes[0]:
-            return points[0][1]
-        if nbytes >= sizes[-1]:
-            return points[-1][1]
-        i = bisect.bisect_right(sizes, nbytes)
-        (n0, e0), (n1, e1) = points[i - 1], points[i]
-        w = (math.log(nbytes) - math.log(n0)) / (math.log(n1) - math.log(n0))
-        return e0 + w * (e1 - e0)
+        return curve_at(self.efficiency, nbytes)
 
     def time_s(self, nbytes: int) -> float:
         return self.latency_s + nbytes / (self.bandwidth_bytes_per_s * self.efficiency_at(nbytes))
@@ -85,6 +92,10 @@ class MachineProfile:
     link_classes: dict[str, LinkClass]
     rank_hosts: tuple[str, ...] = ()
     reduce_s_per_byte: float = 0.0
+    # op -> (nbytes, factor) curve: the library's own collectives (native mode)
+    # against the lowered algorithm on the measured links; a factor below 1
+    # means the library moves bytes that much slower.
+    collective_efficiency: dict[str, tuple[tuple[int, float], ...]] = field(default_factory=dict)
     measurements: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
@@ -97,6 +108,8 @@ class MachineProfile:
             raise ValueError(f"unknown link class(es) {', '.join(unknown)}; known: {', '.join(LINK_CLASSES)}")
         if not self.reduce_s_per_byte >= 0:
             raise ValueError(f"reduce_s_per_byte must be >= 0, got {self.reduce_s_per_byte!r}")
+        object.__setattr__(self, "collective_efficiency",
+                           {str(op): _curve(points) for op, points in self.collective_efficiency.items()})
 
     # -- placement and the simulated machine --------------------------------------
 
@@ -158,6 +171,13 @@ class MachineProfile:
 
         return efficiency
 
+    def collective_factor(self, native: bool = True):
+        """``f(op, nbytes) -> factor`` for the engine, or None (algorithm mode, or nothing measured)."""
+        curves = self.collective_efficiency
+        if not native or not curves:
+            return None
+        return lambda op, nbytes: curve_at(curves.get(op, ()), nbytes)
+
     # -- files ----------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
@@ -167,6 +187,9 @@ class MachineProfile:
             "link_classes": {name: c.to_dict() for name, c in self.link_classes.items()},
             "reduce_s_per_byte": self.reduce_s_per_byte,
         }
+        if self.collective_efficiency:
+            out["collective_efficiency"] = {op: [[n, e] for n, e in points]
+                                            for op, points in self.collective_efficiency.items()}
         if self.rank_hosts:
             out["rank_hosts"] = list(self.rank_hosts)
         if self.measurements:
@@ -185,6 +208,7 @@ class MachineProfile:
                 link_classes=classes,
                 rank_hosts=tuple(str(h) for h in data.get("rank_hosts", ()) or ()),
                 reduce_s_per_byte=float(data.get("reduce_s_per_byte", 0.0)),
+                collective_efficiency=dict(data.get("collective_efficiency", {}) or {}),
                 measurements=dict(data.get("measurements", {}) or {}),
             )
         except (TypeError, ValueError, AttributeError) as exc:
@@ -270,3 +294,42 @@ def fit_reduce_cost(scenario, measured_s: dict[int, float]) -> float:
     if not np.any(sensitivity > 0):
         return 0.0
     return max(float(np.dot(sensitivity, residual) / np.dot(sensitivity, sensitivity)), 0.0)
+
+
+def fit_collective_efficiency(scenario, measured_s: dict[int, float]):
+    """Per-op (nbytes, factor) curves that make ``scenario``'s collectives take their measured times.
+
+    ``scenario`` runs on its profile's machine (without collective
+    corrections) and ``measured_s`` maps op index to the measured time of a
+    collective run natively.  A factor f divides the bandwidth of every step of
+    the collective, so its time is a + b/f; simulating with f = 1 and f = 1/2
+    gives a and b, and f = b / (measured - a).  Several measurements of one
+    (op, size) take their median.
+    """
+    from simcore.engine import Simulator
+    from workloads.ops import Collective
+
+    program = scenario.programs()[0]
+    ops = {i: program[i] for i in measured_s if isinstance(program[i], Collective)}
+    profile = scenario.profile
+
+    def op_times(factor: float) -> dict[int, float]:
+        result = Simulator(scenario.topology, scenario.programs(), seed=scenario.seed,
+                           reduce_s_per_byte=profile.reduce_s_per_byte,
+                           message_efficiency=profile.message_efficiency(scenario.nranks),
+                           collective_efficiency=lambda op, nbytes: factor).run()
+        frame = result.records.assign(d=result.records["end_s"] - result.records["start_s"])
+        return frame.groupby("op_index")["d"].max().to_dict()
+
+    full, half = op_times(1.0), op_times(0.5)
+    by_key: dict[tuple[str, int], list[float]] = {}
+    for i, op in ops.items():
+        b = half[i] - full[i]
+        a = full[i] - b
+        if b > 0 and measured_s[i] > a:
+            factor = min(max(b / (measured_s[i] - a), 0.01), 100.0)
+            by_key.setdefault((op.op, op.nbytes), []).append(factor)
+    curves: dict[str, list] = {}
+    for (op, nbytes), values in sorted(by_key.items()):
+        curves.setdefault(op, []).append((nbytes, float(np.median(values))))
+    return {op: tuple(points) for op, points in curves.items()}

@@ -148,3 +148,40 @@ def test_a_bad_profile_is_one_clear_error_naming_the_file(tmp_path):
     )
     with pytest.raises(ScenarioError, match="missing.yaml"):
         load_scenario(tmp_path / "s.yaml")
+
+
+def test_a_native_collective_correction_scales_the_bytes_of_that_collective_only():
+    p, n = 4, 4 * 2**20
+    machine = profile(collective_efficiency={"allreduce": ((1024, 0.5), (1 << 30, 0.5))})
+    topology = machine.topology(p)
+    programs = [[Collective("allreduce", n, algorithm="ring"), Collective("allgather", n, algorithm="ring")]
+                for _ in range(p)]
+    result = simulate(topology, programs, collective_efficiency=machine.collective_factor())
+    block = n // p
+    records = result.records[result.records["rank"] == 0]
+    allreduce = records[records["kind"] == "allreduce"].iloc[0]
+    allgather = records[records["kind"] == "allgather"].iloc[0]
+    # Half the efficiency: each step's bytes take twice as long; latency does not change.
+    assert allreduce["end_s"] - allreduce["start_s"] == pytest.approx(2 * (p - 1) * (2e-6 + 2 * block / 10e9), rel=REL)
+    assert allgather["end_s"] - allgather["start_s"] == pytest.approx((p - 1) * (2e-6 + block / 10e9), rel=REL)
+    assert machine.collective_factor(native=False) is None
+
+
+def test_fit_collective_efficiency_recovers_known_factors():
+    from simcore.profile import fit_collective_efficiency
+
+    p = 4
+    sizes = (1 << 16, 1 << 20, 1 << 23)
+    programs = {r: [{"kind": "allreduce", "nbytes": n} for n in sizes] + [{"kind": "allgather", "nbytes": n} for n in sizes]
+                for r in range(p)}
+    scenario = with_profile(scenario_from_dict({"topology": {"builder": "switch", "n": p},
+                                                "workload": {"kind": "programs", "ranks": programs}}), profile())
+    truth_curves = {"allreduce": tuple((n, 0.6) for n in sizes), "allgather": tuple((n, 0.8) for n in sizes)}
+    truth = simulate(scenario.topology, scenario.programs(),
+                     collective_efficiency=dataclasses.replace(profile(), collective_efficiency=truth_curves)
+                     .collective_factor()).records
+    truth = truth.assign(d=truth["end_s"] - truth["start_s"]).groupby("op_index")["d"].max().to_dict()
+    fitted = fit_collective_efficiency(scenario, truth)
+    for op, want in (("allreduce", 0.6), ("allgather", 0.8)):
+        for nbytes, factor in fitted[op]:
+            assert factor == pytest.approx(want, rel=1e-9), (op, nbytes)

@@ -158,10 +158,16 @@ def _check_programs(scenario: Scenario) -> None:
     validate_programs(scenario.programs(), scenario.nranks, scenario.topology.groups())
 
 
-def with_profile(scenario: Scenario, profile) -> Scenario:
-    """``scenario`` simulated on the machine ``profile`` measured (see simcore.profile)."""
+def with_profile(scenario: Scenario, profile, *, native_collectives: bool = True) -> Scenario:
+    """``scenario`` simulated on the machine ``profile`` measured (see simcore.profile).
+
+    ``native_collectives=False`` leaves out the profile's corrections for the
+    library's own collectives, for comparison with a run in algorithm mode.
+    """
     import dataclasses
 
+    if not native_collectives:
+        profile = dataclasses.replace(profile, collective_efficiency={})
     topology = profile.topology(scenario.topology.nranks, scenario.topology.groups())
     return dataclasses.replace(scenario, topology=topology, profile=profile, source=None)
 
