@@ -18,8 +18,7 @@ import shutil
 
 import numpy as np
 
-from executors.base import Executor
-from executors.real import KERNEL_N, RealBackend, RealOptions, run_real
+from executors.real import KERNEL_N, RealBackend, RealExecutor, RealOptions
 from workloads.collectives import alltoall_output_layout, block_layout
 
 
@@ -173,19 +172,14 @@ class _Finisher:
         self.then()
 
 
-class MPIExecutor(Executor):
+class MPIExecutor(RealExecutor):
     """Run a scenario over MPI; see the module docstring for the two ways to start it."""
 
     name = "mpi"
 
     def __init__(self, options: RealOptions | None = None, hostfile: str | None = None, launcher_timeout_s=None):
-        self.options = options or RealOptions()
+        super().__init__(options, launcher_timeout_s)
         self.hostfile = hostfile
-        self.launcher_timeout_s = launcher_timeout_s
-
-    @classmethod
-    def is_available(cls) -> bool:
-        return cls.unavailable_reason() == ""
 
     @classmethod
     def unavailable_reason(cls) -> str:
@@ -197,10 +191,11 @@ class MPIExecutor(Executor):
             return "no mpiexec found on PATH (pip install mpich, or load your cluster's MPI module)"
         return ""
 
-    def run(self, scenario):
-        if inside_mpi_job():
-            backend = MPIBackend()
-            return run_real(backend, scenario, self.options)
-        from executors.launch import launch
+    def inside_job(self) -> bool:
+        return inside_mpi_job()
 
-        return launch("mpi", scenario, self.options, hostfile=self.hostfile, timeout_s=self.launcher_timeout_s)
+    def backend(self) -> RealBackend:
+        return MPIBackend()
+
+    def launch_options(self) -> dict:
+        return {"hostfile": self.hostfile}

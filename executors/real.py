@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from executors.base import Executor
 from simcore.result import RECORD_COLUMNS, RunResult
 from workloads.collectives import alltoall_output_layout, block_layout, lower
 from workloads.ops import Collective, Compute, Recv, Send, Wait
@@ -233,6 +234,44 @@ class RealBackend(ABC):
 
     def close(self) -> None:
         pass
+
+
+class RealExecutor(Executor):
+    """A real backend's executor.
+
+    Inside a job that the backend's launcher started (mpiexec, srun, torchrun)
+    it runs this process's rank; rank 0 returns the RunResult, the others
+    None.  From a plain process it launches such a job itself
+    (``executors.launch``), which ends dead or stuck runs.
+    """
+
+    def __init__(self, options: RealOptions | None = None, launcher_timeout_s: float | None = None):
+        self.options = options or RealOptions()
+        self.launcher_timeout_s = launcher_timeout_s
+
+    @classmethod
+    def is_available(cls) -> bool:
+        return cls.unavailable_reason() == ""
+
+    @abstractmethod
+    def inside_job(self) -> bool: ...
+
+    @abstractmethod
+    def backend(self) -> RealBackend: ...
+
+    def launch_options(self) -> dict[str, Any]:
+        return {}
+
+    def run(self, scenario):
+        if self.inside_job():
+            backend = self.backend()
+            try:
+                return run_real(backend, scenario, self.options)
+            finally:
+                backend.close()
+        from executors.launch import launch
+
+        return launch(self.name, scenario, self.options, timeout_s=self.launcher_timeout_s, **self.launch_options())
 
 
 # -- the run -------------------------------------------------------------------

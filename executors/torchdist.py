@@ -32,8 +32,7 @@ import os
 import socket
 from datetime import timedelta
 
-from executors.base import Executor
-from executors.real import KERNEL_N, RealBackend, RealOptions, run_real
+from executors.real import KERNEL_N, RealBackend, RealExecutor
 from workloads.collectives import alltoall_output_layout, block_layout
 
 # (process-group backend, collective) -> what actually runs.
@@ -268,18 +267,10 @@ class _Finisher:
         self.then()
 
 
-class TorchExecutor(Executor):
+class TorchExecutor(RealExecutor):
     """Run a scenario over torch.distributed; see the module docstring for the two ways to start it."""
 
     name = "torch"
-
-    def __init__(self, options: RealOptions | None = None, launcher_timeout_s=None):
-        self.options = options or RealOptions()
-        self.launcher_timeout_s = launcher_timeout_s
-
-    @classmethod
-    def is_available(cls) -> bool:
-        return cls.unavailable_reason() == ""
 
     @classmethod
     def unavailable_reason(cls) -> str:
@@ -293,13 +284,8 @@ class TorchExecutor(Executor):
             return "this torch build has neither gloo nor NCCL"
         return ""
 
-    def run(self, scenario):
-        if inside_torchrun_job():
-            backend = TorchBackend.from_environment(timeout_s=self.options.timeout_s)
-            try:
-                return run_real(backend, scenario, self.options)
-            finally:
-                backend.close()
-        from executors.launch import launch
+    def inside_job(self) -> bool:
+        return inside_torchrun_job()
 
-        return launch("torch", scenario, self.options, timeout_s=self.launcher_timeout_s)
+    def backend(self) -> RealBackend:
+        return TorchBackend.from_environment(timeout_s=self.options.timeout_s)
