@@ -59,6 +59,10 @@ class MPIBackend(RealBackend):
         self._b = rng.random((KERNEL_N, KERNEL_N), dtype=np.float32)
         self._c = np.empty((KERNEL_N, KERNEL_N), dtype=np.float32)
 
+    @property
+    def transport(self) -> str:
+        return self.MPI.Get_library_version().splitlines()[0].strip()
+
     def barrier(self) -> None:
         self.world.Barrier()
 

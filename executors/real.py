@@ -150,6 +150,11 @@ class RealBackend(ABC):
     local_rank: int = 0  # among the ranks on this host
     local_size: int = 1
 
+    @property
+    def transport(self) -> str:
+        """What carries the bytes (the MPI library, gloo or NCCL), for the summary."""
+        return self.name
+
     @abstractmethod
     def barrier(self) -> None: ...
 
@@ -313,6 +318,7 @@ def run_real(backend: RealBackend, scenario, options: RealOptions, status_dir: s
     summary = {
         "scenario": scenario.name,
         "backend": backend.name,
+        "transport": backend.transport,
         "mode": options.mode,
         "timing": timing,
         "nranks": backend.size,

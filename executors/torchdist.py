@@ -111,6 +111,10 @@ class TorchBackend(RealBackend):
         backend.local_size = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         return backend
 
+    @property
+    def transport(self) -> str:
+        return f"{self.pg_backend} (torch {self.torch.__version__})"
+
     def pin_to_core(self) -> str:
         where = super().pin_to_core()
         if where.startswith("core"):

@@ -70,11 +70,15 @@ class RunResult:
         non-blocking collectives overlapping compute show side by side.
         """
         events: list[dict[str, Any]] = []
-        for rank in sorted(int(r) for r in self.records["rank"].unique()):
+        records = self.records
+        if "repeat" in records.columns:
+            # A real run's repeats each start at 0 s: show the first.
+            records = records[records["repeat"] == records["repeat"].min()]
+        for rank in sorted(int(r) for r in records["rank"].unique()):
             for stream, label in ((0, "compute"), (1, "communication")):
                 events.append({"name": "thread_name", "ph": "M", "pid": 0, "tid": 2 * rank + stream,
                                "args": {"name": f"rank {rank} {label}"}})
-        for row in self.records.itertuples(index=False):
+        for row in records.itertuples(index=False):
             stream = 0 if row.kind in ("compute", "wait") else 1
             name = row.kind if not row.algorithm else f"{row.kind} ({row.algorithm})"
             args = {"op_index": int(row.op_index), "nbytes": int(row.nbytes), "flops": float(row.flops),
@@ -89,7 +93,9 @@ class RunResult:
         s = self.summary
         lines = [
             f"scenario        {s.get('scenario', '')}",
-            f"backend         {s.get('backend', '')}",
+            f"backend         {s.get('backend', '')}" + (f" ({s['transport']}, {s.get('mode', '')} collectives, "
+                                                      f"{s.get('timing', '')} timing, {s.get('repeats')} repeats)"
+                                                      if "transport" in s else ""),
             f"ranks           {s.get('nranks')}",
             f"makespan        {s['makespan_s']:.6g} s",
         ]
