@@ -61,7 +61,7 @@ class MPIBackend(RealBackend):
 
     @property
     def transport(self) -> str:
-        return self.MPI.Get_library_version().splitlines()[0].strip()
+        return " ".join(self.MPI.Get_library_version().splitlines()[0].split())
 
     def barrier(self) -> None:
         self.world.Barrier()
