@@ -41,11 +41,11 @@ def mpiexec_path() -> str | None:
 class MPIBackend(RealBackend):
     name = "mpi"
 
-    def __init__(self):
+    def __init__(self, comm=None, with_stream: bool = True):
         from mpi4py import MPI
 
         self.MPI = MPI
-        self.world = MPI.COMM_WORLD
+        self.world = comm if comm is not None else MPI.COMM_WORLD
         # Collective steps get a communicator of their own, so their messages
         # can never match a user's send or receive.
         self.steps = self.world.Dup()
@@ -54,10 +54,18 @@ class MPIBackend(RealBackend):
         node = self.world.Split_type(MPI.COMM_TYPE_SHARED)
         self.local_rank, self.local_size = node.Get_rank(), node.Get_size()
         node.Free()
+        # The communication stream's communicators, made now (every rank makes
+        # them together); a second thread may call MPI only at THREAD_MULTIPLE.
+        self._stream = None
+        if with_stream and MPI.Query_thread() == MPI.THREAD_MULTIPLE:
+            self._stream = MPIBackend(comm=self.world.Dup(), with_stream=False)
         rng = np.random.default_rng(self.rank)
         self._a = rng.random((KERNEL_N, KERNEL_N), dtype=np.float32)
         self._b = rng.random((KERNEL_N, KERNEL_N), dtype=np.float32)
         self._c = np.empty((KERNEL_N, KERNEL_N), dtype=np.float32)
+
+    def stream(self):
+        return self._stream
 
     @property
     def transport(self) -> str:

@@ -205,6 +205,12 @@ class RealBackend(ABC):
     def collective(self, op: Collective, buf, out, blocking: bool):
         """The library's own call; returns a request to wait on when not blocking."""
 
+    def stream(self) -> "RealBackend | None":
+        """A view of this rank that runs collectives on communicators of its own
+        and may be used from a second thread (the communication stream), or None
+        where the library cannot be called from two threads."""
+        return None
+
     def prepare_collective(self, op: Collective, buf, out, blocking: bool):
         """A no-argument callable making ``collective``'s call, its arguments worked
         out now, so that the timed region holds the library call and little else."""
@@ -282,13 +288,37 @@ class RealExecutor(Executor):
 # -- the run -------------------------------------------------------------------
 
 
+def aligned_problem(programs) -> str | None:
+    """Why a barrier before every operation would deadlock these programs, or None.
+
+    Aligned timing needs every rank to run the same number of operations, no
+    non-blocking ones, and every send at index i matched by its receive at the
+    same index on the peer (a barrier between them would wait forever).
+    """
+    if len({len(p) for p in programs}) != 1:
+        return "the ranks run different numbers of operations"
+    for rank, program in enumerate(programs):
+        for index, op in enumerate(program):
+            if isinstance(op, Wait) or (isinstance(op, Collective) and not op.blocking):
+                return f"rank {rank} op {index} is non-blocking"
+            if isinstance(op, (Send, Recv)):
+                other = programs[op.peer][index]
+                want = Recv if isinstance(op, Send) else Send
+                if not (isinstance(other, want) and other.peer == rank and other.tag == op.tag):
+                    return (f"rank {rank} op {index} ({op.kind} with rank {op.peer}) is not matched by "
+                            f"rank {op.peer} op {index}")
+            if isinstance(op, Collective) and not all(
+                isinstance(p[index], Collective) for p in programs
+            ):
+                return f"op {index} is a collective on rank {rank} but not on every rank"
+    return None
+
+
 def choose_timing(programs, timing: str) -> str:
+    """'aligned' where it is valid (``aligned_problem``), else 'free'; an explicit choice stays."""
     if timing != "auto":
         return timing
-    lengths = {len(p) for p in programs}
-    nonblocking = any(isinstance(op, (Wait,)) or (isinstance(op, Collective) and not op.blocking)
-                      for p in programs for op in p)
-    return "aligned" if len(lengths) == 1 and not nonblocking else "free"
+    return "free" if aligned_problem(programs) else "aligned"
 
 
 def run_real(backend: RealBackend, scenario, options: RealOptions, status_dir: str | None = None) -> RunResult | None:
@@ -301,8 +331,10 @@ def run_real(backend: RealBackend, scenario, options: RealOptions, status_dir: s
         )
     pinned = backend.pin_to_core() if options.pin else "not pinned (pin off)"
     timing = choose_timing(programs, options.timing)
-    if timing == "aligned" and len({len(p) for p in programs}) != 1:
-        raise RealRunError("timing 'aligned' needs every rank to run the same number of operations; use 'free'")
+    problem = aligned_problem(programs) if timing == "aligned" else None
+    if problem:
+        raise RealRunError(f"timing 'aligned' (a barrier before every operation) would deadlock: {problem}; "
+                           "use --timing free")
     runner = _RankRunner(backend, scenario, programs[backend.rank], options, timing, status_dir)
     wall0 = time.perf_counter()
     records = runner.run()
@@ -354,6 +386,16 @@ class _RankRunner:
         self.scratch = backend.buffer(biggest)
         self.out = backend.buffer(max(biggest, self._alltoall_out_bytes()))
         self._native: dict[int, Any] = {}  # op index -> prepared native call
+        nonblocking = [(i, op) for i, op in enumerate(program) if isinstance(op, Collective) and not op.blocking]
+        self.stream_backend = backend.stream() if nonblocking else None
+        # Each non-blocking collective has buffers of its own: several are in
+        # flight at once, as DDP's buckets are.
+        owner = self.stream_backend or backend
+        self._own_buffers = {
+            i: (owner.buffer(op.nbytes), owner.buffer(op.nbytes),
+                owner.buffer(max(op.nbytes, sum(s for _, s in alltoall_output_layout(op.nbytes, self.rank, self.size)))))
+            for i, op in nonblocking
+        }
         self.current: tuple[int, str] | None = None
         self.current_since = 0.0
         self._watchdog_stop = threading.Event()
@@ -414,73 +456,73 @@ class _RankRunner:
         b.barrier()
         base = b.now_s()
         rows: list[tuple] = []
-        pending: dict[str, tuple] = {}  # handle -> (request, row start, op, index)
-        coll_seq = 0
-        for index, op in enumerate(self.program):
-            kind = op.kind
-            if self.options.check and isinstance(op, Collective):
-                b.fill(self.buf, self.rank + 1)
-            if aligned:
-                self.current, self.current_since = (index, "barrier"), time.monotonic()
-                b.barrier()
-            self._enter(index, kind)
-            native = None
-            if type(op) is Collective and self.options.mode == "native":
-                native = self._native.get(index)
-                if native is None:
-                    native = self._native[index] = b.prepare_collective(
-                        op, self.buf[: op.nbytes], self.out, op.blocking)
-            start = b.now_s()
-            peer, nbytes, flops, algorithm = -1, 0, 0.0, ""
-            if type(op) is Compute:
-                self._compute(op.flops)
-                flops = op.flops
-            elif type(op) is Send:
-                b.send(self.buf[: op.nbytes], op.peer, op.tag)
-                peer, nbytes = op.peer, op.nbytes
-            elif type(op) is Recv:
-                b.recv(self.buf[: op.nbytes], op.peer, op.tag)
-                peer, nbytes = op.peer, op.nbytes
-            elif type(op) is Collective:
-                coll_seq += 1
-                peer = op.root if op.op in ("broadcast", "reduce") else -1
-                nbytes, algorithm = op.nbytes, op.algorithm
-                if native is not None:
-                    request = native()
-                else:
-                    # Algorithm mode runs the steps now, also for a non-blocking
-                    # collective: without a progress thread, steps issued in the
-                    # background would only advance inside later library calls.
-                    request = self._algorithm(op)
-                if not op.blocking:
-                    pending[op.handle] = (request, start, op, index)
-                    continue
-            elif type(op) is Wait:
-                rows.extend(self._finish(pending, op.handles, base))
-            b.synchronize()
-            end = b.now_s()
-            self.current = None
-            if self.options.check and isinstance(op, Collective):
-                self._check(op)
-            rows.append((self.rank, index, kind, algorithm, peer, nbytes, flops, start - base, end - base, math.nan))
-        if pending:
-            self._enter(len(self.program), "wait")
-            rows.extend(self._finish(pending, tuple(pending), base))
-            self.current = None
+        stream = _Stream(self, self.stream_backend, base) if self.stream_backend is not None else None
+        handles: dict[str, int] = {}  # handle -> op index of its collective
+        try:
+            for index, op in enumerate(self.program):
+                kind = op.kind
+                if self.options.check and isinstance(op, Collective):
+                    b.fill(self._buffers(index, op)[0], self.rank + 1)
+                if aligned:
+                    self.current, self.current_since = (index, "barrier"), time.monotonic()
+                    b.barrier()
+                self._enter(index, kind)
+                if type(op) is Collective and not op.blocking:
+                    handles[op.handle] = index
+                    if stream is not None:
+                        stream.submit(index, op, self._own_buffers[index])
+                        continue
+                native = None
+                if type(op) is Collective and self.options.mode == "native":
+                    native = self._native.get(index)
+                    if native is None:
+                        buf, _, out = self._buffers(index, op)
+                        native = self._native[index] = b.prepare_collective(op, buf[: op.nbytes], out, True)
+                start = b.now_s()
+                peer, nbytes, flops, algorithm = -1, 0, 0.0, ""
+                if type(op) is Compute:
+                    self._compute(op.flops)
+                    flops = op.flops
+                elif type(op) is Send:
+                    b.send(self.buf[: op.nbytes], op.peer, op.tag)
+                    peer, nbytes = op.peer, op.nbytes
+                elif type(op) is Recv:
+                    b.recv(self.buf[: op.nbytes], op.peer, op.tag)
+                    peer, nbytes = op.peer, op.nbytes
+                elif type(op) is Collective:
+                    # Without a communication stream a non-blocking collective
+                    # runs here, at issue: its record is still its own time.
+                    peer, nbytes, algorithm = _root_peer(op), op.nbytes, op.algorithm
+                    if native is not None:
+                        native()
+                    else:
+                        self._algorithm(op, b, *self._buffers(index, op))
+                elif type(op) is Wait:
+                    if stream is not None:
+                        stream.wait([handles[h] for h in op.handles])
+                b.synchronize()
+                end = b.now_s()
+                self.current = None
+                if self.options.check and isinstance(op, Collective):
+                    self._check(op, *self._buffers(index, op)[::2])
+                rows.append((self.rank, index, kind, algorithm, peer, nbytes, flops, start - base, end - base,
+                             math.nan))
+            if stream is not None:
+                # The program ends when its communication stream is drained.
+                self._enter(len(self.program), "wait")
+                stream.wait(list(handles.values()))
+                self.current = None
+        finally:
+            if stream is not None:
+                stream.close()
+        if stream is not None:
+            rows.extend(stream.rows)
         return rows
 
-    def _finish(self, pending: dict, handles, base: float) -> list[tuple]:
-        rows = []
-        for handle in handles:
-            request, start, op, index = pending.pop(handle)
-            if request is not None:
-                self.b.wait(request)
-            self.b.synchronize()
-            end = self.b.now_s()
-            peer = op.root if op.op in ("broadcast", "reduce") else -1
-            rows.append((self.rank, index, op.kind, op.algorithm, peer, op.nbytes, 0.0,
-                         start - base, end - base, math.nan))
-        return rows
+    def _buffers(self, index: int, op) -> tuple:
+        """(buffer, scratch, output) of the operation at ``index``."""
+        own = self._own_buffers.get(index)
+        return own if own is not None else (self.buf, self.scratch, self.out)
 
     def _compute(self, flops: float) -> None:
         per_full = 2.0 * KERNEL_N**3
@@ -492,14 +534,12 @@ class _RankRunner:
         if rows:
             matmul(rows)
 
-    def _algorithm(self, op: Collective) -> None:
-        b = self.b
-        buf, scratch = self.buf, self.scratch
+    def _algorithm(self, op: Collective, b: RealBackend, buf, scratch, out) -> None:
         alltoall = op.op == "alltoall"
         if alltoall:
             mine = block_layout(op.nbytes, self.size)[self.rank]
             out_block = alltoall_output_layout(op.nbytes, self.rank, self.size)[self.rank]
-            b.copy_(self.out[out_block[0]: out_block[0] + out_block[1]], buf[mine[0]: mine[0] + mine[1]])
+            b.copy_(out[out_block[0]: out_block[0] + out_block[1]], buf[mine[0]: mine[0] + mine[1]])
         for step in lower(op, self.rank, self.size, self.groups):
             requests = []
             reduces = []
@@ -508,7 +548,7 @@ class _RankRunner:
                     view = scratch[t.offset: t.offset + t.nbytes]
                     reduces.append((t, view))
                 else:
-                    view = (self.out if alltoall else buf)[t.offset: t.offset + t.nbytes]
+                    view = (out if alltoall else buf)[t.offset: t.offset + t.nbytes]
                 requests.append(b.irecv(view, t.peer, 0))
             for t in step.sends:
                 requests.append(b.isend(buf[t.offset: t.offset + t.nbytes], t.peer, 0))
@@ -518,11 +558,11 @@ class _RankRunner:
 
     # -- result checks (check=True): every rank started with bytes rank+1 -------
 
-    def _check(self, op: Collective) -> None:
+    def _check(self, op: Collective, buf, out) -> None:
         p, r = self.size, self.rank
         total = sum(range(1, p + 1)) % 256
         layout = block_layout(op.nbytes, p)
-        data = self.b.to_numpy(self.buf[: op.nbytes])
+        data = self.b.to_numpy(buf[: op.nbytes])
         expect: list[tuple[np.ndarray, int, str]] = []
         if op.op == "allreduce" or (op.op == "reduce" and r == op.root):
             expect.append((data, total, "the sum"))
@@ -535,9 +575,9 @@ class _RankRunner:
             off, size = layout[r]
             expect.append((data[off: off + size], total, f"the sum of block {r}"))
         elif op.op == "alltoall":
-            out = self.b.to_numpy(self.out)
+            received = self.b.to_numpy(out)
             for j, (off, size) in enumerate(alltoall_output_layout(op.nbytes, r, p)):
-                expect.append((out[off: off + size], (j + 1) % 256, f"block {j} from rank {j}"))
+                expect.append((received[off: off + size], (j + 1) % 256, f"block {j} from rank {j}"))
         for values, want, what in expect:
             if len(values) and not np.all(values == want):
                 bad = int(np.flatnonzero(values != want)[0])
@@ -545,3 +585,69 @@ class _RankRunner:
                     f"rank {r}: {op.op} ({self.options.mode} {op.algorithm}) gave a wrong result: "
                     f"{what} should be {want} but byte {bad} is {int(values[bad])}"
                 )
+
+
+def _root_peer(op: Collective) -> int:
+    return op.root if op.op in ("broadcast", "reduce") else -1
+
+
+class _Stream:
+    """A rank's communication stream: its non-blocking collectives run here one
+    after another, in issue order, on communicators of their own, while the
+    rank's main thread goes on, as NCCL runs DDP's gradient buckets (and as
+    the simulator models them).  A record spans the collective's own start and
+    end on the stream."""
+
+    def __init__(self, runner: "_RankRunner", backend: RealBackend, base: float):
+        import queue
+
+        self.runner = runner
+        self.b = backend
+        self.base = base
+        self.rows: list[tuple] = []
+        self.error: BaseException | None = None
+        self._done: dict[int, threading.Event] = {}
+        self._queue: "queue.SimpleQueue" = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name="distsim-comm-stream", daemon=True)
+        self._thread.start()
+
+    def submit(self, index: int, op: Collective, buffers: tuple) -> None:
+        self._done[index] = threading.Event()
+        self._queue.put((index, op, buffers))
+
+    def wait(self, indices) -> None:
+        for index in indices:
+            self._done[index].wait()
+        if self.error is not None:
+            raise self.error
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+    def _loop(self) -> None:
+        runner, b = self.runner, self.b
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            index, op, (buf, scratch, out) = item
+            try:
+                if self.error is None:
+                    native = b.prepare_collective(op, buf[: op.nbytes], out, True) \
+                        if runner.options.mode == "native" else None
+                    start = b.now_s()
+                    if native is not None:
+                        native()
+                    else:
+                        runner._algorithm(op, b, buf, scratch, out)
+                    b.synchronize()
+                    end = b.now_s()
+                    if runner.options.check:
+                        runner._check(op, buf, out)
+                    self.rows.append((runner.rank, index, op.kind, op.algorithm, _root_peer(op), op.nbytes, 0.0,
+                                      start - self.base, end - self.base, math.nan))
+            except BaseException as exc:  # re-raised in the main thread at its wait
+                self.error = exc
+            finally:
+                self._done[index].set()

@@ -28,6 +28,7 @@ imports without it.
 """
 from __future__ import annotations
 
+import copy
 import os
 import socket
 from datetime import timedelta
@@ -53,7 +54,7 @@ def inside_torchrun_job() -> bool:
 class TorchBackend(RealBackend):
     name = "torch"
 
-    def __init__(self, rank: int, size: int, device, pg_backend: str):
+    def __init__(self, rank: int, size: int, device, pg_backend: str, with_stream: bool = True):
         import torch
         import torch.distributed as dist
 
@@ -71,11 +72,24 @@ class TorchBackend(RealBackend):
         # can never match a user's send or receive (the group has every rank,
         # so its group ranks are the global ranks the steps name).
         self.steps = dist.new_group(list(range(size)))
+        # Native collectives of the main thread use the default group; the
+        # communication stream (non-blocking collectives, run from a second
+        # thread) has groups of its own, made now while every rank is here.
+        self.group = None
+        self._stream = None
+        if with_stream:
+            stream = copy.copy(self)
+            stream.group = dist.new_group(list(range(size)))
+            stream.steps = dist.new_group(list(range(size)))
+            stream._pads = {}
+            stream._stream = None
+            self._stream = stream
         if self.cuda:
             # NCCL communicators start lazily; the first batched point-to-point
             # call on a group must involve every rank, so start it here with a
             # collective that does.
-            dist.all_reduce(torch.zeros(1, device=device), group=self.steps)
+            for group in [self.steps] + ([self._stream.group, self._stream.steps] if self._stream else []):
+                dist.all_reduce(torch.zeros(1, device=device), group=group)
             torch.cuda.synchronize()
         gen = torch.Generator(device="cpu").manual_seed(rank)
         self._a = torch.rand((KERNEL_N, KERNEL_N), generator=gen, dtype=torch.float32).to(device)
@@ -110,6 +124,9 @@ class TorchBackend(RealBackend):
         backend.local_rank = local_rank
         backend.local_size = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         return backend
+
+    def stream(self):
+        return self._stream
 
     @property
     def transport(self) -> str:
@@ -205,26 +222,26 @@ class TorchBackend(RealBackend):
         async_op = not blocking
         kind = op.op
         if kind == "allreduce":
-            return dist.all_reduce(buf, op=dist.ReduceOp.SUM, async_op=async_op)
+            return dist.all_reduce(buf, op=dist.ReduceOp.SUM, async_op=async_op, group=self.group)
         if kind == "broadcast":
-            return dist.broadcast(buf, src=op.root, async_op=async_op)
+            return dist.broadcast(buf, src=op.root, async_op=async_op, group=self.group)
         if kind == "reduce":
-            return dist.reduce(buf, dst=op.root, op=dist.ReduceOp.SUM, async_op=async_op)
+            return dist.reduce(buf, dst=op.root, op=dist.ReduceOp.SUM, async_op=async_op, group=self.group)
         if kind == "barrier":
             if self.cuda:
-                return dist.barrier(async_op=async_op, device_ids=[self.device.index])
-            return dist.barrier(async_op=async_op)
+                return dist.barrier(async_op=async_op, group=self.group, device_ids=[self.device.index])
+            return dist.barrier(async_op=async_op, group=self.group)
         layout = block_layout(op.nbytes, p)
         off, size = layout[self.rank]
         even = op.nbytes % p == 0
         if kind == "allgather":
             if even:
                 # In place: this rank's block is the input, the whole buffer the output.
-                return self._all_gather(buf, buf[off: off + size], async_op=async_op)
+                return self._all_gather(buf, buf[off: off + size], async_op=async_op, group=self.group)
             block = layout[0][1]
             pad_in, pad_out = self._padded(kind, block)
             pad_in[:size].copy_(buf[off: off + size])
-            work = self._all_gather(pad_out, pad_in, async_op=async_op)
+            work = self._all_gather(pad_out, pad_in, async_op=async_op, group=self.group)
 
             def unpad():
                 for j, (o, s) in enumerate(layout):
@@ -235,19 +252,19 @@ class TorchBackend(RealBackend):
             # lowered algorithm leaves it too.
             if even:
                 recv = out[:size]
-                work = self._reduce_scatter(recv, buf, op=dist.ReduceOp.SUM, async_op=async_op)
+                work = self._reduce_scatter(recv, buf, op=dist.ReduceOp.SUM, async_op=async_op, group=self.group)
                 return _then(work, lambda: buf[off: off + size].copy_(recv))
             block = layout[0][1]
             pad_in, pad_out = self._padded(kind, block)
             for j, (o, s) in enumerate(layout):
                 pad_in[j * block: j * block + s].copy_(buf[o: o + s])
-            work = self._reduce_scatter(pad_out, pad_in, op=dist.ReduceOp.SUM, async_op=async_op)
+            work = self._reduce_scatter(pad_out, pad_in, op=dist.ReduceOp.SUM, async_op=async_op, group=self.group)
             return _then(work, lambda: buf[off: off + size].copy_(pad_out[:size]))
         if kind == "alltoall":
             out_layout = alltoall_output_layout(op.nbytes, self.rank, p)
             total = sum(s for _, s in out_layout)
             return dist.all_to_all_single(out[:total], buf, output_split_sizes=[s for _, s in out_layout],
-                                          input_split_sizes=[s for _, s in layout], async_op=async_op)
+                                          input_split_sizes=[s for _, s in layout], async_op=async_op, group=self.group)
         raise ValueError(f"torch: no native call for {kind}")
 
 
