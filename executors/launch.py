@@ -73,11 +73,15 @@ def launch(backend: str, scenario, options: RealOptions, *, hostfile: str | None
         env["PYTHONPATH"] = os.pathsep.join(
             [str(Path(__file__).resolve().parent.parent)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
         )
+        if hostfile and not Path(hostfile).is_file():
+            raise RealRunError(f"hostfile {hostfile}: no such file")
         stdout = open(Path(run_dir, "stdout.txt"), "w")
         stderr = open(Path(run_dir, "stderr.txt"), "w")
         try:
             proc = subprocess.Popen(cmd, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL, env=env,
                                     start_new_session=True)
+        except OSError as exc:
+            raise RealRunError(f"cannot start {cmd[0]}: {exc.strerror or exc}") from None
         finally:
             stdout.close()
             stderr.close()
@@ -85,18 +89,24 @@ def launch(backend: str, scenario, options: RealOptions, *, hostfile: str | None
         started = last_life = time.monotonic()
         seen: dict = {}
         reason = None
-        while proc.poll() is None:
-            time.sleep(0.1)
-            now = time.monotonic()
-            if _signs_of_life(run_dir, seen):
-                last_life = now
-            if timeout_s is not None and now - started > timeout_s:
-                reason = f"the run took longer than {timeout_s:g} s"
-            elif now - last_life > silent_limit_s:
-                reason = f"no rank started a new operation for {silent_limit_s:g} s"
-            if reason:
-                _kill_group(proc)
-                break
+        try:
+            while proc.poll() is None:
+                time.sleep(0.1)
+                now = time.monotonic()
+                if _signs_of_life(run_dir, seen):
+                    last_life = now
+                if timeout_s is not None and now - started > timeout_s:
+                    reason = f"the run took longer than {timeout_s:g} s"
+                elif now - last_life > silent_limit_s:
+                    reason = f"no rank started a new operation for {silent_limit_s:g} s"
+                if reason:
+                    _kill_group(proc)
+                    break
+        except BaseException:
+            # Ctrl-C (or any error here): the job is in a session of its own,
+            # so the terminal's signal never reached it; end it before leaving.
+            _kill_group(proc)
+            raise
         code = proc.wait()
         result_path = Path(run_dir, "result.pkl")
         if reason is None and code == 0 and result_path.exists():
@@ -141,11 +151,14 @@ def _kill_group(proc: subprocess.Popen) -> None:
 def rank_states(run_dir: str, nranks: int) -> list[str]:
     states = []
     for rank in range(nranks):
+        status = read_status(Path(run_dir, f"rank{rank}.status"))
         error = Path(run_dir, f"rank{rank}.error")
         if error.exists():
-            states.append("error -1 run " + error.read_text().strip())
+            words = status.split()
+            where = f"{words[1]} {words[2]}" if len(words) >= 3 and words[0] == "op" else "-2 run"
+            states.append(f"error {where} {error.read_text().strip()}")
             continue
-        states.append(read_status(Path(run_dir, f"rank{rank}.status")) or "not started")
+        states.append(status or "not started")
     return states
 
 
@@ -153,9 +166,15 @@ def _describe(rank: int, state: str) -> str:
     words = state.split()
     if words and words[0] in ("op", "died", "timeout", "error") and len(words) >= 3 and words[1].lstrip("-").isdigit():
         index, kind = int(words[1]), words[2]
-        where = "before its first operation (start barrier)" if index < 0 else f"in op {index} ({kind})"
+        if index == -1:
+            where = "in the barrier that starts a repeat"
+        elif index < -1:
+            where = "before it ran any operation"
+        else:
+            where = f"in op {index} ({kind})"
         verb = {"op": "was", "died": "died", "timeout": "timed out", "error": "failed"}[words[0]]
-        return f"rank {rank} {verb} {where}"
+        detail = " ".join(words[3:])
+        return f"rank {rank} {verb} {where}" + (f": {detail}" if detail else "")
     return f"rank {rank}: {state}"
 
 

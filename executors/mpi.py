@@ -35,7 +35,11 @@ def inside_mpi_job() -> bool:
 
 
 def mpiexec_path() -> str | None:
-    return os.environ.get("DISTSIM_MPIEXEC") or shutil.which("mpiexec") or shutil.which("mpirun")
+    """``DISTSIM_MPIEXEC`` if set (it must exist), else mpiexec or mpirun on PATH."""
+    chosen = os.environ.get("DISTSIM_MPIEXEC")
+    if chosen:
+        return shutil.which(chosen)
+    return shutil.which("mpiexec") or shutil.which("mpirun")
 
 
 class MPIBackend(RealBackend):

@@ -111,8 +111,9 @@ class RealOptions:
     # unpinned ranks that the OS puts on one core make shared-memory transfers
     # several times slower, and differently from launch to launch.
     pin: bool = True
-    # Test hook, "ACTION:RANK:OP" with ACTION exit or hang: that rank dies or
-    # stops at that operation, to prove that failures end the run cleanly.
+    # Test hook, "ACTION:RANK:OP" with ACTION exit, hang or raise: that rank
+    # dies, stops, or hits a Python error at that operation, to prove that
+    # failures end the run cleanly.
     fault: str = ""
 
     def __post_init__(self):
@@ -134,11 +135,11 @@ class RealOptions:
 def parse_fault(text: str) -> tuple[str, int, int]:
     try:
         action, rank, op = text.split(":")
-        if action not in ("exit", "hang"):
+        if action not in ("exit", "hang", "raise"):
             raise ValueError
         return action, int(rank), int(op)
     except ValueError:
-        raise ValueError(f"fault must look like exit:RANK:OP or hang:RANK:OP, got {text!r}") from None
+        raise ValueError(f"fault must look like exit:RANK:OP, hang:RANK:OP or raise:RANK:OP, got {text!r}") from None
 
 
 class RealBackend(ABC):
@@ -431,6 +432,8 @@ class _RankRunner:
                 self._status(f"died {index} {kind}")
                 print(f"rank {self.rank}: injected fault: exiting in op {index} ({kind})", file=sys.stderr, flush=True)
                 os._exit(9)
+            if action == "raise":
+                raise RuntimeError(f"injected fault in op {index} ({kind})")
             # "hang": block without progress until the watchdog ends the run.
             threading.Event().wait()
 

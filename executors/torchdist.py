@@ -109,7 +109,10 @@ class TorchBackend(RealBackend):
         rank = int(os.environ["RANK"])
         size = int(os.environ["WORLD_SIZE"])
         local_rank = int(os.environ["LOCAL_RANK"])
-        timeout = timedelta(seconds=timeout_s)
+        # Longer than the runner's per-operation watchdog, so that a stuck run
+        # is ended by the watchdog, which names every stuck rank and its op,
+        # rather than by gloo's own timeout in whichever rank waited first.
+        timeout = timedelta(seconds=2 * timeout_s + 10)
         if torch.cuda.is_available() and dist.is_nccl_available():
             device = torch.device(f"cuda:{local_rank}")
             # gather_object and barrier on NCCL use the current device.

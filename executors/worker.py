@@ -6,8 +6,10 @@ and options from RUN_DIR, runs this rank, and rank 0 writes ``result.pkl``.
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import sys
+import traceback
 from pathlib import Path
 
 
@@ -34,12 +36,17 @@ def main(argv: list[str] | None = None) -> int:
         backend = TorchBackend.from_environment(timeout_s=options.timeout_s)
     try:
         result = run_real(backend, scenario, options, status_dir=str(run_dir))
-    except RealRunError as exc:
-        (run_dir / f"rank{backend.rank}.error").write_text(f"{exc}\n")
-        print(f"rank {backend.rank}: {exc}", file=sys.stderr, flush=True)
-        return 2
-    finally:
-        backend.close()
+    except BaseException as exc:  # noqa: BLE001  (any failure of this rank ends the whole run)
+        what = str(exc) if isinstance(exc, RealRunError) else f"{type(exc).__name__}: {exc}"
+        (run_dir / f"rank{backend.rank}.error").write_text(f"{what}\n")
+        if not isinstance(exc, RealRunError):
+            traceback.print_exc()
+        print(f"rank {backend.rank}: {what}", file=sys.stderr, flush=True)
+        # Exit now: a normal exit would wait in MPI_Finalize (or the process
+        # group's shutdown) for ranks that are themselves waiting for this one;
+        # the launcher sees the failure and ends the others.
+        os._exit(3)
+    backend.close()
     if result is not None:
         tmp = run_dir / "result.pkl.tmp"
         with open(tmp, "wb") as fh:

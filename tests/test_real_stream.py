@@ -81,3 +81,19 @@ def test_forced_aligned_timing_that_would_deadlock_is_refused():
     # auto picks free timing and the run completes.
     result = MPIExecutor(RealOptions(warmup=0, repeats=1, timeout_s=10)).run(crossed)
     assert result.summary["timing"] == "free"
+
+
+@needs_mpi
+@pytest.mark.mpi
+def test_a_python_error_in_one_rank_ends_the_run_at_once_and_names_it():
+    import time
+
+    program = [{"kind": "compute", "flops": 1.0e3}, {"kind": "allreduce", "nbytes": 1024}]
+    scenario = scenario_from_dict({"topology": {"builder": "switch", "n": 2},
+                                   "workload": {"kind": "programs", "ranks": [program, list(program)]}})
+    started = time.monotonic()
+    with pytest.raises(RealRunError, match=r"rank 1 failed in op 0 \(compute\): RuntimeError: injected fault in op 0") as info:
+        # A 300 s per-op timeout: the run must end because the rank failed, not by timing out.
+        MPIExecutor(RealOptions(fault="raise:1:0", timeout_s=300, warmup=0, repeats=1)).run(scenario)
+    assert "timed out" not in str(info.value)
+    assert time.monotonic() - started < 120
