@@ -274,13 +274,19 @@ class RealExecutor(Executor):
     def launch_options(self) -> dict[str, Any]:
         return {}
 
+    # One backend per process inside a job: a process group cannot be set up
+    # again after it is torn down, and a command may run several scenarios.
+    _job_backends: dict[str, RealBackend] = {}
+
     def run(self, scenario):
         if self.inside_job():
-            backend = self.backend()
-            try:
-                return run_real(backend, scenario, self.options)
-            finally:
-                backend.close()
+            backend = RealExecutor._job_backends.get(self.name)
+            if backend is None:
+                import atexit
+
+                backend = RealExecutor._job_backends[self.name] = self.backend()
+                atexit.register(backend.close)
+            return run_real(backend, scenario, self.options)
         from executors.launch import launch
 
         return launch(self.name, scenario, self.options, timeout_s=self.launcher_timeout_s, **self.launch_options())

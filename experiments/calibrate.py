@@ -24,6 +24,7 @@ A scenario that names the profile (``profile: PROFILE.yaml``, or
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -125,15 +126,28 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeats < 1 or any(n < 0 for n in args.sizes) or len(set(args.sizes)) < 2:
         print("error: --repeats must be >= 1 and --sizes at least two distinct sizes >= 0", file=sys.stderr)
         return 2
+    if not 0 < args.timeout < float("inf"):
+        print(f"error: --timeout must be a finite number of seconds > 0, got {args.timeout}", file=sys.stderr)
+        return 2
     from executors import get_executor
     from executors.mpi import inside_mpi_job
     from executors.real import RealOptions, RealRunError
 
+    from executors.torchdist import inside_torchrun_job
+
     nranks = args.nranks
+    in_job = False
     if args.backend == "mpi" and inside_mpi_job():
         from mpi4py import MPI
 
-        nranks = MPI.COMM_WORLD.Get_size()
+        nranks, in_job = MPI.COMM_WORLD.Get_size(), True
+        rank = MPI.COMM_WORLD.Get_rank()
+    elif args.backend == "torch" and inside_torchrun_job():
+        nranks, in_job = int(os.environ["WORLD_SIZE"]), True
+        rank = int(os.environ["RANK"])
+    if in_job and rank != 0:
+        global say
+        say = _quiet  # only rank 0 reports
     options = RealOptions(mode="native", warmup=1, repeats=args.repeats, timing="free", timeout_s=args.timeout)
     extra = {"hostfile": args.hostfile} if args.backend == "mpi" else {}
 
@@ -172,6 +186,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
+
+
+def _quiet(text: str) -> None:
+    pass
 
 
 def build_profile(args, nranks, sizes, partners, ping, compute, coll_algorithm, coll_native):

@@ -300,10 +300,11 @@ def main(argv: list[str] | None = None) -> int:
     except ScenarioError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    from workloads.scenario import with_profile
+
     sim_scenario = scenario
     if args.profile:
         from simcore.profile import load_profile
-        from workloads.scenario import with_profile
 
         try:
             sim_scenario = with_profile(scenario, load_profile(args.profile),
@@ -311,6 +312,10 @@ def main(argv: list[str] | None = None) -> int:
         except (ValueError, OSError) as exc:
             print(f"error: --profile {args.profile}: {exc}", file=sys.stderr)
             return 2
+    elif scenario.profile is not None and args.mode != "native":
+        # The scenario's own profile corrects the library's collectives; a run
+        # in algorithm mode does not use them.
+        sim_scenario = with_profile(scenario, scenario.profile, native_collectives=False)
     in_job = _in_job(args.backend)
     try:
         executor = common.make_executor(args.backend, args)

@@ -9,8 +9,8 @@ use, collective times) and writes a profile; a scenario that names it
 - the network is the machine the profile measured: ranks placed on hosts as
   the profile's run placed them (block placement when the rank count
   differs), each host a switch whose links give the measured intra-node
-  latency and bandwidth, the hosts joined by a switch whose links add the
-  measured inter-node figures;
+  latency and bandwidth, and each host's NIC (shared by its ranks) joined to
+  the network at the measured inter-node latency and bandwidth;
 - a message of n bytes between two ranks of a link class costs
   ``latency_s + n / (bandwidth_bytes_per_s * efficiency(n))``, where the
   efficiency curve (1 where one latency-bandwidth line fits) corrects the
@@ -37,7 +37,7 @@ LINK_CLASSES = ("intra_node", "inter_node")
 
 def _curve(points) -> tuple[tuple[int, float], ...]:
     points = tuple((int(n), float(e)) for n, e in points)
-    if any(e <= 0 for _, e in points) or list(points) != sorted(points):
+    if any(not (0 < e < math.inf) for _, e in points) or list(points) != sorted(points):
         raise ValueError("an efficiency curve is ascending (nbytes, factor > 0) pairs")
     return points
 
@@ -65,10 +65,10 @@ class LinkClass:
     efficiency: tuple[tuple[int, float], ...] = ()
 
     def __post_init__(self):
-        if not self.latency_s >= 0:
-            raise ValueError(f"latency_s must be >= 0, got {self.latency_s!r}")
-        if not self.bandwidth_bytes_per_s > 0:
-            raise ValueError(f"bandwidth_bytes_per_s must be > 0, got {self.bandwidth_bytes_per_s!r}")
+        if not 0 <= self.latency_s < math.inf:
+            raise ValueError(f"latency_s must be finite and >= 0, got {self.latency_s!r}")
+        if not 0 < self.bandwidth_bytes_per_s < math.inf:
+            raise ValueError(f"bandwidth_bytes_per_s must be finite and > 0, got {self.bandwidth_bytes_per_s!r}")
         object.__setattr__(self, "efficiency", _curve(self.efficiency))
 
     def efficiency_at(self, nbytes: int) -> float:
@@ -99,14 +99,14 @@ class MachineProfile:
     measurements: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
-        if not self.flops_per_s > 0:
-            raise ValueError(f"compute.flops_per_s must be > 0, got {self.flops_per_s!r}")
+        if not 0 < self.flops_per_s < math.inf:
+            raise ValueError(f"compute.flops_per_s must be finite and > 0, got {self.flops_per_s!r}")
         if "intra_node" not in self.link_classes:
             raise ValueError("link_classes must include intra_node")
         unknown = sorted(set(self.link_classes) - set(LINK_CLASSES))
         if unknown:
             raise ValueError(f"unknown link class(es) {', '.join(unknown)}; known: {', '.join(LINK_CLASSES)}")
-        if not self.reduce_s_per_byte >= 0:
+        if not 0 <= self.reduce_s_per_byte < math.inf:
             raise ValueError(f"reduce_s_per_byte must be >= 0, got {self.reduce_s_per_byte!r}")
         object.__setattr__(self, "collective_efficiency",
                            {str(op): _curve(points) for op, points in self.collective_efficiency.items()})
@@ -143,18 +143,24 @@ class MachineProfile:
             if rank in group_of:
                 attrs["group"] = group_of[rank]
             g.add_node(f"r{rank}", **attrs)
-        for host in sorted(set(host_of)):
+        hosts = sorted(set(host_of))
+        for host in hosts:
             g.add_node(f"host{host}", role="switch")
         for rank, host in enumerate(host_of):
             # Two hops between ranks of a host: half the latency on each.
             g.add_edge(f"r{rank}", f"host{host}", bandwidth_bytes_per_s=intra.bandwidth_bytes_per_s,
                        latency_s=intra.latency_s / 2)
-        if len(set(host_of)) > 1:
+        if len(hosts) > 1:
+            # Traffic between hosts leaves through the host's NIC, shared by
+            # its ranks, at the inter-node figures, not through the
+            # intra-node links (the network may well be the faster one).
             g.add_node("network", role="switch")
-            extra_s = max(inter.latency_s - intra.latency_s, 0.0) / 2
-            for host in sorted(set(host_of)):
-                g.add_edge(f"host{host}", "network", bandwidth_bytes_per_s=inter.bandwidth_bytes_per_s,
-                           latency_s=extra_s)
+            for host in hosts:
+                g.add_node(f"nic{host}", role="switch")
+                g.add_edge(f"nic{host}", "network", bandwidth_bytes_per_s=inter.bandwidth_bytes_per_s, latency_s=0.0)
+            for rank, host in enumerate(host_of):
+                g.add_edge(f"r{rank}", f"nic{host}", bandwidth_bytes_per_s=inter.bandwidth_bytes_per_s,
+                           latency_s=inter.latency_s / 2)
         return Topology(g, name=f"profile:{self.name}")
 
     def message_efficiency(self, nranks: int):
@@ -240,13 +246,15 @@ def fit_hockney(sizes: Sequence[int], times_s: Sequence[float]) -> tuple[float, 
     """
     n = np.asarray(sizes, dtype=float)
     t = np.asarray(times_s, dtype=float)
-    if len(n) < 2 or np.any(t <= 0):
-        raise ValueError("need at least two sizes with positive times to fit latency and bandwidth")
+    if len(set(n.tolist())) < 2 or not np.all(np.isfinite(t)) or np.any(t <= 0):
+        raise ValueError("need at least two distinct sizes with finite positive times to fit latency and bandwidth")
     design = np.stack([np.ones_like(n), n], axis=1) / t[:, None]
     (latency_s, seconds_per_byte), *_ = np.linalg.lstsq(design, np.ones_like(t), rcond=None)
-    if seconds_per_byte <= 0:
-        # Times that do not grow with size: a bandwidth fit is meaningless.
-        seconds_per_byte = float(np.max(t / np.maximum(n, 1.0)))
+    largest = int(np.argmax(n))
+    if seconds_per_byte <= 0 or n[largest] * seconds_per_byte < 0.05 * t[largest]:
+        # Times that barely grow with size: latency-bound throughout, and the
+        # fitted bandwidth would be anything.  The largest message bounds it.
+        seconds_per_byte = float(t[largest] / max(n[largest], 1.0))
     return max(float(latency_s), 0.0), 1.0 / float(seconds_per_byte)
 
 

@@ -35,7 +35,7 @@ def test_fit_hockney_recovers_latency_and_bandwidth_exactly():
 
 
 def test_fit_hockney_needs_two_sizes():
-    with pytest.raises(ValueError, match="two sizes"):
+    with pytest.raises(ValueError, match="two distinct sizes"):
         fit_hockney([1024], [1e-6])
 
 
@@ -185,3 +185,40 @@ def test_fit_collective_efficiency_recovers_known_factors():
     for op, want in (("allreduce", 0.6), ("allgather", 0.8)):
         for nbytes, factor in fitted[op]:
             assert factor == pytest.approx(want, rel=1e-9), (op, nbytes)
+
+
+def test_traffic_between_hosts_runs_at_the_network_speed_even_when_faster_than_shared_memory():
+    machine = profile(link_classes={"intra_node": LinkClass(1e-6, 5e9), "inter_node": LinkClass(3e-6, 20e9)},
+                      rank_hosts=("a", "a", "b", "b"))
+    nbytes = 16 * 2**20
+    between = simulate(machine.topology(4), [[Send(peer=2, nbytes=nbytes)], [], [Recv(peer=0, nbytes=nbytes)], []])
+    assert between.makespan_s == pytest.approx(3e-6 + nbytes / 20e9, rel=REL)
+    within = simulate(machine.topology(4), [[Send(peer=1, nbytes=nbytes)], [Recv(peer=0, nbytes=nbytes)], [], []])
+    assert within.makespan_s == pytest.approx(1e-6 + nbytes / 5e9, rel=REL)
+
+
+def test_two_ranks_of_a_host_share_its_nic():
+    machine = profile(rank_hosts=("a", "a", "b", "b"))  # inter: 10 us, 1 GB/s
+    nbytes = 10**6
+    programs = [[Send(peer=2, nbytes=nbytes)], [Send(peer=3, nbytes=nbytes)],
+                [Recv(peer=0, nbytes=nbytes)], [Recv(peer=1, nbytes=nbytes)]]
+    assert simulate(machine.topology(4), programs).makespan_s == pytest.approx(10e-6 + 2 * nbytes / 1e9, rel=REL)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), 0.0, -1.0])
+def test_profile_figures_must_be_finite_and_positive(bad):
+    with pytest.raises(ValueError):
+        LinkClass(1e-6, bad)
+    with pytest.raises(ValueError):
+        LinkClass(1e-6, 1e9, ((1024, bad),))
+    with pytest.raises(ValueError):
+        profile(flops_per_s=bad)
+
+
+def test_fit_hockney_rejects_repeated_sizes_and_nan_and_bounds_flat_times_by_the_largest_message():
+    with pytest.raises(ValueError, match="distinct"):
+        fit_hockney([1024, 1024], [1e-6, 2e-6])
+    with pytest.raises(ValueError):
+        fit_hockney([8, 1024], [1e-6, float("nan")])
+    latency_s, bandwidth = fit_hockney([8, 1 << 20], [1e-5, 1e-5])
+    assert bandwidth == pytest.approx((1 << 20) / 1e-5, rel=1e-9)
