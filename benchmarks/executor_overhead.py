@@ -123,6 +123,8 @@ def worker(args) -> int:
     from executors.real import RealOptions, run_real
 
     backend = MPIBackend()
+    # Bind now, as run_real would, so that the first bare round runs as bound as the rest.
+    backend.pin_to_core()
     options = RealOptions(mode="native", timing="aligned", warmup=args.warmup, repeats=args.repeats)
     scen = scenario(size, ops)
     status_dir = tempfile.mkdtemp(prefix="distsim-overhead-") if rank == 0 else None

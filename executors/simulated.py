@@ -11,8 +11,11 @@ class SimulatedExecutor(Executor):
 
     name = "sim"
 
-    def __init__(self, progress=None):
+    def __init__(self, progress=None, aligned: bool = False):
         self.progress = progress
+        # aligned: every operation index starts on all ranks together, to
+        # compare with a real run timed with a barrier before each operation.
+        self.aligned = aligned
 
     def run(self, scenario) -> RunResult:
         profile = getattr(scenario, "profile", None)
@@ -30,6 +33,7 @@ class SimulatedExecutor(Executor):
             stragglers=scenario.stragglers,
             count_idle_energy=scenario.energy.count_idle,
             name=scenario.name,
+            aligned=self.aligned,
             **calibrated,
         )
         return simulator.run(progress=self.progress)

@@ -327,9 +327,9 @@ def main(argv: list[str] | None = None) -> int:
     world = None
     rank = 0
     if in_job and args.backend == "mpi":
-        from executors.mpi import MPIBackend
+        from mpi4py import MPI
 
-        world = MPIBackend().world
+        world = MPI.COMM_WORLD
         rank = world.Get_rank()
     elif in_job:
         rank = int(os.environ.get("RANK", "0"))
@@ -337,7 +337,13 @@ def main(argv: list[str] | None = None) -> int:
     sim = None
     if rank == 0:
         try:
-            sim = common.make_executor("sim", args).run(sim_scenario)
+            from executors.real import choose_timing
+            from executors.simulated import SimulatedExecutor
+
+            # Simulate as the real run will be timed: with every operation
+            # starting together on all ranks when it puts a barrier before each.
+            aligned = choose_timing(scenario.programs(), options.timing) == "aligned"
+            sim = SimulatedExecutor(aligned=aligned).run(sim_scenario)
         except SimulationError as exc:
             print(f"error: {args.scenario}: the simulator rejects it: {exc}", file=sys.stderr)
     if world is not None:

@@ -62,6 +62,7 @@ class Simulator:
         reduce_s_per_byte: float = 0.0,
         message_efficiency: Callable[[int, int, int], float] | None = None,
         collective_efficiency: Callable[[str, int], float] | None = None,
+        aligned: bool = False,
     ):
         self.topology = topology
         self.programs = [list(p) for p in programs]
@@ -74,6 +75,12 @@ class Simulator:
         self.reduce_s_per_byte = float(reduce_s_per_byte)
         self.message_efficiency = message_efficiency
         self.collective_efficiency = collective_efficiency
+        # Start every operation index on all ranks together, as a real run
+        # timed with a barrier before each operation does (the barrier itself
+        # costs nothing here: the real run does not time it either).
+        self.aligned = aligned
+        if aligned and len({len(p) for p in self.programs}) != 1:
+            raise ValueError("aligned simulation needs every rank to run the same number of operations")
         self.nranks = topology.nranks
         self.groups = topology.groups()
         validate_programs(self.programs, self.nranks, self.groups)
@@ -101,6 +108,7 @@ class Simulator:
         self._end_s = [None] * self.nranks
         self._current: list[tuple[int, Operation] | None] = [None] * self.nranks
         self._messages = 0
+        self._align_events: dict[int, list] = {}
         streams = rank_streams(self.seed, self.nranks)
         self._samplers = [SlowdownSampler(self.stragglers, r, streams[r]) for r in range(self.nranks)]
         for rank in range(self.nranks):
@@ -154,8 +162,15 @@ class Simulator:
         handles: dict[str, simpy.Event] = {}
         stream_tail: simpy.Event | None = None
         coll_seq = 0
+        aligned = self.aligned
         for index, op in enumerate(self.programs[rank]):
             self._current[rank] = (index, op)
+            if aligned:
+                barrier = self._align(index)
+                if not barrier.processed:
+                    arrived = env.now
+                    yield barrier
+                    self._wait_s[rank] += env.now - arrived
             start = env.now
             # The link energy of the bytes this operation sends, kept per
             # operation: a background collective's bytes are its own.
@@ -207,6 +222,15 @@ class Simulator:
             self._wait_s[rank] += env.now - start
         self._current[rank] = None
         self._end_s[rank] = env.now
+
+    def _align(self, index: int) -> simpy.Event:
+        entry = self._align_events.get(index)
+        if entry is None:
+            entry = self._align_events[index] = [0, self.env.event()]
+        entry[0] += 1
+        if entry[0] == self.nranks:
+            entry[1].succeed()
+        return entry[1]
 
     def _nonblocking(self, rank, index, op, tag, previous, done):
         if previous is not None and not previous.processed:

@@ -83,3 +83,23 @@ def test_same_seed_same_records_across_processes_with_different_hash_seeds():
                              check=True, timeout=120)
         digests.add(out.stdout.strip())
     assert len(digests) == 1
+
+
+def test_aligned_simulation_starts_each_operation_index_together():
+    from topologies import fully_connected
+
+    topo = fully_connected(2, bandwidth_bytes_per_s=1e9, latency_s=1e-6, flops_per_s=1e9)
+    # Rank 1 computes twice as long; free running, its late arrival is part of
+    # rank 0's all-reduce; aligned, the all-reduce starts on both together.
+    programs = [[Compute(1e6), Collective("allreduce", 2000)], [Compute(2e6), Collective("allreduce", 2000)]]
+    free = simulate(topo, programs)
+    aligned = simulate(topo, programs, aligned=True)
+    allreduce_s = 2 * (1e-6 + 1000 / 1e9)  # ring on 2 ranks: 2 steps of n/2
+    rec = aligned.records.set_index(["rank", "op_index"])
+    for rank in (0, 1):
+        assert rec.loc[(rank, 1), "start_s"] == pytest.approx(2e-3, rel=1e-12)
+        assert rec.loc[(rank, 1), "end_s"] - rec.loc[(rank, 1), "start_s"] == pytest.approx(allreduce_s, rel=1e-9)
+    free_rec = free.records.set_index(["rank", "op_index"])
+    assert free_rec.loc[(0, 1), "end_s"] - free_rec.loc[(0, 1), "start_s"] > 1e-3  # waited for rank 1
+    pr = aligned.per_rank
+    assert (pr["compute_s"] + pr["comm_s"] + pr["wait_s"]).tolist() == pytest.approx([aligned.makespan_s] * 2, rel=1e-12)
