@@ -86,15 +86,22 @@ def launch(backend: str, scenario, options: RealOptions, *, hostfile: str | None
             stdout.close()
             stderr.close()
         silent_limit_s = options.timeout_s + START_GRACE_S
-        started = last_life = time.monotonic()
+        started = last_life = last_look = time.monotonic()
+        poll_s = 0.005 if scenario.nranks <= 64 else 0.1
         seen: dict = {}
+        vanished: dict[int, str] = {}  # rank -> its status when its process was found gone
         reason = None
         try:
             while proc.poll() is None:
-                time.sleep(0.1)
+                # Often enough to tell a rank that died from the ones its
+                # launcher then ends (within milliseconds), on a few ranks.
+                time.sleep(poll_s)
                 now = time.monotonic()
-                if _signs_of_life(run_dir, seen):
-                    last_life = now
+                if now - last_look >= 0.5:
+                    last_look = now
+                    if _signs_of_life(run_dir, seen):
+                        last_life = now
+                _watch_rank_processes(run_dir, scenario.nranks, vanished)
                 if timeout_s is not None and now - started > timeout_s:
                     reason = f"the run took longer than {timeout_s:g} s"
                 elif now - last_life > silent_limit_s:
@@ -112,7 +119,8 @@ def launch(backend: str, scenario, options: RealOptions, *, hostfile: str | None
         if reason is None and code == 0 and result_path.exists():
             with open(result_path, "rb") as fh:
                 return pickle.load(fh)
-        raise RealRunError(_failure_message(backend, scenario.nranks, run_dir, code, reason))
+        _watch_rank_processes(run_dir, scenario.nranks, vanished)
+        raise RealRunError(_failure_message(backend, scenario.nranks, run_dir, code, reason, vanished))
     finally:
         if not keep_dir:
             _remove(run_dir)
@@ -130,6 +138,41 @@ def _signs_of_life(run_dir: str, seen: dict) -> bool:
             seen[path.name] = text
             changed = True
     return changed
+
+
+def _watch_rank_processes(run_dir: str, nranks: int, vanished: dict[int, str]) -> None:
+    """Note ranks whose process is gone before the job ended (killed from outside, say).
+
+    Ranks that the launcher (mpiexec, torchrun) ended because of another's
+    failure leave a ``.terminated`` mark and are not noted.
+    """
+    if vanished:
+        return  # the first to go; the launcher then takes the others down
+    for rank in range(nranks):
+        pid_file = Path(run_dir, f"rank{rank}.pid")
+        try:
+            pid = int(pid_file.read_text())
+        except (FileNotFoundError, ValueError):
+            continue
+        state = read_status(Path(run_dir, f"rank{rank}.status"))
+        if state == "done" or _alive(pid) or Path(run_dir, f"rank{rank}.terminated").exists():
+            continue
+        vanished[rank] = state
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            # A killed child waiting to be reaped by its launcher is a zombie ('Z').
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError, ProcessLookupError):
+        return False
+    except OSError:
+        try:
+            os.kill(pid, 0)
+            return True
+        except ProcessLookupError:
+            return False
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -178,8 +221,15 @@ def _describe(rank: int, state: str) -> str:
     return f"rank {rank}: {state}"
 
 
-def _failure_message(backend: str, nranks: int, run_dir: str, code: int, reason: str | None) -> str:
+def _failure_message(backend: str, nranks: int, run_dir: str, code: int, reason: str | None,
+                     vanished: dict[int, str] | None = None) -> str:
     states = rank_states(run_dir, nranks)
+    for rank, state in (vanished or {}).items():
+        words = state.split()
+        # A rank that said why it failed (an error, a timeout) keeps its own account.
+        if words[:1] == ["op"] and len(words) >= 3 and states[rank].split()[:1] == ["op"]:
+            # Its process went away while it was in this operation: it died there.
+            states[rank] = f"died {words[1]} {words[2]} its process was killed"
     culprits = [r for r, s in enumerate(states) if s.split()[:1] and s.split()[0] in ("died", "timeout", "error")]
     unfinished = [r for r, s in enumerate(states) if s != "done"]
     head = f"{backend} run failed"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -34,6 +35,18 @@ def main(argv: list[str] | None = None) -> int:
         from executors.torchdist import TorchBackend
 
         backend = TorchBackend.from_environment(timeout_s=options.timeout_s)
+    # The launcher watches this process: if it vanishes, this rank died.
+    (run_dir / f"rank{backend.rank}.pid").write_text(str(os.getpid()))
+    marker = run_dir / f"rank{backend.rank}.terminated"
+
+    def terminated(signum, frame):
+        # Ended by the launcher (mpiexec, torchrun) because another rank failed:
+        # say so, so that the rank that really failed is the one named.
+        marker.write_text(signal.Signals(signum).name)
+        os._exit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, terminated)
     try:
         result = run_real(backend, scenario, options, status_dir=str(run_dir))
     except BaseException as exc:  # noqa: BLE001  (any failure of this rank ends the whole run)

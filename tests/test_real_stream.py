@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from executors.mpi import MPIExecutor
-from executors.real import RealOptions, RealRunError, aligned_problem, choose_timing
+from executors.real import RealOptions, RealRunError, aligned_problem, choose_timing, read_status
 from executors.torchdist import TorchExecutor
 from workloads.ops import Collective, Compute, Recv, Send, Wait
 from workloads.scenario import scenario_from_dict
@@ -97,3 +97,38 @@ def test_a_python_error_in_one_rank_ends_the_run_at_once_and_names_it():
         MPIExecutor(RealOptions(fault="raise:1:0", timeout_s=300, warmup=0, repeats=1)).run(scenario)
     assert "timed out" not in str(info.value)
     assert time.monotonic() - started < 120
+
+
+@needs_mpi
+@pytest.mark.mpi
+def test_a_rank_killed_from_outside_is_named(tmp_path, monkeypatch):
+    import glob
+    import os
+    import signal
+    import tempfile
+    import threading
+    import time
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    program = [{"kind": "allreduce", "nbytes": 1024}, {"kind": "compute", "flops": 1.0e3}]
+    scenario = scenario_from_dict({"topology": {"builder": "switch", "n": 2},
+                                   "workload": {"kind": "programs", "ranks": [program, list(program)]}})
+    killed = []
+
+    def kill_rank_1():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not killed:
+            for path in glob.glob(str(tmp_path / "distsim-mpi-*" / "rank1.pid")):
+                # Once it is inside op 0, not still in the barrier before it.
+                if read_status(path.replace(".pid", ".status")).startswith("op 0 "):
+                    os.kill(int(open(path).read()), signal.SIGKILL)
+                    killed.append(path)
+            time.sleep(0.05)
+
+    threading.Thread(target=kill_rank_1, daemon=True).start()
+    # Rank 0 stops in op 0, so rank 1 waits there in the all-reduce until it is killed.
+    # (mpiexec then kills rank 0 within milliseconds; the launcher's polling
+    # usually, not always, sees rank 1 go first, so only rank 1 is asserted.)
+    with pytest.raises(RealRunError, match=r"rank 1 died in op 0 \(allreduce\): its process was killed"):
+        MPIExecutor(RealOptions(fault="hang:0:0", timeout_s=60, warmup=0, repeats=1)).run(scenario)
+    assert killed
