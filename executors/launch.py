@@ -87,7 +87,7 @@ def launch(backend: str, scenario, options: RealOptions, *, hostfile: str | None
             stderr.close()
         silent_limit_s = options.timeout_s + START_GRACE_S
         started = last_life = last_look = time.monotonic()
-        poll_s = 0.005 if scenario.nranks <= 64 else 0.1
+        poll_s = 0.02 if scenario.nranks <= 64 else 0.1
         seen: dict = {}
         vanished: dict[int, str] = {}  # rank -> its status when its process was found gone
         reason = None
@@ -115,11 +115,15 @@ def launch(backend: str, scenario, options: RealOptions, *, hostfile: str | None
             _kill_group(proc)
             raise
         code = proc.wait()
+        if code != 0 or reason is not None:
+            _kill_ranks(run_dir, scenario.nranks)
         result_path = Path(run_dir, "result.pkl")
         if reason is None and code == 0 and result_path.exists():
             with open(result_path, "rb") as fh:
                 return pickle.load(fh)
-        _watch_rank_processes(run_dir, scenario.nranks, vanished)
+        if reason is None:
+            # (After the launcher killed the job itself every rank is gone; none "died".)
+            _watch_rank_processes(run_dir, scenario.nranks, vanished)
         raise RealRunError(_failure_message(backend, scenario.nranks, run_dir, code, reason, vanished))
     finally:
         if not keep_dir:
@@ -161,18 +165,35 @@ def _watch_rank_processes(run_dir: str, nranks: int, vanished: dict[int, str]) -
 
 
 def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            # A killed child waiting to be reaped by its launcher is a zombie ('Z').
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, IndexError, ProcessLookupError):
-        return False
-    except OSError:
+    if os.path.isdir("/proc/self"):
         try:
-            os.kill(pid, 0)
-            return True
-        except ProcessLookupError:
+            with open(f"/proc/{pid}/stat") as fh:
+                # A killed child waiting to be reaped by its launcher is a zombie ('Z').
+                return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except (OSError, IndexError):
             return False
+    try:  # no /proc (macOS): existence only
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def _kill_ranks(run_dir: str, nranks: int) -> None:
+    """Kill the ranks themselves: torchrun starts each in a session of its own,
+    out of reach of the launcher's process group."""
+    for rank in range(nranks):
+        try:
+            pid = int(Path(run_dir, f"rank{rank}.pid").read_text())
+        except (FileNotFoundError, ValueError):
+            continue
+        if _alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

@@ -206,6 +206,9 @@ class RealBackend(ABC):
     def collective(self, op: Collective, buf, out, blocking: bool):
         """The library's own call; returns a request to wait on when not blocking."""
 
+    def enter_thread(self) -> None:
+        """Called first in the communication stream's thread (a GPU backend sets its device there)."""
+
     def stream(self) -> "RealBackend | None":
         """A view of this rank that runs collectives on communicators of its own
         and may be used from a second thread (the communication stream), or None
@@ -304,6 +307,11 @@ def aligned_problem(programs) -> str | None:
     """
     if len({len(p) for p in programs}) != 1:
         return "the ranks run different numbers of operations"
+    # Indices at which some rank runs a collective: every rank must run one there.
+    for index in range(len(programs[0]) if programs else 0):
+        kinds = {isinstance(p[index], Collective) for p in programs}
+        if kinds == {True, False}:
+            return f"op {index} is a collective on some ranks but not on every rank"
     for rank, program in enumerate(programs):
         for index, op in enumerate(program):
             if isinstance(op, Wait) or (isinstance(op, Collective) and not op.blocking):
@@ -314,10 +322,6 @@ def aligned_problem(programs) -> str | None:
                 if not (isinstance(other, want) and other.peer == rank and other.tag == op.tag):
                     return (f"rank {rank} op {index} ({op.kind} with rank {op.peer}) is not matched by "
                             f"rank {op.peer} op {index}")
-            if isinstance(op, Collective) and not all(
-                isinstance(p[index], Collective) for p in programs
-            ):
-                return f"op {index} is a collective on rank {rank} but not on every rank"
     return None
 
 
@@ -398,11 +402,7 @@ class _RankRunner:
         # Each non-blocking collective has buffers of its own: several are in
         # flight at once, as DDP's buckets are.
         owner = self.stream_backend or backend
-        self._own_buffers = {
-            i: (owner.buffer(op.nbytes), owner.buffer(op.nbytes),
-                owner.buffer(max(op.nbytes, sum(s for _, s in alltoall_output_layout(op.nbytes, self.rank, self.size)))))
-            for i, op in nonblocking
-        }
+        self._own_buffers = {i: self._buffers_for(owner, op) for i, op in nonblocking}
         self.current: tuple[int, str] | None = None
         self.current_since = 0.0
         self._watchdog_stop = threading.Event()
@@ -521,12 +521,25 @@ class _RankRunner:
                 self._enter(len(self.program), "wait")
                 stream.wait(list(handles.values()))
                 self.current = None
-        finally:
+        except BaseException:
             if stream is not None:
-                stream.close()
+                # Do not wait for a stream that may be stuck: the error must
+                # reach the rank's worker, which ends the run.
+                stream.abandon()
+            raise
         if stream is not None:
+            stream.close()
             rows.extend(stream.rows)
         return rows
+
+    def _buffers_for(self, owner: RealBackend, op: Collective) -> tuple:
+        """(buffer, scratch, output) for one collective: scratch only where
+        lowered steps reduce into it, output only where the op writes one."""
+        reduces = self.options.mode == "algorithm" and op.op in ("allreduce", "reduce", "reduce_scatter")
+        writes_out = op.op in ("alltoall", "reduce_scatter")
+        out_bytes = max(op.nbytes, sum(s for _, s in alltoall_output_layout(op.nbytes, self.rank, self.size)))
+        return (owner.buffer(op.nbytes), owner.buffer(op.nbytes if reduces else 0),
+                owner.buffer(out_bytes if writes_out else 0))
 
     def _buffers(self, index: int, op) -> tuple:
         """(buffer, scratch, output) of the operation at ``index``."""
@@ -634,8 +647,13 @@ class _Stream:
         self._queue.put(None)
         self._thread.join()
 
+    def abandon(self) -> None:
+        """Leave the (daemon) thread: after an error, what it still runs no longer matters."""
+        self._queue.put(None)
+
     def _loop(self) -> None:
         runner, b = self.runner, self.b
+        b.enter_thread()
         while True:
             item = self._queue.get()
             if item is None:

@@ -54,7 +54,8 @@ def inside_torchrun_job() -> bool:
 class TorchBackend(RealBackend):
     name = "torch"
 
-    def __init__(self, rank: int, size: int, device, pg_backend: str, with_stream: bool = True):
+    def __init__(self, rank: int, size: int, device, pg_backend: str, with_stream: bool = True,
+                 timeout=None):
         import torch
         import torch.distributed as dist
 
@@ -71,16 +72,20 @@ class TorchBackend(RealBackend):
         # Collective steps get a process group of their own, so their messages
         # can never match a user's send or receive (the group has every rank,
         # so its group ranks are the global ranks the steps name).
-        self.steps = dist.new_group(list(range(size)))
+        self.steps = dist.new_group(list(range(size)), timeout=timeout)
         # Native collectives of the main thread use the default group; the
         # communication stream (non-blocking collectives, run from a second
         # thread) has groups of its own, made now while every rank is here.
         self.group = None
+        self.cuda_stream = None
         self._stream = None
         if with_stream:
             stream = copy.copy(self)
-            stream.group = dist.new_group(list(range(size)))
-            stream.steps = dist.new_group(list(range(size)))
+            stream.group = dist.new_group(list(range(size)), timeout=timeout)
+            stream.steps = dist.new_group(list(range(size)), timeout=timeout)
+            # On a GPU the stream's collectives go on a CUDA stream of their own,
+            # so that they overlap the main thread's kernels as NCCL's do in DDP.
+            stream.cuda_stream = torch.cuda.Stream(device) if self.cuda else None
             stream._pads = {}
             stream._stream = None
             self._stream = stream
@@ -123,7 +128,7 @@ class TorchBackend(RealBackend):
             device = torch.device("cpu")
             dist.init_process_group("gloo", timeout=timeout)
             pg_backend = "gloo"
-        backend = cls(rank, size, device, pg_backend)
+        backend = cls(rank, size, device, pg_backend, timeout=timeout)
         backend.local_rank = local_rank
         backend.local_size = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         return backend
@@ -151,9 +156,16 @@ class TorchBackend(RealBackend):
             self.dist.barrier()
 
     def synchronize(self) -> None:
-        # Kernels and NCCL calls return before the GPU has run them.
+        # Kernels and NCCL calls return before the GPU has run them.  Only this
+        # thread's CUDA stream: the other thread's work is not this one's time.
         if self.cuda:
-            self.torch.cuda.synchronize(self.device)
+            self.torch.cuda.current_stream(self.device).synchronize()
+
+    def enter_thread(self) -> None:
+        if self.cuda:
+            # The current device and stream are per thread.
+            self.torch.cuda.set_device(self.device)
+            self.torch.cuda.set_stream(self.cuda_stream)
 
     def buffer(self, nbytes: int):
         return self.torch.zeros(nbytes, dtype=self.torch.uint8, device=self.device)

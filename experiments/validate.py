@@ -337,13 +337,19 @@ def main(argv: list[str] | None = None) -> int:
     sim = None
     if rank == 0:
         try:
-            from executors.real import choose_timing
+            from executors.real import aligned_problem, choose_timing
             from executors.simulated import SimulatedExecutor
 
-            # Simulate as the real run will be timed: with every operation
-            # starting together on all ranks when it puts a barrier before each.
-            aligned = choose_timing(scenario.programs(), options.timing) == "aligned"
-            sim = SimulatedExecutor(aligned=aligned).run(sim_scenario)
+            problem = aligned_problem(scenario.programs()) if options.timing == "aligned" else None
+            if problem:
+                # sim stays None: every rank of a job then leaves with exit 2.
+                print(f"error: --timing aligned (a barrier before every operation) would deadlock: {problem}; "
+                      "use --timing free or auto", file=sys.stderr)
+            else:
+                # Simulate as the real run will be timed: with every operation
+                # starting together on all ranks when it puts a barrier before each.
+                aligned = choose_timing(scenario.programs(), options.timing) == "aligned"
+                sim = SimulatedExecutor(aligned=aligned).run(sim_scenario)
         except SimulationError as exc:
             print(f"error: {args.scenario}: the simulator rejects it: {exc}", file=sys.stderr)
     if world is not None:
