@@ -394,7 +394,8 @@ class _RankRunner:
         nbytes = [op.nbytes for op in program if isinstance(op, (Send, Recv, Collective))]
         biggest = max(nbytes, default=0)
         self.buf = backend.buffer(biggest)
-        self.scratch = backend.buffer(biggest)
+        # Lowered steps receive what they reduce into scratch; native calls need none.
+        self.scratch = backend.buffer(biggest if options.mode == "algorithm" else 0)
         self.out = backend.buffer(max(biggest, self._alltoall_out_bytes()))
         self._native: dict[int, Any] = {}  # op index -> prepared native call
         nonblocking = [(i, op) for i, op in enumerate(program) if isinstance(op, Collective) and not op.blocking]
