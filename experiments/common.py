@@ -296,3 +296,14 @@ def make_executor(backend: str, args, progress=None):
 def safe_name(name: str) -> str:
     """``name`` as one path component (letters, digits, ``._-``), for results folders."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "scenario"
+
+
+def load_scenario_or_report(path):
+    """The scenario in ``path``, or None after printing its one-line error (the caller exits 2)."""
+    from workloads.scenario import ScenarioError, load_scenario
+
+    try:
+        return load_scenario(path)
+    except ScenarioError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None

@@ -74,18 +74,16 @@ class _ProgressPrinter:
 
 def main(argv: list[str] | None = None) -> int:
     from executors.real import RealRunError
+    from experiments import common
     from experiments.common import make_executor
     from simcore.engine import SimulationError
-    from workloads.scenario import ScenarioError, load_scenario
 
     args = build_parser().parse_args(argv)
     if args.seed is not None and args.seed < 0:
         print(f"error: --seed must be >= 0, got {args.seed}", file=sys.stderr)
         return 2
-    try:
-        scenario = load_scenario(args.scenario)
-    except ScenarioError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    scenario = common.load_scenario_or_report(args.scenario)
+    if scenario is None:
         return 2
     if args.seed is not None:
         source = None if scenario.source is None else {**scenario.source, "seed": args.seed}

@@ -287,7 +287,6 @@ def main(argv: list[str] | None = None) -> int:
     from executors.real import RealRunError
     from experiments import common
     from simcore.engine import SimulationError
-    from workloads.scenario import ScenarioError, load_scenario
 
     args = build_parser().parse_args(argv)
     try:
@@ -295,10 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    try:
-        scenario = load_scenario(args.scenario)
-    except ScenarioError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    scenario = common.load_scenario_or_report(args.scenario)
+    if scenario is None:
         return 2
     from workloads.scenario import with_profile
 
