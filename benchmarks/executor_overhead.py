@@ -119,7 +119,7 @@ def worker(args) -> int:
     rank, size = comm.Get_rank(), comm.Get_size()
     ops = operations(args.collectives.split(","), [int(float(s) * MiB) for s in args.sizes_mib.split(",")])
     biggest = max(s for _, s in ops)
-    from executors.mpi import MPIBackend
+    from executors.real.mpi import MPIBackend
     from executors.real import RealOptions, run_real
 
     backend = MPIBackend()
@@ -165,7 +165,7 @@ def worker(args) -> int:
 
 
 def run_bare(args) -> dict:
-    from executors.mpi import mpiexec_path
+    from executors.real.mpi import mpiexec_path
 
     cmd = [mpiexec_path(), "-n", str(args.ranks), sys.executable, str(Path(__file__).resolve()), "--worker",
            "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--collectives", args.collectives,
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         return worker(args)
     import numpy as np
 
-    from executors.mpi import MPIExecutor
+    from executors.real.mpi import MPIExecutor
     from executors.real import RealOptions
 
     reason = MPIExecutor.unavailable_reason()

@@ -24,10 +24,21 @@ A scenario that names the profile (``profile: PROFILE.yaml``, or
 from __future__ import annotations
 
 import argparse
-import os
+import dataclasses
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
+
+from executors import backends, get_executor
+from executors.real import RealOptions, RealRunError
+from experiments.output import write_profile
+from simcore.fitting import efficiency_curve, fit_collective_efficiency, fit_hockney
+from simcore.fitting import fit_reduce_cost as fit_reduce_cost_through_simulator
+from topologies.profile import LinkClass, MachineProfile
+from workloads.ops import DEFAULT_ALGORITHM
+from workloads.scenario import scenario_from_dict, with_profile
 
 DEFAULT_SIZES = (8, 1024, 16384, 131072, 1048576, 8388608, 33554432)
 ROUND_TRIPS = 5
@@ -49,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m experiments.calibrate", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 2)[2])
-    p.add_argument("--backend", required=True, choices=("mpi", "torch"), help="real executor to measure")
+    p.add_argument("--backend", required=True, choices=backends(real=True), help="real executor to measure")
     p.add_argument("--nranks", type=int, default=2,
                    help="processes to launch (default 2; ignored inside an MPI job, which sets its own)")
     p.add_argument("--out", help="profile file to write (default results/profile-<backend>.yaml)")
@@ -67,8 +78,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _scenario(nranks: int, programs: list[list[dict]], name: str):
-    from workloads.scenario import scenario_from_dict
-
     # The nominal topology does not matter to a real run; a switch has every size.
     return scenario_from_dict({"name": name, "topology": {"builder": "switch", "n": max(nranks, 2)},
                                "workload": {"kind": "programs", "ranks": programs}}, where=name)
@@ -99,8 +108,6 @@ def collectives_scenario(nranks: int):
 
 def one_way_times(records, partners, sizes, round_trips: int = ROUND_TRIPS) -> dict[int, list[float]]:
     """Median one-way time per size for each partner, from rank 0's send/recv records."""
-    import numpy as np
-
     rank0 = records[records["rank"] == 0]
     out: dict[int, list[float]] = {}
     per_partner = len(sizes) * round_trips * 2
@@ -132,32 +139,20 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 < args.timeout < float("inf"):
         print(f"error: --timeout must be a finite number of seconds > 0, got {args.timeout}", file=sys.stderr)
         return 2
-    from executors import get_executor
-    from executors.mpi import inside_mpi_job
-    from executors.real import RealOptions, RealRunError
-
-    from executors.torchdist import inside_torchrun_job
-
-    nranks = args.nranks
-    in_job = False
-    if args.backend == "mpi" and inside_mpi_job():
-        from mpi4py import MPI
-
-        nranks, in_job = MPI.COMM_WORLD.Get_size(), True
-        rank = MPI.COMM_WORLD.Get_rank()
-    elif args.backend == "torch" and inside_torchrun_job():
-        nranks, in_job = int(os.environ["WORLD_SIZE"]), True
-        rank = int(os.environ["RANK"])
-    if in_job and rank != 0:
-        global say
-        say = _quiet  # only rank 0 reports
     options = RealOptions(mode="native", warmup=1, repeats=args.repeats, timing="free", timeout_s=args.timeout)
-    extra = {"hostfile": args.hostfile} if args.backend == "mpi" else {}
+    try:
+        executor = get_executor(args.backend, options=options, hostfile=args.hostfile)
+    except (ValueError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    # Inside a job (mpiexec, srun, torchrun) the job sets the rank count and only rank 0 reports.
+    nranks = executor.job_size() or args.nranks
+    if executor.job_rank() != 0:
+        global say
+        say = _quiet
 
     def run(scenario, **changes):
-        import dataclasses
-
-        executor = get_executor(args.backend, options=dataclasses.replace(options, **changes), **extra)
+        executor.options = dataclasses.replace(options, **changes)
         return executor.run(scenario)
 
     sizes = sorted(set(args.sizes))
@@ -185,8 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0  # not rank 0 of an MPI job
     profile = build_profile(args, nranks, sizes, partners, pings, compute, coll_algorithm, coll_native)
     out = Path(args.out) if args.out else Path("results") / f"profile-{args.backend}.yaml"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    profile.save(out)
+    write_profile(profile, out)
     print(describe(profile))
     print(f"\nmeasured in {time.perf_counter() - wall0:.1f} s; wrote {out}")
     return 0
@@ -201,10 +195,6 @@ def _quiet(text: str) -> None:
 
 
 def build_profile(args, nranks, sizes, partners, pings, compute, coll_algorithm, coll_native):
-    import numpy as np
-
-    from simcore.profile import LinkClass, MachineProfile, efficiency_curve, fit_hockney
-
     hosts = tuple(pings[0].summary.get("rank_hosts", ()))
     per_launch = [one_way_times(ping.records, partners, sizes) for ping in pings]
     times = {partner: [min(launch[partner][i] for launch in per_launch) for i in range(len(sizes))]
@@ -234,8 +224,6 @@ def build_profile(args, nranks, sizes, partners, pings, compute, coll_algorithm,
     profile = MachineProfile(name=name, backend=args.backend, flops_per_s=flops_per_s, link_classes=classes,
                              rank_hosts=hosts, measurements=measurements)
     if coll_algorithm is not None:
-        import dataclasses
-
         gamma = fit_reduce_cost(profile, nranks, coll_algorithm)
         measurements["collectives"] = collective_table(coll_algorithm, "algorithm") + collective_table(
             coll_native, "native")
@@ -246,41 +234,27 @@ def build_profile(args, nranks, sizes, partners, pings, compute, coll_algorithm,
 
 
 def collective_table(result, mode: str) -> list[dict]:
-    frame = result.records
-    per_op = frame.assign(duration_s=frame["end_s"] - frame["start_s"]).groupby(
-        ["repeat", "op_index", "kind", "algorithm", "nbytes"])["duration_s"].max().reset_index()
-    table = per_op.groupby(["kind", "algorithm", "nbytes"])["duration_s"].median().reset_index()
+    # Several ops of one (kind, algorithm, size): the median of their times.
+    table = result.op_times().groupby(["kind", "algorithm", "nbytes"])["time_s"].median().reset_index()
     return [{"op": r.kind, "algorithm": r.algorithm, "mode": mode, "nbytes": int(r.nbytes),
-             "measured_s": float(r.duration_s)} for r in table.itertuples()]
+             "measured_s": float(r.time_s)} for r in table.itertuples()]
 
 
 def fit_reduce_cost(profile, nranks: int, measured) -> float:
     """The reduction cost that makes the simulated collectives match the algorithm-mode measurements."""
-    from simcore.profile import fit_reduce_cost as fit
-    from workloads.scenario import with_profile
-
-    return fit(with_profile(collectives_scenario(nranks), profile), _aligned_op_times(measured))
+    return fit_reduce_cost_through_simulator(with_profile(collectives_scenario(nranks), profile),
+                                             measured.op_time_s())
 
 
 def fit_native_collectives(profile, nranks: int, measured):
     """Corrections for the library's own collectives, fitted against each op's default algorithm."""
-    from simcore.profile import fit_collective_efficiency
-    from workloads.ops import DEFAULT_ALGORITHM
-    from workloads.scenario import with_profile
-
-    real = _aligned_op_times(measured)
+    real = measured.op_time_s()
     scenario = with_profile(collectives_scenario(nranks), profile)
     program = scenario.programs()[0]
     # The library picks its own algorithm; the correction is relative to the
     # one the simulator runs when a scenario names none.
     chosen = {i: t for i, t in real.items() if program[i].algorithm == DEFAULT_ALGORITHM[program[i].op]}
     return fit_collective_efficiency(scenario, chosen)
-
-
-def _aligned_op_times(measured) -> dict[int, float]:
-    frame = measured.records.assign(d=measured.records["end_s"] - measured.records["start_s"])
-    # An aligned operation's time is its slowest rank's; the median over repeats.
-    return frame.groupby(["repeat", "op_index"])["d"].max().groupby("op_index").median().to_dict()
 
 
 def describe(profile) -> str:

@@ -17,6 +17,11 @@ from typing import Any, Callable, Iterable, Sequence
 
 import yaml
 
+from executors import executor_class, get_executor
+from executors.real import MODES, TIMINGS, RealOptions
+from experiments.output import make_out_dir
+from workloads.scenario import ScenarioError, load_scenario, scenario_from_dict
+
 # -- the topologies of the scaling study -----------------------------------------
 
 STUDY_TOPOLOGIES = ("ring", "tree", "hierarchical", "edge_cloud")
@@ -88,9 +93,6 @@ def run_scenario_dict(data: dict[str, Any], backend: str = "sim", base_dir: str 
 
     Top-level so that ``ProcessPoolExecutor`` can pickle it.
     """
-    from executors import get_executor
-    from workloads.scenario import scenario_from_dict
-
     scenario = scenario_from_dict(data, base_dir=Path(base_dir) if base_dir else None, where=where)
     result = get_executor(backend).run(scenario)
     return metrics(result)
@@ -134,6 +136,12 @@ def metrics(result) -> dict[str, Any]:
 
 def default_jobs() -> int:
     return os.cpu_count() or 1
+
+
+def jobs_for(backend: str, jobs: int) -> int:
+    """Parallel runs for ``backend``: one at a time for a real one (two real runs on
+    one machine disturb each other's measurements), else ``jobs``."""
+    return 1 if executor_class(backend).real else jobs
 
 
 def run_many(tasks: Sequence[tuple[Callable, tuple]], *, jobs: int,
@@ -239,18 +247,10 @@ def _numberish(text: str) -> bool:
     return bool(_FLOAT.fullmatch(text)) or text == "-"
 
 
-def make_out_dir(path: str | Path) -> Path:
-    out = Path(path)
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
 # -- options of the real executors (experiments.run, experiments.validate) -------
 
 
 def add_real_options(parser) -> None:
-    from executors.real import MODES, TIMINGS
-
     g = parser.add_argument_group("real runs (--backend mpi | torch)")
     g.add_argument("--mode", default="native", choices=MODES,
                    help="collectives as the library's own call (native, default) or as the lowered "
@@ -272,22 +272,15 @@ def add_real_options(parser) -> None:
 
 def real_options(args):
     """RealOptions from the parsed ``add_real_options`` arguments (ValueError on bad values)."""
-    from executors.real import RealOptions
-
     return RealOptions(mode=args.mode, warmup=args.warmup, repeats=args.repeats, timing=args.timing,
                        timeout_s=args.timeout, check=args.check, pin=not args.no_pin)
 
 
 def make_executor(backend: str, args, progress=None):
     """The executor for ``backend`` with the options given on the command line."""
-    from executors import get_executor
-
-    if backend == "sim":
-        return get_executor("sim", progress=progress)
-    options = {"options": real_options(args)}
-    if backend == "mpi":
-        options["hostfile"] = args.hostfile
-    return get_executor(backend, **options)
+    if not executor_class(backend).real:
+        return get_executor(backend, progress=progress)
+    return get_executor(backend, options=real_options(args), hostfile=args.hostfile)
 
 
 # -- names ---------------------------------------------------------------------------
@@ -300,8 +293,6 @@ def safe_name(name: str) -> str:
 
 def load_scenario_or_report(path):
     """The scenario in ``path``, or None after printing its one-line error (the caller exits 2)."""
-    from workloads.scenario import ScenarioError, load_scenario
-
     try:
         return load_scenario(path)
     except ScenarioError as exc:

@@ -16,31 +16,31 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import re
 import sys
 import time
 from pathlib import Path
 
+from executors import backends
+from executors.real import RealRunError
+from experiments import common
+from experiments.common import add_real_options, format_table, make_executor, safe_name
+from experiments.output import write_result
+from simcore.engine import SimulationError
+
 
 def build_parser() -> argparse.ArgumentParser:
-    from executors import backends
-
     p = argparse.ArgumentParser(prog="python -m experiments.run",
                                 description="Run one scenario file and write its records and summary.")
     p.add_argument("scenario", help="scenario file (YAML or JSON)")
     p.add_argument("--backend", default="sim", choices=backends(), help="executor (default sim)")
     p.add_argument("--out", help="results folder (default results/run-<scenario name>)")
     p.add_argument("--seed", type=int, help="override the scenario's seed")
-    from experiments.common import add_real_options
-
     add_real_options(p)
     return p
 
 
 def kind_table(records) -> str:
     """Operation kind, count, mean and total duration, from a records DataFrame."""
-    from experiments.common import format_table
-
     if records is None or not len(records):
         return "(no operations)"
     frame = records.assign(duration_s=records["end_s"] - records["start_s"])
@@ -50,10 +50,6 @@ def kind_table(records) -> str:
                      "total_bytes": int(part["nbytes"].sum())})
     return format_table(rows, (("kind", "kind", ""), ("count", "count", "d"), ("mean_s", "mean duration s", ".4g"),
                                ("total_bytes", "bytes", "d")))
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "scenario"
 
 
 class _ProgressPrinter:
@@ -73,11 +69,6 @@ class _ProgressPrinter:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from executors.real import RealRunError
-    from experiments import common
-    from experiments.common import make_executor
-    from simcore.engine import SimulationError
-
     args = build_parser().parse_args(argv)
     if args.seed is not None and args.seed < 0:
         print(f"error: --seed must be >= 0, got {args.seed}", file=sys.stderr)
@@ -86,21 +77,20 @@ def main(argv: list[str] | None = None) -> int:
     if scenario is None:
         return 2
     if args.seed is not None:
-        source = None if scenario.source is None else {**scenario.source, "seed": args.seed}
-        scenario = dataclasses.replace(scenario, seed=args.seed, source=source)
+        scenario = dataclasses.replace(scenario, seed=args.seed)
     try:
         executor = make_executor(args.backend, args, progress=_ProgressPrinter())
     except (ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    out = Path(args.out) if args.out else Path("results") / f"run-{_safe(scenario.name)}"
+    out = Path(args.out) if args.out else Path("results") / f"run-{safe_name(scenario.name)}"
 
     try:
         result = executor.run(scenario)
     except SimulationError as exc:
         print(f"error: {args.scenario}: {exc}", file=sys.stderr)
         if exc.partial is not None:
-            exc.partial.write(out)
+            write_result(exc.partial, out)
             print(f"wrote what was computed before the failure to {out}/")
         return 1
     except RealRunError as exc:
@@ -112,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     print(result.format_summary())
     print()
     print(kind_table(result.records))
-    written = result.write(out)
+    written = write_result(result, out)
     print()
     print(f"wrote {', '.join(p.name for p in written)} to {out}/")
     return 0

@@ -31,9 +31,11 @@ import shlex
 import sys
 from pathlib import Path
 
+from executors import backends, executor_class
+from experiments.common import safe_name
+from workloads.scenario import ScenarioError, load_scenario
+
 COMMANDS = ("validate", "run")
-BACKENDS = ("mpi", "torch")
-RDZV_PORT = 29500
 _TIME = re.compile(r"^(\d+-)?\d{1,2}:\d{2}:\d{2}$|^\d+$")
 
 
@@ -43,13 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write a Slurm batch script that runs a scenario for real (MPI via srun, or torchrun per node).",
         epilog="Unknown arguments, and everything after --, are passed on to experiments.<command>. "
                "The scenario must have nodes x ntasks-per-node ranks. mpi: srun --mpi=$SRUN_MPI (default pmi2; "
-               "pmix for Open MPI). torch: one torchrun per node, c10d rendezvous on the first node, port "
-               f"{RDZV_PORT}.",
+               "pmix for Open MPI). torch: one torchrun per node, c10d rendezvous on the first node, port 29500.",
     )
     p.add_argument("scenario", help="scenario file (YAML or JSON), relative to the submit directory or absolute")
     p.add_argument("--nodes", type=int, required=True, help="nodes to allocate")
     p.add_argument("--ntasks-per-node", type=int, required=True, help="ranks per node")
-    p.add_argument("--backend", default="mpi", choices=BACKENDS, help="real executor (default mpi)")
+    p.add_argument("--backend", default="mpi", choices=backends(real=True), help="real executor (default mpi)")
     p.add_argument("--command", default="validate", choices=COMMANDS,
                    help="experiments.validate (default) or experiments.run")
     p.add_argument("--time", default="00:30:00", help="wall-time limit, [D-]HH:MM:SS (default 00:30:00)")
@@ -85,8 +86,6 @@ def _names_out(extra: list[str]) -> bool:
 
 def script(args, scenario_name: str, extra: list[str]) -> str:
     """The batch script text (``args`` as parsed by ``build_parser``, already checked)."""
-    from experiments.common import safe_name
-
     name = safe_name(scenario_name)
     job = args.job_name or f"distsim-{name}"
     k = args.ntasks_per_node
@@ -121,32 +120,12 @@ def script(args, scenario_name: str, extra: list[str]) -> str:
     if not _names_out(extra):
         command += ["--out", f'"results/{args.command}-{name}-{args.backend}-${{SLURM_JOB_ID}}"']
     command += [shlex.quote(a) for a in extra]
-    if args.backend == "mpi":
-        lines += [
-            "# srun starts the ranks; MPI finds them through Slurm's PMI. MPICH (and the mpich wheel)",
-            "# speaks pmi2, Open MPI pmix: `srun --mpi=list` shows what this cluster offers, and",
-            "# SRUN_MPI=pmix sbatch THIS_SCRIPT switches.",
-            'SRUN_MPI=${SRUN_MPI:-pmi2}',
-            f'srun --mpi="$SRUN_MPI" --nodes={args.nodes} --ntasks-per-node={k} '
-            f'"$PYTHON" -m {" ".join(command)}',
-        ]
-    else:
-        lines += [
-            "# One torchrun per node starts the ranks of that node; all meet at the first node.",
-            "TORCHRUN=${TORCHRUN:-torchrun}",
-            'head=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)',
-            "# The step gets the node's cores for its workers (a step's task gets one core otherwise).",
-            f"srun --nodes={args.nodes} --ntasks-per-node=1 --cpus-per-task={k * args.cpus_per_task} "
-            f'"$TORCHRUN" --nnodes "$SLURM_NNODES" --nproc-per-node {k} \\',
-            f'    --rdzv-id "$SLURM_JOB_ID" --rdzv-backend c10d --rdzv-endpoint "$head:{RDZV_PORT}" \\',
-            f"    -m {' '.join(command)}",
-        ]
+    step = executor_class(args.backend).slurm_step(args.nodes, k, args.cpus_per_task, " ".join(command))
+    lines += step
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
-    from workloads.scenario import ScenarioError, load_scenario
-
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra[:1] == ["--"]:

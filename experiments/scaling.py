@@ -29,7 +29,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from experiments import common
+import pandas as pd
+
+from experiments import common, plots
+from workloads.collectives import ALGORITHMS
+from workloads.scenario import ScenarioError, scenario_from_dict
+from workloads.stragglers import KINDS, SCOPES, StragglerSpec
 
 DEFAULT_SIZES = (2, 4, 8, 16, 32, 64, 128, 256)
 # A 25M-parameter model (ResNet-50 sized; fp32 gradients are 100 MB) whose
@@ -69,9 +74,6 @@ TABLE = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from workloads.collectives import ALGORITHMS
-    from workloads.stragglers import KINDS, SCOPES
-
     p = argparse.ArgumentParser(
         prog="python -m experiments.scaling",
         description="Strong and weak scaling of one data-parallel training step (DDP with bucketed, overlapped "
@@ -141,8 +143,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _straggler_spec(args, parser) -> dict[str, Any]:
-    from workloads.stragglers import StragglerSpec
-
     params: dict[str, Any] = {}
     for item in args.straggler_param:
         key, sep, value = item.partition("=")
@@ -230,8 +230,6 @@ def _check_first(configs, parser) -> None:
     # Validate one scenario per topology up front (cheap: the smallest N), so
     # that e.g. --algorithm hierarchical on a ring is one clear error, not a
     # traceback from a worker process.
-    from workloads.scenario import ScenarioError, scenario_from_dict
-
     seen = set()
     for c in configs:
         if c["topology"] in seen:
@@ -295,8 +293,6 @@ def main(argv: list[str] | None = None) -> int:
     results = common.run_many(tasks, jobs=args.jobs, label=label, cost=cost)
     rows = tabulate(configs, results)
 
-    import pandas as pd
-
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
     out = common.make_out_dir(args.out)
     csv_path = out / "scaling.csv"
@@ -307,8 +303,6 @@ def main(argv: list[str] | None = None) -> int:
           "comm share = mean over ranks of (comm_s + wait_s)/step time")
     written = [csv_path]
     if not args.no_plots:
-        from experiments import plots
-
         written += plots.plot_scaling(frame, out)
     print(f"wrote {', '.join(p.name for p in written)} to {out}/")
     return 0

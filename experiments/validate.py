@@ -41,17 +41,24 @@ Exit codes: 0 done, 1 the real run failed, 2 a bad scenario or option.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-REAL_BACKENDS = ("mpi", "torch")
-GROUP_KEYS = ["kind", "algorithm", "nbytes", "flops"]
+from executors import backends, executor_class, get_executor
+from executors.real import RealRunError, aligned_problem, choose_timing
+from experiments import common
+from experiments.output import make_out_dir, write_json
+from simcore.engine import SimulationError
+from simcore.result import OP_KEYS, op_times_per_repeat
+from topologies.profile import load_profile
+from workloads.collectives import SEMANTICS
+from workloads.scenario import with_profile
+
+GROUP_KEYS = OP_KEYS
 TABLE_COLUMNS = [
     "kind", "algorithm", "nbytes", "flops", "count", "predicted_s", "measured_s", "measured_min_s",
     "measured_max_s", "error_pct", "algbw_GBps", "busbw_GBps", "predicted_algbw_GBps", "predicted_busbw_GBps",
@@ -61,17 +68,10 @@ STATISTIC = ("operation time = max over ranks of (end_s - start_s) for one op_in
              "total = makespan (largest end_s), median over repeats")
 ERROR_SIGN = "error_pct = (predicted - measured) / measured * 100; > 0: the simulator predicts too slow"
 
-# nccl-tests' bus bandwidth factors (doc/PERFORMANCE.md), as functions of n ranks.
-_BUSBW_FACTOR = {
-    "allreduce": lambda n: 2.0 * (n - 1) / n,
-    "allgather": lambda n: (n - 1) / n,
-    "reduce_scatter": lambda n: (n - 1) / n,
-    "alltoall": lambda n: (n - 1) / n,
-    "broadcast": lambda n: 1.0,
-    "reduce": lambda n: 1.0,
-    "send": lambda n: 1.0,
-    "recv": lambda n: 1.0,
-}
+# nccl-tests' bus bandwidth factors (doc/PERFORMANCE.md), as functions of n ranks: the
+# collectives' from their semantics table; a message moves its bytes once.
+_BUSBW_FACTOR = {op: s.busbw_factor for op, s in SEMANTICS.items() if s.busbw_factor is not None}
+_BUSBW_FACTOR.update({"send": lambda n: 1.0, "recv": lambda n: 1.0})
 
 
 # -- the table (pure functions: records in, numbers out) ---------------------------
@@ -91,32 +91,19 @@ def bandwidths_GBps(kind: str, nbytes: int, time_s: float, nranks: int) -> tuple
     return algbw, algbw * busbw_factor(kind, nranks)
 
 
-def _prepared(records: pd.DataFrame) -> pd.DataFrame:
-    frame = records.copy()
-    if "repeat" not in frame.columns:
-        frame["repeat"] = 0
-    # A CSV round trip reads the empty algorithm of compute and messages as NaN.
-    frame["algorithm"] = frame["algorithm"].fillna("").astype(str)
-    frame["nbytes"] = frame["nbytes"].astype("int64")
-    frame["flops"] = frame["flops"].astype(float)
-    frame["duration_s"] = frame["end_s"] - frame["start_s"]
-    return frame
-
-
 def row_times(records: pd.DataFrame) -> pd.DataFrame:
     """Per repeat and row (kind, algorithm, nbytes, flops): ``time_s`` and ``count`` (see the module docstring)."""
-    frame = _prepared(records)
+    per_op = op_times_per_repeat(records)
     columns = ["repeat"] + GROUP_KEYS + ["time_s", "count"]
-    if not len(frame):
+    if not len(per_op):
         return pd.DataFrame(columns=columns)
-    per_op = frame.groupby(["repeat", "op_index"] + GROUP_KEYS, sort=True)["duration_s"].max()
-    rows = per_op.groupby(level=["repeat"] + GROUP_KEYS, sort=True).agg(["median", "size"])
+    rows = per_op.groupby(["repeat"] + GROUP_KEYS, sort=True)["time_s"].agg(["median", "size"])
     return rows.rename(columns={"median": "time_s", "size": "count"}).reset_index()[columns]
 
 
 def makespans(records: pd.DataFrame) -> pd.Series:
     """The largest end_s of each repeat."""
-    frame = _prepared(records)
+    frame = records if "repeat" in records.columns else records.assign(repeat=0)
     return frame.groupby("repeat")["end_s"].max()
 
 
@@ -180,8 +167,6 @@ def median_abs_error_pct(table: pd.DataFrame) -> float:
 
 
 def format_validation(table: pd.DataFrame) -> str:
-    from experiments.common import format_table
-
     rows = []
     for row in table.to_dict("records"):
         size = f"{row['flops']:.4g} flop" if row["kind"] == "compute" else (
@@ -189,7 +174,7 @@ def format_validation(table: pd.DataFrame) -> str:
         spread = "-" if not math.isfinite(row["measured_min_s"]) else (
             f"{row['measured_min_s']:.4g}-{row['measured_max_s']:.4g}")
         rows.append({**row, "size": size, "spread": spread})
-    return format_table(rows, (
+    return common.format_table(rows, (
         ("kind", "kind", ""), ("algorithm", "algorithm", ""), ("size", "size", ""), ("count", "count", "d"),
         ("predicted_s", "predicted s", ".4g"), ("measured_s", "measured s", ".4g"),
         ("spread", "measured min-max s", ""), ("error_pct", "error %", "+.1f"),
@@ -242,8 +227,6 @@ def plot_validation(table: pd.DataFrame, path: Path, title: str = "") -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from experiments.common import add_real_options
-
     p = argparse.ArgumentParser(
         prog="python -m experiments.validate",
         description="Run a scenario in the simulator and for real (MPI or torch.distributed), and compare "
@@ -257,37 +240,16 @@ def build_parser() -> argparse.ArgumentParser:
                "2 a bad scenario or option.",
     )
     p.add_argument("scenario", help="scenario file (YAML or JSON)")
-    p.add_argument("--backend", required=True, choices=REAL_BACKENDS, help="the real executor")
+    p.add_argument("--backend", required=True, choices=backends(real=True), help="the real executor")
     p.add_argument("--out", help="results folder (default results/validate-<scenario name>-<backend>)")
     p.add_argument("--profile", metavar="PROFILE.yaml",
                    help="simulate on the machine this profile measured (python -m experiments.calibrate); "
                         "the real run is unchanged")
-    add_real_options(p)
+    common.add_real_options(p)
     return p
 
 
-def _in_job(backend: str) -> bool:
-    """True when this process is one rank of an MPI job (mpiexec, srun) or a torchrun job."""
-    if backend == "mpi":
-        from executors.mpi import inside_mpi_job
-
-        return inside_mpi_job()
-    return "TORCHELASTIC_RUN_ID" in os.environ or ("RANK" in os.environ and "WORLD_SIZE" in os.environ)
-
-
-def _env_rank() -> int | None:
-    """The rank the launcher announces, if any (to print a start-up error once)."""
-    for var in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "RANK", "SLURM_PROCID"):
-        if os.environ.get(var, "").isdigit():
-            return int(os.environ[var])
-    return None
-
-
 def main(argv: list[str] | None = None) -> int:
-    from executors.real import RealRunError
-    from experiments import common
-    from simcore.engine import SimulationError
-
     args = build_parser().parse_args(argv)
     try:
         options = common.real_options(args)
@@ -297,46 +259,26 @@ def main(argv: list[str] | None = None) -> int:
     scenario = common.load_scenario_or_report(args.scenario)
     if scenario is None:
         return 2
-    from workloads.scenario import with_profile
-
     sim_scenario = scenario
     if args.profile:
-        from simcore.profile import load_profile
-
         try:
-            sim_scenario = with_profile(scenario, load_profile(args.profile),
-                                        native_collectives=args.mode == "native")
+            sim_scenario = with_profile(scenario, load_profile(args.profile))
         except (ValueError, OSError) as exc:
             print(f"error: --profile {args.profile}: {exc}", file=sys.stderr)
             return 2
-    elif scenario.profile is not None and args.mode != "native":
-        # The scenario's own profile corrects the library's collectives; a run
-        # in algorithm mode does not use them.
-        sim_scenario = with_profile(scenario, scenario.profile, native_collectives=False)
-    in_job = _in_job(args.backend)
+    backend_class = executor_class(args.backend)
     try:
         executor = common.make_executor(args.backend, args)
     except (ValueError, RuntimeError, ImportError) as exc:
-        if _env_rank() in (None, 0):
+        if backend_class.announced_rank() in (None, 0):
             what = f"backend {args.backend!r} cannot be loaded: " if isinstance(exc, ImportError) else ""
             print(f"error: {what}{exc}", file=sys.stderr)
         return 2
-    world = None
-    rank = 0
-    if in_job and args.backend == "mpi":
-        from mpi4py import MPI
-
-        world = MPI.COMM_WORLD
-        rank = world.Get_rank()
-    elif in_job:
-        rank = int(os.environ.get("RANK", "0"))
+    rank = executor.job_rank()
 
     sim = None
     if rank == 0:
         try:
-            from executors.real import aligned_problem, choose_timing
-            from executors.simulated import SimulatedExecutor
-
             problem = aligned_problem(scenario.programs()) if options.timing == "aligned" else None
             if problem:
                 # sim stays None: every rank of a job then leaves with exit 2.
@@ -344,19 +286,17 @@ def main(argv: list[str] | None = None) -> int:
                       "use --timing free or auto", file=sys.stderr)
             else:
                 # Simulate as the real run will be timed: with every operation
-                # starting together on all ranks when it puts a barrier before each.
+                # starting together on all ranks when it puts a barrier before
+                # each; a profile's corrections of the library's own collectives
+                # only where the real run calls them (native mode).
                 aligned = choose_timing(scenario.programs(), options.timing) == "aligned"
-                sim = SimulatedExecutor(aligned=aligned).run(sim_scenario)
+                sim = get_executor("sim", aligned=aligned, native_collectives=args.mode == "native").run(sim_scenario)
         except SimulationError as exc:
             print(f"error: {args.scenario}: the simulator rejects it: {exc}", file=sys.stderr)
-    if world is not None:
-        # The other ranks wait for rank 0's verdict here, not in the real run's
-        # first barrier, where the watchdog would count the simulation against
-        # --timeout.  A torchrun job needs no such step: rank 0 leaving with
-        # exit 2 makes torchrun stop the others.
-        if not world.bcast(sim is not None if rank == 0 else None, root=0):
-            return 2
-    elif rank == 0 and sim is None:
+    # The other ranks of a job wait for rank 0's verdict here, not in the real
+    # run's first barrier, where the watchdog would count the simulation
+    # against --timeout.
+    if not executor.share(sim is not None if rank == 0 else None):
         return 2
 
     try:
@@ -369,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
 
     table = validation_table(sim.records, real.records, scenario.nranks)
     name = scenario.name or Path(args.scenario).stem
-    out = common.make_out_dir(args.out or Path("results") / f"validate-{common.safe_name(name)}-{args.backend}")
+    out = make_out_dir(args.out or Path("results") / f"validate-{common.safe_name(name)}-{args.backend}")
     written = []
     path = out / "validation.csv"
     table.to_csv(path, index=False)
@@ -392,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         "ranks": int(scenario.nranks),
         "repeats": options.repeats,
         "warmup": options.warmup,
-        "profile": args.profile or (scenario.source or {}).get("profile"),
+        "profile": args.profile or (scenario.profile.name if scenario.profile is not None else None),
         "predicted_makespan_s": _num(total["predicted_s"]),
         "measured_makespan_s": _num(total["measured_s"]),
         "makespan_error_pct": _num(total["error_pct"]),
@@ -402,9 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         "real_wall_s": rs.get("wall_s"),
         "sim_wall_s": sim.summary.get("wall_s"),
     }
-    path = out / "summary.json"
-    path.write_text(json.dumps(summary, indent=2) + "\n")
-    written.append(path)
+    written.append(write_json(summary, out / "summary.json"))
 
     print(f"scenario {name} ({args.scenario}): {scenario.nranks} ranks, {args.backend} {summary['mode']}, "
           f"timing {summary['timing']}, {options.repeats} repeats on {', '.join(summary['hosts']) or '?'}")

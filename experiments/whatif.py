@@ -31,7 +31,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from experiments import common
+import pandas as pd
+
+from executors import backends
+from experiments import common, plots
+from experiments.output import make_out_dir
+from simcore.engine import SimulationError
+from workloads.scenario import ScenarioError, read_scenario_file, scenario_from_dict
 
 TOP_LEVEL = ("name", "seed", "topology", "workload", "stragglers", "energy", "description")
 
@@ -113,8 +119,6 @@ def set_path(data: dict, path: str, value: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from executors import backends
-
     p = argparse.ArgumentParser(
         prog="python -m experiments.whatif",
         description="Run a scenario file with one or more of its parameters varied, in parallel; "
@@ -132,14 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="sim", choices=backends(), help="executor (default sim)")
     p.add_argument("--out", help="results folder (default results/whatif-<scenario file stem>)")
     p.add_argument("--jobs", type=int, default=common.default_jobs(),
-                   help="parallel worker processes (default: CPU count); results do not depend on it")
+                   help="parallel worker processes (default: CPU count; a real backend runs one at a time, "
+                        "since runs side by side disturb each other's measurements); results do not depend on it")
     p.add_argument("--no-plots", action="store_true", help="write the CSV only")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    from workloads.scenario import ScenarioError, read_scenario_file, scenario_from_dict
-
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.jobs < 1:
@@ -187,11 +190,9 @@ def main(argv: list[str] | None = None) -> int:
 
     tasks = [(common.run_scenario_dict, (data, args.backend, str(path.parent), where))
              for _, _, data, where in variants]
-    from simcore.engine import SimulationError
-
     try:
         results = common.run_many(
-            tasks, jobs=args.jobs,
+            tasks, jobs=common.jobs_for(args.backend, args.jobs),
             label=lambda i, m: f"{variants[i][1]}  N={m['nranks']}  makespan {m['makespan_s']:.4g} s",
         )
     except SimulationError as exc:
@@ -217,12 +218,10 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
     rows[0]["speedup"] = 1.0
 
-    import pandas as pd
-
     columns = params + ["n", "makespan_s", "speedup", "comm_share", "energy_j", "compute_s_mean",
                         "wait_s_mean", "messages"]
     frame = pd.DataFrame(rows, columns=columns)
-    out = common.make_out_dir(args.out or Path("results") / f"whatif-{path.stem}")
+    out = make_out_dir(args.out or Path("results") / f"whatif-{path.stem}")
     csv_path = out / "whatif.csv"
     frame.to_csv(csv_path, index=False)
     table = [(p, p, ".4g") for p in params] + [
@@ -238,8 +237,6 @@ def main(argv: list[str] | None = None) -> int:
     print("speedup = makespan(first variant)/makespan; comm share = mean over ranks of (comm_s + wait_s)/makespan")
     written = [csv_path]
     if not args.no_plots:
-        from experiments import plots
-
         written += plots.plot_whatif(frame, params, out)
     print(f"wrote {', '.join(p.name for p in written)} to {out}/")
     return 0

@@ -23,10 +23,11 @@ import pandas as pd
 import simpy
 from simpy.core import EmptySchedule
 
+from simcore.calibration import Calibration
 from simcore.network import FlowNetwork
-from simcore.result import RECORD_COLUMNS, RunResult
+from simcore.result import Record, RunResult, records_frame
 from topologies import Topology
-from workloads.collectives import lower
+from workloads.collectives import lower, root_peer
 from workloads.ops import Collective, Compute, Operation, Recv, Send, Wait
 from workloads.stragglers import SlowdownSampler, StragglerSpec, rank_streams
 from workloads.validate import validate_programs
@@ -59,9 +60,7 @@ class Simulator:
         stragglers: StragglerSpec | None = None,
         count_idle_energy: bool = True,
         name: str = "",
-        reduce_s_per_byte: float = 0.0,
-        message_efficiency: Callable[[int, int, int], float] | None = None,
-        collective_efficiency: Callable[[str, int], float] | None = None,
+        calibration: Calibration | None = None,
         aligned: bool = False,
     ):
         self.topology = topology
@@ -70,11 +69,13 @@ class Simulator:
         self.stragglers = stragglers or StragglerSpec()
         self.count_idle_energy = count_idle_energy
         self.name = name
-        # Calibrated extras (see simcore.profile): the time a lowered collective
-        # spends reducing each byte it receives, and a per-size bandwidth factor.
-        self.reduce_s_per_byte = float(reduce_s_per_byte)
-        self.message_efficiency = message_efficiency
-        self.collective_efficiency = collective_efficiency
+        # A measured machine's corrections (simcore.calibration): the time a
+        # lowered collective spends reducing each byte it receives, and per-size
+        # bandwidth factors for messages and for the library's own collectives.
+        self.calibration = calibration or Calibration()
+        self.reduce_s_per_byte = float(self.calibration.reduce_s_per_byte)
+        self.message_efficiency = self.calibration.message_efficiency
+        self.collective_efficiency = self.calibration.collective_efficiency
         # Start every operation index on all ranks together, as a real run
         # timed with a barrier before each operation does (the barrier itself
         # costs nothing here: the real run does not time it either).
@@ -180,7 +181,7 @@ class Simulator:
                 if duration > 0:
                     yield env.timeout(duration)
                 self._compute_s[rank] += duration
-                records.append((rank, index, "compute", "", -1, 0, op.flops, start, env.now, busy_w * duration))
+                records.append(Record(rank, index, "compute", "", -1, 0, op.flops, start, env.now, busy_w * duration))
                 continue
             if type(op) is Collective:
                 coll_seq += 1
@@ -192,7 +193,7 @@ class Simulator:
                     stream_tail = done
                     continue
                 yield from self._collective(rank, op, tag, link_j)
-                peer, nbytes, algorithm = _root_peer(op), op.nbytes, op.algorithm
+                peer, nbytes, algorithm = root_peer(op), op.nbytes, op.algorithm
                 self._comm_s[rank] += env.now - start
             elif type(op) is Send or type(op) is Recv:
                 waiter = [1, None]
@@ -212,7 +213,7 @@ class Simulator:
                 peer, nbytes, algorithm = -1, 0, ""
                 self._wait_s[rank] += env.now - start
             energy = idle_w * (env.now - start) + link_j[0]
-            records.append((rank, index, op.kind, algorithm, peer, nbytes, 0.0, start, env.now, energy))
+            records.append(Record(rank, index, op.kind, algorithm, peer, nbytes, 0.0, start, env.now, energy))
         if stream_tail is not None and not stream_tail.processed:
             # A program that never waits for its last non-blocking collective
             # still ends only when the communication stream is drained.
@@ -241,7 +242,7 @@ class Simulator:
         # Idle power is already counted for the rank's time line; a background
         # collective adds only the energy of the bytes it moved.
         self._records.append(
-            (rank, index, op.kind, op.algorithm, _root_peer(op), op.nbytes, 0.0, start, self.env.now, link_j[0])
+            Record(rank, index, op.kind, op.algorithm, root_peer(op), op.nbytes, 0.0, start, self.env.now, link_j[0])
         )
         done.succeed()
 
@@ -359,7 +360,7 @@ class Simulator:
 
     def _result(self, wall_s: float) -> RunResult:
         topo = self.topology
-        records = pd.DataFrame.from_records(self._records, columns=list(RECORD_COLUMNS))
+        records = records_frame(self._records)
         records = records.sort_values(["rank", "op_index"], kind="stable").reset_index(drop=True)
         ends = [e for e in self._end_s if e is not None]
         makespan = max(ends) if ends else self.env.now
@@ -436,10 +437,6 @@ class Simulator:
 def _tag_name(tag: int) -> str:
     # Negative tags are the engine's own, one per collective a rank starts.
     return f"tag {tag}" if tag >= 0 else f"collective #{-tag}"
-
-
-def _root_peer(op: Collective) -> int:
-    return op.root if op.op in ("broadcast", "reduce") else -1
 
 
 def _release(waiter: list) -> None:

@@ -1,25 +1,79 @@
 """RunResult: what every executor returns, simulated or measured."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 
-RECORD_COLUMNS = (
-    "rank",
-    "op_index",
-    "kind",
-    "algorithm",
-    "peer",
-    "nbytes",
-    "flops",
-    "start_s",
-    "end_s",
-    "energy_j",
-)
+
+class Record(NamedTuple):
+    """One operation of one rank, as every executor reports it.
+
+    ``peer`` is -1 where there is none (a collective's is its root, see
+    ``workloads.collectives.root_peer``); ``algorithm`` is empty for
+    point-to-point and compute; ``energy_j`` is NaN where nothing measures it.
+    """
+
+    rank: int
+    op_index: int
+    kind: str
+    algorithm: str
+    peer: int
+    nbytes: int
+    flops: float
+    start_s: float
+    end_s: float
+    energy_j: float
+
+
+RECORD_COLUMNS = Record._fields
+# What identifies an operation of the program across ranks and repeats.
+OP_KEYS = ["kind", "algorithm", "nbytes", "flops"]
+
+
+def records_frame(records, repeats=None) -> pd.DataFrame:
+    """``Record`` s as a DataFrame with ``RECORD_COLUMNS`` (and ``repeat`` when ``repeats`` is given)."""
+    frame = pd.DataFrame.from_records(list(records), columns=list(RECORD_COLUMNS))
+    if repeats is not None:
+        frame["repeat"] = list(repeats)
+    return frame
+
+
+def op_times_per_repeat(records: pd.DataFrame) -> pd.DataFrame:
+    """Each operation's time in each repeat: the slowest rank's (max over ranks of end_s - start_s).
+
+    Columns ``repeat``, ``op_index``, ``OP_KEYS`` and ``time_s``; a simulated
+    run is one repeat (0).  The records of one op_index share their
+    ``OP_KEYS`` on every rank; a CSV round trip's NaN algorithm reads as ''.
+    """
+    frame = records.copy()
+    if "repeat" not in frame.columns:
+        frame["repeat"] = 0
+    frame["algorithm"] = frame["algorithm"].fillna("").astype(str)
+    frame["nbytes"] = frame["nbytes"].astype("int64")
+    frame["flops"] = frame["flops"].astype(float)
+    frame["time_s"] = frame["end_s"] - frame["start_s"]
+    columns = ["repeat", "op_index"] + OP_KEYS + ["time_s"]
+    if not len(frame):
+        return pd.DataFrame(columns=columns)
+    per_op = frame.groupby(["repeat", "op_index"] + OP_KEYS, sort=True)["time_s"].max()
+    return per_op.reset_index()[columns]
+
+
+def op_times(records: pd.DataFrame) -> pd.DataFrame:
+    """Each operation's time: the slowest rank's in each repeat, then the median over repeats.
+
+    One row per ``op_index`` with ``OP_KEYS``, ``time_s`` (the median),
+    ``min_s`` and ``max_s`` (over repeats) and ``repeats``.
+    """
+    per_repeat = op_times_per_repeat(records)
+    columns = ["op_index"] + OP_KEYS + ["time_s", "min_s", "max_s", "repeats"]
+    if not len(per_repeat):
+        return pd.DataFrame(columns=columns)
+    out = per_repeat.groupby(["op_index"] + OP_KEYS, sort=True)["time_s"].agg(
+        time_s="median", min_s="min", max_s="max", repeats="size").reset_index()
+    return out[columns]
 
 
 @dataclass
@@ -43,25 +97,14 @@ class RunResult:
     def makespan_s(self) -> float:
         return float(self.summary["makespan_s"])
 
-    def write(self, out_dir: str | Path) -> list[Path]:
-        """Write records, per-rank, per-link, per-node tables (CSV) and the summary (JSON)."""
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        written = []
-        for name in ("records", "per_rank", "per_link", "per_node"):
-            frame = getattr(self, name)
-            if frame is not None and len(frame.columns):
-                path = out / f"{name}.csv"
-                frame.to_csv(path, index=False)
-                written.append(path)
-        path = out / "summary.json"
-        path.write_text(json.dumps(self.summary, indent=2, default=_jsonable) + "\n")
-        written.append(path)
-        if len(self.records):
-            path = out / "trace.json"
-            path.write_text(json.dumps(self.chrome_trace()))
-            written.append(path)
-        return written
+    def op_times(self) -> pd.DataFrame:
+        """Per operation: its slowest rank's time, median over repeats (see ``op_times``)."""
+        return op_times(self.records)
+
+    def op_time_s(self) -> dict[int, float]:
+        """``op_times`` as {op_index: time_s}."""
+        table = self.op_times()
+        return dict(zip(table["op_index"].astype(int), table["time_s"].astype(float)))
 
     def chrome_trace(self) -> dict[str, Any]:
         """The records as a Chrome/Perfetto trace (open in ui.perfetto.dev or chrome://tracing).
@@ -116,11 +159,3 @@ class RunResult:
             if key in s:
                 lines.append(f"{key:<15} {s[key]}")
         return "\n".join(lines)
-
-
-def _jsonable(value):
-    if hasattr(value, "item"):
-        return value.item()
-    if isinstance(value, (set, tuple)):
-        return list(value)
-    return str(value)

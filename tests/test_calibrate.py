@@ -2,9 +2,9 @@
 import pandas as pd
 import pytest
 
-from executors.mpi import MPIExecutor
+from executors.real.mpi import MPIExecutor
 from experiments.calibrate import one_way_times, ping_pong_scenario
-from simcore.profile import load_profile
+from topologies.profile import load_profile
 
 needs_mpi = pytest.mark.skipif(not MPIExecutor.is_available(), reason=MPIExecutor.unavailable_reason() or "-")
 

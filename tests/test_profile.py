@@ -4,14 +4,10 @@ import dataclasses
 import pytest
 
 from simcore.engine import simulate
-from simcore.profile import (
-    LinkClass,
-    MachineProfile,
-    efficiency_curve,
-    fit_hockney,
-    fit_reduce_cost,
-    load_profile,
-)
+from experiments.output import write_profile
+from simcore.calibration import Calibration
+from simcore.fitting import efficiency_curve, fit_collective_efficiency, fit_hockney, fit_reduce_cost
+from topologies.profile import LinkClass, MachineProfile, load_profile
 from workloads.ops import Collective, Recv, Send
 from workloads.scenario import ScenarioError, load_scenario, scenario_from_dict, with_profile
 
@@ -67,7 +63,7 @@ def test_profile_machine_gives_hockney_per_message_between_ranks_of_a_host():
     topology = machine.topology(2)
     nbytes = 1024
     programs = [[Send(peer=1, nbytes=nbytes)], [Recv(peer=0, nbytes=nbytes)]]
-    result = simulate(topology, programs, message_efficiency=machine.message_efficiency(2))
+    result = simulate(topology, programs, calibration=Calibration(message_efficiency=machine.message_efficiency(2)))
     assert result.makespan_s == pytest.approx(2e-6 + nbytes / (10e9 * 0.25), rel=REL)
 
 
@@ -94,7 +90,7 @@ def test_reduction_cost_adds_to_ring_allreduce_as_its_closed_form_says():
     machine = profile()
     topology = machine.topology(p)
     programs = [[Collective("allreduce", n, algorithm="ring")] for _ in range(p)]
-    result = simulate(topology, programs, reduce_s_per_byte=gamma)
+    result = simulate(topology, programs, calibration=Calibration(reduce_s_per_byte=gamma))
     block = n // p
     # 2(p-1) steps of a + block/B, and the p-1 reduce-scatter steps each reduce a block.
     expected = 2 * (p - 1) * (2e-6 + block / 10e9) + (p - 1) * block * gamma
@@ -108,8 +104,8 @@ def test_fit_reduce_cost_recovers_a_known_cost():
     scenario = scenario_from_dict({"topology": {"builder": "switch", "n": p},
                                    "workload": {"kind": "programs", "ranks": programs}})
     machine = profile()
-    truth = simulate(machine.topology(p), scenario.programs(), reduce_s_per_byte=gamma).records
-    truth = truth.assign(d=truth["end_s"] - truth["start_s"]).groupby("op_index")["d"].max().to_dict()
+    truth = simulate(machine.topology(p), scenario.programs(),
+                     calibration=Calibration(reduce_s_per_byte=gamma)).op_time_s()
     # Ops run one after another here, so an op's time is its own end minus its start.
     assert fit_reduce_cost(with_profile(scenario, machine), truth) == pytest.approx(gamma, rel=1e-6)
 
@@ -119,12 +115,12 @@ def test_profile_round_trips_through_a_file(tmp_path):
                       link_classes={"intra_node": LinkClass(2e-6, 10e9, ((8, 0.1), (1024, 0.5))),
                                     "inter_node": LinkClass(1e-5, 1e9)})
     path = tmp_path / "p.yaml"
-    machine.save(path)
+    write_profile(machine, path)
     assert load_profile(path) == machine
 
 
 def test_scenario_names_a_profile_relative_to_its_file(tmp_path):
-    profile(rank_hosts=("h", "h")).save(tmp_path / "machine.yaml")
+    write_profile(profile(rank_hosts=("h", "h")), tmp_path / "machine.yaml")
     (tmp_path / "s.yaml").write_text(
         "topology: {builder: ring, n: 2}\n"
         "workload: {kind: collective, op: allreduce, nbytes: 1048576}\n"
@@ -156,7 +152,7 @@ def test_a_native_collective_correction_scales_the_bytes_of_that_collective_only
     topology = machine.topology(p)
     programs = [[Collective("allreduce", n, algorithm="ring"), Collective("allgather", n, algorithm="ring")]
                 for _ in range(p)]
-    result = simulate(topology, programs, collective_efficiency=machine.collective_factor())
+    result = simulate(topology, programs, calibration=Calibration(collective_efficiency=machine.collective_factor()))
     block = n // p
     records = result.records[result.records["rank"] == 0]
     allreduce = records[records["kind"] == "allreduce"].iloc[0]
@@ -168,8 +164,6 @@ def test_a_native_collective_correction_scales_the_bytes_of_that_collective_only
 
 
 def test_fit_collective_efficiency_recovers_known_factors():
-    from simcore.profile import fit_collective_efficiency
-
     p = 4
     sizes = (1 << 16, 1 << 20, 1 << 23)
     programs = {r: [{"kind": "allreduce", "nbytes": n} for n in sizes] + [{"kind": "allgather", "nbytes": n} for n in sizes]
@@ -177,10 +171,9 @@ def test_fit_collective_efficiency_recovers_known_factors():
     scenario = with_profile(scenario_from_dict({"topology": {"builder": "switch", "n": p},
                                                 "workload": {"kind": "programs", "ranks": programs}}), profile())
     truth_curves = {"allreduce": tuple((n, 0.6) for n in sizes), "allgather": tuple((n, 0.8) for n in sizes)}
-    truth = simulate(scenario.topology, scenario.programs(),
-                     collective_efficiency=dataclasses.replace(profile(), collective_efficiency=truth_curves)
-                     .collective_factor()).records
-    truth = truth.assign(d=truth["end_s"] - truth["start_s"]).groupby("op_index")["d"].max().to_dict()
+    truth = simulate(scenario.topology, scenario.programs(), calibration=Calibration(
+        collective_efficiency=dataclasses.replace(profile(), collective_efficiency=truth_curves).collective_factor()
+    )).op_time_s()
     fitted = fit_collective_efficiency(scenario, truth)
     for op, want in (("allreduce", 0.6), ("allgather", 0.8)):
         for nbytes, factor in fitted[op]:

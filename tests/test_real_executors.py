@@ -19,9 +19,9 @@ import pandas as pd
 import pytest
 
 from executors import get_executor
-from executors.mpi import MPIExecutor
+from executors.real.mpi import MPIExecutor
 from executors.real import RealBackend, RealOptions, RealRunError, run_real
-from executors.torchdist import TorchExecutor
+from executors.real.torchdist import TorchExecutor
 from simcore.result import RECORD_COLUMNS
 from workloads.collectives import ALGORITHMS
 from workloads.scenario import scenario_from_dict
@@ -210,6 +210,9 @@ class _LoopbackBackend(RealBackend):
     def gather(self, obj):
         return [obj]
 
+    def share(self, obj):
+        return obj
+
     def collective(self, op, buf, out, blocking):
         half = (op.nbytes + 1) // 2  # block_layout: rank 0's block is the larger one
         if op.op == "allreduce":
@@ -258,7 +261,7 @@ def _workers_under(folder: Path) -> list[str]:
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if "executors.worker" in cmdline and str(folder) in cmdline:
+        if "executors.real.worker" in cmdline and str(folder) in cmdline:
             found.append(f"{entry.name}: {cmdline}")
     return found
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from executors.mpi import MPIExecutor
+from executors.real.mpi import MPIExecutor
 from executors.real import RealOptions, RealRunError, aligned_problem, choose_timing, read_status
-from executors.torchdist import TorchExecutor
+from executors.real.torchdist import TorchExecutor
 from workloads.ops import Collective, Compute, Recv, Send, Wait
 from workloads.scenario import scenario_from_dict
 

@@ -145,7 +145,7 @@ workload:
 
 
 def _mpi_reason() -> str:
-    from executors.mpi import MPIExecutor
+    from executors.real.mpi import MPIExecutor
 
     return MPIExecutor.unavailable_reason()
 

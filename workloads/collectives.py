@@ -29,32 +29,169 @@ must never hold all ranks' steps at once.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, NamedTuple
 
-from workloads.ops import Collective, Step, Transfer
+if TYPE_CHECKING:  # the vocabulary imports this table, not the other way round
+    from workloads.ops import Collective
 
 __all__ = [
     "ALGORITHMS",
+    "COLLECTIVES",
+    "DEFAULT_ALGORITHM",
+    "SEMANTICS",
+    "Expectation",
+    "Semantics",
+    "Step",
+    "Transfer",
     "alltoall_output_layout",
     "block_layout",
     "check",
     "lower",
+    "root_peer",
 ]
 
-ALGORITHMS: dict[str, tuple[str, ...]] = {
-    "allreduce": ("ring", "recursive_doubling", "rabenseifner", "binomial", "hierarchical"),
-    "broadcast": ("binomial", "ring", "scatter_allgather"),
-    "reduce": ("binomial", "ring", "rabenseifner"),
-    "allgather": ("ring", "recursive_doubling", "binomial"),
-    "reduce_scatter": ("ring", "recursive_halving"),
-    # "ring" is an alias of "pairwise": step k sends to r+k, as a ring shift does.
-    "alltoall": ("pairwise", "ring"),
-    # "recursive_doubling" is an alias of "dissemination" (the same partners at distance 2^k).
-    "barrier": ("dissemination", "recursive_doubling"),
-}
+class Transfer(NamedTuple):
+    """One point-to-point transfer inside a lowered collective step.
 
-_ROOTED = ("broadcast", "reduce")
+    ``offset`` and ``nbytes`` locate the bytes in the rank's buffer.  A send
+    reads the buffer; a receive writes it, combining with what is there when
+    ``reduce`` is true.  Alltoall is the one collective with separate buffers:
+    its sends read the input buffer and its receives write the output buffer.
+    """
+
+    peer: int
+    nbytes: int
+    offset: int = 0
+    reduce: bool = False
+
+
+class Step(NamedTuple):
+    """Transfers that a rank starts together and waits for together.
+
+    A step ends when all its sends are delivered and all its receives have
+    arrived (``Isend``/``Irecv`` then ``Waitall`` in a real run).  Local
+    copies (alltoall's own block) are the executor's business and cost nothing
+    in the simulator.
+    """
+
+    sends: tuple[Transfer, ...] = ()
+    recvs: tuple[Transfer, ...] = ()
+
+
+class Expectation(NamedTuple):
+    """Bytes a collective must leave behind when rank r started with every byte r + 1 (mod 256).
+
+    ``where`` is ``"buffer"`` (the rank's in-place buffer) or ``"output"``
+    (alltoall's separate output buffer); ``offset``/``nbytes`` locate them.
+    """
+
+    where: str
+    offset: int
+    nbytes: int
+    value: int
+    what: str
+
+
+def _sum_of_fills(nranks: int) -> int:
+    return sum(range(1, nranks + 1)) % 256
+
+
+def _expect_allreduce(nbytes, rank, nranks, root):
+    return [Expectation("buffer", 0, nbytes, _sum_of_fills(nranks), "the sum")]
+
+
+def _expect_reduce(nbytes, rank, nranks, root):
+    # Only the root's buffer is defined after a reduce.
+    return [Expectation("buffer", 0, nbytes, _sum_of_fills(nranks), "the sum")] if rank == root else []
+
+
+def _expect_broadcast(nbytes, rank, nranks, root):
+    return [Expectation("buffer", 0, nbytes, (root + 1) % 256, "the root's data")]
+
+
+def _expect_allgather(nbytes, rank, nranks, root):
+    return [Expectation("buffer", off, size, (j + 1) % 256, f"block {j} from rank {j}")
+            for j, (off, size) in enumerate(block_layout(nbytes, nranks))]
+
+
+def _expect_reduce_scatter(nbytes, rank, nranks, root):
+    off, size = block_layout(nbytes, nranks)[rank]
+    return [Expectation("buffer", off, size, _sum_of_fills(nranks), f"the sum of block {rank}")]
+
+
+def _expect_alltoall(nbytes, rank, nranks, root):
+    return [Expectation("output", off, size, (j + 1) % 256, f"block {j} from rank {j}")
+            for j, (off, size) in enumerate(alltoall_output_layout(nbytes, rank, nranks))]
+
+
+def _expect_nothing(nbytes, rank, nranks, root):
+    return []
+
+
+@dataclass(frozen=True)
+class Semantics:
+    """What one collective means, for every executor and every report.
+
+    ``algorithms``: the names ``lower`` knows, the default first; ``aliases``
+    maps another accepted name to the algorithm it runs.  ``rooted``: it has
+    a root, which its records name as their ``peer``.  ``reduces``: it
+    combines the ranks' data (a lowered step receives into scratch and adds).
+    ``writes_output``: the library's own call writes a separate output buffer
+    (alltoall's result, reduce-scatter's block).  ``busbw_factor(n)``: busbw /
+    algbw as nccl-tests define it, None where bandwidth means nothing.
+    ``expected(nbytes, rank, nranks, root)``: the ``Expectation`` s a checked
+    run verifies.
+    """
+
+    op: str
+    algorithms: tuple[str, ...]
+    expected: Callable[[int, int, int, int], list[Expectation]]
+    aliases: dict[str, str] = field(default_factory=dict)
+    rooted: bool = False
+    reduces: bool = False
+    writes_output: bool = False
+    busbw_factor: Callable[[int], float] | None = None
+
+    @property
+    def default_algorithm(self) -> str:
+        return self.algorithms[0]
+
+    def accepted(self) -> tuple[str, ...]:
+        return self.algorithms + tuple(self.aliases)
+
+
+SEMANTICS: dict[str, Semantics] = {s.op: s for s in (
+    Semantics("allreduce", ("ring", "recursive_doubling", "rabenseifner", "binomial", "hierarchical"),
+              _expect_allreduce, reduces=True, busbw_factor=lambda n: 2.0 * (n - 1) / n),
+    Semantics("broadcast", ("binomial", "ring", "scatter_allgather"), _expect_broadcast, rooted=True,
+              busbw_factor=lambda n: 1.0),
+    Semantics("reduce", ("binomial", "ring", "rabenseifner"), _expect_reduce, rooted=True, reduces=True,
+              busbw_factor=lambda n: 1.0),
+    Semantics("allgather", ("ring", "recursive_doubling", "binomial"), _expect_allgather,
+              busbw_factor=lambda n: (n - 1) / n),
+    Semantics("reduce_scatter", ("ring", "recursive_halving"), _expect_reduce_scatter, reduces=True,
+              writes_output=True, busbw_factor=lambda n: (n - 1) / n),
+    # "ring": step k sends to r+k, as a ring shift does, which is the pairwise exchange.
+    Semantics("alltoall", ("pairwise",), _expect_alltoall, aliases={"ring": "pairwise"}, writes_output=True,
+              busbw_factor=lambda n: (n - 1) / n),
+    # "recursive_doubling": the same partners at distance 2^k as dissemination.
+    Semantics("barrier", ("dissemination",), _expect_nothing, aliases={"recursive_doubling": "dissemination"}),
+)}
+
+COLLECTIVES: tuple[str, ...] = tuple(SEMANTICS)
+# The algorithm a collective runs when none is named.
+DEFAULT_ALGORITHM: dict[str, str] = {op: s.default_algorithm for op, s in SEMANTICS.items()}
+# Every accepted algorithm name per op, aliases included.
+ALGORITHMS: dict[str, tuple[str, ...]] = {op: s.accepted() for op, s in SEMANTICS.items()}
+
+
+def root_peer(op: "Collective") -> int:
+    """The ``peer`` a collective's record carries: its root where it has one, else -1."""
+    return op.root if SEMANTICS[op.op].rooted else -1
+
+
 
 Groups = tuple[tuple[int, ...], ...]
 
@@ -108,7 +245,7 @@ def check(op: Collective, nranks: int, groups: Iterable[Iterable[int]] | None = 
 
 
 def _validate(op: Collective, nranks: int, groups: Groups | None) -> None:
-    if not isinstance(op, Collective):
+    if getattr(op, "op", None) not in SEMANTICS or not hasattr(op, "nbytes"):
         raise ValueError(f"collectives: expected a Collective, got {op!r}")
     _check(op, nranks, groups)
 
@@ -123,7 +260,7 @@ def _check(op: Collective, nranks: int, groups: Groups | None) -> None:
         raise ValueError(
             f"{op.op}: unknown algorithm {op.algorithm!r}; allowed: {', '.join(allowed)}"
         )
-    if op.op in _ROOTED and not (
+    if SEMANTICS[op.op].rooted and not (
         isinstance(op.root, int) and not isinstance(op.root, bool) and 0 <= op.root < nranks
     ):
         raise ValueError(f"{op.op}: root {op.root!r} out of range for {nranks} ranks")

@@ -11,29 +11,11 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Union
+from typing import Any, Union
 
-COLLECTIVES = (
-    "allreduce",
-    "broadcast",
-    "reduce",
-    "allgather",
-    "reduce_scatter",
-    "alltoall",
-    "barrier",
-)
-
-# The algorithm a collective runs when none is named.
-DEFAULT_ALGORITHM = {
-    "allreduce": "ring",
-    "broadcast": "binomial",
-    "reduce": "binomial",
-    "allgather": "ring",
-    "reduce_scatter": "ring",
-    "alltoall": "pairwise",
-    "barrier": "dissemination",
-}
-
+# The collectives, their default algorithms and the lowered steps' types live with the
+# semantics table; re-exported here as part of the vocabulary.
+from workloads.collectives import COLLECTIVES, DEFAULT_ALGORITHM, Step, Transfer  # noqa: F401
 
 @dataclass(frozen=True)
 class Compute:
@@ -202,31 +184,3 @@ def op_from_dict(data: dict[str, Any]) -> Operation:
         return cls(**fields)
     except TypeError as exc:
         raise ValueError(f"{kind}: {exc}") from None
-
-
-class Transfer(NamedTuple):
-    """One point-to-point transfer inside a lowered collective step.
-
-    ``offset`` and ``nbytes`` locate the bytes in the rank's buffer.  A send
-    reads the buffer; a receive writes it, combining with what is there when
-    ``reduce`` is true.  Alltoall is the one collective with separate buffers:
-    its sends read the input buffer and its receives write the output buffer.
-    """
-
-    peer: int
-    nbytes: int
-    offset: int = 0
-    reduce: bool = False
-
-
-class Step(NamedTuple):
-    """Transfers that a rank starts together and waits for together.
-
-    A step ends when all its sends are delivered and all its receives have
-    arrived (``Isend``/``Irecv`` then ``Waitall`` in a real run).  Local
-    copies (alltoall's own block) are the executor's business and cost nothing
-    in the simulator.
-    """
-
-    sends: tuple[Transfer, ...] = ()
-    recvs: tuple[Transfer, ...] = ()

@@ -11,19 +11,26 @@ The same object reaches every executor unchanged.  In a file (YAML or JSON)::
 
 ``topology`` may also be a path to a topology file, relative to the scenario.
 ``profile: PROFILE.yaml`` (from ``python -m experiments.calibrate``) simulates
-the scenario on the measured machine instead; see ``simcore.profile``.
+the scenario on the measured machine instead; see ``topologies.profile``.
+
+The ``Scenario``'s fields are its one source of truth: ``to_dict()`` is
+derived from them (so ``dataclasses.replace`` and what a real run's workers
+receive never disagree); the file it came from is kept as ``origin``, for
+provenance only.
 """
 from __future__ import annotations
 
-import copy
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from topologies import Topology, TopologyError, load_topology, topology_from_dict
 from topologies.io import read_data_file
+from topologies.profile import MachineProfile, load_profile
 from workloads import workload_from_dict
 from workloads.stragglers import StragglerSpec
+from workloads.validate import validate_programs
 
 _KEYS = ("name", "seed", "topology", "workload", "stragglers", "energy", "description", "profile")
 
@@ -58,9 +65,10 @@ class Scenario:
     energy: EnergySpec = field(default_factory=EnergySpec)
     name: str = ""
     description: str = ""
-    source: dict | None = field(default=None, compare=False, repr=False)
-    # A measured machine (simcore.profile): set, the topology above is that machine.
-    profile: Any = None
+    # A measured machine (topologies.profile): set, the topology above is that machine.
+    profile: MachineProfile | None = None
+    # The file the scenario was read from, for provenance ("" when built in code).
+    origin: str = field(default="", compare=False)
 
     @property
     def nranks(self) -> int:
@@ -70,10 +78,12 @@ class Scenario:
         return self.workload.programs(self.topology.nranks, self.topology.groups())
 
     def to_dict(self) -> dict[str, Any]:
-        """The scenario as plain data (the original file's form when loaded from one)."""
-        if self.source is not None:
-            return copy.deepcopy(self.source)
-        return {
+        """The scenario as plain data, from its fields (``scenario_from_dict`` reads it back).
+
+        The topology is in its explicit form and a profile inline, so the dict
+        stands alone: it needs no file next to it.
+        """
+        data: dict[str, Any] = {
             "name": self.name,
             "seed": self.seed,
             "topology": self.topology.to_dict(),
@@ -81,6 +91,11 @@ class Scenario:
             "stragglers": self.stragglers.to_dict(),
             "energy": {"count_idle": self.energy.count_idle},
         }
+        if self.description:
+            data["description"] = self.description
+        if self.profile is not None:
+            data["profile"] = self.profile.to_dict()
+        return data
 
 
 def scenario_from_dict(data: dict[str, Any], *, base_dir: Path | None = None, where: str = "scenario") -> Scenario:
@@ -122,13 +137,15 @@ def scenario_from_dict(data: dict[str, Any], *, base_dir: Path | None = None, wh
             raise ScenarioError(f"{where}: stragglers.ranks names rank {rank}, but there are {topology.nranks}")
     profile = None
     if data.get("profile") is not None:
-        profile_path = Path(str(data["profile"]))
-        if not profile_path.is_absolute() and base_dir is not None:
-            profile_path = base_dir / profile_path
         try:
-            from simcore.profile import load_profile
-
-            profile = load_profile(profile_path)
+            if isinstance(data["profile"], dict):
+                # Inline, as Scenario.to_dict writes it.
+                profile = MachineProfile.from_dict(data["profile"], where="profile")
+            else:
+                profile_path = Path(str(data["profile"]))
+                if not profile_path.is_absolute() and base_dir is not None:
+                    profile_path = base_dir / profile_path
+                profile = load_profile(profile_path)
             topology = profile.topology(topology.nranks, topology.groups())
         except ValueError as exc:
             raise ScenarioError(f"{where}: profile: {exc}") from None
@@ -140,8 +157,8 @@ def scenario_from_dict(data: dict[str, Any], *, base_dir: Path | None = None, wh
         energy=energy,
         name=str(data.get("name", "")),
         description=str(data.get("description", "")),
-        source=copy.deepcopy(data),
         profile=profile,
+        origin=where if base_dir is not None else "",
     )
     # Lower once now so that a bad workload (a peer out of range, an algorithm
     # that needs groups) is reported before anything runs.
@@ -153,23 +170,18 @@ def scenario_from_dict(data: dict[str, Any], *, base_dir: Path | None = None, wh
 
 
 def _check_programs(scenario: Scenario) -> None:
-    from workloads.validate import validate_programs
-
     validate_programs(scenario.programs(), scenario.nranks, scenario.topology.groups())
 
 
-def with_profile(scenario: Scenario, profile, *, native_collectives: bool = True) -> Scenario:
-    """``scenario`` simulated on the machine ``profile`` measured (see simcore.profile).
+def with_profile(scenario: Scenario, profile: MachineProfile) -> Scenario:
+    """``scenario`` simulated on the machine ``profile`` measured (see topologies.profile).
 
-    ``native_collectives=False`` leaves out the profile's corrections for the
-    library's own collectives, for comparison with a run in algorithm mode.
+    The simulated executor's ``native_collectives=False`` leaves out the
+    profile's corrections for the library's own collectives, for comparison
+    with a real run in algorithm mode.
     """
-    import dataclasses
-
-    if not native_collectives:
-        profile = dataclasses.replace(profile, collective_efficiency={})
     topology = profile.topology(scenario.topology.nranks, scenario.topology.groups())
-    return dataclasses.replace(scenario, topology=topology, profile=profile, source=None)
+    return dataclasses.replace(scenario, topology=topology, profile=profile)
 
 
 def read_scenario_file(path: str | Path) -> dict[str, Any]:
@@ -185,5 +197,5 @@ def load_scenario(path: str | Path) -> Scenario:
     data = read_scenario_file(path)
     scenario = scenario_from_dict(data, base_dir=path.parent, where=str(path))
     if not scenario.name:
-        object.__setattr__(scenario, "name", path.stem)
+        scenario = dataclasses.replace(scenario, name=path.stem)
     return scenario

@@ -1,6 +1,6 @@
-"""One rank of a launched real run: ``python -m executors.worker RUN_DIR``.
+"""One rank of a launched real run: ``python -m executors.real.worker RUN_DIR``.
 
-Started by ``executors.launch`` under mpiexec or torchrun; reads the scenario
+Started by ``executors.real.launch`` under mpiexec or torchrun; reads the scenario
 and options from RUN_DIR, runs this rank, and rank 0 writes ``result.pkl``.
 """
 from __future__ import annotations
@@ -13,28 +13,23 @@ import sys
 import traceback
 from pathlib import Path
 
+from executors.base import executor_class
+from executors.real.options import RealOptions, RealRunError
+from executors.real.runner import run_real
+from workloads.scenario import scenario_from_dict
+
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        print("usage: python -m executors.worker RUN_DIR", file=sys.stderr)
+        print("usage: python -m executors.real.worker RUN_DIR", file=sys.stderr)
         return 2
     run_dir = Path(argv[0])
-    from executors.real import RealOptions, RealRunError, run_real
-    from workloads.scenario import scenario_from_dict
-
     options = json.loads((run_dir / "options.json").read_text())
     backend_name = options.pop("backend")
     scenario = scenario_from_dict(json.loads((run_dir / "scenario.json").read_text()), where="scenario")
     options = RealOptions(**options)
-    if backend_name == "mpi":
-        from executors.mpi import MPIBackend
-
-        backend = MPIBackend()
-    else:
-        from executors.torchdist import TorchBackend
-
-        backend = TorchBackend.from_environment(timeout_s=options.timeout_s)
+    backend = executor_class(backend_name)(options=options).backend()
     # The launcher watches this process: if it vanishes, this rank died.
     (run_dir / f"rank{backend.rank}.pid").write_text(str(os.getpid()))
     marker = run_dir / f"rank{backend.rank}.terminated"

@@ -5,7 +5,7 @@ Two ways to start it:
 - inside an MPI job: ``mpiexec -n N python -m experiments.run S.yaml --backend mpi``
   (or ``srun``); every process runs its rank and rank 0 writes the result;
 - from a plain process: ``MPIExecutor().run(scenario)`` launches
-  ``mpiexec -n N`` itself (see ``executors.launch``), with a timeout that ends a
+  ``mpiexec -n N`` itself (see ``executors.real.launch``), with a timeout that ends a
   dead or stuck run and leaves no process behind.
 
 mpi4py is imported only here and only when needed, so the rest of the package
@@ -15,11 +15,17 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 
 import numpy as np
 
-from executors.real import KERNEL_N, RealBackend, RealExecutor, RealOptions
+from executors.real.backend import KERNEL_N, RealBackend
+from executors.real.executor import RealExecutor
+from executors.real.options import RealRunError
 from workloads.collectives import alltoall_output_layout, block_layout
+
+# Where MPI launchers announce a process's rank: MPICH/Hydra and PMI-2, Open MPI, PMIx, Slurm.
+_RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID")
 
 
 def inside_mpi_job() -> bool:
@@ -120,6 +126,9 @@ class MPIBackend(RealBackend):
     def gather(self, obj):
         return self.world.gather(obj, root=0)
 
+    def share(self, obj):
+        return self.world.bcast(obj, root=0)
+
     def processor_name(self) -> str:
         return self.MPI.Get_processor_name()
 
@@ -192,10 +201,7 @@ class MPIExecutor(RealExecutor):
     """Run a scenario over MPI; see the module docstring for the two ways to start it."""
 
     name = "mpi"
-
-    def __init__(self, options: RealOptions | None = None, hostfile: str | None = None, launcher_timeout_s=None):
-        super().__init__(options, launcher_timeout_s)
-        self.hostfile = hostfile
+    takes_hostfile = True
 
     @classmethod
     def unavailable_reason(cls) -> str:
@@ -207,11 +213,40 @@ class MPIExecutor(RealExecutor):
             return "no mpiexec found on PATH (pip install mpich, or load your cluster's MPI module)"
         return ""
 
-    def inside_job(self) -> bool:
+    @classmethod
+    def inside_job(cls) -> bool:
         return inside_mpi_job()
+
+    @classmethod
+    def announced_rank(cls) -> int | None:
+        if not inside_mpi_job():
+            return None
+        for var in _RANK_VARS:
+            if os.environ.get(var, "").isdigit():
+                return int(os.environ[var])
+        return None
+
+    @classmethod
+    def launch_command(cls, nranks: int, module_args: list[str], hostfile: str | None = None) -> list[str]:
+        mpiexec = mpiexec_path()
+        if mpiexec is None:
+            raise RealRunError("no mpiexec found on PATH (pip install mpich, or load your cluster's MPI module)")
+        cmd = [mpiexec, "-n", str(nranks)]
+        if hostfile:
+            cmd += ["-f", hostfile]
+        return cmd + [sys.executable, "-m"] + list(module_args)
+
+    @classmethod
+    def slurm_step(cls, nodes: int, ranks_per_node: int, cpus_per_rank: int, module_args: str) -> list[str]:
+        """Lines of a batch script that start the ranks of ``python -m <module_args>`` under Slurm."""
+        return [
+            "# srun starts the ranks; MPI finds them through Slurm's PMI. MPICH (and the mpich wheel)",
+            "# speaks pmi2, Open MPI pmix: `srun --mpi=list` shows what this cluster offers, and",
+            "# SRUN_MPI=pmix sbatch THIS_SCRIPT switches.",
+            'SRUN_MPI=${SRUN_MPI:-pmi2}',
+            f'srun --mpi="$SRUN_MPI" --nodes={nodes} --ntasks-per-node={ranks_per_node} '
+            f'"$PYTHON" -m {module_args}',
+        ]
 
     def backend(self) -> RealBackend:
         return MPIBackend()
-
-    def launch_options(self) -> dict:
-        return {"hostfile": self.hostfile}

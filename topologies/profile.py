@@ -2,7 +2,7 @@
 
 ``python -m experiments.calibrate`` measures a machine (ping-pong latency and
 bandwidth per link class, the compute speed of the kernel compute operations
-use, collective times) and writes a profile; a scenario that names it
+use, collective times) and writes a profile (``experiments.output.write_profile``); a scenario that names it
 (``profile: PROFILE.yaml``) is then simulated on the measured machine:
 
 - every rank computes at the measured ``compute.flops_per_s``;
@@ -20,6 +20,11 @@ use, collective times) and writes a profile; a scenario that names it
 The scenario's own topology is replaced, except for its rank groups (which
 the hierarchical algorithm uses): a real run on this machine is what the
 prediction is compared with.
+
+This module holds the profile's data, its loading and the machine it
+describes as a topology; the fits that produce a profile by running the
+simulator live in ``simcore.calibration``, and ``simcore.calibration.Calibration``
+is what the engine takes from a profile.
 """
 from __future__ import annotations
 
@@ -30,7 +35,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import networkx as nx
-import numpy as np
+
+from topologies.io import read_data_file
+from topologies.model import Topology
 
 LINK_CLASSES = ("intra_node", "inter_node")
 
@@ -124,10 +131,8 @@ class MachineProfile:
         per_host = max(1, math.ceil(len(hosts) / len(set(hosts))))
         return [r // per_host for r in range(nranks)]
 
-    def topology(self, nranks: int, groups: Sequence[Sequence[int]] | None = None):
+    def topology(self, nranks: int, groups: Sequence[Sequence[int]] | None = None) -> Topology:
         """The measured machine as a topology for ``nranks`` ranks (keeping ``groups``)."""
-        from topologies import Topology
-
         intra = self.link_classes["intra_node"]
         inter = self.link_classes.get("inter_node")
         host_of = self.placement(nranks)
@@ -220,124 +225,9 @@ class MachineProfile:
         except (TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"{where}: {exc}") from None
 
-    def save(self, path: str | Path) -> None:
-        import yaml
-
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
-
 
 def load_profile(path: str | Path) -> MachineProfile:
-    from topologies.io import read_data_file
-
     data = read_data_file(path, ValueError)
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a profile is a mapping")
     return MachineProfile.from_dict(data, where=str(path))
-
-
-# -- fitting ----------------------------------------------------------------------------
-
-
-def fit_hockney(sizes: Sequence[int], times_s: Sequence[float]) -> tuple[float, float]:
-    """Latency and bandwidth of t = a + n/B, least squares on relative error.
-
-    Relative error weighs a 1 KiB message as much as a 64 MiB one, so the
-    latency comes from the small sizes and the bandwidth from the large.
-    """
-    n = np.asarray(sizes, dtype=float)
-    t = np.asarray(times_s, dtype=float)
-    if len(set(n.tolist())) < 2 or not np.all(np.isfinite(t)) or np.any(t <= 0):
-        raise ValueError("need at least two distinct sizes with finite positive times to fit latency and bandwidth")
-    design = np.stack([np.ones_like(n), n], axis=1) / t[:, None]
-    (latency_s, seconds_per_byte), *_ = np.linalg.lstsq(design, np.ones_like(t), rcond=None)
-    largest = int(np.argmax(n))
-    if seconds_per_byte <= 0 or n[largest] * seconds_per_byte < 0.05 * t[largest]:
-        # Times that barely grow with size: latency-bound throughout, and the
-        # fitted bandwidth would be anything.  The largest message bounds it.
-        seconds_per_byte = float(t[largest] / max(n[largest], 1.0))
-    return max(float(latency_s), 0.0), 1.0 / float(seconds_per_byte)
-
-
-def efficiency_curve(sizes, times_s, latency_s: float, bandwidth_bytes_per_s: float,
-                     tolerance: float = 0.1) -> tuple[tuple[int, float], ...]:
-    """Per-size factors making the line pass through each measurement; () if it fits within ``tolerance``."""
-    predicted = [latency_s + n / bandwidth_bytes_per_s for n in sizes]
-    if all(abs(p - t) <= tolerance * t for p, t in zip(predicted, times_s)):
-        return ()
-    points = []
-    for n, t in zip(sizes, times_s):
-        transfer_s = t - latency_s
-        if n <= 0 or transfer_s <= 0:
-            continue
-        factor = n / (bandwidth_bytes_per_s * transfer_s)
-        points.append((int(n), float(min(max(factor, 0.01), 100.0))))
-    return tuple(sorted(points))
-
-
-def fit_reduce_cost(scenario, measured_s: dict[int, float]) -> float:
-    """Seconds per reduced byte that make ``scenario`` (already on its profile's machine) match.
-
-    ``measured_s`` maps op index to the measured time of that operation (all
-    ranks start it together).  Simulated time is linear in the reduction cost,
-    so one extra simulation with a unit cost gives each operation's
-    sensitivity, and least squares gives the cost (never negative).
-    """
-    import dataclasses
-
-    from simcore.engine import Simulator
-
-    def op_times(reduce_s_per_byte: float) -> dict[int, float]:
-        profile = dataclasses.replace(scenario.profile, reduce_s_per_byte=reduce_s_per_byte)
-        result = Simulator(scenario.topology, scenario.programs(), seed=scenario.seed,
-                           reduce_s_per_byte=reduce_s_per_byte,
-                           message_efficiency=profile.message_efficiency(scenario.nranks)).run()
-        frame = result.records.assign(d=result.records["end_s"] - result.records["start_s"])
-        return frame.groupby("op_index")["d"].max().to_dict()
-
-    unit = 1e-9
-    base, bumped = op_times(0.0), op_times(unit)
-    indices = sorted(measured_s)
-    sensitivity = np.array([(bumped[i] - base[i]) / unit for i in indices])
-    residual = np.array([measured_s[i] - base[i] for i in indices])
-    if not np.any(sensitivity > 0):
-        return 0.0
-    return max(float(np.dot(sensitivity, residual) / np.dot(sensitivity, sensitivity)), 0.0)
-
-
-def fit_collective_efficiency(scenario, measured_s: dict[int, float]):
-    """Per-op (nbytes, factor) curves that make ``scenario``'s collectives take their measured times.
-
-    ``scenario`` runs on its profile's machine (without collective
-    corrections) and ``measured_s`` maps op index to the measured time of a
-    collective run natively.  A factor f divides the bandwidth of every step of
-    the collective, so its time is a + b/f; simulating with f = 1 and f = 1/2
-    gives a and b, and f = b / (measured - a).  Several measurements of one
-    (op, size) take their median.
-    """
-    from simcore.engine import Simulator
-    from workloads.ops import Collective
-
-    program = scenario.programs()[0]
-    ops = {i: program[i] for i in measured_s if isinstance(program[i], Collective)}
-    profile = scenario.profile
-
-    def op_times(factor: float) -> dict[int, float]:
-        result = Simulator(scenario.topology, scenario.programs(), seed=scenario.seed,
-                           reduce_s_per_byte=profile.reduce_s_per_byte,
-                           message_efficiency=profile.message_efficiency(scenario.nranks),
-                           collective_efficiency=lambda op, nbytes: factor).run()
-        frame = result.records.assign(d=result.records["end_s"] - result.records["start_s"])
-        return frame.groupby("op_index")["d"].max().to_dict()
-
-    full, half = op_times(1.0), op_times(0.5)
-    by_key: dict[tuple[str, int], list[float]] = {}
-    for i, op in ops.items():
-        b = half[i] - full[i]
-        a = full[i] - b
-        if b > 0 and measured_s[i] > a:
-            factor = min(max(b / (measured_s[i] - a), 0.01), 100.0)
-            by_key.setdefault((op.op, op.nbytes), []).append(factor)
-    curves: dict[str, list] = {}
-    for (op, nbytes), values in sorted(by_key.items()):
-        curves.setdefault(op, []).append((nbytes, float(np.median(values))))
-    return {op: tuple(points) for op, points in curves.items()}

@@ -1,8 +1,9 @@
 """Launch a real run from a plain process, and make sure it ends.
 
-``launch("mpi" | "torch", scenario, options)`` writes the scenario to a
-temporary folder, starts ``mpiexec -n N`` or ``torchrun --nproc-per-node N``
-on ``python -m executors.worker`` in a session of its own, and waits.
+``launch(executor_class, scenario, options)`` writes the scenario to a
+temporary folder, starts the backend's launcher (``mpiexec -n N``,
+``torchrun --nproc-per-node N``: the class's ``launch_command``) on
+``python -m executors.real.worker`` in a session of its own, and waits.
 
 A run never hangs forever: each rank's watchdog ends the job when one
 operation outlasts ``options.timeout_s``, and the launcher kills the whole
@@ -23,7 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from executors.real import RealOptions, RealRunError, read_status
+from executors.real.options import RealOptions, RealRunError
+from executors.real.status import read_status
 
 START_GRACE_S = 60.0
 
@@ -39,42 +41,26 @@ def scenario_for_workers(scenario) -> dict:
     return data
 
 
-def command(backend: str, nranks: int, run_dir: str, hostfile: str | None = None) -> list[str]:
-    worker = [sys.executable, "-m", "executors.worker", run_dir]
-    if backend == "mpi":
-        from executors.mpi import mpiexec_path
-
-        mpiexec = mpiexec_path()
-        if mpiexec is None:
-            raise RealRunError("no mpiexec found on PATH (pip install mpich, or load your cluster's MPI module)")
-        cmd = [mpiexec, "-n", str(nranks)]
-        if hostfile:
-            cmd += ["-f", hostfile]
-        return cmd + worker
-    if backend == "torch":
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nranks}",
-                "--max-restarts=0", "-m", "executors.worker", run_dir]
-    raise ValueError(f"unknown real backend {backend!r}")
-
-
-def launch(backend: str, scenario, options: RealOptions, *, hostfile: str | None = None,
+def launch(executor_class, scenario, options: RealOptions, *, hostfile: str | None = None,
            timeout_s: float | None = None, keep_dir: bool = False):
-    """Run ``scenario`` for real with ``backend`` ('mpi' or 'torch'); return rank 0's RunResult."""
+    """Run ``scenario`` for real with the backend of ``executor_class`` (a ``RealExecutor``
+    subclass, as the registry gives it); return rank 0's RunResult."""
+    backend = executor_class.name
     run_dir = tempfile.mkdtemp(prefix=f"distsim-{backend}-")
     try:
         Path(run_dir, "scenario.json").write_text(json.dumps(scenario_for_workers(scenario)))
         Path(run_dir, "options.json").write_text(json.dumps({**options.to_dict(), "backend": backend}))
-        cmd = command(backend, scenario.nranks, run_dir, hostfile)
+        if hostfile and not Path(hostfile).is_file():
+            raise RealRunError(f"hostfile {hostfile}: no such file")
+        cmd = executor_class.launch_command(scenario.nranks, ["executors.real.worker", run_dir], hostfile)
         env = dict(os.environ)
         # N ranks on one machine share its cores: one BLAS thread each unless
         # the user says otherwise.
         for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
             env.setdefault(var, "1")
         env["PYTHONPATH"] = os.pathsep.join(
-            [str(Path(__file__).resolve().parent.parent)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+            [str(Path(__file__).resolve().parents[2])] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
         )
-        if hostfile and not Path(hostfile).is_file():
-            raise RealRunError(f"hostfile {hostfile}: no such file")
         stdout = open(Path(run_dir, "stdout.txt"), "w")
         stderr = open(Path(run_dir, "stderr.txt"), "w")
         try:

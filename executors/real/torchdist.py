@@ -6,7 +6,7 @@ Two ways to start it:
   ``torchrun --standalone --nproc-per-node=N -m experiments.run S.yaml --backend torch``;
   every process runs its rank and rank 0 writes the result;
 - from a plain process: ``TorchExecutor().run(scenario)`` launches
-  ``python -m torch.distributed.run`` itself (see ``executors.launch``), with a
+  ``python -m torch.distributed.run`` itself (see ``executors.real.launch``), with a
   timeout that ends a dead or stuck run and leaves no process behind.
 
 What the libraries lack, and what this backend does instead (``EMULATED``
@@ -31,10 +31,15 @@ from __future__ import annotations
 import copy
 import os
 import socket
+import sys
 from datetime import timedelta
 
-from executors.real import KERNEL_N, RealBackend, RealExecutor
+from executors.real.backend import KERNEL_N, RealBackend
+from executors.real.executor import RealExecutor
 from workloads.collectives import alltoall_output_layout, block_layout
+
+# The port the ranks of a multi-node torchrun job meet at, on the first node.
+RDZV_PORT = 29500
 
 # (process-group backend, collective) -> what actually runs.
 EMULATED: dict[tuple[str, str], str] = {
@@ -212,6 +217,11 @@ class TorchBackend(RealBackend):
         self.dist.gather_object(obj, out, dst=0)
         return out
 
+    def share(self, obj):
+        box = [obj if self.rank == 0 else None]
+        self.dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     def processor_name(self) -> str:
         return socket.gethostname()
 
@@ -307,6 +317,7 @@ class TorchExecutor(RealExecutor):
     """Run a scenario over torch.distributed; see the module docstring for the two ways to start it."""
 
     name = "torch"
+    hostfile_hint = "torchrun meets its nodes at a rendezvous address: start one torchrun per node (experiments.sbatch)"
 
     @classmethod
     def unavailable_reason(cls) -> str:
@@ -320,8 +331,33 @@ class TorchExecutor(RealExecutor):
             return "this torch build has neither gloo nor NCCL"
         return ""
 
-    def inside_job(self) -> bool:
+    @classmethod
+    def inside_job(cls) -> bool:
         return inside_torchrun_job()
+
+    @classmethod
+    def announced_rank(cls) -> int | None:
+        rank = os.environ.get("RANK", "")
+        return int(rank) if inside_torchrun_job() and rank.isdigit() else None
+
+    @classmethod
+    def launch_command(cls, nranks: int, module_args: list[str], hostfile: str | None = None) -> list[str]:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nranks}",
+                "--max-restarts=0", "-m"] + list(module_args)
+
+    @classmethod
+    def slurm_step(cls, nodes: int, ranks_per_node: int, cpus_per_rank: int, module_args: str) -> list[str]:
+        """Lines of a batch script that start the ranks of ``python -m <module_args>`` under Slurm."""
+        return [
+            "# One torchrun per node starts the ranks of that node; all meet at the first node.",
+            "TORCHRUN=${TORCHRUN:-torchrun}",
+            'head=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)',
+            "# The step gets the node's cores for its workers (a step's task gets one core otherwise).",
+            f"srun --nodes={nodes} --ntasks-per-node=1 --cpus-per-task={ranks_per_node * cpus_per_rank} "
+            f'"$TORCHRUN" --nnodes "$SLURM_NNODES" --nproc-per-node {ranks_per_node} \\',
+            f'    --rdzv-id "$SLURM_JOB_ID" --rdzv-backend c10d --rdzv-endpoint "$head:{RDZV_PORT}" \\',
+            f"    -m {module_args}",
+        ]
 
     def backend(self) -> RealBackend:
         return TorchBackend.from_environment(timeout_s=self.options.timeout_s)

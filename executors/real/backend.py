@@ -1,0 +1,130 @@
+"""The interface every real backend (MPI, torch.distributed) implements for one rank.
+
+A backend supplies point-to-point and native collective calls on byte
+buffers, a barrier, a clock, a gather and a broadcast of rank 0's decision;
+``executors.real.runner`` does the rest, the same for every backend.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import time
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+from workloads.ops import Collective
+
+# enough for BLAS to run near peak, small enough to hit a FLOP count closely.
+KERNEL_N = 256
+
+
+class RealBackend(ABC):
+    """One rank of a real run.  Buffers are 1-D uint8 arrays (numpy or torch)."""
+
+    name = ""
+    rank: int
+    size: int
+    local_rank: int = 0  # among the ranks on this host
+    local_size: int = 1
+
+    @property
+    def transport(self) -> str:
+        """What carries the bytes (the MPI library, gloo or NCCL), for the summary."""
+        return self.name
+
+    @abstractmethod
+    def barrier(self) -> None: ...
+
+    def now_s(self) -> float:
+        return time.perf_counter()
+
+    def synchronize(self) -> None:
+        """Wait for queued device work before the clock is read (GPU backends)."""
+
+    @abstractmethod
+    def buffer(self, nbytes: int): ...
+
+    @abstractmethod
+    def fill(self, buf, value: int) -> None: ...
+
+    @abstractmethod
+    def to_numpy(self, buf) -> np.ndarray: ...
+
+    @abstractmethod
+    def send(self, buf, peer: int, tag: int) -> None: ...
+
+    @abstractmethod
+    def recv(self, buf, peer: int, tag: int) -> None: ...
+
+    # isend/irecv carry the steps of lowered collectives, on a communicator
+    # (process group) of their own; send/recv carry the users' messages.
+    @abstractmethod
+    def isend(self, buf, peer: int, tag: int): ...
+
+    @abstractmethod
+    def irecv(self, buf, peer: int, tag: int): ...
+
+    @abstractmethod
+    def waitall(self, requests) -> None:
+        """Wait for requests from ``isend``/``irecv``."""
+
+    def wait(self, request) -> None:
+        """Wait for a request returned by a non-blocking ``collective``."""
+        request.wait()
+
+    @abstractmethod
+    def add_(self, dst, src) -> None: ...
+
+    @abstractmethod
+    def copy_(self, dst, src) -> None: ...
+
+    @abstractmethod
+    def collective(self, op: Collective, buf, out, blocking: bool):
+        """The library's own call; returns a request to wait on when not blocking."""
+
+    def enter_thread(self) -> None:
+        """Called first in the communication stream's thread (a GPU backend sets its device there)."""
+
+    def stream(self) -> "RealBackend | None":
+        """A view of this rank that runs collectives on communicators of its own
+        and may be used from a second thread (the communication stream), or None
+        where the library cannot be called from two threads."""
+        return None
+
+    def prepare_collective(self, op: Collective, buf, out, blocking: bool):
+        """A no-argument callable making ``collective``'s call, its arguments worked
+        out now, so that the timed region holds the library call and little else."""
+        return lambda: self.collective(op, buf, out, blocking)
+
+    @abstractmethod
+    def matmul(self, rows: int) -> None:
+        """One product of a (rows x KERNEL_N) by a (KERNEL_N x KERNEL_N) float32 matrix."""
+
+    @abstractmethod
+    def gather(self, obj) -> list | None:
+        """All ranks' ``obj`` at rank 0 (None elsewhere)."""
+
+    @abstractmethod
+    def share(self, obj):
+        """Rank 0's ``obj`` on every rank (a broadcast of a small Python object)."""
+
+    def processor_name(self) -> str:
+        return socket.gethostname()
+
+    def pin_to_core(self) -> str:
+        """Bind this process to one core of those it may use, if there is one per local rank.
+
+        Returns the core, or why it did not pin.
+        """
+        if not hasattr(os, "sched_getaffinity"):
+            return "not pinned (no CPU affinity on this system)"
+        cores = sorted(os.sched_getaffinity(0))
+        if self.local_size > len(cores):
+            return f"not pinned ({self.local_size} ranks on {len(cores)} cores)"
+        core = cores[self.local_rank]
+        os.sched_setaffinity(0, {core})
+        return f"core {core}"
+
+    def close(self) -> None:
+        pass

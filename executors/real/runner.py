@@ -1,0 +1,341 @@
+"""What every real backend shares: run a rank's program and time each operation.
+
+A backend (``executors.mpi``, ``executors.torchdist``) supplies a
+``RealBackend``: point-to-point and native collective calls on byte buffers,
+a barrier, a clock and a gather.  ``run_real`` then executes the scenario's
+program for this rank, exactly the operations the simulator ran:
+
+- compute: matrix products of float32 matrices sized to the operation's FLOPs
+  (2 n^3 per n x n product), never a sleep;
+- send / recv: real buffers of the given size;
+- collectives, ``native``: the library's own call (``Allreduce``,
+  ``all_reduce``...); ``algorithm``: the lowered point-to-point steps of the
+  named algorithm (``workloads.collectives.lower``), Isend/Irecv then Waitall
+  per step, on a separate communicator so user tags never collide;
+- non-blocking collectives start at once and complete at their ``wait``.
+
+Buffers are bytes (uint8), and reductions add bytes modulo 256 in both modes,
+so a result can be checked exactly (``check=True``).
+
+Timing: ``aligned`` puts a barrier before every operation and times each
+from that barrier, so an operation's time is its own (the only mode that is
+valid is when every rank runs the same number of operations and none is
+non-blocking); ``free`` puts one barrier before each repeat and lets the
+ranks run on, as the simulator does.  ``auto`` picks aligned where it is valid.
+Records carry ``start_s``/``end_s`` from the repeat's first barrier, and a
+``repeat`` column; warm-up repeats are run and dropped.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from executors.real.analysis import aligned_problem, choose_timing
+from executors.real.backend import KERNEL_N, RealBackend
+from executors.real.options import RealOptions, RealRunError, parse_fault
+from executors.real.status import RankStatus
+from executors.real.stream import Stream
+from simcore.result import Record, RunResult, records_frame
+from workloads.collectives import SEMANTICS, alltoall_output_layout, block_layout, lower, root_peer
+from workloads.ops import Collective, Compute, Recv, Send, Wait
+
+def run_real(backend: RealBackend, scenario, options: RealOptions, status_dir: str | None = None) -> RunResult | None:
+    """Run this rank's program; rank 0 returns the gathered RunResult, others None."""
+    programs = scenario.programs()
+    if backend.size != scenario.nranks:
+        raise RealRunError(
+            f"the scenario has {scenario.nranks} ranks but {backend.size} processes were started; "
+            f"start it with {scenario.nranks} processes (mpiexec -n {scenario.nranks} / torchrun --nproc-per-node)"
+        )
+    pinned = backend.pin_to_core() if options.pin else "not pinned (pin off)"
+    timing = choose_timing(programs, options.timing)
+    problem = aligned_problem(programs) if timing == "aligned" else None
+    if problem:
+        raise RealRunError(f"timing 'aligned' (a barrier before every operation) would deadlock: {problem}; "
+                           "use --timing free")
+    runner = RankRunner(backend, scenario, programs[backend.rank], options, timing, status_dir)
+    wall0 = time.perf_counter()
+    records = runner.run()
+    wall_s = time.perf_counter() - wall0
+    gathered = backend.gather((records, backend.processor_name(), pinned))
+    if backend.rank != 0:
+        return None
+    pairs = [pair for rank_pairs, _, _ in gathered for pair in rank_pairs]
+    frame = records_frame((record for _, record in pairs), repeats=[repeat for repeat, _ in pairs])
+    frame = frame.sort_values(["repeat", "rank", "op_index"], kind="stable").reset_index(drop=True)
+    hosts = [host for _, host, _ in gathered]
+    makespans = frame.groupby("repeat")["end_s"].max()
+    summary = {
+        "scenario": scenario.name,
+        "backend": backend.name,
+        "transport": backend.transport,
+        "mode": options.mode,
+        "timing": timing,
+        "nranks": backend.size,
+        "hosts": sorted(set(hosts)),
+        "rank_hosts": hosts,
+        "rank_cores": [where for _, _, where in gathered],
+        "repeats": options.repeats,
+        "warmup": options.warmup,
+        "makespan_s": float(makespans.median()),
+        "makespan_s_min": float(makespans.min()),
+        "makespan_s_max": float(makespans.max()),
+        "operations": int((frame["repeat"] == 0).sum()),
+        "wall_s": round(wall_s, 4),
+    }
+    per_rank = rank_times(frame, programs, hosts)
+    for column in ("compute_s", "comm_s", "wait_s"):
+        summary[f"{column}_mean"] = float(per_rank[column].mean())
+    return RunResult(records=frame, summary=summary, per_rank=per_rank)
+
+
+def rank_times(frame: pd.DataFrame, programs, hosts) -> pd.DataFrame:
+    """The simulator's per-rank table from a real run's records: median over repeats of each rank's
+    compute_s (compute operations), comm_s (blocking communication on the main thread) and wait_s
+    (the rest of the repeat's makespan: waits for non-blocking collectives and idle at the end).
+
+    Energy is not measured (NaN); the three times add up to the makespan as in the simulator.
+    """
+    background = {(rank, index) for rank, program in enumerate(programs) for index, op in enumerate(program)
+                  if isinstance(op, Collective) and not op.blocking}
+    duration = frame["end_s"] - frame["start_s"]
+    on_stream = pd.Series([(r, i) in background for r, i in zip(frame["rank"], frame["op_index"])],
+                          index=frame.index, dtype=bool)
+    compute = duration.where(frame["kind"] == "compute", 0.0)
+    comm = duration.where((frame["kind"] != "compute") & (frame["kind"] != "wait") & ~on_stream, 0.0)
+    parts = pd.DataFrame({"repeat": frame["repeat"], "rank": frame["rank"], "compute_s": compute, "comm_s": comm,
+                          "end_s": frame["end_s"]})
+    per = parts.groupby(["repeat", "rank"]).agg(compute_s=("compute_s", "sum"), comm_s=("comm_s", "sum"),
+                                                end_s=("end_s", "max")).reset_index()
+    per["makespan_s"] = per.groupby("repeat")["end_s"].transform("max")
+    per["wait_s"] = per["makespan_s"] - per["compute_s"] - per["comm_s"]
+    table = per.groupby("rank")[["compute_s", "comm_s", "wait_s", "end_s"]].median().reindex(
+        range(len(programs)), fill_value=0.0)
+    table.insert(0, "node", [str(h) for h in hosts] if len(hosts) == len(programs) else "")
+    table["energy_j"] = math.nan
+    return table.reset_index().rename(columns={"index": "rank"})
+
+
+class RankRunner:
+    def __init__(self, backend: RealBackend, scenario, program, options: RealOptions, timing: str,
+                 status_dir: str | None):
+        self.b = backend
+        self.rank = backend.rank
+        self.size = backend.size
+        self.program = program
+        self.options = options
+        self.timing = timing
+        self.groups = scenario.topology.groups()
+        self.fault = parse_fault(options.fault) if options.fault else None
+        self.status = RankStatus(os.path.join(status_dir, f"rank{self.rank}.status") if status_dir else None)
+        nbytes = [op.nbytes for op in program if isinstance(op, (Send, Recv, Collective))]
+        biggest = max(nbytes, default=0)
+        self.buf = backend.buffer(biggest)
+        # Lowered steps receive what they reduce into scratch; native calls need none.
+        self.scratch = backend.buffer(biggest if options.mode == "algorithm" else 0)
+        self.out = backend.buffer(max(biggest, self._alltoall_out_bytes()))
+        self._native: dict[int, Any] = {}  # op index -> prepared native call
+        nonblocking = [(i, op) for i, op in enumerate(program) if isinstance(op, Collective) and not op.blocking]
+        self.stream_backend = backend.stream() if nonblocking else None
+        # Each non-blocking collective has buffers of its own: several are in
+        # flight at once, as DDP's buckets are.
+        owner = self.stream_backend or backend
+        self._own_buffers = {i: self._buffers_for(owner, op) for i, op in nonblocking}
+        self.current: tuple[int, str] | None = None
+        self.current_since = 0.0
+        self._watchdog_stop = threading.Event()
+
+    def _alltoall_out_bytes(self) -> int:
+        sizes = [sum(s for _, s in alltoall_output_layout(op.nbytes, self.rank, self.size))
+                 for op in self.program if isinstance(op, Collective) and op.op == "alltoall"]
+        return max(sizes, default=0)
+
+    # -- watchdog: a rank stuck in one operation ends the whole run -------------
+
+    def _watch(self) -> None:
+        while not self._watchdog_stop.wait(0.2):
+            current = self.current
+            if current is not None and time.monotonic() - self.current_since > self.options.timeout_s:
+                index, kind = current
+                message = (f"rank {self.rank}: op {index} ({kind}) did not finish within "
+                           f"{self.options.timeout_s:g} s; ending the run")
+                self._status(f"timeout {index} {kind}")
+                print(message, file=sys.stderr, flush=True)
+                os._exit(3)
+
+    def _status(self, text: str) -> None:
+        self.status.set(text)
+
+    def _enter(self, index: int, kind: str) -> None:
+        self.current = (index, kind)
+        self.current_since = time.monotonic()
+        self._status(f"op {index} {kind}")
+        if self.fault and self.fault[1] == self.rank and self.fault[2] == index:
+            action = self.fault[0]
+            if action == "exit":
+                self._status(f"died {index} {kind}")
+                print(f"rank {self.rank}: injected fault: exiting in op {index} ({kind})", file=sys.stderr, flush=True)
+                os._exit(9)
+            if action == "raise":
+                raise RuntimeError(f"injected fault in op {index} ({kind})")
+            # "hang": block without progress until the watchdog ends the run.
+            threading.Event().wait()
+
+    def run(self) -> list[tuple[int, Record]]:
+        """(repeat, record) of every timed operation."""
+        watchdog = threading.Thread(target=self._watch, name="distsim-watchdog", daemon=True)
+        watchdog.start()
+        records: list[tuple[int, Record]] = []
+        try:
+            for repeat in range(-self.options.warmup, self.options.repeats):
+                rows = self._run_once()
+                if repeat >= 0:
+                    records.extend((repeat, row) for row in rows)
+            self._status("done")
+        finally:
+            self._watchdog_stop.set()
+            self.status.close()
+        return records
+
+    def _run_once(self) -> list[Record]:
+        b = self.b
+        aligned = self.timing == "aligned"
+        self.current, self.current_since = (-1, "barrier"), time.monotonic()
+        b.barrier()
+        base = b.now_s()
+        rows: list[Record] = []
+        stream = Stream(self, self.stream_backend, base) if self.stream_backend is not None else None
+        handles: dict[str, int] = {}  # handle -> op index of its collective
+        try:
+            for index, op in enumerate(self.program):
+                kind = op.kind
+                if self.options.check and isinstance(op, Collective):
+                    b.fill(self._buffers(index, op)[0], self.rank + 1)
+                if aligned:
+                    self.current, self.current_since = (index, "barrier"), time.monotonic()
+                    b.barrier()
+                self._enter(index, kind)
+                if type(op) is Collective and not op.blocking:
+                    handles[op.handle] = index
+                    if stream is not None:
+                        stream.submit(index, op, self._own_buffers[index])
+                        continue
+                native = None
+                if type(op) is Collective and self.options.mode == "native":
+                    native = self._native.get(index)
+                    if native is None:
+                        buf, _, out = self._buffers(index, op)
+                        native = self._native[index] = b.prepare_collective(op, buf[: op.nbytes], out, True)
+                start = b.now_s()
+                peer, nbytes, flops, algorithm = -1, 0, 0.0, ""
+                if type(op) is Compute:
+                    self._compute(op.flops)
+                    flops = op.flops
+                elif type(op) is Send:
+                    b.send(self.buf[: op.nbytes], op.peer, op.tag)
+                    peer, nbytes = op.peer, op.nbytes
+                elif type(op) is Recv:
+                    b.recv(self.buf[: op.nbytes], op.peer, op.tag)
+                    peer, nbytes = op.peer, op.nbytes
+                elif type(op) is Collective:
+                    # Without a communication stream a non-blocking collective
+                    # runs here, at issue: its record is still its own time.
+                    peer, nbytes, algorithm = root_peer(op), op.nbytes, op.algorithm
+                    if native is not None:
+                        native()
+                    else:
+                        self._algorithm(op, b, *self._buffers(index, op))
+                elif type(op) is Wait:
+                    if stream is not None:
+                        stream.wait([handles[h] for h in op.handles])
+                b.synchronize()
+                end = b.now_s()
+                self.current = None
+                if self.options.check and isinstance(op, Collective):
+                    self._check(op, *self._buffers(index, op)[::2])
+                rows.append(Record(self.rank, index, kind, algorithm, peer, nbytes, flops, start - base, end - base,
+                                   math.nan))
+            if stream is not None:
+                # The program ends when its communication stream is drained.
+                self._enter(len(self.program), "wait")
+                stream.wait(list(handles.values()))
+                self.current = None
+        except BaseException:
+            if stream is not None:
+                # Do not wait for a stream that may be stuck: the error must
+                # reach the rank's worker, which ends the run.
+                stream.abandon()
+            raise
+        if stream is not None:
+            stream.close()
+            rows.extend(stream.rows)
+        return rows
+
+    def _buffers_for(self, owner: RealBackend, op: Collective) -> tuple:
+        """(buffer, scratch, output) for one collective: scratch only where
+        lowered steps reduce into it, output only where the op writes one."""
+        semantics = SEMANTICS[op.op]
+        reduces = self.options.mode == "algorithm" and semantics.reduces
+        writes_out = semantics.writes_output
+        out_bytes = max(op.nbytes, sum(s for _, s in alltoall_output_layout(op.nbytes, self.rank, self.size)))
+        return (owner.buffer(op.nbytes), owner.buffer(op.nbytes if reduces else 0),
+                owner.buffer(out_bytes if writes_out else 0))
+
+    def _buffers(self, index: int, op) -> tuple:
+        """(buffer, scratch, output) of the operation at ``index``."""
+        own = self._own_buffers.get(index)
+        return own if own is not None else (self.buf, self.scratch, self.out)
+
+    def _compute(self, flops: float) -> None:
+        per_full = 2.0 * KERNEL_N**3
+        full = int(flops // per_full)
+        matmul = self.b.matmul
+        for _ in range(full):
+            matmul(KERNEL_N)
+        rows = int(round((flops - full * per_full) / (2.0 * KERNEL_N * KERNEL_N)))
+        if rows:
+            matmul(rows)
+
+    def _algorithm(self, op: Collective, b: RealBackend, buf, scratch, out) -> None:
+        alltoall = op.op == "alltoall"
+        if alltoall:
+            mine = block_layout(op.nbytes, self.size)[self.rank]
+            out_block = alltoall_output_layout(op.nbytes, self.rank, self.size)[self.rank]
+            b.copy_(out[out_block[0]: out_block[0] + out_block[1]], buf[mine[0]: mine[0] + mine[1]])
+        for step in lower(op, self.rank, self.size, self.groups):
+            requests = []
+            reduces = []
+            for t in step.recvs:
+                if t.reduce:
+                    view = scratch[t.offset: t.offset + t.nbytes]
+                    reduces.append((t, view))
+                else:
+                    view = (out if alltoall else buf)[t.offset: t.offset + t.nbytes]
+                requests.append(b.irecv(view, t.peer, 0))
+            for t in step.sends:
+                requests.append(b.isend(buf[t.offset: t.offset + t.nbytes], t.peer, 0))
+            b.waitall(requests)
+            for t, view in reduces:
+                b.add_(buf[t.offset: t.offset + t.nbytes], view)
+
+    # -- result checks (check=True): every rank started with bytes rank+1 -------
+
+    def _check(self, op: Collective, buf, out) -> None:
+        data = {"buffer": self.b.to_numpy(buf[: op.nbytes]), "output": None}
+        for expect in SEMANTICS[op.op].expected(op.nbytes, self.rank, self.size, op.root):
+            if data[expect.where] is None:
+                data[expect.where] = self.b.to_numpy(out)
+            values = data[expect.where][expect.offset: expect.offset + expect.nbytes]
+            if len(values) and not np.all(values == expect.value):
+                bad = int(np.flatnonzero(values != expect.value)[0])
+                raise RealRunError(
+                    f"rank {self.rank}: {op.op} ({self.options.mode} {op.algorithm}) gave a wrong result: "
+                    f"{expect.what} should be {expect.value} but byte {bad} is {int(values[bad])}"
+                )

@@ -1,0 +1,43 @@
+"""Calibration: what the engine takes from a measured machine.
+
+``Calibration`` is the one object the ``Simulator`` receives for a measured
+machine (``topologies.profile.MachineProfile``): the time a lowered
+collective spends reducing each received byte, a per-size bandwidth factor
+per pair of ranks, and a per-op, per-size factor for the library's own
+collectives.  ``simcore.fitting`` turns measurements into a profile's figures.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from topologies.profile import MachineProfile
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Measured corrections the engine applies; the default changes nothing.
+
+    ``reduce_s_per_byte``: seconds per byte a lowered collective reduces.
+    ``message_efficiency(src, dst, nbytes)``: factor on the bandwidth of a
+    message between two ranks.  ``collective_efficiency(op, nbytes)``: factor
+    on the bandwidth of every step of a collective run natively.
+    """
+
+    reduce_s_per_byte: float = 0.0
+    message_efficiency: Callable[[int, int, int], float] | None = None
+    collective_efficiency: Callable[[str, int], float] | None = None
+
+    def __post_init__(self):
+        if not 0 <= self.reduce_s_per_byte < float("inf"):
+            raise ValueError(f"reduce_s_per_byte must be finite and >= 0, got {self.reduce_s_per_byte!r}")
+
+    @classmethod
+    def from_profile(cls, profile: MachineProfile | None, nranks: int, *, native: bool = True) -> "Calibration":
+        """The corrections ``profile`` measured, for ``nranks`` ranks; ``native=False`` leaves out
+        those of the library's own collectives (a run in algorithm mode does not use them)."""
+        if profile is None:
+            return cls()
+        return cls(reduce_s_per_byte=profile.reduce_s_per_byte,
+                   message_efficiency=profile.message_efficiency(nranks),
+                   collective_efficiency=profile.collective_factor(native))
