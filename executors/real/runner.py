@@ -97,11 +97,12 @@ def run_real(backend: RealBackend, scenario, options: RealOptions, status_dir: s
 
 
 def rank_times(frame: pd.DataFrame, programs, hosts) -> pd.DataFrame:
-    """The simulator's per-rank table from a real run's records: median over repeats of each rank's
-    compute_s (compute operations), comm_s (blocking communication on the main thread) and wait_s
-    (the rest of the repeat's makespan: waits for non-blocking collectives and idle at the end).
+    """The simulator's per-rank table from a real run's records: each rank's compute_s (compute
+    operations) and comm_s (blocking communication on the main thread), medians over repeats, and
+    wait_s, the rest of the median makespan (waits for non-blocking collectives, idle at the end), so
+    that the three add up to the summary's makespan as they do in the simulator.
 
-    Energy is not measured (NaN); the three times add up to the makespan as in the simulator.
+    Energy is not measured (NaN).
     """
     background = {(rank, index) for rank, program in enumerate(programs) for index, op in enumerate(program)
                   if isinstance(op, Collective) and not op.blocking}
@@ -114,10 +115,10 @@ def rank_times(frame: pd.DataFrame, programs, hosts) -> pd.DataFrame:
                           "end_s": frame["end_s"]})
     per = parts.groupby(["repeat", "rank"]).agg(compute_s=("compute_s", "sum"), comm_s=("comm_s", "sum"),
                                                 end_s=("end_s", "max")).reset_index()
-    per["makespan_s"] = per.groupby("repeat")["end_s"].transform("max")
-    per["wait_s"] = per["makespan_s"] - per["compute_s"] - per["comm_s"]
-    table = per.groupby("rank")[["compute_s", "comm_s", "wait_s", "end_s"]].median().reindex(
+    makespan_s = float(per.groupby("repeat")["end_s"].max().median()) if len(per) else 0.0
+    table = per.groupby("rank")[["compute_s", "comm_s", "end_s"]].median().reindex(
         range(len(programs)), fill_value=0.0)
+    table.insert(2, "wait_s", (makespan_s - table["compute_s"] - table["comm_s"]).clip(lower=0.0))
     table.insert(0, "node", [str(h) for h in hosts] if len(hosts) == len(programs) else "")
     table["energy_j"] = math.nan
     return table.reset_index().rename(columns={"index": "rank"})
