@@ -214,3 +214,45 @@ def test_whatif_over_mpi_reports_the_real_per_rank_shares_one_run_at_a_time(tmp_
     assert table["comm_share"].between(0.0, 1.0).all() and table["comm_share"].gt(0).all()
     # Two real runs side by side would disturb each other: a real backend runs one at a time.
     assert "[1/2]" in capsys.readouterr().err
+
+
+def _runtime_module_imports():
+    """{module: project modules it imports at run time} (``if TYPE_CHECKING:`` blocks left out)."""
+    paths = {".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): path
+             for package in LAYERS for path in sorted((ROOT / package).rglob("*.py"))}
+    graph = {}
+    for module, path in paths.items():
+        tree = ast.parse(path.read_text())
+        typing_only = {id(node) for block in ast.walk(tree) if isinstance(block, ast.If)
+                       and getattr(block.test, "id", "") == "TYPE_CHECKING" for node in ast.walk(block)}
+        targets = set()
+        for node in ast.walk(tree):
+            if id(node) in typing_only:
+                continue
+            if isinstance(node, ast.Import):
+                targets |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                # "from package import module" imports that module (after the package).
+                for alias in node.names:
+                    submodule = f"{node.module}.{alias.name}"
+                    targets.add(submodule if submodule in paths else node.module)
+        graph[module] = {t for t in targets if t.split(".")[0] in LAYERS and t != module}
+    return graph
+
+
+def test_no_module_imports_itself_through_a_cycle():
+    graph = _runtime_module_imports()
+    state = {}
+
+    def visit(module, path):
+        if state.get(module) == "done":
+            return
+        assert state.get(module) != "open", " -> ".join(path + [module])
+        state[module] = "open"
+        for target in sorted(graph.get(module, ())):
+            # A package's __init__ re-exports its modules: importing it is importing them.
+            visit(target, path + [module])
+        state[module] = "done"
+
+    for module in sorted(graph):
+        visit(module, [])
