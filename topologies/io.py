@@ -66,7 +66,7 @@ def _check_topology_memory(nodes: int, links: int, limit: int, what: str) -> Non
     estimate = topology_bytes(nodes, links)
     if estimate > limit:
         raise TopologyError(over_limit_message(
-            f"{what}: {format_count(nodes)} nodes and {format_count(links)} links", estimate, limit))
+            f"{what} {format_count(nodes)} nodes and {format_count(links)} links, which need", estimate, limit))
 
 
 def _tuples(value):
@@ -109,7 +109,7 @@ def _from_builder(data: Mapping, where: str, limit: int) -> Topology:
         size = BUILDER_SIZES.get(name)
         if size is not None:
             nodes, links = size(**kwargs)
-            _check_topology_memory(nodes, links, limit, f"{where}: builder {short(name)} with these arguments makes")
+            _check_topology_memory(nodes, links, limit, f"builder {short(name)} makes")
         return fn(**kwargs)
     except (TypeError, ValueError) as exc:
         raise TopologyError(f"{where}: {exc}") from None
@@ -188,7 +188,7 @@ def _from_explicit(data: Mapping, where: str, limit: int) -> Topology:
     links = data.get("links", [])
     if not isinstance(links, list):
         raise TopologyError(f"{where}.links: must be a list of links")
-    _check_topology_memory(len(nodes), len(links), limit, f"{where}: the explicit topology's")
+    _check_topology_memory(len(nodes), len(links), limit, f"{where}: the topology has")
 
     g = nx.Graph()
     for i, entry in enumerate(nodes):
@@ -345,11 +345,12 @@ def check_plain_data(data, where: str, *, error: type[Exception] = TopologyError
             stack.append((child, f"{item}.{part}" if item else part, depth + 1))
 
 
-def load_topology(path) -> Topology:
+def load_topology(path, *, max_memory_bytes: int | None = None) -> Topology:
     """Read a topology from a ``.yaml``/``.yml`` or ``.json`` file.
 
     The file holds either form, optionally under a top-level ``topology:``
-    key (so a whole scenario file can be pointed at).
+    key (so a whole scenario file can be pointed at).  ``max_memory_bytes``
+    as for ``topology_from_dict``.
     """
     path = Path(path)
     data = read_data_file(path)
@@ -359,7 +360,7 @@ def load_topology(path) -> Topology:
         where = f"{path}: topology"
     if data is None:
         raise TopologyError(f"{path}: empty topology")
-    return topology_from_dict(data, where=where)
+    return topology_from_dict(data, where=where, max_memory_bytes=max_memory_bytes)
 
 
 class _Resolver(Resolver):

@@ -218,5 +218,5 @@ def topology_bytes(nodes: int, links: int) -> int:
 
 def over_limit_message(what: str, estimate_bytes: int, limit_bytes: int) -> str:
     """The refusal of ``what`` (which says what was counted) needing ``estimate_bytes`` over ``limit_bytes``."""
-    return (f"{what} need an estimated {format_bytes(estimate_bytes)}, over the memory limit of "
+    return (f"{what} an estimated {format_bytes(estimate_bytes)} of memory, over the limit of "
             f"{format_bytes(limit_bytes)} ({limit_bytes} B); {RAISE_HINT}")
