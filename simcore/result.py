@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,11 +56,11 @@ class RunResult:
                 frame.to_csv(path, index=False)
                 written.append(path)
         path = out / "summary.json"
-        path.write_text(json.dumps(self.summary, indent=2, default=_jsonable) + "\n")
+        path.write_text(dumps_json(self.summary, indent=2) + "\n")
         written.append(path)
         if len(self.records):
             path = out / "trace.json"
-            path.write_text(json.dumps(self.chrome_trace()))
+            path.write_text(dumps_json(self.chrome_trace()))
             written.append(path)
         return written
 
@@ -116,6 +117,24 @@ class RunResult:
             if key in s:
                 lines.append(f"{key:<15} {s[key]}")
         return "\n".join(lines)
+
+
+def dumps_json(data, **kwargs) -> str:
+    """Standard JSON only: a NaN or infinity (a partial result, a real run's missing
+    value) is written as null, never as the non-standard NaN/Infinity."""
+    return json.dumps(_finite(data), allow_nan=False, default=_jsonable, **kwargs)
+
+
+def _finite(value):
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):  # numpy scalars
+        return _finite(value.item())
+    return value
 
 
 def _jsonable(value):
