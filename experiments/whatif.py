@@ -134,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=common.default_jobs(),
                    help="parallel worker processes (default: CPU count); results do not depend on it")
     p.add_argument("--no-plots", action="store_true", help="write the CSV only")
+    common.add_max_memory_option(p)
     return p
 
 
@@ -155,6 +156,14 @@ def main(argv: list[str] | None = None) -> int:
         varies.append((path, values))
 
     path = Path(args.scenario)
+    out = Path(args.out or Path("results") / f"whatif-{path.stem}")
+    problem = common.out_dir_problem(out)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    max_memory_bytes = common.max_memory_or_report(args)
+    if max_memory_bytes is None:
+        return 2
     try:
         base = read_scenario_file(path)
         if not isinstance(base, dict):
@@ -179,13 +188,13 @@ def main(argv: list[str] | None = None) -> int:
         # Validate every variant here, so a bad value is one clear line (exit 2)
         # rather than a traceback from a worker process.
         try:
-            scenario_from_dict(data, base_dir=path.parent, where=where)
+            scenario_from_dict(data, base_dir=path.parent, where=where, max_memory_bytes=max_memory_bytes)
         except ScenarioError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         variants.append((combo, label, data, where))
 
-    tasks = [(common.run_scenario_dict, (data, args.backend, str(path.parent), where))
+    tasks = [(common.run_scenario_dict, (data, args.backend, str(path.parent), where, max_memory_bytes))
              for _, _, data, where in variants]
     from simcore.engine import SimulationError
 
@@ -222,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     columns = params + ["n", "makespan_s", "speedup", "comm_share", "energy_j", "compute_s_mean",
                         "wait_s_mean", "messages"]
     frame = pd.DataFrame(rows, columns=columns)
-    out = common.make_out_dir(args.out or Path("results") / f"whatif-{path.stem}")
+    out = common.make_out_dir(out)
     csv_path = out / "whatif.csv"
     frame.to_csv(csv_path, index=False)
     table = [(p, p, ".4g") for p in params] + [

@@ -218,5 +218,7 @@ def topology_bytes(nodes: int, links: int) -> int:
 
 def over_limit_message(what: str, estimate_bytes: int, limit_bytes: int) -> str:
     """The refusal of ``what`` (which says what was counted) needing ``estimate_bytes`` over ``limit_bytes``."""
+    limit = format_bytes(limit_bytes)
+    exact = "" if limit == f"{limit_bytes} B" else f" ({limit_bytes} B)"
     return (f"{what} an estimated {format_bytes(estimate_bytes)} of memory, over the limit of "
-            f"{format_bytes(limit_bytes)} ({limit_bytes} B); {RAISE_HINT}")
+            f"{limit}{exact}; {RAISE_HINT}")
