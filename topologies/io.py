@@ -243,45 +243,52 @@ def read_data_file(path, error: type[Exception] = TopologyError, *, int_keys_und
     ``int_keys_under`` (a scenario's ``workload.ranks``).
     """
     path = Path(path)
+    shown = shown_path(path)
     suffix = path.suffix.lower()
     if suffix not in (".yaml", ".yml", ".json"):
-        raise error(f"{path}: unsupported file type {short(suffix)}; use .yaml, .yml or .json")
+        raise error(f"{shown}: unsupported file type {short(suffix)}; use .yaml, .yml or .json")
     try:
         info = path.stat()
         # A FIFO or a device would block or never end; only regular files are data.
         if not stat.S_ISREG(info.st_mode):
-            raise error(f"{path}: not a regular file")
+            raise error(f"{shown}: not a regular file")
         if info.st_size > MAX_FILE_BYTES:
-            raise error(f"{path}: the file is {format_bytes(info.st_size)}, over the limit of "
+            raise error(f"{shown}: the file is {format_bytes(info.st_size)}, over the limit of "
                         f"{format_bytes(MAX_FILE_BYTES)} for a scenario, topology or profile file")
         with path.open("rb") as stream:
             raw = stream.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
-        raise error(f"{path}: no such file") from None
+        raise error(f"{shown}: no such file") from None
     except OSError as exc:
-        raise error(f"{path}: cannot read: {exc.strerror or exc}") from None
+        raise error(f"{shown}: cannot read: {exc.strerror or exc}") from None
     if len(raw) > MAX_FILE_BYTES:
-        raise error(f"{path}: the file is over the limit of {format_bytes(MAX_FILE_BYTES)}")
+        raise error(f"{shown}: the file is over the limit of {format_bytes(MAX_FILE_BYTES)}")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
-        raise error(f"{path}: not UTF-8 text: byte 0x{raw[exc.start]:02x} at line {line} "
+        raise error(f"{shown}: not UTF-8 text: byte 0x{raw[exc.start]:02x} at line {line} "
                     f"(offset {exc.start}) cannot be decoded") from None
     if suffix == ".json":
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise error(f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+            raise error(f"{shown}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
         except RecursionError:
             # The decoder recurses once per level; far past MAX_NESTING_DEPTH anyway.
-            raise error(f"{path}: invalid JSON: nested deeper than {MAX_NESTING_DEPTH} levels") from None
+            raise error(f"{shown}: invalid JSON: nested deeper than {MAX_NESTING_DEPTH} levels") from None
         except ValueError as exc:  # e.g. an integer of more digits than int() accepts
-            raise error(f"{path}: invalid JSON: {cut(str(exc))}") from None
+            raise error(f"{shown}: invalid JSON: {cut(str(exc))}") from None
     else:
-        data = parse_yaml(text, where=str(path), error=error)
-    check_plain_data(data, str(path), error=error, int_keys_under=int_keys_under)
+        data = parse_yaml(text, where=shown, error=error)
+    check_plain_data(data, shown, error=error, int_keys_under=int_keys_under)
     return data
+
+
+def shown_path(path) -> str:
+    """``path`` for a message: whole, unless a file's value made it absurdly long."""
+    text = str(path)
+    return text if len(text) <= 300 else text[:150] + "..." + text[-147:]
 
 
 def parse_yaml(text: str, *, where: str = "YAML", error: type[Exception] = ValueError):
@@ -312,37 +319,59 @@ def check_plain_data(data, where: str, *, error: type[Exception] = TopologyError
     nesting deeper than ``MAX_NESTING_DEPTH``, more than ``MAX_DATA_VALUES`` values.
 
     Iterative, so a deep or self-containing structure built in Python is
-    refused like a deep file, never a RecursionError.
+    refused like a deep file, never a RecursionError.  A value's path (for the
+    message) is rebuilt from parent links only when something is wrong.
     """
-    stack = [(data, "", 1)]
+    if not isinstance(data, (Mapping, list, tuple)):
+        return
+    stack = [(data, None, None, 1)]  # (container, parent frame, key in parent, depth)
     values = 0
     while stack:
-        value, item, depth = stack.pop()
-        if isinstance(value, Mapping):
-            children = list(value.items())
-        elif isinstance(value, (list, tuple)):
-            children = [(f"[{i}]", v) for i, v in enumerate(value)]
-        else:
-            continue
-        here = item or "the top level"
+        frame = stack.pop()
+        value, _, _, depth = frame
         if depth > MAX_NESTING_DEPTH:
-            raise error(f"{where}: {here}: nested deeper than {MAX_NESTING_DEPTH} levels")
-        values += len(children)
+            raise error(f"{where}: {_data_path(frame)}: nested deeper than {MAX_NESTING_DEPTH} levels")
+        values += len(value)
         if values > MAX_DATA_VALUES:
             raise error(f"{where}: more than {MAX_DATA_VALUES:,} values")
-        mapping = isinstance(value, Mapping)
-        for key, child in reversed(children):
-            if not mapping:
-                stack.append((child, item + key, depth + 1))
-                continue
-            if not isinstance(key, str):
-                if not (item in int_keys_under and isinstance(key, int) and not isinstance(key, bool)):
-                    also = " or an integer" if item in int_keys_under else ""
-                    raise error(f"{where}: {here}: key {short(key)} must be a string{also}")
-                stack.append((child, f"{item}[{key}]", depth + 1))
-                continue
+        if isinstance(value, Mapping):
+            if not all(type(key) is str for key in value):
+                _check_keys_are_strings(value, frame, where, error, int_keys_under)
+            children = reversed(list(value.items()))  # so that the first problem in file order is found first
+        else:
+            children = reversed(list(enumerate(value)))
+        for key, child in children:
+            kind = type(child)
+            if kind is dict or kind is list or (kind not in _SCALARS and isinstance(child, (Mapping, list, tuple))):
+                stack.append((child, frame, key, depth + 1))
+
+
+_SCALARS = frozenset((str, int, float, bool, type(None)))
+
+
+def _check_keys_are_strings(mapping, frame, where, error, int_keys_under) -> None:
+    here = _data_path(frame)
+    ints = here in int_keys_under
+    for key in mapping:
+        if isinstance(key, str) or (ints and isinstance(key, int) and not isinstance(key, bool)):
+            continue
+        also = " or an integer" if ints else ""
+        raise error(f"{where}: {here}: key {short(key)} must be a string{also}")
+
+
+def _data_path(frame) -> str:
+    """'workload.ranks[0][2]' for a frame of check_plain_data; 'the top level' for the root."""
+    parts = []
+    while frame[1] is not None:
+        _, parent, key, _ = frame
+        if isinstance(parent[0], Mapping) and isinstance(key, str):
             part = key if key.isidentifier() and len(key) <= 40 else short(key, 40)
-            stack.append((child, f"{item}.{part}" if item else part, depth + 1))
+            parts.append(f".{part}")
+        else:
+            parts.append(f"[{short(key, 40)}]")
+        frame = parent
+    path = "".join(reversed(parts)).lstrip(".") or "the top level"
+    return path if len(path) <= 120 else path[:57] + "..." + path[-60:]
 
 
 def load_topology(path, *, max_memory_bytes: int | None = None) -> Topology:
@@ -354,12 +383,12 @@ def load_topology(path, *, max_memory_bytes: int | None = None) -> Topology:
     """
     path = Path(path)
     data = read_data_file(path)
-    where = str(path)
+    where = shown_path(path)
     if isinstance(data, Mapping) and "topology" in data:
         data = data["topology"]
-        where = f"{path}: topology"
+        where = f"{where}: topology"
     if data is None:
-        raise TopologyError(f"{path}: empty topology")
+        raise TopologyError(f"{shown_path(path)}: empty topology")
     return topology_from_dict(data, where=where, max_memory_bytes=max_memory_bytes)
 
 

@@ -97,7 +97,9 @@ def scenario_from_dict(data: dict[str, Any], *, base_dir: Path | None = None, wh
     """
     if not isinstance(data, dict):
         raise ScenarioError(f"{where}: expected a mapping at the top level, got {type(data).__name__}")
-    check_plain_data(data, where, error=ScenarioError, int_keys_under=_INT_KEYS_UNDER)
+    # The topology's own part is checked by topology_from_dict.
+    check_plain_data({k: v for k, v in data.items() if k != "topology"}, where, error=ScenarioError,
+                     int_keys_under=_INT_KEYS_UNDER)
     try:
         limit = resolve_max_memory_bytes(max_memory_bytes)
     except ValueError as exc:

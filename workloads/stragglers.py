@@ -57,7 +57,8 @@ class StragglerSpec:
                 f"stragglers: unknown parameter(s) {short_names(unknown)} for kind {short(self.kind)}; "
                 f"allowed: {', '.join(KINDS[self.kind]) or 'none'}"
             )
-        merged = {**KINDS[self.kind], **{k: float(v) for k, v in self.params.items()}}
+        # + 0.0 makes -0.0 a plain 0.0 (numpy refuses a scale of -0.0).
+        merged = {**KINDS[self.kind], **{k: float(v) + 0.0 for k, v in self.params.items()}}
         object.__setattr__(self, "params", merged)
         object.__setattr__(self, "ranks", tuple(int(r) for r in self.ranks))
         p = merged
