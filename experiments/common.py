@@ -7,19 +7,21 @@ parallel studies ship only small dicts between processes, never DataFrames.
 """
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import re
 import sys
+import tempfile
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-import yaml
-
 from executors import executor_class, get_executor
 from executors.real import MODES, TIMINGS, RealOptions
 from experiments.output import make_out_dir
+from topologies.io import parse_yaml
+from topologies.limits import MAX_MEMORY_ENV, parse_bytes, resolve_max_memory_bytes
 from workloads.scenario import ScenarioError, load_scenario, scenario_from_dict
 
 # -- the topologies of the scaling study -----------------------------------------
@@ -88,12 +90,13 @@ def check_study_size(kind: str, n: int) -> str | None:
 # -- running -----------------------------------------------------------------------
 
 def run_scenario_dict(data: dict[str, Any], backend: str = "sim", base_dir: str | None = None,
-                      where: str = "scenario") -> dict[str, Any]:
+                      where: str = "scenario", max_memory_bytes: int | None = None) -> dict[str, Any]:
     """Build, run and summarize one scenario; returns plain numbers only.
 
     Top-level so that ``ProcessPoolExecutor`` can pickle it.
     """
-    scenario = scenario_from_dict(data, base_dir=Path(base_dir) if base_dir else None, where=where)
+    scenario = scenario_from_dict(data, base_dir=Path(base_dir) if base_dir else None, where=where,
+                                  max_memory_bytes=max_memory_bytes)
     result = get_executor(backend).run(scenario)
     return metrics(result)
 
@@ -196,8 +199,9 @@ _FLOAT = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?(?:inf|nan)
 def parse_scalar(text: str) -> Any:
     """A command-line value as YAML reads it, but ``1e9`` is a float (YAML 1.1 reads a string)."""
     try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
+        # The scenario reader's parser: its limits (depth, aliases) hold here too.
+        value = parse_yaml(text, where="value", error=ValueError)
+    except ValueError:
         return text
     if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
         return float(value)
@@ -247,6 +251,62 @@ def _numberish(text: str) -> bool:
     return bool(_FLOAT.fullmatch(text)) or text == "-"
 
 
+def out_dir_problem(path: str | Path) -> str | None:
+    """Why no results folder can be made at ``path``, or None; checked before any work starts.
+
+    ``path`` may exist (as a folder we can write) or not (then its nearest
+    existing parent must be a folder we can write), as ``make_out_dir`` needs.
+    """
+    out = Path(path)
+    try:
+        if out.exists():
+            if not out.is_dir():
+                return f"--out {out}: exists and is not a folder"
+            where, why = out, f"--out {out}: the folder is not writable"
+        else:
+            where = out.absolute().parent
+            while not where.exists():
+                where = where.parent
+            if not where.is_dir():
+                return f"--out {out}: {where} is not a folder"
+            why = f"--out {out}: cannot create it, {where} is not writable"
+        if not os.access(where, os.W_OK | os.X_OK):
+            return why
+        # os.access says yes to root everywhere, even in /proc or on a
+        # read-only mount: make (and remove) a folder to be sure.
+        os.rmdir(tempfile.mkdtemp(prefix=".distsim-out-check-", dir=where))
+    except OSError as exc:
+        return f"--out {out}: cannot write there: {exc.strerror or exc}"
+    return None
+
+
+# -- the memory limit of a scenario ---------------------------------------------------
+
+
+def add_max_memory_option(parser) -> None:
+    parser.add_argument(
+        "--max-memory", type=_max_memory_bytes, metavar="BYTES",
+        help=f"refuse a scenario whose estimated memory (topology and programs) exceeds BYTES "
+             f"(e.g. 8GiB, 8e9; default ${MAX_MEMORY_ENV} or 2GiB)")
+
+
+def _max_memory_bytes(text: str) -> int:
+    try:
+        return parse_bytes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def max_memory_or_report(args) -> int | None:
+    """The memory limit: ``--max-memory``, else the environment's, else the default; None after
+    printing why ``$DISTSIM_MAX_MEMORY_BYTES`` is invalid (the caller exits 2)."""
+    try:
+        return resolve_max_memory_bytes(args.max_memory)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+
+
 # -- options of the real executors (experiments.run, experiments.validate) -------
 
 
@@ -291,10 +351,10 @@ def safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "scenario"
 
 
-def load_scenario_or_report(path):
+def load_scenario_or_report(path, max_memory_bytes: int | None = None):
     """The scenario in ``path``, or None after printing its one-line error (the caller exits 2)."""
     try:
-        return load_scenario(path)
+        return load_scenario(path, max_memory_bytes=max_memory_bytes)
     except ScenarioError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return None

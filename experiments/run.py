@@ -9,8 +9,11 @@
 Prints the summary and a per-kind table (operation kind, count, mean
 duration), and writes records.csv, per_rank.csv, per_link.csv, per_node.csv
 and summary.json into ``--out`` (default ``results/run-<scenario name>/``).
-Exit codes: 0 done, 1 the run failed (a deadlock, or a real rank that died or
-hung; what was computed is still written), 2 a bad scenario file or option.
+Exit codes: 0 done, 1 the run failed (a deadlock, a time or energy that is not
+finite, or a real rank that died or hung; what was computed is still written),
+2 a bad scenario file or option (an --out that cannot be written is found
+before anything runs).  ``--max-memory BYTES`` raises the limit on a
+scenario's estimated memory (default ``$DISTSIM_MAX_MEMORY_BYTES`` or 2 GiB).
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ from pathlib import Path
 from executors import backends
 from executors.real import RealRunError
 from experiments import common
-from experiments.common import add_real_options, format_table, make_executor, safe_name
+from experiments.common import add_max_memory_option, add_real_options, format_table, make_executor, safe_name
 from experiments.output import write_result
 from simcore.engine import SimulationError
 
@@ -35,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="sim", choices=backends(), help="executor (default sim)")
     p.add_argument("--out", help="results folder (default results/run-<scenario name>)")
     p.add_argument("--seed", type=int, help="override the scenario's seed")
+    add_max_memory_option(p)
     add_real_options(p)
     return p
 
@@ -73,7 +77,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.seed is not None and args.seed < 0:
         print(f"error: --seed must be >= 0, got {args.seed}", file=sys.stderr)
         return 2
-    scenario = common.load_scenario_or_report(args.scenario)
+    if args.out:
+        problem = common.out_dir_problem(args.out)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
+    max_memory_bytes = common.max_memory_or_report(args)
+    if max_memory_bytes is None:
+        return 2
+    scenario = common.load_scenario_or_report(args.scenario, max_memory_bytes=max_memory_bytes)
     if scenario is None:
         return 2
     if args.seed is not None:
@@ -84,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     out = Path(args.out) if args.out else Path("results") / f"run-{safe_name(scenario.name)}"
+    problem = None if args.out else common.out_dir_problem(out)
+    if problem:
+        print(f"error: {problem} (the default for this scenario; pass --out)", file=sys.stderr)
+        return 2
 
     try:
         result = executor.run(scenario)

@@ -27,11 +27,13 @@ tabulates results; every model lives in topologies/, workloads/ and simcore/.
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 import pandas as pd
 
 from experiments import common, plots
+from simcore.engine import SimulationError
 from workloads.collectives import ALGORITHMS
 from workloads.scenario import ScenarioError, scenario_from_dict
 from workloads.stragglers import KINDS, SCOPES, StragglerSpec
@@ -139,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=common.default_jobs(),
                    help="parallel worker processes (default: CPU count); results do not depend on it")
     p.add_argument("--no-plots", action="store_true", help="write the CSV only")
+    common.add_max_memory_option(p)
     return p
 
 
@@ -226,19 +229,22 @@ def _validate(args, parser) -> None:
                          f"splits the global batch evenly)")
 
 
-def _check_first(configs, parser) -> None:
-    # Validate one scenario per topology up front (cheap: the smallest N), so
-    # that e.g. --algorithm hierarchical on a ring is one clear error, not a
-    # traceback from a worker process.
-    seen = set()
+def _check_first(configs, parser, max_memory_bytes: int | None = None) -> None:
+    # Validate the smallest and the largest N of each topology up front
+    # (cheap), so that e.g. --algorithm hierarchical on a ring, or a size over
+    # the memory limit, is one clear error, not a traceback from a worker process.
+    chosen: dict[str, list] = {}
     for c in configs:
-        if c["topology"] in seen:
-            continue
-        seen.add(c["topology"])
-        try:
-            scenario_from_dict(c["scenario"], where=f"{c['topology']} N={c['n']}")
-        except ScenarioError as exc:
-            parser.error(str(exc))
+        first_and_largest = chosen.setdefault(c["topology"], [c, c])
+        if c["n"] > first_and_largest[1]["n"]:
+            first_and_largest[1] = c
+    for first, largest in chosen.values():
+        for c in (first, largest) if largest is not first else (first,):
+            try:
+                scenario_from_dict(c["scenario"], where=f"{c['topology']} N={c['n']}",
+                                   max_memory_bytes=max_memory_bytes)
+            except ScenarioError as exc:
+                parser.error(str(exc))
 
 
 def tabulate(configs: list[dict[str, Any]], results: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -277,10 +283,17 @@ def tabulate(configs: list[dict[str, Any]], results: list[dict[str, Any]]) -> li
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    problem = common.out_dir_problem(args.out)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    max_memory_bytes = common.max_memory_or_report(args)
+    if max_memory_bytes is None:
+        return 2
     _validate(args, parser)
     stragglers = _straggler_spec(args, parser)
     configs = configurations(args, stragglers)
-    _check_first(configs, parser)
+    _check_first(configs, parser, max_memory_bytes)
 
     def label(i: int, m: dict) -> str:
         c = configs[i]
@@ -289,8 +302,14 @@ def main(argv: list[str] | None = None) -> int:
 
     # Submission order only: flat algorithms cost ~N^2 messages, grouped ones ~N.
     cost = [c["n"] ** 2 if c["algorithm"] != "hierarchical" else c["n"] for c in configs]
-    tasks = [(common.run_scenario_dict, (c["scenario"], "sim", None, c["scenario"]["name"])) for c in configs]
-    results = common.run_many(tasks, jobs=args.jobs, label=label, cost=cost)
+    tasks = [(common.run_scenario_dict, (c["scenario"], "sim", None, c["scenario"]["name"], max_memory_bytes))
+             for c in configs]
+    try:
+        results = common.run_many(tasks, jobs=args.jobs, label=label, cost=cost)
+    except SimulationError as exc:
+        # A configuration whose result is not finite (or that cannot finish): say which, not a traceback.
+        print(f"error: a configuration could not run to the end: {exc}", file=sys.stderr)
+        return 1
     rows = tabulate(configs, results)
 
     frame = pd.DataFrame(rows, columns=list(COLUMNS))

@@ -139,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="parallel worker processes (default: CPU count; a real backend runs one at a time, "
                         "since runs side by side disturb each other's measurements); results do not depend on it")
     p.add_argument("--no-plots", action="store_true", help="write the CSV only")
+    common.add_max_memory_option(p)
     return p
 
 
@@ -158,6 +159,14 @@ def main(argv: list[str] | None = None) -> int:
         varies.append((path, values))
 
     path = Path(args.scenario)
+    out = Path(args.out or Path("results") / f"whatif-{path.stem}")
+    problem = common.out_dir_problem(out)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    max_memory_bytes = common.max_memory_or_report(args)
+    if max_memory_bytes is None:
+        return 2
     try:
         base = read_scenario_file(path)
         if not isinstance(base, dict):
@@ -182,13 +191,13 @@ def main(argv: list[str] | None = None) -> int:
         # Validate every variant here, so a bad value is one clear line (exit 2)
         # rather than a traceback from a worker process.
         try:
-            scenario_from_dict(data, base_dir=path.parent, where=where)
+            scenario_from_dict(data, base_dir=path.parent, where=where, max_memory_bytes=max_memory_bytes)
         except ScenarioError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         variants.append((combo, label, data, where))
 
-    tasks = [(common.run_scenario_dict, (data, args.backend, str(path.parent), where))
+    tasks = [(common.run_scenario_dict, (data, args.backend, str(path.parent), where, max_memory_bytes))
              for _, _, data, where in variants]
     try:
         results = common.run_many(
@@ -221,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     columns = params + ["n", "makespan_s", "speedup", "comm_share", "energy_j", "compute_s_mean",
                         "wait_s_mean", "messages"]
     frame = pd.DataFrame(rows, columns=columns)
-    out = make_out_dir(args.out or Path("results") / f"whatif-{path.stem}")
+    out = make_out_dir(out)
     csv_path = out / "whatif.csv"
     frame.to_csv(csv_path, index=False)
     table = [(p, p, ".4g") for p in params] + [

@@ -14,6 +14,7 @@ event id), and the network solves rates after all of them (see
 from __future__ import annotations
 
 import gc
+import math
 import time
 from collections import deque
 from typing import Callable, Sequence
@@ -46,6 +47,20 @@ class SimulationError(RuntimeError):
 
 class DeadlockError(SimulationError):
     """Ranks wait for messages that never come."""
+
+
+class NonFiniteResultError(SimulationError):
+    """A time or an energy came out infinite or NaN: some value of the scenario
+    (a latency, a bandwidth, a speed, a power) is too large or too small for
+    float seconds and joules.  The message names the quantity and the values
+    that likely caused it."""
+
+
+_INF = math.inf
+# Topology values beyond these are no physical machine; the message about a
+# non-finite result names them as the likely cause.
+_HUGE = 1e100
+_TINY = 1e-100
 
 
 class Simulator:
@@ -137,9 +152,15 @@ class Simulator:
             if gc_was_enabled:
                 gc.enable()
         wall_s = time.perf_counter() - wall0
-        result = self._result(wall_s)
+        with np.errstate(over="ignore", invalid="ignore"):  # a non-finite result is reported below
+            result = self._result(wall_s)
         if failure is not None:
             raise type(failure)(str(failure), partial=result)
+        not_finite = self._non_finite(result)
+        if not_finite:
+            # Before the deadlock check: NaN times disorder SimPy's queue, so a
+            # "deadlock" after them is a symptom, not the cause.
+            raise NonFiniteResultError(not_finite, partial=result)
         unfinished = [r for r in range(self.nranks) if self._end_s[r] is None]
         if unfinished:
             raise DeadlockError(self._deadlock_message(unfinished), partial=result)
@@ -177,7 +198,15 @@ class Simulator:
             # operation: a background collective's bytes are its own.
             link_j = [0.0]
             if type(op) is Compute:
-                duration = op.flops / flops_per_s * sampler.next()
+                slowdown = sampler.next()
+                duration = op.flops / flops_per_s * slowdown
+                if not duration < _INF:  # inf or NaN: stop here, where the cause is known
+                    raise NonFiniteResultError(
+                        f"rank {rank} op {index} (compute) would take {duration} s: {op.flops:.6g} flops at "
+                        f"{flops_per_s:.6g} flop/s (node {_name(self.topology.ranks[rank])}) with slowdown "
+                        f"{slowdown:.6g}; a speed near 0 or a flop count or straggler factor near 1e308 "
+                        "overflows float seconds"
+                    )
                 if duration > 0:
                     yield env.timeout(duration)
                 self._compute_s[rank] += duration
@@ -340,6 +369,63 @@ class Simulator:
 
     # -- results -------------------------------------------------------------------
 
+    def _non_finite(self, result: RunResult) -> str:
+        """'' if every summary number is finite, else what is not and the likely cause."""
+        bad = [f"{key}={value}" for key, value in result.summary.items()
+               if isinstance(value, float) and not math.isfinite(value)]
+        if not bad:
+            return ""
+        lines = [f"the result is not finite: {', '.join(bad)}"]
+        records = result.records
+        if len(records):
+            finite = np.isfinite(records["end_s"].to_numpy(float)) & np.isfinite(records["energy_j"].to_numpy(float))
+            if not finite.all():
+                first = records[~finite].sort_values("start_s", kind="stable").iloc[0]
+                lines.append(
+                    f"first operation with a non-finite end or energy: rank {int(first['rank'])} op "
+                    f"{int(first['op_index'])} ({first['kind']}), end_s={first['end_s']}, energy_j={first['energy_j']}"
+                )
+        causes = self._extreme_values()
+        lines.append("likely cause: " + ("; ".join(causes) if causes else
+                     "values that overflow when added up (times are float seconds, energies float joules)"))
+        return "\n  ".join(lines)
+
+    def _extreme_values(self) -> list[str]:
+        # The topology's values that no physical machine has; each alone can
+        # overflow a time or an energy (1e308 s of latency, 1e-320 B/s).
+        topo = self.topology
+        found = []
+
+        def link(i):
+            u, v = topo.links[i]
+            return f"link {_name(u)}->{_name(v)}"
+
+        for what, values, extreme in (
+            ("latency_s", topo.link_latency_s, lambda x: x > _HUGE),
+            ("bandwidth_bytes_per_s", topo.link_bandwidth_bytes_per_s, lambda x: x < _TINY),
+            ("energy_per_byte_j", topo.link_energy_per_byte_j, lambda x: x > _HUGE),
+        ):
+            hits = [i for i, x in enumerate(values) if extreme(x)]
+            if hits:
+                more = f" (and {len(hits) - 1} more links)" if len(hits) > 1 else ""
+                found.append(f"{link(hits[0])} {what}={values[hits[0]]:.6g}{more}")
+        for what, values, extreme in (
+            ("flops_per_s", topo.rank_flops_per_s, lambda x: x < _TINY),
+            ("idle_power_w", topo.rank_idle_power_w, lambda x: x > _HUGE),
+            ("busy_power_w", topo.rank_busy_power_w, lambda x: x > _HUGE),
+        ):
+            hits = [r for r, x in enumerate(values) if extreme(x)]
+            if hits:
+                more = f" (and {len(hits) - 1} more ranks)" if len(hits) > 1 else ""
+                found.append(f"rank {hits[0]} (node {_name(topo.ranks[hits[0]])}) {what}={values[hits[0]]:.6g}{more}")
+        for node, power in topo.graph.nodes(data="idle_power_w"):
+            if node not in topo._rank_of and power is not None and power > _HUGE:
+                found.append(f"node {_name(node)} idle_power_w={power:.6g}")
+                break
+        if self.stragglers.active:
+            found.append(f"or the straggler model {self.stragglers.kind} {self.stragglers.params}")
+        return found
+
     def _deadlock_message(self, unfinished: list[int]) -> str:
         waits: dict[int, list[str]] = {}
         for (src, dst, tag), queue in self._waiting.items():
@@ -432,6 +518,11 @@ class Simulator:
             "wall_s": round(wall_s, 4),
         }
         return RunResult(records=records, summary=summary, per_rank=per_rank, per_link=per_link, per_node=per_node)
+
+
+def _name(node) -> str:
+    text = str(node)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _tag_name(tag: int) -> str:

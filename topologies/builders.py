@@ -15,6 +15,7 @@ from typing import Callable
 
 import networkx as nx
 
+from .limits import MAX_INT, is_finite_number, short
 from .model import Topology, TopologyError
 
 BANDWIDTH_BYTES_PER_S = 12.5e9
@@ -30,23 +31,25 @@ SWITCH_POWER_W = 150.0
 
 def _int(value, what: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TopologyError(f"{what} must be an int, got {value!r}")
+        raise TopologyError(f"{what} must be an int, got {short(value)}")
     value = int(value)
     if value < minimum:
-        raise TopologyError(f"{what} must be >= {minimum}, got {value}")
+        raise TopologyError(f"{what} must be >= {minimum}, got {short(value)}")
+    if value > MAX_INT:
+        raise TopologyError(f"{what} must be <= 2^63-1, got {short(value)}")
     return value
 
 
 def _real(value, what: str, *, positive: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TopologyError(f"{what} must be a number, got {value!r}")
+        raise TopologyError(f"{what} must be a number, got {short(value)}")
+    if not is_finite_number(value):
+        raise TopologyError(f"{what} must be finite, got {short(value)}")
     value = float(value)
-    if not math.isfinite(value):
-        raise TopologyError(f"{what} must be finite, got {value!r}")
     if positive and value <= 0:
-        raise TopologyError(f"{what} must be > 0, got {value!r}")
+        raise TopologyError(f"{what} must be > 0, got {short(value)}")
     if value < 0:
-        raise TopologyError(f"{what} must be >= 0, got {value!r}")
+        raise TopologyError(f"{what} must be >= 0, got {short(value)}")
     return value
 
 
@@ -217,12 +220,10 @@ def torus(
     two neighbours, not two parallel ones.
     """
     if isinstance(dims, (str, bytes)) or not hasattr(dims, "__iter__"):
-        raise TopologyError(f"torus: dims must be a tuple of 2 or 3 ints, got {dims!r}")
+        raise TopologyError(f"torus: dims must be a tuple of 2 or 3 ints, got {short(dims)}")
     dims = tuple(dims)
     params = _params(locals())
-    if len(dims) not in (2, 3):
-        raise TopologyError(f"torus: dims must have 2 or 3 entries, got {dims!r}")
-    dims = tuple(_int(d, f"torus: dims[{i}]", 2) for i, d in enumerate(dims))
+    dims = _torus_dims(dims)
     link = _link(bandwidth_bytes_per_s, latency_s, energy_per_byte_j, "torus: ")
     g = nx.Graph()
     n = math.prod(dims)
@@ -258,14 +259,8 @@ def fat_tree(
     first ``n`` hosts are kept (all switches stay).
     """
     params = _params(locals())
-    k = _int(k, "fat_tree: k", 2)
-    if k % 2:
-        raise TopologyError(f"fat_tree: k must be even, got {k}")
+    k, n = _fat_tree_k_n(k, n)
     half = k // 2
-    hosts = k ** 3 // 4
-    n = hosts if n is None else _int(n, "fat_tree: n", 2)
-    if n > hosts:
-        raise TopologyError(f"fat_tree: n must be <= k^3/4 = {hosts} for k={k}, got {n}")
     link = _link(bandwidth_bytes_per_s, latency_s, energy_per_byte_j, "fat_tree: ")
     sw = _switch(switch_idle_power_w, switch_busy_power_w, prefix="fat_tree: switch_")
     g = nx.Graph()
@@ -320,12 +315,7 @@ def hierarchical(
     Each rank's ``group`` attribute is the index of its innermost group
     (``rank // levels[-1]``).  Switches are named ``sw{level}_{i}``.
     """
-    if isinstance(levels, (str, bytes)) or not hasattr(levels, "__iter__"):
-        raise TopologyError(f"hierarchical: levels must be a tuple of ints, got {levels!r}")
-    levels = tuple(levels)
-    if not levels:
-        raise TopologyError("hierarchical: levels must not be empty")
-    levels = tuple(_int(c, f"hierarchical: levels[{i}]", 1) for i, c in enumerate(levels))
+    levels = _hierarchical_levels(levels)
     depth = len(levels)
 
     def per_level(values, what, default):
@@ -338,7 +328,7 @@ def hierarchical(
                 )
             return list(default[:depth])
         if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
-            raise TopologyError(f"hierarchical: {what} must be a list of {depth} numbers, got {values!r}")
+            raise TopologyError(f"hierarchical: {what} must be a list of {depth} numbers, got {short(values)}")
         values = list(values)
         if len(values) != depth:
             raise TopologyError(
@@ -366,7 +356,7 @@ def hierarchical(
     ]
     n = math.prod(levels)
     if n < 2:
-        raise TopologyError(f"hierarchical: levels {levels} give {n} rank; need >= 2")
+        raise TopologyError(f"hierarchical: levels {short(levels)} give {n} rank; need >= 2")
     compute = _compute(flops_per_s, idle_power_w, busy_power_w, "hierarchical: ")
     sw = _switch(switch_idle_power_w, switch_busy_power_w, prefix="hierarchical: switch_")
     g = nx.Graph()
@@ -456,6 +446,97 @@ def edge_cloud(
     return Topology(g, name="edge_cloud", params=params)
 
 
+# -- sizes before building ----------------------------------------------------
+#
+# Each builder's node and link counts, from its arguments alone, so that a
+# topology too large for memory is refused before any of it is built.  They
+# validate the count arguments exactly as the builder does.
+
+
+def _torus_dims(dims) -> tuple[int, ...]:
+    if isinstance(dims, (str, bytes)) or not hasattr(dims, "__iter__"):
+        raise TopologyError(f"torus: dims must be a tuple of 2 or 3 ints, got {short(dims)}")
+    dims = tuple(dims)
+    if len(dims) not in (2, 3):
+        raise TopologyError(f"torus: dims must have 2 or 3 entries, got {short(dims)}")
+    return tuple(_int(d, f"torus: dims[{i}]", 2) for i, d in enumerate(dims))
+
+
+def _fat_tree_k_n(k, n) -> tuple[int, int]:
+    k = _int(k, "fat_tree: k", 2)
+    if k % 2:
+        raise TopologyError(f"fat_tree: k must be even, got {short(k)}")
+    hosts = k ** 3 // 4
+    n = hosts if n is None else _int(n, "fat_tree: n", 2)
+    if n > hosts:
+        raise TopologyError(f"fat_tree: n must be <= k^3/4 = {short(hosts)} for k={short(k)}, got {short(n)}")
+    return k, n
+
+
+def _hierarchical_levels(levels) -> tuple[int, ...]:
+    if isinstance(levels, (str, bytes)) or not hasattr(levels, "__iter__"):
+        raise TopologyError(f"hierarchical: levels must be a tuple of ints, got {short(levels)}")
+    levels = tuple(levels)
+    if not levels:
+        raise TopologyError("hierarchical: levels must not be empty")
+    return tuple(_int(c, f"hierarchical: levels[{i}]", 1) for i, c in enumerate(levels))
+
+
+def _ring_size(n, **_) -> tuple[int, int]:
+    n = _int(n, "ring: n", 2)
+    return n, (n if n > 2 else 1)
+
+
+def _switch_size(n, **_) -> tuple[int, int]:
+    n = _int(n, "switch: n", 2)
+    return n + 1, n
+
+
+def _fully_connected_size(n, **_) -> tuple[int, int]:
+    n = _int(n, "fully_connected: n", 2)
+    return n, n * (n - 1) // 2
+
+
+def _tree_size(n, *, arity=2, **_) -> tuple[int, int]:
+    n = _int(n, "tree: n", 2)
+    arity = _int(arity, "tree: arity", 2)
+    nodes, level_nodes = n, n
+    while True:  # at most log2(2^63) levels
+        level_nodes = -(-level_nodes // arity)
+        nodes += level_nodes
+        if level_nodes == 1:
+            return nodes, nodes - 1
+
+
+def _torus_size(dims, **_) -> tuple[int, int]:
+    dims = _torus_dims(dims)
+    n = math.prod(dims)
+    return n, n * len(dims)  # an upper bound: a dimension of 2 has one link per pair
+
+
+def _fat_tree_size(k, *, n=None, **_) -> tuple[int, int]:
+    k, n = _fat_tree_k_n(k, n)
+    return n + k * k + (k // 2) ** 2, n + k ** 3 // 2
+
+
+def _hierarchical_size(levels, **_) -> tuple[int, int]:
+    levels = _hierarchical_levels(levels)
+    nodes = children = math.prod(levels)
+    links = 0
+    for fan_in in reversed(levels):
+        links += children
+        children //= fan_in
+        nodes += children
+    return nodes, links
+
+
+def _edge_cloud_size(*, n_devices, n_edge, n_cloud=1, **_) -> tuple[int, int]:
+    n_devices = _int(n_devices, "edge_cloud: n_devices", 0)
+    n_edge = _int(n_edge, "edge_cloud: n_edge", 1)
+    n_cloud = _int(n_cloud, "edge_cloud: n_cloud", 0)
+    return n_devices + n_edge + n_cloud + 1 + (1 if n_cloud else 0), n_devices + n_edge + (1 + n_cloud if n_cloud else 0)
+
+
 BUILDERS: dict[str, Callable[..., Topology]] = {
     "ring": ring,
     "switch": switch,
@@ -465,4 +546,16 @@ BUILDERS: dict[str, Callable[..., Topology]] = {
     "fat_tree": fat_tree,
     "hierarchical": hierarchical,
     "edge_cloud": edge_cloud,
+}
+
+# name -> (nodes, links) the builder would make, from the same arguments.
+BUILDER_SIZES: dict[str, Callable[..., tuple[int, int]]] = {
+    "ring": _ring_size,
+    "switch": _switch_size,
+    "fully_connected": _fully_connected_size,
+    "tree": _tree_size,
+    "torus": _torus_size,
+    "fat_tree": _fat_tree_size,
+    "hierarchical": _hierarchical_size,
+    "edge_cloud": _edge_cloud_size,
 }

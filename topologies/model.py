@@ -9,12 +9,13 @@ demand (single-pair Dijkstra with early termination, cached per pair).
 from __future__ import annotations
 
 import heapq
-import math
 import numbers
 import operator
 from typing import Any, NamedTuple
 
 import networkx as nx
+
+from .limits import is_finite_number, short, short_list, short_name
 
 ROLES = ("compute", "switch", "router", "gateway")
 NODE_NUMERIC_FIELDS = ("flops_per_s", "idle_power_w", "busy_power_w")
@@ -34,11 +35,10 @@ class Route(NamedTuple):
 def _number(value: Any, what: str) -> float:
     # bool is an int subclass; `latency_s: true` is a typo, not a number.
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TopologyError(f"{what} must be a number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise TopologyError(f"{what} must be finite, got {value!r}")
-    return value
+        raise TopologyError(f"{what} must be a number, got {short(value)}")
+    if not is_finite_number(value):
+        raise TopologyError(f"{what} must be finite, got {short(value)}")
+    return float(value)
 
 
 def _ecmp_hash(src: int, dst: int, node: int) -> int:
@@ -51,7 +51,7 @@ def _ecmp_hash(src: int, dst: int, node: int) -> int:
 
 
 def _link_name(u, v) -> str:
-    return f"{u}-{v}"
+    return f"{short_name(u)}-{short_name(v)}"
 
 
 class Topology:
@@ -73,7 +73,7 @@ class Topology:
     def __init__(self, graph: nx.Graph, *, name: str = "custom", params: dict | None = None):
         if not isinstance(graph, nx.Graph) or graph.is_directed() or graph.is_multigraph():
             raise TopologyError(
-                f"topology {name!r}: graph must be an undirected nx.Graph, got {type(graph).__name__}"
+                f"topology {short(name)}: graph must be an undirected nx.Graph, got {type(graph).__name__}"
             )
         self.name = str(name)
         self.params = dict(params or {})
@@ -85,7 +85,7 @@ class Topology:
         self.ranks = tuple(node for node in nodes if g.nodes[node]["role"] == "compute")
         self.nranks = len(self.ranks)
         if self.nranks < 1:
-            raise TopologyError(f"topology {self.name!r}: needs at least 1 compute node, got 0")
+            raise TopologyError(f"topology {short(self.name)}: needs at least 1 compute node, got 0")
         self._rank_of = {node: r for r, node in enumerate(self.ranks)}
         self._check_connected()
 
@@ -121,18 +121,18 @@ class Topology:
     def _normalized_copy(graph: nx.Graph) -> nx.Graph:
         g = nx.Graph()
         for node, attrs in graph.nodes(data=True):
-            what = f"node {node!r}"
+            what = f"node {short(node)}"
             unknown = sorted(set(attrs) - set(NODE_FIELDS), key=str)
             if unknown:
                 raise TopologyError(
-                    f"{what}: unknown attribute(s) {', '.join(map(repr, unknown))}; "
+                    f"{what}: unknown attribute(s) {short_list(unknown)}; "
                     f"known: {', '.join(NODE_FIELDS)}"
                 )
             role = attrs.get("role")
             if role is None:
                 raise TopologyError(f"{what}: missing role (one of {', '.join(ROLES)})")
             if role not in ROLES:
-                raise TopologyError(f"{what}: unknown role {role!r} (one of {', '.join(ROLES)})")
+                raise TopologyError(f"{what}: unknown role {short(role)} (one of {', '.join(ROLES)})")
             out = {"role": role}
             for field in NODE_NUMERIC_FIELDS:
                 if field not in attrs:
@@ -142,11 +142,11 @@ class Topology:
                     continue
                 value = _number(attrs[field], f"{what}: {field}")
                 if value < 0:
-                    raise TopologyError(f"{what}: {field} must be >= 0, got {value!r}")
+                    raise TopologyError(f"{what}: {field} must be >= 0, got {short(value)}")
                 out[field] = value
             if role == "compute" and out["flops_per_s"] <= 0:
                 raise TopologyError(
-                    f"{what} (compute): flops_per_s must be > 0, got {out['flops_per_s']!r}"
+                    f"{what} (compute): flops_per_s must be > 0, got {short(out['flops_per_s'])}"
                 )
             for field in ("group", "tier"):
                 value = attrs.get(field)
@@ -155,30 +155,30 @@ class Topology:
                 try:
                     hash(value)
                 except TypeError:
-                    raise TopologyError(f"{what}: {field} must be hashable, got {value!r}") from None
+                    raise TopologyError(f"{what}: {field} must be hashable, got {short(value)}") from None
                 out[field] = value
             g.add_node(node, **out)
 
         for u, v, attrs in graph.edges(data=True):
             what = f"link {_link_name(u, v)}"
             if u == v:
-                raise TopologyError(f"{what}: self-loop on node {u!r}")
+                raise TopologyError(f"{what}: self-loop on node {short(u)}")
             unknown = sorted(set(attrs) - set(LINK_FIELDS), key=str)
             if unknown:
                 raise TopologyError(
-                    f"{what}: unknown attribute(s) {', '.join(map(repr, unknown))}; "
+                    f"{what}: unknown attribute(s) {short_list(unknown)}; "
                     f"known: {', '.join(LINK_FIELDS)}"
                 )
             if "bandwidth_bytes_per_s" not in attrs:
                 raise TopologyError(f"{what}: missing bandwidth_bytes_per_s")
             bandwidth = _number(attrs["bandwidth_bytes_per_s"], f"{what}: bandwidth_bytes_per_s")
             if bandwidth <= 0:
-                raise TopologyError(f"{what}: bandwidth_bytes_per_s must be > 0, got {bandwidth!r}")
+                raise TopologyError(f"{what}: bandwidth_bytes_per_s must be > 0, got {short(bandwidth)}")
             out = {"bandwidth_bytes_per_s": bandwidth}
             for field in ("latency_s", "energy_per_byte_j"):
                 value = _number(attrs.get(field, 0.0), f"{what}: {field}")
                 if value < 0:
-                    raise TopologyError(f"{what}: {field} must be >= 0, got {value!r}")
+                    raise TopologyError(f"{what}: {field} must be >= 0, got {short(value)}")
                 out[field] = value
             g.add_edge(u, v, **out)
         return g
@@ -192,21 +192,21 @@ class Topology:
         for r, node in enumerate(self.ranks):
             if component_of[node] != component_of[first]:
                 raise TopologyError(
-                    f"topology {self.name!r}: rank {r} (node {node!r}) cannot reach "
-                    f"rank 0 (node {first!r})"
+                    f"topology {short(self.name)}: rank {r} (node {short(node)}) cannot reach "
+                    f"rank 0 (node {short(first)})"
                 )
 
     # -- queries ------------------------------------------------------------
 
     def _check_rank(self, rank, what: str = "rank") -> int:
         if isinstance(rank, bool):
-            raise TopologyError(f"{what} must be an int, got {rank!r}")
+            raise TopologyError(f"{what} must be an int, got {short(rank)}")
         try:
             r = operator.index(rank)
         except TypeError:
-            raise TopologyError(f"{what} must be an int, got {rank!r}") from None
+            raise TopologyError(f"{what} must be an int, got {short(rank)}") from None
         if not 0 <= r < self.nranks:
-            raise TopologyError(f"{what} {r} out of range: topology {self.name!r} has {self.nranks} ranks")
+            raise TopologyError(f"{what} {r} out of range: topology {short(self.name)} has {self.nranks} ranks")
         return r
 
     def node_of(self, rank: int):
@@ -218,7 +218,7 @@ class Topology:
         try:
             return self._rank_of[node]
         except (KeyError, TypeError):
-            raise TopologyError(f"node {node!r} is not a compute node of topology {self.name!r}") from None
+            raise TopologyError(f"node {short(node)} is not a compute node of topology {short(self.name)}") from None
 
     def route(self, src_rank: int, dst_rank: int) -> Route:
         """Lowest-latency path from ``src_rank`` to ``dst_rank``.

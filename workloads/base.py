@@ -8,13 +8,61 @@ in ``WORKLOADS`` and round-trip through plain dicts (``to_dict`` /
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from workloads.ops import COLLECTIVES, Collective, Compute, Operation, op_from_dict, op_to_dict
+from topologies.limits import MAX_INT, format_count, is_finite_number, short, short_names
+from workloads.collectives import lowered_size
+from workloads.ops import COLLECTIVES, DEFAULT_ALGORITHM, Collective, Compute, Operation, op_from_dict, op_to_dict
 
 WORKLOADS: dict[str, type] = {}
+
+# Measured peak memory of a simulation (CPython 3.11, simcore.engine), with
+# about a third more for headroom: per rank its SimPy process, random stream
+# and table rows (~3 kB); per operation the op, its result record and its
+# rows in the records table (~0.65 kB); per lowered collective step the
+# events and flows it leaves behind (~35-60 B); per (rank, peer) pair of a
+# collective its message queue and cached route (~1.4 kB, measured on
+# alltoall).  Point-to-point messages fall under their operations.
+RANK_BYTES = 4096
+OPERATION_BYTES = 1024
+STEP_BYTES = 64
+PEER_BYTES = 1536
+
+
+@dataclass(frozen=True)
+class ProgramSize:
+    """What a workload's programs hold, counted from closed forms before they are built.
+
+    ``operations`` over all ranks; ``steps`` and ``peers``: the point-to-point
+    steps and (rank, peer) pairs its collectives lower to (upper bounds, see
+    ``workloads.collectives.lowered_size``).
+    """
+
+    operations: int = 0
+    steps: int = 0
+    peers: int = 0
+
+    def __add__(self, other: "ProgramSize") -> "ProgramSize":
+        return ProgramSize(self.operations + other.operations, self.steps + other.steps, self.peers + other.peers)
+
+    def times(self, n: int) -> "ProgramSize":
+        return ProgramSize(self.operations * n, self.steps * n, self.peers * n)
+
+    def memory_bytes(self, nranks: int) -> int:
+        """Estimated peak memory of simulating these programs on ``nranks`` ranks."""
+        return (nranks * RANK_BYTES + self.operations * OPERATION_BYTES + self.steps * STEP_BYTES
+                + self.peers * PEER_BYTES)
+
+    def describe(self, nranks: int) -> str:
+        return (f"{format_count(self.operations)} operations and {format_count(self.steps)} collective steps "
+                f"over {format_count(nranks)} ranks")
+
+
+def collective_size(op: str, algorithm: str, nranks: int, groups=None, inter_algorithm: str = "ring") -> ProgramSize:
+    """One collective on every rank: one operation per rank and the steps it lowers to."""
+    steps, peers = lowered_size(op, algorithm or DEFAULT_ALGORITHM.get(op, ""), nranks, groups, inter_algorithm)
+    return ProgramSize(nranks, steps, peers)
 
 
 def register(cls):
@@ -23,29 +71,34 @@ def register(cls):
 
 
 def _as_int(value, where: str) -> int:
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{where}: expected an integer, got {value!r}")
-    return value
+    # YAML writes 1e6 as a float; an integral float is that integer, up to
+    # int64 (1e308 is integral too, and no count or size).
+    number = int(value) if isinstance(value, float) and value.is_integer() else value
+    if isinstance(number, bool) or not isinstance(number, int):
+        raise ValueError(f"{where}: expected an integer, got {short(value)}")
+    if abs(number) > MAX_INT:
+        raise ValueError(f"{where}: expected an integer of at most 2^63-1 in size, got {short(value)}")
+    return number
 
 
 def check_int(obj, names, minimum: int | None) -> None:
-    """ValueError naming ``workload.<name>`` unless each field is an int (>= minimum, if given)."""
+    """ValueError naming ``workload.<name>`` unless each field is an int (>= minimum, if given; at most 2^63-1)."""
     for name in names:
         value = getattr(obj, name)
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"workload.{name} must be an integer, got {value!r}")
+            raise ValueError(f"workload.{name} must be an integer, got {short(value)}")
         if minimum is not None and value < minimum:
-            raise ValueError(f"workload.{name} must be >= {minimum}, got {value}")
+            raise ValueError(f"workload.{name} must be >= {minimum}, got {short(value)}")
+        if abs(value) > MAX_INT:
+            raise ValueError(f"workload.{name} must be at most 2^63-1, got {short(value)}")
 
 
 def check_nonnegative(obj, names) -> None:
     """ValueError naming ``workload.<name>`` unless each field is a finite number >= 0."""
     for name in names:
         value = getattr(obj, name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
-            raise ValueError(f"workload.{name} must be a finite number >= 0, got {value!r}")
+        if not isinstance(value, (int, float)) or not is_finite_number(value) or value < 0:
+            raise ValueError(f"workload.{name} must be a finite number >= 0, got {short(value)}")
 
 
 def split_bytes(total: int, parts: int) -> list[int]:
@@ -57,10 +110,10 @@ def split_bytes(total: int, parts: int) -> list[int]:
 def rank_tuple(value, name: str) -> tuple[int, ...]:
     """A field holding ranks, as a tuple of ints (YAML gives a list; 3.0 is accepted as 3)."""
     if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
-        raise ValueError(f"workload.{name} must be a list of ranks, got {value!r}")
+        raise ValueError(f"workload.{name} must be a list of ranks, got {short(value)}")
     ranks = tuple(_as_int(r, f"workload.{name}") for r in value)
     if len(set(ranks)) != len(ranks):
-        raise ValueError(f"workload.{name} lists a rank twice: {list(ranks)}")
+        raise ValueError(f"workload.{name} lists a rank twice: {short(list(ranks))}")
     return ranks
 
 
@@ -68,14 +121,14 @@ def resolve_rank(rank: int, nranks: int, name: str) -> int:
     """``rank`` in 0..nranks-1; negative counts from the end (-1 is the last rank)."""
     resolved = rank + nranks if rank < 0 else rank
     if not 0 <= resolved < nranks:
-        raise ValueError(f"workload.{name}: rank {rank} is out of range for {nranks} ranks")
+        raise ValueError(f"workload.{name}: rank {short(rank)} is out of range for {nranks} ranks")
     return resolved
 
 
 def resolve_ranks(ranks, nranks: int, name: str) -> tuple[int, ...]:
     resolved = tuple(resolve_rank(r, nranks, name) for r in ranks)
     if len(set(resolved)) != len(resolved):
-        raise ValueError(f"workload.{name} names a rank twice: {list(ranks)} with {nranks} ranks")
+        raise ValueError(f"workload.{name} names a rank twice: {short(list(ranks))} with {nranks} ranks")
     return resolved
 
 
@@ -88,13 +141,13 @@ def _check_like_default(name: str, value, default) -> None:
     where = f"workload.{name}"
     if isinstance(default, bool):
         if not isinstance(value, bool):
-            raise ValueError(f"{where} must be true or false, got {value!r}")
+            raise ValueError(f"{where} must be true or false, got {short(value)}")
     elif isinstance(default, str):
         if not isinstance(value, str):
-            raise ValueError(f"{where} must be text, got {value!r}")
+            raise ValueError(f"{where} must be text, got {short(value)}")
     elif isinstance(default, (int, float)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ValueError(f"{where} must be a finite number, got {value!r}")
+        if not isinstance(value, (int, float)) or not is_finite_number(value):
+            raise ValueError(f"{where} must be a finite number, got {short(value)}")
 
 
 class WorkloadBase:
@@ -103,6 +156,15 @@ class WorkloadBase:
 
     def programs(self, nranks: int, groups=None) -> list[list[Operation]]:
         raise NotImplementedError
+
+    def size(self, nranks: int, groups=None) -> ProgramSize:
+        """What ``programs(nranks, groups)`` would hold, for the memory estimate.
+
+        This fallback builds the programs and counts them; a workload whose
+        programs can be large overrides it with closed forms, so that a
+        scenario too large for memory is refused before anything is built.
+        """
+        return programs_size(self.programs(nranks, groups), nranks, groups)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind}
@@ -116,10 +178,10 @@ class WorkloadBase:
     @classmethod
     def from_dict(cls, data: dict[str, Any]):
         fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - fields)
+        unknown = sorted(set(data) - fields, key=str)
         if unknown:
             raise ValueError(
-                f"workload ({cls.kind}): unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(fields))}"
+                f"workload ({cls.kind}): unknown field(s) {short_names(unknown)}; allowed: {', '.join(sorted(fields))}"
             )
         data = dict(data)
         for name in cls._int_fields:
@@ -152,13 +214,19 @@ class CollectiveWorkload(WorkloadBase):
 
     def __post_init__(self):
         if self.op not in COLLECTIVES:
-            raise ValueError(f"workload.op: unknown collective {self.op!r}; expected one of {', '.join(COLLECTIVES)}")
+            raise ValueError(f"workload.op: unknown collective {short(self.op)}; expected one of {', '.join(COLLECTIVES)}")
         if self.iterations < 1:
             raise ValueError(f"workload.iterations must be >= 1, got {self.iterations}")
         if self.nbytes < 0:
             raise ValueError(f"workload.nbytes must be >= 0, got {self.nbytes}")
         if self.compute_flops < 0:
             raise ValueError(f"workload.compute_flops must be >= 0, got {self.compute_flops}")
+
+    def size(self, nranks: int, groups=None) -> ProgramSize:
+        per_iteration = collective_size(self.op, self.algorithm, nranks, groups, self.inter_algorithm)
+        if self.compute_flops:
+            per_iteration += ProgramSize(operations=nranks)
+        return per_iteration.times(self.iterations)
 
     def programs(self, nranks: int, groups=None) -> list[list[Operation]]:
         coll = Collective(
@@ -188,6 +256,9 @@ class ProgramsWorkload(WorkloadBase):
             )
         return [list(p) for p in self.programs_]
 
+    def size(self, nranks: int, groups=None) -> ProgramSize:
+        return programs_size(self.programs_, nranks, groups)
+
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "ranks": [[op_to_dict(op) for op in p] for p in self.programs_]}
 
@@ -202,17 +273,17 @@ class ProgramsWorkload(WorkloadBase):
             try:
                 ranks = {_rank_key(k): v for k, v in ranks.items()}
             except ValueError:
-                raise ValueError(f"workload.ranks: keys must be ranks (integers), got {list(ranks)}") from None
+                raise ValueError(f"workload.ranks: keys must be ranks (integers), got {short(list(ranks))}") from None
             keys = sorted(ranks)
             if keys != list(range(len(keys))):
-                raise ValueError(f"workload.ranks: keys must be the ranks 0..{len(keys) - 1}, got {keys}")
+                raise ValueError(f"workload.ranks: keys must be the ranks 0..{len(keys) - 1}, got {short(keys)}")
             ranks = [ranks[k] for k in keys]
         if not isinstance(ranks, list):
             raise ValueError("workload (programs): 'ranks' must be a list (or mapping rank -> list) of operations")
         programs = []
         for r, ops in enumerate(ranks):
             if ops is not None and not isinstance(ops, list):
-                raise ValueError(f"workload.ranks[{r}]: expected a list of operations, got {ops!r}")
+                raise ValueError(f"workload.ranks[{r}]: expected a list of operations, got {short(ops)}")
             program = []
             for i, op in enumerate(ops or []):
                 try:
@@ -226,16 +297,34 @@ class ProgramsWorkload(WorkloadBase):
 def _rank_key(key) -> int:
     if isinstance(key, int) and not isinstance(key, bool):
         return key
-    if isinstance(key, str) and key.isdigit():
+    if isinstance(key, str) and key.isdigit() and len(key) <= 19:
         return int(key)
     raise ValueError(key)
 
 
+def programs_size(programs, nranks: int, groups=None) -> ProgramSize:
+    """The size of built (or given) programs: their operations, and what their collectives lower to."""
+    size = ProgramSize()
+    lowered: dict[tuple, tuple[int, int]] = {}
+    for program in programs:
+        size += ProgramSize(operations=len(program))
+        for op in program:
+            if isinstance(op, Collective):
+                key = (op.op, op.algorithm, op.inter_algorithm)
+                if key not in lowered:
+                    steps, peers = lowered_size(op.op, op.algorithm, nranks, groups, op.inter_algorithm)
+                    # Per rank: the bounds are over all ranks, this op runs on one.
+                    lowered[key] = (-(-steps // max(nranks, 1)), -(-peers // max(nranks, 1)))
+                steps, peers = lowered[key]
+                size += ProgramSize(steps=steps, peers=peers)
+    return size
+
+
 def workload_from_dict(data: dict[str, Any]):
     if not isinstance(data, dict):
-        raise ValueError(f"workload: expected a mapping, got {data!r}")
+        raise ValueError(f"workload: expected a mapping, got {short(data)}")
     data = dict(data)
     kind = data.pop("kind", None)
     if not isinstance(kind, str) or kind not in WORKLOADS:
-        raise ValueError(f"workload.kind: unknown {kind!r}; expected one of {', '.join(WORKLOADS)}")
+        raise ValueError(f"workload.kind: unknown {short(kind)}; expected one of {', '.join(WORKLOADS)}")
     return WORKLOADS[kind].from_dict(data)

@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, NamedTuple
 
+from topologies.limits import short
+
 if TYPE_CHECKING:  # the vocabulary imports this table, not the other way round
     from workloads.ops import Collective
 
@@ -49,6 +51,7 @@ __all__ = [
     "block_layout",
     "check",
     "lower",
+    "lowered_size",
     "root_peer",
 ]
 
@@ -207,9 +210,9 @@ def block_layout(nbytes: int, nparts: int) -> tuple[tuple[int, int], ...]:
     MPICH's reduce-scatter and scatter counts.
     """
     if not (isinstance(nbytes, int) and nbytes >= 0):
-        raise ValueError(f"block_layout: nbytes must be an integer >= 0, got {nbytes!r}")
+        raise ValueError(f"block_layout: nbytes must be an integer >= 0, got {short(nbytes)}")
     if not (isinstance(nparts, int) and nparts >= 1):
-        raise ValueError(f"block_layout: nparts must be an integer >= 1, got {nparts!r}")
+        raise ValueError(f"block_layout: nparts must be an integer >= 1, got {short(nparts)}")
     edges = _edges(nbytes, nparts)
     return tuple((edges[i], edges[i + 1] - edges[i]) for i in range(nparts))
 
@@ -246,7 +249,7 @@ def check(op: Collective, nranks: int, groups: Iterable[Iterable[int]] | None = 
 
 def _validate(op: Collective, nranks: int, groups: Groups | None) -> None:
     if getattr(op, "op", None) not in SEMANTICS or not hasattr(op, "nbytes"):
-        raise ValueError(f"collectives: expected a Collective, got {op!r}")
+        raise ValueError(f"collectives: expected a Collective, got {short(op)}")
     _check(op, nranks, groups)
 
 
@@ -254,21 +257,21 @@ def _validate(op: Collective, nranks: int, groups: Groups | None) -> None:
 def _check(op: Collective, nranks: int, groups: Groups | None) -> None:
     # Cached: every rank of a large run lowers the same op with the same groups.
     if isinstance(nranks, bool) or not (isinstance(nranks, int) and nranks >= 1):
-        raise ValueError(f"{op.op}: nranks must be an integer >= 1, got {nranks!r}")
+        raise ValueError(f"{op.op}: nranks must be an integer >= 1, got {short(nranks)}")
     allowed = ALGORITHMS[op.op]
     if op.algorithm not in allowed:
         raise ValueError(
-            f"{op.op}: unknown algorithm {op.algorithm!r}; allowed: {', '.join(allowed)}"
+            f"{op.op}: unknown algorithm {short(op.algorithm)}; allowed: {', '.join(allowed)}"
         )
     if SEMANTICS[op.op].rooted and not (
         isinstance(op.root, int) and not isinstance(op.root, bool) and 0 <= op.root < nranks
     ):
-        raise ValueError(f"{op.op}: root {op.root!r} out of range for {nranks} ranks")
+        raise ValueError(f"{op.op}: root {short(op.root)} out of range for {nranks} ranks")
     if op.algorithm == "hierarchical":
         inter = [a for a in ALGORITHMS["allreduce"] if a != "hierarchical"]
         if op.inter_algorithm not in inter:
             raise ValueError(
-                f"{op.op} hierarchical: unknown inter_algorithm {op.inter_algorithm!r}; "
+                f"{op.op} hierarchical: unknown inter_algorithm {short(op.inter_algorithm)}; "
                 f"allowed: {', '.join(inter)}"
             )
         if groups is None:
@@ -276,18 +279,18 @@ def _check(op: Collective, nranks: int, groups: Groups | None) -> None:
         seen: set[int] = set()
         for g in groups:
             if not g:
-                raise ValueError(f"{op.op} hierarchical: empty group in {groups!r}")
+                raise ValueError(f"{op.op} hierarchical: empty group in {short(groups)}")
             for r in g:
                 if isinstance(r, bool) or not isinstance(r, int) or not 0 <= r < nranks:
                     raise ValueError(
-                        f"{op.op} hierarchical: rank {r!r} in groups is out of range for {nranks} ranks"
+                        f"{op.op} hierarchical: rank {short(r)} in groups is out of range for {nranks} ranks"
                     )
                 if r in seen:
                     raise ValueError(f"{op.op} hierarchical: rank {r} is in more than one group")
                 seen.add(r)
         if len(seen) != nranks:
             missing = sorted(set(range(nranks)) - seen)
-            raise ValueError(f"{op.op} hierarchical: ranks {missing} are in no group")
+            raise ValueError(f"{op.op} hierarchical: ranks {short(missing)} are in no group")
 
 
 def _normalize_groups(groups) -> Groups | None:
@@ -297,8 +300,69 @@ def _normalize_groups(groups) -> Groups | None:
         normalized = tuple(tuple(g) for g in groups)
         hash(normalized)
     except TypeError:
-        raise ValueError(f"groups must be a sequence of sequences of ranks, got {groups!r}") from None
+        raise ValueError(f"groups must be a sequence of sequences of ranks, got {short(groups)}") from None
     return normalized
+
+
+# ---------------------------------------------------------------------------
+# Size, without lowering
+
+
+def _size_bound(op: str, algorithm: str, p: int) -> tuple[int, int]:
+    # (steps, (rank, peer) pairs) over all p ranks; lg = ceil(lg p).  Upper
+    # bounds read off the lowerers below (tests check them against lowering):
+    # a binomial tree has p - 1 edges, each one step on either end; the
+    # others are p times the busiest rank.
+    if p <= 1:
+        return 0, 0
+    lg = (p - 1).bit_length()
+    tree = 2 * (p - 1)
+    per_rank = {
+        ("allreduce", "ring"): (2 * (p - 1), 2),
+        ("allreduce", "recursive_doubling"): (lg + 2, lg + 1),
+        ("allreduce", "rabenseifner"): (2 * lg + 2, lg + 1),
+        ("broadcast", "ring"): (2, 2),
+        ("broadcast", "scatter_allgather"): (lg + p, lg + 3),
+        ("reduce", "ring"): (2, 2),
+        ("reduce", "rabenseifner"): (2 * lg + 3, lg + 2),
+        ("allgather", "ring"): (p - 1, 2),
+        ("allgather", "recursive_doubling"): (lg + 2, lg + 1),
+        ("reduce_scatter", "ring"): (p - 1, 2),
+        ("reduce_scatter", "recursive_halving"): (lg + 2, lg + 1),
+        ("alltoall", "pairwise"): (p - 1, p - 1),
+        ("alltoall", "ring"): (p - 1, p - 1),
+        ("barrier", "dissemination"): (lg, 2 * lg),
+        ("barrier", "recursive_doubling"): (lg, 2 * lg),
+    }
+    totals = {
+        ("broadcast", "binomial"): (tree, tree),
+        ("reduce", "binomial"): (tree, tree),
+        ("allreduce", "binomial"): (2 * tree, tree),
+        ("allgather", "binomial"): (2 * tree, tree),
+    }
+    if (op, algorithm) in totals:
+        return totals[op, algorithm]
+    # An unknown pair is reported by check(); size it like the largest.
+    steps, peers = per_rank.get((op, algorithm), (2 * p, p))
+    return steps * p, peers * p
+
+
+def lowered_size(op: str, algorithm: str, nranks: int, groups=None, inter_algorithm: str = "ring") -> tuple[int, int]:
+    """Upper bounds on one ``op`` collective's point-to-point steps and (rank, peer) pairs, over all ranks.
+
+    Closed forms, never lowering: what the memory estimate of a workload
+    counts before any program is built.  ``groups`` matters for the
+    ``hierarchical`` all-reduce only.
+    """
+    algorithm = algorithm or DEFAULT_ALGORITHM.get(op, "")
+    if algorithm == "hierarchical" and groups:
+        steps = peers = 0
+        for group in groups:
+            s, q = _size_bound("allreduce", "binomial", len(group))
+            steps, peers = steps + s, peers + q
+        s, q = _size_bound("allreduce", inter_algorithm, len(groups))
+        return steps + s, peers + q
+    return _size_bound(op, algorithm, nranks)
 
 
 # ---------------------------------------------------------------------------
@@ -320,7 +384,7 @@ def lower(
     groups = _normalize_groups(groups)
     _validate(op, nranks, groups)
     if isinstance(rank, bool) or not (isinstance(rank, int) and 0 <= rank < nranks):
-        raise ValueError(f"{op.op}: rank {rank!r} out of range for {nranks} ranks")
+        raise ValueError(f"{op.op}: rank {short(rank)} out of range for {nranks} ranks")
     if nranks == 1:
         return iter(())
     if op.algorithm == "hierarchical":

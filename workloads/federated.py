@@ -17,8 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from topologies.limits import short
 from workloads.base import (
-    WorkloadBase, check_int, check_nonnegative, rank_tuple, register, resolve_rank, resolve_ranks, round_half_up,
+    ProgramSize, WorkloadBase, check_int, check_nonnegative, rank_tuple, register, resolve_rank, resolve_ranks,
+    round_half_up,
 )
 from workloads.ops import Compute, Operation, Recv, Send
 
@@ -71,9 +73,9 @@ class FederatedAveraging(WorkloadBase):
         object.__setattr__(self, "edge_ranks", rank_tuple(self.edge_ranks, "edge_ranks"))
         f = self.clients_per_round
         if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1:
-            raise ValueError(f"workload.clients_per_round must be a fraction in (0, 1], got {f!r}")
+            raise ValueError(f"workload.clients_per_round must be a fraction in (0, 1], got {short(f)}")
         if not isinstance(self.hierarchical, bool):
-            raise ValueError(f"workload.hierarchical must be true or false, got {self.hierarchical!r}")
+            raise ValueError(f"workload.hierarchical must be true or false, got {short(self.hierarchical)}")
         if self.edge_ranks and not self.hierarchical:
             raise ValueError("workload.edge_ranks: only used with hierarchical: true")
 
@@ -139,6 +141,12 @@ class FederatedAveraging(WorkloadBase):
         return [c for i, c in enumerate(clients) if i in chosen]
 
     # -- programs ----------------------------------------------------------------
+
+    def size(self, nranks: int, groups=None) -> ProgramSize:
+        # Per round at most: 3 ops per client (train, upload, download), and
+        # per client 2 ops on its aggregator and 4 on its edge aggregator,
+        # plus each aggregator's one aggregation.
+        return ProgramSize(operations=self.rounds * (9 * nranks + 1))
 
     def _aggregate(self, uploads: int) -> list[Operation]:
         flops = self.aggregate_flops_per_byte * self.model_bytes * uploads

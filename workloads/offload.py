@@ -15,8 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from topologies.limits import short
 from workloads.base import (
-    WorkloadBase, check_int, check_nonnegative, rank_tuple, register, resolve_ranks, round_half_up,
+    ProgramSize, WorkloadBase, check_int, check_nonnegative, rank_tuple, register, resolve_ranks, round_half_up,
 )
 from workloads.ops import Compute, Operation, Recv, Send
 
@@ -56,7 +57,7 @@ class EdgeOffload(WorkloadBase):
         check_nonnegative(self, ("task_flops",))
         f = self.offload_fraction
         if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 <= f <= 1:
-            raise ValueError(f"workload.offload_fraction must be in [0, 1], got {f!r}")
+            raise ValueError(f"workload.offload_fraction must be in [0, 1], got {short(f)}")
         object.__setattr__(self, "server_ranks", rank_tuple(self.server_ranks, "server_ranks"))
         object.__setattr__(self, "devices", rank_tuple(self.devices, "devices"))
 
@@ -76,12 +77,17 @@ class EdgeOffload(WorkloadBase):
             devices = resolve_ranks(self.devices, nranks, "devices")
             both = sorted(set(devices) & set(servers))
             if both:
-                raise ValueError(f"workload.devices: rank(s) {both} are also servers")
+                raise ValueError(f"workload.devices: rank(s) {short(both)} are also servers")
         else:
             devices = tuple(r for r in range(nranks) if r not in servers)
         if not devices:
             raise ValueError(f"workload.devices: no device among {nranks} ranks")
         return devices, {d: servers[k % len(servers)] for k, d in enumerate(devices)}
+
+    def size(self, nranks: int, groups=None) -> ProgramSize:
+        # Per device and task at most: a compute, or a send and a receive on
+        # the device and a receive, compute and send on its server.
+        return ProgramSize(operations=nranks * (5 * self.tasks + 1))
 
     def programs(self, nranks: int, groups=None) -> list[list[Operation]]:
         devices, server_of = self.roles(nranks)

@@ -9,13 +9,15 @@ receives are the same thing.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Any, Union
+
+from topologies.limits import MAX_INT, is_finite_number, short, short_names
 
 # The collectives, their default algorithms and the lowered steps' types live with the
 # semantics table; re-exported here as part of the vocabulary.
 from workloads.collectives import COLLECTIVES, DEFAULT_ALGORITHM, Step, Transfer  # noqa: F401
+
 
 @dataclass(frozen=True)
 class Compute:
@@ -27,10 +29,10 @@ class Compute:
     kind = "compute"
 
     def __post_init__(self):
-        if isinstance(self.flops, bool) or not isinstance(self.flops, (int, float)) or not 0 <= self.flops < math.inf:
-            raise ValueError(f"compute: flops must be a finite number >= 0, got {self.flops!r}")
+        if not isinstance(self.flops, (int, float)) or not is_finite_number(self.flops) or self.flops < 0:
+            raise ValueError(f"compute: flops must be a finite number >= 0, got {short(self.flops)}")
         if not isinstance(self.label, str):
-            raise ValueError(f"compute: label must be a string, got {self.label!r}")
+            raise ValueError(f"compute: label must be a string, got {short(self.label)}")
 
 
 @dataclass(frozen=True)
@@ -89,19 +91,19 @@ class Collective:
     def __post_init__(self):
         if not isinstance(self.op, str) or self.op not in COLLECTIVES:
             raise ValueError(
-                f"collective: unknown op {self.op!r}; expected one of {', '.join(COLLECTIVES)}"
+                f"collective: unknown op {short(self.op)}; expected one of {', '.join(COLLECTIVES)}"
             )
-        if not (isinstance(self.nbytes, int) and self.nbytes >= 0):
-            raise ValueError(f"{self.op}: nbytes must be an integer >= 0, got {self.nbytes!r}")
+        if not _count(self.nbytes):
+            raise ValueError(f"{self.op}: nbytes must be an integer in 0..2^63-1, got {short(self.nbytes)}")
         for name in ("algorithm", "inter_algorithm"):
             if not isinstance(getattr(self, name), str):
-                raise ValueError(f"{self.op}: {name} must be a name, got {getattr(self, name)!r}")
-        if isinstance(self.root, bool) or not isinstance(self.root, int) or self.root < 0:
-            raise ValueError(f"{self.op}: root must be a rank (integer >= 0), got {self.root!r}")
+                raise ValueError(f"{self.op}: {name} must be a name, got {short(getattr(self, name))}")
+        if not _count(self.root):
+            raise ValueError(f"{self.op}: root must be a rank (integer >= 0), got {short(self.root)}")
         if not isinstance(self.blocking, bool):
-            raise ValueError(f"{self.op}: blocking must be true or false, got {self.blocking!r}")
+            raise ValueError(f"{self.op}: blocking must be true or false, got {short(self.blocking)}")
         if self.handle is not None and not isinstance(self.handle, str):
-            raise ValueError(f"{self.op}: handle must be a string, got {self.handle!r}")
+            raise ValueError(f"{self.op}: handle must be a string, got {short(self.handle)}")
         if not self.algorithm:
             object.__setattr__(self, "algorithm", DEFAULT_ALGORITHM[self.op])
         if not self.blocking and not self.handle:
@@ -123,7 +125,7 @@ class Wait:
     def __post_init__(self):
         handles = (self.handles,) if isinstance(self.handles, str) else self.handles
         if not isinstance(handles, (list, tuple)) or not all(isinstance(h, str) for h in handles):
-            raise ValueError(f"wait: handles must be a list of handle names, got {self.handles!r}")
+            raise ValueError(f"wait: handles must be a list of handle names, got {short(self.handles)}")
         object.__setattr__(self, "handles", tuple(handles))
 
 
@@ -132,14 +134,19 @@ Operation = Union[Compute, Send, Recv, Collective, Wait]
 _OP_TYPES: dict[str, type] = {"compute": Compute, "send": Send, "recv": Recv, "wait": Wait}
 
 
+def _count(value) -> bool:
+    # Sizes, ranks and tags: the result tables hold them as int64.
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_INT
+
+
 def _check_p2p(op) -> None:
-    if not (isinstance(op.peer, int) and op.peer >= 0):
-        raise ValueError(f"{op.kind}: peer must be a rank (integer >= 0), got {op.peer!r}")
-    if not (isinstance(op.nbytes, int) and op.nbytes >= 0):
-        raise ValueError(f"{op.kind}: nbytes must be an integer >= 0, got {op.nbytes!r}")
+    if not _count(op.peer):
+        raise ValueError(f"{op.kind}: peer must be a rank (integer >= 0), got {short(op.peer)}")
+    if not _count(op.nbytes):
+        raise ValueError(f"{op.kind}: nbytes must be an integer in 0..2^63-1, got {short(op.nbytes)}")
     # Negative tags belong to the collectives (see simcore.engine).
-    if isinstance(op.tag, bool) or not (isinstance(op.tag, int) and op.tag >= 0):
-        raise ValueError(f"{op.kind}: tag must be an integer >= 0, got {op.tag!r}")
+    if not _count(op.tag):
+        raise ValueError(f"{op.kind}: tag must be an integer >= 0, got {short(op.tag)}")
 
 
 def op_to_dict(op: Operation) -> dict[str, Any]:
@@ -158,11 +165,11 @@ def op_to_dict(op: Operation) -> dict[str, Any]:
 def op_from_dict(data: dict[str, Any]) -> Operation:
     """Inverse of ``op_to_dict``; raises ValueError naming what is wrong."""
     if not isinstance(data, dict) or "kind" not in data:
-        raise ValueError(f"operation must be a mapping with a 'kind', got {data!r}")
+        raise ValueError(f"operation must be a mapping with a 'kind', got {short(data)}")
     fields = dict(data)
     kind = fields.pop("kind")
     if not isinstance(kind, str):
-        raise ValueError(f"operation: kind must be a name, got {kind!r}")
+        raise ValueError(f"operation: kind must be a name, got {short(kind)}")
     if kind in COLLECTIVES:
         cls, fields["op"] = Collective, kind
         if kind == "barrier":
@@ -171,14 +178,14 @@ def op_from_dict(data: dict[str, Any]) -> Operation:
         cls = _OP_TYPES[kind]
     else:
         known = ", ".join(list(_OP_TYPES) + list(COLLECTIVES))
-        raise ValueError(f"operation: unknown kind {kind!r}; expected one of {known}")
+        raise ValueError(f"operation: unknown kind {short(kind)}; expected one of {known}")
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(fields) - names)
+    unknown = sorted(set(fields) - names, key=str)
     if unknown:
-        raise ValueError(f"{kind}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}")
+        raise ValueError(f"{kind}: unknown field(s) {short_names(unknown)}; allowed: {', '.join(sorted(names))}")
     for key in ("nbytes", "peer", "root", "tag"):
         # YAML writes 1e6 as a float; accept integral floats for sizes.
-        if isinstance(fields.get(key), float) and float(fields[key]).is_integer():
+        if isinstance(fields.get(key), float) and fields[key].is_integer() and abs(fields[key]) <= MAX_INT:
             fields[key] = int(fields[key])
     try:
         return cls(**fields)

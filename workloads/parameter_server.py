@@ -18,7 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from workloads.base import WorkloadBase, check_int, check_nonnegative, register, split_bytes
+from topologies.limits import short
+from workloads.base import ProgramSize, WorkloadBase, check_int, check_nonnegative, register, split_bytes
 from workloads.ops import Compute, Operation, Recv, Send
 
 
@@ -47,7 +48,7 @@ class ParameterServer(WorkloadBase):
         check_int(self, ("parameters", "bytes_per_parameter", "servers", "iterations"), 1)
         check_nonnegative(self, ("flops_per_iteration", "server_flops_per_byte"))
         if not isinstance(self.synchronous, bool):
-            raise ValueError(f"workload.synchronous must be true or false, got {self.synchronous!r}")
+            raise ValueError(f"workload.synchronous must be true or false, got {short(self.synchronous)}")
 
     @property
     def model_bytes(self) -> int:
@@ -55,6 +56,14 @@ class ParameterServer(WorkloadBase):
 
     def shard_bytes(self) -> list[int]:
         return split_bytes(self.model_bytes, self.servers)
+
+    def size(self, nranks: int, groups=None) -> ProgramSize:
+        servers = min(self.servers, nranks)
+        workers = nranks - servers
+        # Per iteration: a worker computes, pushes and pulls one shard per
+        # server; a server receives, updates (at most once per push) and replies.
+        per_iteration = workers * (1 + 2 * servers) + servers * 3 * workers
+        return ProgramSize(operations=per_iteration * self.iterations)
 
     def programs(self, nranks: int, groups=None) -> list[list[Operation]]:
         if self.servers >= nranks:

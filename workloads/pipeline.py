@@ -18,7 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from workloads.base import WorkloadBase, check_int, check_nonnegative, register
+from topologies.limits import short
+from workloads.base import ProgramSize, WorkloadBase, check_int, check_nonnegative, register
 from workloads.ops import Compute, Operation, Recv, Send
 
 SCHEDULES = ("gpipe", "1f1b")
@@ -51,11 +52,16 @@ class PipelineParallel(WorkloadBase):
         check_int(self, ("activation_bytes",), 0)
         check_nonnegative(self, ("forward_flops", "backward_factor", "optimizer_flops"))
         if self.schedule not in SCHEDULES:
-            raise ValueError(f"workload.schedule: unknown {self.schedule!r}; expected one of {', '.join(SCHEDULES)}")
+            raise ValueError(f"workload.schedule: unknown {short(self.schedule)}; expected one of {', '.join(SCHEDULES)}")
 
     @property
     def backward_flops(self) -> float:
         return self.backward_factor * self.forward_flops
+
+    def size(self, nranks: int, groups=None) -> ProgramSize:
+        # Per stage and micro-batch: a forward and a backward pass, each at
+        # most a receive, a compute and a send; then the optimizer step.
+        return ProgramSize(operations=self.steps * nranks * (6 * self.microbatches + 1))
 
     def programs(self, nranks: int, groups=None) -> list[list[Operation]]:
         build = self._gpipe if self.schedule == "gpipe" else self._one_f_one_b

@@ -26,13 +26,16 @@ from pathlib import Path
 from typing import Any
 
 from topologies import Topology, TopologyError, load_topology, topology_from_dict
-from topologies.io import read_data_file
+from topologies.io import check_plain_data, read_data_file, topology_memory_bytes
+from topologies.limits import format_bytes, over_limit_message, resolve_max_memory_bytes, short, short_names
 from topologies.profile import MachineProfile, load_profile
 from workloads import workload_from_dict
 from workloads.stragglers import StragglerSpec
 from workloads.validate import validate_programs
 
 _KEYS = ("name", "seed", "topology", "workload", "stragglers", "energy", "description", "profile")
+# The one mapping whose keys may be integers: ranks of a `programs` workload.
+_INT_KEYS_UNDER = ("workload.ranks",)
 
 
 class ScenarioError(ValueError):
@@ -52,7 +55,7 @@ class EnergySpec:
         if not isinstance(data, dict) or set(data) - {"count_idle"} or not isinstance(
             data.get("count_idle", True), bool
         ):
-            raise ValueError(f"energy: expected {{count_idle: true|false}}, got {data!r}")
+            raise ValueError(f"energy: expected {{count_idle: true|false}}, got {short(data)}")
         return cls(count_idle=bool(data.get("count_idle", True)))
 
 
@@ -98,13 +101,27 @@ class Scenario:
         return data
 
 
-def scenario_from_dict(data: dict[str, Any], *, base_dir: Path | None = None, where: str = "scenario") -> Scenario:
-    """Build and validate a scenario; every error names ``where`` and the item."""
+def scenario_from_dict(data: dict[str, Any], *, base_dir: Path | None = None, where: str = "scenario",
+                       max_memory_bytes: int | None = None) -> Scenario:
+    """Build and validate a scenario; every error names ``where`` and the item.
+
+    A scenario whose estimated memory (topology and programs, see
+    ``topologies.limits``) exceeds ``max_memory_bytes`` (default: the
+    environment variable DISTSIM_MAX_MEMORY_BYTES, else 2 GiB) is refused
+    before either is built.
+    """
     if not isinstance(data, dict):
         raise ScenarioError(f"{where}: expected a mapping at the top level, got {type(data).__name__}")
+    # The topology's own part is checked by topology_from_dict.
+    check_plain_data({k: v for k, v in data.items() if k != "topology"}, where, error=ScenarioError,
+                     int_keys_under=_INT_KEYS_UNDER)
+    try:
+        limit = resolve_max_memory_bytes(max_memory_bytes)
+    except ValueError as exc:
+        raise ScenarioError(f"{where}: {exc}") from None
     unknown = sorted(set(data) - set(_KEYS))
     if unknown:
-        raise ScenarioError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(_KEYS)}")
+        raise ScenarioError(f"{where}: unknown key(s) {short_names(unknown)}; allowed: {', '.join(_KEYS)}")
     for key in ("topology", "workload"):
         if key not in data:
             raise ScenarioError(f"{where}: missing '{key}'")
@@ -114,17 +131,17 @@ def scenario_from_dict(data: dict[str, Any], *, base_dir: Path | None = None, wh
             path = Path(topo_data)
             if not path.is_absolute() and base_dir is not None:
                 path = base_dir / path
-            topology = load_topology(path)
+            topology = load_topology(path, max_memory_bytes=limit)
         else:
-            topology = topology_from_dict(topo_data)
+            topology = topology_from_dict(topo_data, max_memory_bytes=limit)
     except TopologyError as exc:
         raise ScenarioError(f"{where}: {exc}") from None
     for key in ("name", "description"):
         if key in data and not isinstance(data[key], str):
-            raise ScenarioError(f"{where}: {key} must be text, got {data[key]!r}")
+            raise ScenarioError(f"{where}: {key} must be text, got {short(data[key])}")
     seed = data.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ScenarioError(f"{where}: seed must be an integer >= 0, got {seed!r}")
+        raise ScenarioError(f"{where}: seed must be an integer >= 0, got {short(seed)}")
     try:
         workload = workload_from_dict(data["workload"])
         stragglers = StragglerSpec.from_dict(data.get("stragglers"))
@@ -134,7 +151,11 @@ def scenario_from_dict(data: dict[str, Any], *, base_dir: Path | None = None, wh
         raise ScenarioError(f"{where}: {exc}") from None
     for rank in stragglers.ranks:
         if not 0 <= rank < topology.nranks:
-            raise ScenarioError(f"{where}: stragglers.ranks names rank {rank}, but there are {topology.nranks}")
+            raise ScenarioError(f"{where}: stragglers.ranks names rank {short(rank)}, but there are {topology.nranks}")
+    try:
+        _check_memory(topology, workload, limit)
+    except (ValueError, TypeError) as exc:
+        raise ScenarioError(f"{where}: {exc}") from None
     profile = None
     if data.get("profile") is not None:
         try:
@@ -169,6 +190,17 @@ def scenario_from_dict(data: dict[str, Any], *, base_dir: Path | None = None, wh
     return scenario
 
 
+def _check_memory(topology: Topology, workload, limit: int) -> None:
+    # Counted from closed forms, before scenario.programs() builds anything.
+    topology_bytes = topology_memory_bytes(topology)
+    size = workload.size(topology.nranks, topology.groups())
+    program_bytes = size.memory_bytes(topology.nranks)
+    if topology_bytes + program_bytes > limit:
+        raise ValueError(over_limit_message(
+            f"the topology ({format_bytes(topology_bytes)}) and the programs, {size.describe(topology.nranks)} "
+            f"({format_bytes(program_bytes)}), need", topology_bytes + program_bytes, limit))
+
+
 def _check_programs(scenario: Scenario) -> None:
     validate_programs(scenario.programs(), scenario.nranks, scenario.topology.groups())
 
@@ -186,16 +218,16 @@ def with_profile(scenario: Scenario, profile: MachineProfile) -> Scenario:
 
 def read_scenario_file(path: str | Path) -> dict[str, Any]:
     """The scenario file's plain data (YAML or JSON; ``1e9`` reads as a float)."""
-    data = read_data_file(path, ScenarioError)
+    data = read_data_file(path, ScenarioError, int_keys_under=_INT_KEYS_UNDER)
     if data is None:
         raise ScenarioError(f"{path}: empty scenario file")
     return data
 
 
-def load_scenario(path: str | Path) -> Scenario:
+def load_scenario(path: str | Path, *, max_memory_bytes: int | None = None) -> Scenario:
     path = Path(path)
     data = read_scenario_file(path)
-    scenario = scenario_from_dict(data, base_dir=path.parent, where=str(path))
+    scenario = scenario_from_dict(data, base_dir=path.parent, where=str(path), max_memory_bytes=max_memory_bytes)
     if not scenario.name:
         scenario = dataclasses.replace(scenario, name=path.stem)
     return scenario

@@ -8,11 +8,12 @@ many other ranks there are or in what order the simulator interleaves them.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from topologies.limits import is_finite_number, short, short_name, short_names
 
 # kind -> (parameter name -> default)
 KINDS: dict[str, dict[str, float]] = {
@@ -47,16 +48,17 @@ class StragglerSpec:
 
     def __post_init__(self):
         if self.kind not in KINDS:
-            raise ValueError(f"stragglers.kind: unknown {self.kind!r}; expected one of {', '.join(KINDS)}")
+            raise ValueError(f"stragglers.kind: unknown {short(self.kind)}; expected one of {', '.join(KINDS)}")
         if self.scope not in SCOPES:
-            raise ValueError(f"stragglers.scope: unknown {self.scope!r}; expected one of {', '.join(SCOPES)}")
-        unknown = sorted(set(self.params) - set(KINDS[self.kind]))
+            raise ValueError(f"stragglers.scope: unknown {short(self.scope)}; expected one of {', '.join(SCOPES)}")
+        unknown = sorted(set(self.params) - set(KINDS[self.kind]), key=str)
         if unknown:
             raise ValueError(
-                f"stragglers: unknown parameter(s) {', '.join(unknown)} for kind {self.kind!r}; "
+                f"stragglers: unknown parameter(s) {short_names(unknown)} for kind {short(self.kind)}; "
                 f"allowed: {', '.join(KINDS[self.kind]) or 'none'}"
             )
-        merged = {**KINDS[self.kind], **{k: float(v) for k, v in self.params.items()}}
+        # + 0.0 makes -0.0 a plain 0.0 (numpy refuses a scale of -0.0).
+        merged = {**KINDS[self.kind], **{k: float(v) + 0.0 for k, v in self.params.items()}}
         object.__setattr__(self, "params", merged)
         object.__setattr__(self, "ranks", tuple(int(r) for r in self.ranks))
         p = merged
@@ -70,7 +72,7 @@ class StragglerSpec:
         }
         for name, ok in checks.items():
             if name in p and not ok(p[name]):
-                raise ValueError(f"stragglers.{name}: invalid value {p[name]!r} for kind {self.kind!r}")
+                raise ValueError(f"stragglers.{name}: invalid value {short(p[name])} for kind {short(self.kind)}")
 
     @property
     def active(self) -> bool:
@@ -89,22 +91,22 @@ class StragglerSpec:
         if data is None:
             return cls()
         if not isinstance(data, dict):
-            raise ValueError(f"stragglers: expected a mapping, got {data!r}")
+            raise ValueError(f"stragglers: expected a mapping, got {short(data)}")
         data = dict(data)
         kind = data.pop("kind", "none")
         scope = data.pop("scope", "operation")
         ranks = data.pop("ranks", ()) or ()
         if not isinstance(kind, str):
-            raise ValueError(f"stragglers.kind must be a name, got {kind!r}")
+            raise ValueError(f"stragglers.kind must be a name, got {short(kind)}")
         if not isinstance(scope, str):
-            raise ValueError(f"stragglers.scope must be a name, got {scope!r}")
+            raise ValueError(f"stragglers.scope must be a name, got {short(scope)}")
         if not isinstance(ranks, (list, tuple)) or not all(
             isinstance(r, int) and not isinstance(r, bool) for r in ranks
         ):
-            raise ValueError(f"stragglers.ranks must be a list of ranks (integers), got {ranks!r}")
+            raise ValueError(f"stragglers.ranks must be a list of ranks (integers), got {short(ranks)}")
         for name, value in data.items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"stragglers.{name} must be a finite number, got {value!r}")
+            if not isinstance(value, (int, float)) or not is_finite_number(value):
+                raise ValueError(f"stragglers.{short_name(name)} must be a finite number, got {short(value)}")
         return cls(kind=kind, params=data, scope=scope, ranks=tuple(ranks))
 
 

@@ -8,11 +8,11 @@ all-reduce (DDP's ``no_sync``).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import ClassVar
 
-from workloads.base import WorkloadBase, register
+from topologies.limits import short
+from workloads.base import ProgramSize, WorkloadBase, collective_size, register
 from workloads.ops import Collective, Compute, Operation, Wait
 
 
@@ -49,11 +49,11 @@ class DataParallelStep(WorkloadBase):
         for name in ("parameters", "bytes_per_parameter", "batch_per_rank", "bucket_bytes",
                      "accumulation_steps", "steps"):
             if getattr(self, name) < 1:
-                raise ValueError(f"workload.{name} must be >= 1, got {getattr(self, name)}")
+                raise ValueError(f"workload.{name} must be >= 1, got {short(getattr(self, name))}")
         if not self.flops_per_sample >= 0:
-            raise ValueError(f"workload.flops_per_sample must be >= 0, got {self.flops_per_sample}")
+            raise ValueError(f"workload.flops_per_sample must be >= 0, got {short(self.flops_per_sample)}")
         if not 0 <= self.forward_fraction <= 1:
-            raise ValueError(f"workload.forward_fraction must be in [0, 1], got {self.forward_fraction}")
+            raise ValueError(f"workload.forward_fraction must be in [0, 1], got {short(self.forward_fraction)}")
         if self.optimizer_flops_per_parameter < 0:
             raise ValueError("workload.optimizer_flops_per_parameter must be >= 0")
 
@@ -61,9 +61,21 @@ class DataParallelStep(WorkloadBase):
     def gradient_bytes(self) -> int:
         return self.parameters * self.bytes_per_parameter
 
+    @property
+    def bucket_count(self) -> int:
+        return -(-self.gradient_bytes // self.bucket_bytes)
+
+    def size(self, nranks: int, groups=None) -> ProgramSize:
+        buckets = self.bucket_count
+        computes = 2 * (self.accumulation_steps - 1) + 1 + (buckets if self.overlap else 1) + (
+            1 if self.optimizer_flops_per_parameter else 0) + (1 if self.overlap else 0)  # the Wait
+        step = ProgramSize(operations=computes * nranks)
+        step += collective_size("allreduce", self.algorithm, nranks, groups, self.inter_algorithm).times(buckets)
+        return step.times(self.steps)
+
     def bucket_sizes(self) -> list[int]:
         total = self.gradient_bytes
-        count = math.ceil(total / self.bucket_bytes)
+        count = self.bucket_count
         return [self.bucket_bytes] * (count - 1) + [total - self.bucket_bytes * (count - 1)]
 
     def programs(self, nranks: int, groups=None) -> list[list[Operation]]:

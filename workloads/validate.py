@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from topologies.limits import short, short_names
 from workloads.collectives import check as check_collective
 from workloads.ops import Collective, Compute, Operation, Recv, Send, Wait
 
@@ -31,11 +32,11 @@ def validate_programs(programs: Sequence[Sequence[Operation]], nranks: int, grou
                     checked.add(key)
                 if not op.blocking:
                     if op.handle in handles:
-                        raise ValueError(f"{where}: handle {op.handle!r} is already in use")
+                        raise ValueError(f"{where}: handle {short(op.handle)} is already in use")
                     handles.add(op.handle)
             elif isinstance(op, Wait):
                 missing = [h for h in op.handles if h not in handles]
                 if missing:
-                    raise ValueError(f"{where}: waits for unknown handle(s) {', '.join(missing)}")
+                    raise ValueError(f"{where}: waits for unknown handle(s) {short_names(missing)}")
             elif not isinstance(op, Compute):
-                raise ValueError(f"{where}: not an operation: {op!r}")
+                raise ValueError(f"{where}: not an operation: {short(op)}")
