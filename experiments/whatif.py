@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments import common
+from topologies.limits import short, short_names
 
 TOP_LEVEL = ("name", "seed", "topology", "workload", "stragglers", "energy", "description")
 
@@ -70,7 +71,7 @@ def parse_vary(text: str) -> tuple[str, list[Any]]:
 
 def _keys(node) -> str:
     if isinstance(node, dict):
-        return ", ".join(map(str, node)) or "(none)"
+        return short_names(node) or "(none)"
     if isinstance(node, list):
         return f"indices 0..{len(node) - 1}"
     return "(none)"
@@ -108,7 +109,7 @@ def set_path(data: dict, path: str, value: Any) -> None:
             parent = ".".join(parts[:depth])
             what = "a file path" if isinstance(node, str) and parent == "topology" else type(node).__name__
             raise PathError(
-                f"--vary {path}: {parent} is {what} ({node!r}), not a mapping; cannot set {part!r} in it"
+                f"--vary {path}: {parent} is {what} ({short(node)}), not a mapping; cannot set {part!r} in it"
             )
 
 
