@@ -118,6 +118,11 @@ def test_a_file_over_16_mib_is_refused_before_reading(tmp_path):
     assert "the file is 17 MiB, over the limit of 16 MiB" in load_error(path)
 
 
+def test_a_path_with_a_nul_byte_is_not_a_file_name(tmp_path):
+    path = write(tmp_path, 'topology: "a\\0b.yaml"\n' + ALLREDUCE)
+    assert "a\\x00b.yaml: not a file name: embedded null byte" in load_error(path)
+
+
 def test_a_fifo_is_not_read(tmp_path):
     path = tmp_path / "pipe.yaml"
     os.mkfifo(path)

@@ -261,6 +261,8 @@ def read_data_file(path, error: type[Exception] = TopologyError, *, int_keys_und
         raise error(f"{shown}: no such file") from None
     except OSError as exc:
         raise error(f"{shown}: cannot read: {exc.strerror or exc}") from None
+    except ValueError as exc:  # a path no file can have: "embedded null byte"
+        raise error(f"{shown}: not a file name: {exc}") from None
     if len(raw) > MAX_FILE_BYTES:
         raise error(f"{shown}: the file is over the limit of {format_bytes(MAX_FILE_BYTES)}")
     try:
@@ -288,6 +290,8 @@ def read_data_file(path, error: type[Exception] = TopologyError, *, int_keys_und
 def shown_path(path) -> str:
     """``path`` for a message: whole, unless a file's value made it absurdly long."""
     text = str(path)
+    if not text.isprintable():  # a NUL or a newline from a file's value
+        text = repr(text)[1:-1]
     return text if len(text) <= 300 else text[:150] + "..." + text[-147:]
 
 
