@@ -32,8 +32,10 @@ ALLREDUCE = "workload: {kind: collective, op: allreduce, nbytes: 1000}\n"
 
 @pytest.fixture(autouse=True)
 def default_limit(monkeypatch):
-    # The tests assert the default limit; an environment that sets one must not change them.
-    monkeypatch.delenv(MAX_MEMORY_ENV, raising=False)
+    # The tests assert the default limit; an environment that sets one must not change them,
+    # and what a test sets is undone (setenv first, so that teardown restores the original).
+    monkeypatch.setenv(MAX_MEMORY_ENV, "")
+    monkeypatch.delenv(MAX_MEMORY_ENV)
 
 
 def write(tmp_path, text, name="s.yaml"):
