@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import time
 from pathlib import Path
@@ -85,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     max_memory_bytes = common.max_memory_or_report(args)
     if max_memory_bytes is None:
         return 2
+    if args.max_memory is not None and args.backend != "sim":
+        # The ranks of a real run (mpiexec, torchrun) rebuild the scenario: same limit there.
+        os.environ[common.MAX_MEMORY_ENV] = str(max_memory_bytes)
     scenario = common.load_scenario_or_report(args.scenario, max_memory_bytes=max_memory_bytes)
     if scenario is None:
         return 2

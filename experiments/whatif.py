@@ -37,6 +37,7 @@ from executors import backends
 from experiments import common, plots
 from experiments.output import make_out_dir
 from simcore.engine import SimulationError
+from topologies.limits import short, short_names
 from workloads.scenario import ScenarioError, read_scenario_file, scenario_from_dict
 
 TOP_LEVEL = ("name", "seed", "topology", "workload", "stragglers", "energy", "description")
@@ -76,7 +77,7 @@ def parse_vary(text: str) -> tuple[str, list[Any]]:
 
 def _keys(node) -> str:
     if isinstance(node, dict):
-        return ", ".join(map(str, node)) or "(none)"
+        return short_names(node) or "(none)"
     if isinstance(node, list):
         return f"indices 0..{len(node) - 1}"
     return "(none)"
@@ -114,7 +115,7 @@ def set_path(data: dict, path: str, value: Any) -> None:
             parent = ".".join(parts[:depth])
             what = "a file path" if isinstance(node, str) and parent == "topology" else type(node).__name__
             raise PathError(
-                f"--vary {path}: {parent} is {what} ({node!r}), not a mapping; cannot set {part!r} in it"
+                f"--vary {path}: {parent} is {what} ({short(node)}), not a mapping; cannot set {part!r} in it"
             )
 
 

@@ -418,12 +418,14 @@ class Simulator:
             if hits:
                 more = f" (and {len(hits) - 1} more ranks)" if len(hits) > 1 else ""
                 found.append(f"rank {hits[0]} (node {_name(topo.ranks[hits[0]])}) {what}={values[hits[0]]:.6g}{more}")
+        ranks = set(topo.ranks)
         for node, power in topo.graph.nodes(data="idle_power_w"):
-            if node not in topo._rank_of and power is not None and power > _HUGE:
+            if node not in ranks and power is not None and power > _HUGE:
                 found.append(f"node {_name(node)} idle_power_w={power:.6g}")
                 break
         if self.stragglers.active:
-            found.append(f"or the straggler model {self.stragglers.kind} {self.stragglers.params}")
+            found.append(f"the straggler model {self.stragglers.kind} {self.stragglers.params}, whose factors "
+                         "multiply compute times")
         return found
 
     def _deadlock_message(self, unfinished: list[int]) -> str:

@@ -261,6 +261,8 @@ def read_data_file(path, error: type[Exception] = TopologyError, *, int_keys_und
         raise error(f"{shown}: no such file") from None
     except OSError as exc:
         raise error(f"{shown}: cannot read: {exc.strerror or exc}") from None
+    except ValueError as exc:  # a path no file can have: "embedded null byte"
+        raise error(f"{shown}: not a file name: {exc}") from None
     if len(raw) > MAX_FILE_BYTES:
         raise error(f"{shown}: the file is over the limit of {format_bytes(MAX_FILE_BYTES)}")
     try:
@@ -288,6 +290,8 @@ def read_data_file(path, error: type[Exception] = TopologyError, *, int_keys_und
 def shown_path(path) -> str:
     """``path`` for a message: whole, unless a file's value made it absurdly long."""
     text = str(path)
+    if not text.isprintable():  # a NUL or a newline from a file's value
+        text = repr(text)[1:-1]
     return text if len(text) <= 300 else text[:150] + "..." + text[-147:]
 
 
@@ -330,7 +334,7 @@ def check_plain_data(data, where: str, *, error: type[Exception] = TopologyError
         frame = stack.pop()
         value, _, _, depth = frame
         if depth > MAX_NESTING_DEPTH:
-            raise error(f"{where}: {_data_path(frame)}: nested deeper than {MAX_NESTING_DEPTH} levels")
+            raise error(f"{where}{_data_path(frame)}: nested deeper than {MAX_NESTING_DEPTH} levels")
         values += len(value)
         if values > MAX_DATA_VALUES:
             raise error(f"{where}: more than {MAX_DATA_VALUES:,} values")
@@ -351,16 +355,16 @@ _SCALARS = frozenset((str, int, float, bool, type(None)))
 
 def _check_keys_are_strings(mapping, frame, where, error, int_keys_under) -> None:
     here = _data_path(frame)
-    ints = here in int_keys_under
+    ints = here.removeprefix(": ") in int_keys_under
     for key in mapping:
         if isinstance(key, str) or (ints and isinstance(key, int) and not isinstance(key, bool)):
             continue
         also = " or an integer" if ints else ""
-        raise error(f"{where}: {here}: key {short(key)} must be a string{also}")
+        raise error(f"{where}{here}: key {short(key)} must be a string{also}")
 
 
 def _data_path(frame) -> str:
-    """'workload.ranks[0][2]' for a frame of check_plain_data; 'the top level' for the root."""
+    """': workload.ranks[0][2]' for a frame of check_plain_data, '' for the root (to follow the file's name)."""
     parts = []
     while frame[1] is not None:
         _, parent, key, _ = frame
@@ -370,8 +374,10 @@ def _data_path(frame) -> str:
         else:
             parts.append(f"[{short(key, 40)}]")
         frame = parent
-    path = "".join(reversed(parts)).lstrip(".") or "the top level"
-    return path if len(path) <= 120 else path[:57] + "..." + path[-60:]
+    path = "".join(reversed(parts)).lstrip(".")
+    if len(path) > 120:
+        path = path[:57] + "..." + path[-60:]
+    return f": {path}" if path else ""
 
 
 def load_topology(path, *, max_memory_bytes: int | None = None) -> Topology:
