@@ -104,6 +104,31 @@ def worker_processes(run_dir: str) -> list[int]:
     return found
 
 
+class _Process:
+    """A process to signal, held by a pidfd where there are pidfds (Linux), else by its pid."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        try:
+            self.fd = os.pidfd_open(pid)
+        except (AttributeError, OSError):
+            self.fd = None
+
+    def send(self, sig: int) -> None:
+        try:
+            if self.fd is not None:
+                signal.pidfd_send_signal(self.fd, sig)
+            else:
+                os.kill(self.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
 def _running_ops(run_dir: str, nranks: int) -> list[int] | None:
     """The ranks' pids once every rank is inside its operations, else None."""
     pids = []
@@ -152,11 +177,12 @@ def trial(backend: str, scenario, options: RealOptions, kind: str, rng: np.rando
         while time.monotonic() < deadline and box.get("ended") is None:
             pids = _running_ops(box["run_dir"], nranks)
             if pids is not None:
-                box["pids"] = pids
+                # Through pidfds: a pid read from a file could name another process once it is reused.
+                box["pids"] = [_Process(pid) for pid in pids]
                 time.sleep(delay_s)
                 if box.get("ended") is None:
                     box["signalled_at"] = time.monotonic()
-                    os.kill(pids[target], SIGNALS[kind])
+                    box["pids"][target].send(SIGNALS[kind])
                 return
             time.sleep(0.01)
 
@@ -173,13 +199,11 @@ def trial(backend: str, scenario, options: RealOptions, kind: str, rng: np.rando
     box["ended"] = ended = time.monotonic()
     box["thread"].join()
     leftovers = worker_processes(box["run_dir"])
-    for pid in set(leftovers) | set(box["pids"] or []):
-        # Nothing may be left, a stopped rank least of all: continue and kill whatever is.
-        for sig in (signal.SIGCONT, signal.SIGKILL):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
+    # Nothing may be left, a stopped rank least of all: continue and kill whatever is.
+    for process in [_Process(pid) for pid in leftovers] + (box["pids"] or []):
+        process.send(signal.SIGCONT)
+        process.send(signal.SIGKILL)
+        process.close()
     signalled = box["signalled_at"] is not None
     return {
         "backend": backend, "kind": kind, "rank": target, "delay_s": round(delay_s, 3), "signalled": signalled,

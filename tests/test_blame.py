@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from executors.real import RealOptions
-from executors.real.launch import FROZEN_AFTER_S, RankView, blame, failure_message
+from executors.real.launch import RankView, blame, failure_message, frozen_after_s
 from executors.real.mpi import MPIExecutor
 from executors.real.torchdist import TorchExecutor
 
@@ -121,7 +121,7 @@ def test_a_killed_rank_comes_before_one_that_aborted_inside_mpi():
     lines = failure_message("mpi", views, 5.0).splitlines()
     assert lines[1:] == [
         "  rank 0: stopped by the launcher after rank 2 failed (was in op 3 allreduce)",
-        "  rank 1: also ended after rank 2 failed (was in op 3 allreduce): exited with code 143",
+        "  rank 1: stopped after rank 2 failed (was in op 3 allreduce): exited with code 143",
         "  rank 3: stopped by the launcher after rank 2 failed (was in op 2 recv)",
     ]
 
@@ -152,8 +152,29 @@ def test_a_stopped_rank_is_named_and_the_ranks_that_timed_out_waiting_for_it_are
         "  rank 0: waiting in op 3 (recv) for the hung rank; its watchdog ended it after 5 s",
         "  rank 2: waiting after its program (in the final gather) for the hung rank; stopped by the launcher",
     ]
-    # Frozen without being stopped (no 'T'): named by its heartbeat alone, once it stood still long enough.
-    views[1] = _view(1, status="op 3 send", proc_state="R", beat_age_s=FROZEN_AFTER_S)
+    # Frozen without being stopped (no 'T'): named by its heartbeat alone, once it stood still
+    # for half the timeout; a beat late by a second on a loaded machine is no hang.
+    views[1] = _view(1, status="op 3 send", proc_state="R", beat_age_s=2.5)
+    views[1].frozen_after_s = frozen_after_s(5.0)
     assert blame(views)[0] == "hung"
-    views[1] = _view(1, status="op 3 send", proc_state="R", beat_age_s=0.1)
+    views[1].beat_age_s = 1.2
     assert blame(views) == ("timeout", [views[0]])
+
+
+def test_ranks_killed_at_once_are_ordered_by_what_the_kernel_says():
+    # MPICH's abort on a failed copy from the dead rank 3 makes Hydra kill ranks 0 and 2, all
+    # found at one look: rank 3 already reaped by its parent, the others still zombies.
+    views = [_view(0, gone_at=1.0, exit_signal=signal.SIGKILL), _view(1),
+             _view(2, gone_at=1.0, exit_signal=signal.SIGKILL), _view(3, gone_at=1.0, exit_signal=signal.SIGKILL)]
+    views[3].reaped = True
+    assert failure_message("mpi", views, 5.0).splitlines() == [
+        "mpi run failed: rank 3 died in op 3 (allreduce): killed by SIGKILL",
+        "  rank 0: stopped after rank 3 failed (was in op 3 allreduce): killed by SIGKILL",
+        "  rank 1: stopped by the launcher after rank 3 failed (was in op 3 allreduce)",
+        "  rank 2: stopped after rank 3 failed (was in op 3 allreduce): killed by SIGKILL",
+    ]
+    # Where nothing tells them apart, every rank found dead at that look is named.
+    views[3].reaped = False
+    assert [v.rank for v in blame(views)[1]] == [0, 2, 3]
+    assert failure_message("mpi", views, 5.0).splitlines()[3] == \
+        "  rank 3: also died in op 3 (allreduce): killed by SIGKILL"

@@ -17,28 +17,40 @@ for a rank that does not answer) and names the rank that failed first, and
 how; the others are named as stopped because of it.  No process is left
 behind, and the folder is removed unless ``keep_dir``.
 
-Which rank failed first.  The launcher looks every few milliseconds (and
-wakes at once when a rank's process ends, through a pidfd), but two ranks
-can end between two looks: the one that failed and one that its failure
-brought down.  So the order of the looks is not all it relies on:
+Which rank failed first.  The launcher looks every 20 ms (and wakes at
+once when a rank's process ends, through a pidfd); a process counts as
+ending from the moment it begins to exit (PF_EXITING in /proc), before its
+peers can notice anything.  Still, two ranks can end between two looks:
+the one that failed and one that its failure brought down.  So the order
+of the looks is not all it relies on:
 
 - nobody else kills a rank silently.  mpiexec (Hydra) runs with
   ``-disable-auto-cleanup``, so it only sends the other ranks SIGUSR1, which
-  they note and ignore; torchrun ends them with SIGTERM, which they note the
-  moment it arrives (``rank{R}.signals``); the launcher itself kills only
+  they ignore; torchrun ends them with SIGTERM, which they note the moment
+  it arrives (``rank{R}.signals``); the launcher itself kills only
   after it noted who failed.  A rank whose process ended without an error
   of its own and without such a mark was killed from outside or crashed:
-  that is a cause, never a consequence.
+  that is a cause, not a consequence.
 - a rank that failed with an error of its own wrote it with the time; a
   peer's failure can make other ranks fail in turn (gloo reports the closed
   connection), always later, so among errors the earliest is the cause.
+  One that exits with a code but no error file (MPICH aborting on a failed
+  shared-memory copy from a dead peer) comes after those killed outright.
+- the exception: MPICH aborts when a shared-memory copy from the dead
+  rank fails, and Hydra then kills every rank at once, silently.  When that
+  lands between two looks, one thing still tells the order: a process that
+  its parent already reaped died before any sibling still a zombie (a
+  parent reaps all the zombies it finds).  Where it does not tell, all the
+  ranks found dead at that look are named.  (Which process last ran when,
+  in /proc/PID/sched, is no help: each CPU's clock there has its own offset.)
 - a rank that stopped (SIGSTOP) or froze shows a heartbeat that stands
   still, and on Linux the process state 'T'; ranks that time out waiting
   for it are named as waiting, not as the cause.
 
 The exit status of a rank that ended (killed by SIGKILL, exit code 3) comes
-from its pidfd where the kernel keeps it (Linux 6.15 and later), since the
-launcher is not the ranks' parent and cannot wait for them.
+from /proc while the process is still there, else from its pidfd where the
+kernel keeps it (Linux 6.15 and later): the launcher is not the ranks'
+parent and cannot wait for them.
 """
 from __future__ import annotations
 
@@ -50,7 +62,6 @@ import select
 import signal
 import struct
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -61,10 +72,15 @@ from executors.real.options import RealOptions, RealRunError
 from executors.real.status import read_heartbeat, read_status
 
 START_GRACE_S = 60.0
-# A rank whose heartbeat (every status.HEARTBEAT_S) stood still this long when
-# the run fails is named as hung: ten beats, far above the scheduling delays
-# of a loaded machine, far below any timeout.
+# A rank that is stopped (process state 'T') when the run fails is named as
+# hung; one that still runs, by the kernel's account, only once its heartbeat
+# (every status.HEARTBEAT_S) stood still for half the timeout, and at least
+# this long: a loaded machine can delay a beat by far more than its period.
 FROZEN_AFTER_S = 1.0
+
+
+def frozen_after_s(timeout_s: float) -> float:
+    return max(FROZEN_AFTER_S, timeout_s / 2.0)
 # How long the launcher (mpiexec, torchrun) gets to end what it started
 # once the ranks are killed, before its whole process group is killed.
 CLEANUP_GRACE_S = 1.0
@@ -208,7 +224,7 @@ class _Rank:
     beat: int | None = None
     beat_changed_at: float = 0.0
     exit_status: int | None = None  # its wait status, as /proc showed it ending
-    last_ran_ms: float | None = None  # see _Ending
+    reaped: bool = False  # see _Ending
 
 
 @dataclass
@@ -226,11 +242,13 @@ class RankView:
     started: bool
     exit_signal: int | None = None
     exit_code: int | None = None
-    last_ran_ms: float | None = None  # when it died by the scheduler's clock (see _Ending), where known
+    reaped: bool = False  # already reaped when found ended: it died before the siblings that were not
 
     @property
     def ended_by_launcher(self) -> bool:
         return any(sig in self.signals for sig in _ENDING_SIGNALS) or self.exit_signal == signal.SIGUSR1
+
+    frozen_after_s: float = FROZEN_AFTER_S  # frozen_after_s(the run's timeout)
 
     @property
     def stopped(self) -> bool:
@@ -239,7 +257,7 @@ class RankView:
             return False
         if self.proc_state in ("T", "t"):
             return True
-        return self.started and self.beat_age_s is not None and self.beat_age_s >= FROZEN_AFTER_S
+        return self.started and self.beat_age_s is not None and self.beat_age_s >= self.frozen_after_s
 
 
 class _JobWatch:
@@ -297,7 +315,7 @@ class _JobWatch:
                 continue
             how = _ending(r.pid)
             if how is None and rank in ready:
-                how = _Ending(None, None)
+                how = _Ending(None, False)
             if how is not None:
                 found[rank] = how
         return found
@@ -305,7 +323,7 @@ class _JobWatch:
     def _gone(self, rank: int, now: float, how: "_Ending") -> None:
         r = self.ranks[rank]
         r.gone_at = now
-        r.exit_status, r.last_ran_ms = how.exit_status, how.last_ran_ms
+        r.exit_status, r.reaped = how.exit_status, how.reaped
         if r.pidfd is not None and self._poller is not None and r.pidfd in self._by_fd:
             self._poller.unregister(r.pidfd)  # readable from now on: it would wake every wait
             self._by_fd.pop(r.pidfd, None)
@@ -335,7 +353,7 @@ class _JobWatch:
                 signals=signals, gone_at=r.gone_at if not r.finished else None,
                 proc_state=_proc_state(r.pid) if running else None,
                 beat_age_s=now - r.beat_changed_at if running and r.beat else None, started=r.started,
-                last_ran_ms=r.last_ran_ms,
+                reaped=r.reaped, frozen_after_s=frozen_after_s(self.timeout_s),
             ))
             if r.finished:
                 views[-1].status = "done"
@@ -460,11 +478,7 @@ PF_EXITING = 0x4  # linux/sched.h: the process has begun to exit (a fatal signal
 @dataclass
 class _Ending:
     exit_status: int | None  # its wait status, where /proc still shows it
-    # When it last ran, by the scheduler's clock in ms (/proc/PID/sched): for
-    # a dying process, when it died.  0.0: already reaped by its parent, so
-    # it died before any sibling that is not (a parent reaps all the zombies
-    # it finds).  None: unknown.
-    last_ran_ms: float | None
+    reaped: bool  # already reaped by its parent: it died before any sibling that is not
 
 
 def _ending(pid: int) -> _Ending | None:
@@ -477,12 +491,12 @@ def _ending(pid: int) -> _Ending | None:
     flag PF_EXITING is set before any of that.
     """
     if not os.path.isdir("/proc/self"):
-        return None if _alive(pid) else _Ending(None, None)
+        return None if _alive(pid) else _Ending(None, False)
     try:
         with open(f"/proc/{pid}/stat") as fh:
             fields = fh.read().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
-        return _Ending(None, 0.0)
+        return _Ending(None, True)
     state, flags = fields[0], int(fields[6])
     if state not in ("Z", "X", "x") and not flags & PF_EXITING:
         return None
@@ -490,18 +504,7 @@ def _ending(pid: int) -> _Ending | None:
     exit_status = int(fields[49]) if len(fields) > 49 else None
     if exit_status == 0 and state not in ("Z", "X", "x"):
         exit_status = None
-    return _Ending(exit_status, _last_ran_ms(pid))
-
-
-def _last_ran_ms(pid: int) -> float | None:
-    try:
-        with open(f"/proc/{pid}/sched") as fh:  # kernels built with CONFIG_SCHED_DEBUG
-            for line in fh:
-                if line.startswith("se.exec_start"):
-                    return float(line.split(":", 1)[1])
-    except (OSError, ValueError):
-        pass
-    return None
+    return _Ending(exit_status, False)
 
 
 def _alive(pid: int) -> bool:
@@ -645,14 +648,12 @@ def blame(views: list[RankView]) -> tuple[str, list[RankView]]:
 
 
 def _first(ended: list[RankView]) -> list[RankView]:
-    """Those of ``ended`` that ended first: found at the earliest look, then, where the
-    kernel told when each died (see _Ending), the earliest; several where it cannot tell."""
+    """Those of ``ended`` that ended first: found at the earliest look, and of those
+    the ones already reaped, if not all were; several where nothing tells them apart."""
     first = min(v.gone_at for v in ended)
     group = [v for v in ended if v.gone_at == first]
-    if len(group) > 1 and all(v.last_ran_ms is not None for v in group):
-        earliest = min(v.last_ran_ms for v in group)
-        group = [v for v in group if v.last_ran_ms == earliest]
-    return group
+    reaped = [v for v in group if v.reaped]
+    return reaped if reaped else group
 
 
 def _where(status: str) -> str:
@@ -746,7 +747,9 @@ def _line(v: RankView, how: str, cause: RankView, timeout_s: float) -> str:
         return f"rank {v.rank}: stopped {after} ({_was(v.status)}; its watchdog ended it after {timeout_s:g} s)"
     if v.ended_by_launcher:
         return f"rank {v.rank}: stopped by the launcher {after} ({_was(v.status)})"
-    return f"rank {v.rank}: also ended {after} ({_was(v.status)}): {_how_it_ended(v)}"
+    # Ended silently too, but later (a later look, or the kernel's account):
+    # mpiexec kills every rank when one aborts.
+    return f"rank {v.rank}: stopped {after} ({_was(v.status)}): {_how_it_ended(v)}"
 
 
 def failure_message(backend: str, views: list[RankView], timeout_s: float, *, code: int | None = None,

@@ -9,7 +9,7 @@ What this rank leaves in RUN_DIR for the launcher, which watches it:
 - ``rank{R}.beat``: its heartbeat (``status.Heartbeat``), moving while the process runs;
 - ``rank{R}.status``: the operation it is in (``status.RankStatus``, kept by the runner);
 - ``rank{R}.signals``: one byte per signal it received (SIGTERM, SIGINT from its
-  launcher; SIGUSR1, mpiexec's word that a peer failed);
+  launcher);
 - ``rank{R}.error``: why it failed, when it failed with an error of its own
   (JSON: the error and the wall-clock time in ns, to order it against others').
 """
@@ -92,10 +92,12 @@ def announce(run_dir: Path, rank: int) -> Heartbeat:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, terminated)
     # mpiexec (Hydra, started with -disable-auto-cleanup) tells the other ranks
-    # that one failed with SIGUSR1, whose default action would end them as if
-    # they had failed too; they stay, and the launcher ends them once it has
-    # taken note of which rank failed first.
-    signal.signal(signal.SIGUSR1, lambda signum, frame: None)
+    # that one failed, or exited, with SIGUSR1, whose default action would end
+    # them as if they had failed too; they stay, and the launcher ends them once
+    # it has taken note of which rank failed first.  Ignored, not handled: a
+    # Python handler is undone while the interpreter shuts down, and a rank
+    # finishing after another would die of the notice.
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     heartbeat = Heartbeat(str(run_dir / f"rank{rank}.beat"))
     _write_atomically(run_dir / f"rank{rank}.pid", str(os.getpid()))
     return heartbeat
