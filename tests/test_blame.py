@@ -32,9 +32,9 @@ _spec = importlib.util.spec_from_file_location(
 blame_trials = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(blame_trials)
 
-TIMEOUT_S = 3.0
+TIMEOUT_S = 2.0
 # The signal lands within this long after every rank entered its operations.
-WINDOW_S = 0.5
+WINDOW_S = 0.3
 
 
 @pytest.fixture
