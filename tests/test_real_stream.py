@@ -129,7 +129,7 @@ def test_a_rank_killed_from_outside_is_named(tmp_path, monkeypatch):
 
     threading.Thread(target=kill_rank_1, daemon=True).start()
     # Rank 0 stops in op 0, so rank 1 waits there in the all-reduce until it is killed.
-    # The kernel says how it ended where it keeps a pidfd's exit status (Linux 6.15 on).
+    # How it ended comes from /proc, or its pidfd, where the kernel tells it.
     with pytest.raises(RealRunError, match=r"rank 1 died in op 0 \(allreduce\): "
                                            r"(killed by SIGKILL|its process vanished)") as info:
         MPIExecutor(RealOptions(fault="hang:0:0", timeout_s=60, warmup=0, repeats=1)).run(scenario)

@@ -243,12 +243,11 @@ class RankView:
     exit_signal: int | None = None
     exit_code: int | None = None
     reaped: bool = False  # already reaped when found ended: it died before the siblings that were not
+    frozen_after_s: float = FROZEN_AFTER_S  # frozen_after_s(the run's timeout)
 
     @property
     def ended_by_launcher(self) -> bool:
         return any(sig in self.signals for sig in _ENDING_SIGNALS) or self.exit_signal == signal.SIGUSR1
-
-    frozen_after_s: float = FROZEN_AFTER_S  # frozen_after_s(the run's timeout)
 
     @property
     def stopped(self) -> bool:
@@ -304,7 +303,7 @@ class _JobWatch:
             for rank, how in ending.items():
                 self._gone(rank, now, how)
 
-    def _ending(self, found: dict[int, "_Ending"]) -> dict[int, "_Ending"]:
+    def _ending(self, found: dict[int, _Ending]) -> dict[int, _Ending]:
         """``found`` plus the ranks whose process is ending or gone."""
         found = dict(found)
         ready = set()
@@ -320,7 +319,7 @@ class _JobWatch:
                 found[rank] = how
         return found
 
-    def _gone(self, rank: int, now: float, how: "_Ending") -> None:
+    def _gone(self, rank: int, now: float, how: _Ending) -> None:
         r = self.ranks[rank]
         r.gone_at = now
         r.exit_status, r.reaped = how.exit_status, how.reaped
@@ -472,7 +471,7 @@ def _pidfd_exit_status(pidfd: int) -> int | None:
     return struct.unpack_from("=i", buf, 60)[0] if mask & _PIDFD_INFO_EXIT else None
 
 
-PF_EXITING = 0x4  # linux/sched.h: the process has begun to exit (a fatal signal, or exit())
+_PF_EXITING = 0x4  # linux/sched.h: the process has begun to exit (a fatal signal, or exit())
 
 
 @dataclass
@@ -498,7 +497,7 @@ def _ending(pid: int) -> _Ending | None:
     except (OSError, IndexError):
         return _Ending(None, True)
     state, flags = fields[0], int(fields[6])
-    if state not in ("Z", "X", "x") and not flags & PF_EXITING:
+    if state not in ("Z", "X", "x") and not flags & _PF_EXITING:
         return None
     # exit_code (field 52, Linux 3.5 and later), set just after PF_EXITING: 0 may be "not yet".
     exit_status = int(fields[49]) if len(fields) > 49 else None
