@@ -13,8 +13,10 @@ imports without it.
 """
 from __future__ import annotations
 
+import functools
 import os
 import shutil
+import subprocess
 import sys
 
 import numpy as np
@@ -46,6 +48,17 @@ def mpiexec_path() -> str | None:
     if chosen:
         return shutil.which(chosen)
     return shutil.which("mpiexec") or shutil.which("mpirun")
+
+
+@functools.lru_cache(maxsize=None)
+def _is_hydra(mpiexec: str) -> bool:
+    """True for MPICH's Hydra mpiexec (the mpich wheel's), which takes -disable-auto-cleanup."""
+    try:
+        out = subprocess.run([mpiexec, "--version"], capture_output=True, text=True, timeout=30,
+                             stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return "HYDRA" in out.stdout
 
 
 class MPIBackend(RealBackend):
@@ -232,6 +245,12 @@ class MPIExecutor(RealExecutor):
         if mpiexec is None:
             raise RealRunError("no mpiexec found on PATH (pip install mpich, or load your cluster's MPI module)")
         cmd = [mpiexec, "-n", str(nranks)]
+        if _is_hydra(mpiexec):
+            # On a rank's failure Hydra SIGKILLs the others at once, which
+            # leaves no trace of who went first; without auto-cleanup it only
+            # tells them (SIGUSR1, see executors.real.worker), and the launcher,
+            # having noted the rank that failed, ends the rest itself.
+            cmd.append("-disable-auto-cleanup")
         if hostfile:
             cmd += ["-f", hostfile]
         return cmd + [sys.executable, "-m"] + list(module_args)

@@ -25,8 +25,9 @@ class RealOptions:
     # several times slower, and differently from launch to launch.
     pin: bool = True
     # Test hook, "ACTION:RANK:OP" with ACTION exit, hang or raise: that rank
-    # dies, stops, or hits a Python error at that operation, to prove that
-    # failures end the run cleanly.
+    # dies (saying so), stops (SIGSTOP to itself, as a hung process looks
+    # from outside: no heartbeat), or hits a Python error at that operation,
+    # to prove that failures end the run cleanly and name that rank.
     fault: str = ""
 
     def __post_init__(self):

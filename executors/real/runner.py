@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import sys
 import threading
 import time
@@ -186,7 +187,11 @@ class RankRunner:
                 os._exit(9)
             if action == "raise":
                 raise RuntimeError(f"injected fault in op {index} ({kind})")
-            # "hang": block without progress until the watchdog ends the run.
+            # "hang": the whole process stops, as a SIGSTOP from outside stops
+            # it, heartbeat and watchdog too; the launcher names it as hung and
+            # kills it.  (Should something continue it, it stays stuck here.)
+            print(f"rank {self.rank}: injected fault: stopping in op {index} ({kind})", file=sys.stderr, flush=True)
+            os.kill(os.getpid(), signal.SIGSTOP)
             threading.Event().wait()
 
     def run(self) -> list[tuple[int, Record]]:
