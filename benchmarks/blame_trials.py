@@ -73,16 +73,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def default_scenario(nranks: int, steps: int = 10):
-    """Per step: compute, a ring exchange (even ranks send first), an all-reduce and an all-gather."""
+def default_scenario(nranks: int, steps: int = 10, nbytes: int = 262144):
+    """Per step: compute, a ring exchange of ``nbytes`` (even ranks send first), an all-reduce
+    of 4 x ``nbytes`` and an all-gather of ``nbytes``."""
     if nranks < 2 or nranks % 2:
         raise ValueError(f"the default scenario needs an even number of ranks >= 2, got {nranks}")
     ranks = []
     for r in range(nranks):
-        send = {"kind": "send", "peer": (r + 1) % nranks, "nbytes": 262144}
-        recv = {"kind": "recv", "peer": (r - 1) % nranks, "nbytes": 262144}
+        send = {"kind": "send", "peer": (r + 1) % nranks, "nbytes": nbytes}
+        recv = {"kind": "recv", "peer": (r - 1) % nranks, "nbytes": nbytes}
         step = [{"kind": "compute", "flops": 5.0e7}] + ([send, recv] if r % 2 == 0 else [recv, send])
-        step += [{"kind": "allreduce", "nbytes": 1048576}, {"kind": "allgather", "nbytes": 262144}]
+        step += [{"kind": "allreduce", "nbytes": 4 * nbytes}, {"kind": "allgather", "nbytes": nbytes}]
         ranks.append(step * steps)
     return scenario_from_dict({"name": f"blame-trials-{nranks}", "topology": {"builder": "switch", "n": nranks},
                                "workload": {"kind": "programs", "ranks": ranks}}, where="blame-trials")
