@@ -227,7 +227,9 @@ def _tail(path: Path, lines: int = 12) -> list[str]:
 class _Rank:
     pid: int | None = None
     pidfd: int | None = None
-    stat_fd: int | None = None  # its /proc/PID/stat, kept open: a read is then a quarter of the cost
+    # Its /proc/PID/stat and /proc/PID/status, kept open: a read is then a quarter of the cost.
+    stat_fd: int | None = None
+    status_fd: int | None = None
     gone_at: float | None = None  # the launcher's clock at the first look that found the process ended
     finished: bool = False  # ended after its program, heartbeat stopped on purpose: no failure
     started: bool = False  # past the backend's start-up (its status file exists)
@@ -300,7 +302,7 @@ class _JobWatch:
             if r.pid is None:
                 r.pid = _read_pid(self._path(rank, "pid"))
                 if r.pid is not None:
-                    r.stat_fd = _open_stat(r.pid)
+                    r.stat_fd, r.status_fd = _open_proc(r.pid, "stat"), _open_proc(r.pid, "status")
                     r.pidfd = _pidfd(r.pid)
                     if r.pidfd is not None and self._poller is not None:
                         self._poller.register(r.pidfd, select.POLLIN)
@@ -328,7 +330,7 @@ class _JobWatch:
         for rank, r in enumerate(self.ranks):
             if r.pid is None or r.gone_at is not None or rank in found:
                 continue
-            how = _ending(r.pid, r.stat_fd)
+            how = _ending(r.pid, r.stat_fd, r.status_fd)
             if how is None and rank in ready:
                 how = _Ending(None, False)
             if how is not None:
@@ -422,10 +424,10 @@ class _JobWatch:
 
     def close(self) -> None:
         for r in self.ranks:
-            for fd in (r.pidfd, r.stat_fd):
+            for fd in (r.pidfd, r.stat_fd, r.status_fd):
                 if fd is not None:
                     os.close(fd)
-            r.pidfd = r.stat_fd = None
+            r.pidfd = r.stat_fd = r.status_fd = None
         self._by_fd.clear()
 
 
@@ -497,21 +499,23 @@ class _Ending:
     reaped: bool  # already reaped by its parent: it died before any sibling that is not
 
 
-def _open_stat(pid: int) -> int | None:
+def _open_proc(pid: int, name: str) -> int | None:
     try:
-        return os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+        return os.open(f"/proc/{pid}/{name}", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:  # no /proc (macOS), or the process is already gone
         return None
 
 
-def _ending(pid: int, stat_fd: int | None) -> _Ending | None:
-    """How the process is ending, or None while it runs (``stat_fd``: its /proc/PID/stat).
+def _ending(pid: int, stat_fd: int | None, status_fd: int | None) -> _Ending | None:
+    """How the process is ending, or None while it runs (``stat_fd``, ``status_fd``: its
+    /proc/PID/stat and /proc/PID/status).
 
-    Ending, not only ended: a process killed with SIGKILL first tears down
-    its memory, then closes its files, and only then turns zombie, and its
-    peers notice the first two (a shared-memory copy from it fails, its
-    sockets close) and may fail, and be killed, before it is a zombie.  The
-    flag PF_EXITING is set before any of that.
+    Ending, not only ended: a process killed with SIGKILL first waits for a
+    core to take the signal, then tears down its memory, closes its files,
+    and only then turns zombie; its peers notice the memory and the files
+    going (a shared-memory copy from it fails, its sockets close) and may
+    fail, and be killed, before it is a zombie.  From the kill on, SIGKILL
+    is pending (SigPnd); once taken, the flag PF_EXITING is set.
     """
     if stat_fd is None:
         return None if _alive(pid) else _Ending(None, False)
@@ -520,13 +524,27 @@ def _ending(pid: int, stat_fd: int | None) -> _Ending | None:
     except (OSError, IndexError):  # ESRCH once its parent reaped it
         return _Ending(None, True)
     state, flags = fields[0].decode(), int(fields[6])
-    if state not in ("Z", "X", "x") and not flags & _PF_EXITING:
-        return None
-    # exit_code (field 52, Linux 3.5 and later), set just after PF_EXITING: 0 may be "not yet".
-    exit_status = int(fields[49]) if len(fields) > 49 else None
-    if exit_status == 0 and state not in ("Z", "X", "x"):
-        exit_status = None
-    return _Ending(exit_status, False)
+    if state in ("Z", "X", "x") or flags & _PF_EXITING:
+        # exit_code (field 52, Linux 3.5 and later), set just after PF_EXITING: 0 may be "not yet".
+        exit_status = int(fields[49]) if len(fields) > 49 else None
+        if exit_status == 0 and state not in ("Z", "X", "x"):
+            exit_status = None
+        return _Ending(exit_status, False)
+    if status_fd is not None and _sigkill_pending(status_fd):
+        return _Ending(signal.SIGKILL, False)
+    return None
+
+
+def _sigkill_pending(status_fd: int) -> bool:
+    try:
+        text = os.pread(status_fd, 8192, 0)
+    except OSError:
+        return False
+    for key in (b"\nSigPnd:", b"\nShdPnd:"):
+        at = text.find(key)
+        if at >= 0 and int(text[at + len(key):].split(None, 1)[0], 16) & (1 << (signal.SIGKILL - 1)):
+            return True
+    return False
 
 
 def _alive(pid: int) -> bool:
