@@ -19,10 +19,10 @@ behind, and the folder is removed unless ``keep_dir``.
 
 Which rank failed first.  The launcher looks every 10 ms (and wakes at
 once when a rank's process ends, through a pidfd); a process counts as
-ending from the moment it begins to exit (PF_EXITING in /proc), before its
-peers can notice anything.  Still, two ranks can end between two looks:
-the one that failed and one that its failure brought down.  So the order
-of the looks is not all it relies on:
+ending from the moment SIGKILL is pending on it or it begins to exit (both
+in /proc), before its peers can notice anything.  Still, two ranks can end
+between two looks: the one that failed and one that its failure brought
+down.  So the order of the looks is not all it relies on:
 
 - nobody else kills a rank silently.  mpiexec (Hydra) runs with
   ``-disable-auto-cleanup``, so it only sends the other ranks SIGUSR1, which
