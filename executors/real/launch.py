@@ -281,6 +281,9 @@ class _JobWatch:
         self.ranks = [_Rank() for _ in range(nranks)]
         self._poller = select.poll() if hasattr(select, "poll") else None
         self._by_fd: dict[int, int] = {}
+        # Noted once, when every rank has started: by the time a run fails,
+        # mpiexec may have killed every rank, and their maps are gone.
+        self._shm_seen: set[str] | None = None
 
     def _path(self, rank: int, suffix: str) -> Path:
         return Path(self.run_dir, f"rank{rank}.{suffix}")
@@ -312,6 +315,8 @@ class _JobWatch:
                 r.beat, r.beat_changed_at = beat, now
             if not r.started and self._path(rank, "status").exists():
                 r.started = True
+        if files and self._shm_seen is None and all(r.started and r.gone_at is None for r in self.ranks):
+            self._shm_seen = self.shared_memory()
         ending = self._ending({})
         if ending:
             # A rank read before one found ending may have begun to end after
@@ -377,8 +382,9 @@ class _JobWatch:
         return views
 
     def shared_memory(self) -> set[str]:
-        """Files in /dev/shm that the running ranks have mapped (MPI's node-local segments)."""
-        found: set[str] = set()
+        """Files in /dev/shm that the running ranks have mapped (MPI's node-local segments):
+        those seen once every rank had started, and those mapped now."""
+        found = set(self._shm_seen or ())
         for r in self.ranks:
             if r.pid is not None and r.gone_at is None:
                 found |= _shm_files(r.pid)
