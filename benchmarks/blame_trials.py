@@ -2,7 +2,7 @@
 
     python benchmarks/blame_trials.py [--mpi-killed 20] [--mpi-stopped 10] [--torch-killed 5]
         [--torch-stopped 5] [--timeout 5] [--seed 0] [--mpi-ranks 4] [--torch-ranks 2]
-        [--window 2] [--scenario FILE] [--json OUT]
+        [--window 2] [--nbytes 262144] [--scenario FILE] [--json OUT]
 
 Each trial launches a run (``executors.real.launch.launch``), waits until
 every rank is inside its operations, sleeps a random time in [0, --window] s,
@@ -22,9 +22,13 @@ trial no worker process of the run may remain: one that does is counted,
 continued and killed.
 
 The scenario: --scenario FILE, or by default a programs scenario of
-compute, a ring exchange, an all-reduce and an all-gather, repeated enough
-to outlast the signal.  Prints one line per trial, then per backend and kind:
-exact/total, and max and median seconds from the signal to the end.
+compute, a ring exchange and an all-gather of --nbytes (256 KiB) and an
+all-reduce of 4 x --nbytes, repeated enough to outlast the signal.  Above
+MPICH's 8 KiB single-copy size a rank killed while a peer copies from its
+memory makes that peer abort, and mpiexec then kills every rank at once:
+the race the launcher must win to tell who went first.  Prints one line per
+trial, then per backend and kind: exact/total, and max and median seconds
+from the signal to the end.
 """
 from __future__ import annotations
 
@@ -66,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--torch-ranks", type=int, default=2, help="ranks of the default scenario on torch (default 2)")
     p.add_argument("--window", type=float, default=2.0,
                    help="signal at a uniform random moment this many seconds after all ranks started (default 2)")
+    p.add_argument("--nbytes", type=int, default=262144, help="message size of the default scenario (default 262144)")
     p.add_argument("--scenario", help="a scenario file to run instead of the default (2-4 ranks)")
     p.add_argument("--repeats", type=int, default=1000,
                    help="repeats of the scenario, enough to outlast the signal (default 1000)")
@@ -73,16 +78,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def default_scenario(nranks: int, steps: int = 10):
-    """Per step: compute, a ring exchange (even ranks send first), an all-reduce and an all-gather."""
+def default_scenario(nranks: int, steps: int = 10, nbytes: int = 262144):
+    """Per step: compute, a ring exchange of ``nbytes`` (even ranks send first), an all-reduce
+    of 4 x ``nbytes`` and an all-gather of ``nbytes``."""
     if nranks < 2 or nranks % 2:
         raise ValueError(f"the default scenario needs an even number of ranks >= 2, got {nranks}")
     ranks = []
     for r in range(nranks):
-        send = {"kind": "send", "peer": (r + 1) % nranks, "nbytes": 262144}
-        recv = {"kind": "recv", "peer": (r - 1) % nranks, "nbytes": 262144}
+        send = {"kind": "send", "peer": (r + 1) % nranks, "nbytes": nbytes}
+        recv = {"kind": "recv", "peer": (r - 1) % nranks, "nbytes": nbytes}
         step = [{"kind": "compute", "flops": 5.0e7}] + ([send, recv] if r % 2 == 0 else [recv, send])
-        step += [{"kind": "allreduce", "nbytes": 1048576}, {"kind": "allgather", "nbytes": 262144}]
+        step += [{"kind": "allreduce", "nbytes": 4 * nbytes}, {"kind": "allgather", "nbytes": nbytes}]
         ranks.append(step * steps)
     return scenario_from_dict({"name": f"blame-trials-{nranks}", "topology": {"builder": "switch", "n": nranks},
                                "workload": {"kind": "programs", "ranks": ranks}}, where="blame-trials")
@@ -228,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{backend}: skipped ({reason})")
             continue
         ranks = args.mpi_ranks if backend == "mpi" else args.torch_ranks
-        scenario = load_scenario(args.scenario) if args.scenario else default_scenario(ranks)
+        scenario = load_scenario(args.scenario) if args.scenario else default_scenario(ranks, nbytes=args.nbytes)
         for i in range(count):
             t = trial(backend, scenario, options, kind, rng, args.window)
             trials.append(t)

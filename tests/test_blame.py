@@ -7,6 +7,13 @@ drawn from a seeded generator, by the trial of ``benchmarks/blame_trials.py``
 or hung, every other rank as stopped because of it (or waiting for it), and
 the run must end within the per-operation timeout plus 5 s of the signal,
 leaving no process behind.
+
+The messages stay below MPICH's single-copy (CMA) size, 8 KiB: a rank that
+reads a large message straight from the memory of a peer killed at that
+moment aborts, and mpiexec then kills every rank in the same instant; when
+that lands between two of the launcher's looks the first to die cannot be
+told (the launcher then names all of them).  That race is measured, not
+asserted: ``benchmarks/blame_trials.py`` runs with 256 KiB-1 MiB messages.
 """
 from __future__ import annotations
 
@@ -33,6 +40,8 @@ blame_trials = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(blame_trials)
 
 TIMEOUT_S = 2.0
+# Below MPICH's CMA threshold (MPIR_CVAR_CH4_IPC_CMA_P2P_THRESHOLD, 8192): see the docstring.
+NBYTES = 1024
 # The signal lands within this long after every rank entered its operations.
 WINDOW_S = 0.3
 
@@ -63,7 +72,7 @@ def _check(trial: dict, backend: str, kind: str, nranks: int, folder: Path) -> N
 
 
 def _trials(backend: str, kind: str, nranks: int, seeds, folder: Path) -> None:
-    scenario = blame_trials.default_scenario(nranks)
+    scenario = blame_trials.default_scenario(nranks, nbytes=NBYTES)
     options = RealOptions(warmup=0, repeats=1000, timeout_s=TIMEOUT_S)
     for seed in seeds:
         trial = blame_trials.trial(backend, scenario, options, kind, np.random.default_rng(seed), WINDOW_S)
