@@ -297,6 +297,17 @@ def _max_memory_bytes(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def start_or_report(args, out) -> int | None:
+    """What every command checks before any work: the results folder ``out`` (None: not
+    known yet) and the memory limit.  Returns the limit, or None after printing the one
+    problem (the caller exits 2)."""
+    problem = out_dir_problem(out) if out is not None else None
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return None
+    return max_memory_or_report(args)
+
+
 def max_memory_or_report(args) -> int | None:
     """The memory limit: ``--max-memory``, else the environment's, else the default; None after
     printing why ``$DISTSIM_MAX_MEMORY_BYTES`` is invalid (the caller exits 2)."""

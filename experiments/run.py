@@ -78,12 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.seed is not None and args.seed < 0:
         print(f"error: --seed must be >= 0, got {args.seed}", file=sys.stderr)
         return 2
-    if args.out:
-        problem = common.out_dir_problem(args.out)
-        if problem:
-            print(f"error: {problem}", file=sys.stderr)
-            return 2
-    max_memory_bytes = common.max_memory_or_report(args)
+    # The default folder depends on the scenario's name: checked once that is known.
+    max_memory_bytes = common.start_or_report(args, args.out)
     if max_memory_bytes is None:
         return 2
     if args.max_memory is not None and args.backend != "sim":

@@ -283,11 +283,7 @@ def tabulate(configs: list[dict[str, Any]], results: list[dict[str, Any]]) -> li
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    problem = common.out_dir_problem(args.out)
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        return 2
-    max_memory_bytes = common.max_memory_or_report(args)
+    max_memory_bytes = common.start_or_report(args, args.out)
     if max_memory_bytes is None:
         return 2
     _validate(args, parser)

@@ -161,11 +161,7 @@ def main(argv: list[str] | None = None) -> int:
 
     path = Path(args.scenario)
     out = Path(args.out or Path("results") / f"whatif-{path.stem}")
-    problem = common.out_dir_problem(out)
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        return 2
-    max_memory_bytes = common.max_memory_or_report(args)
+    max_memory_bytes = common.start_or_report(args, out)
     if max_memory_bytes is None:
         return 2
     try:

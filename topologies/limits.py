@@ -102,17 +102,7 @@ def short(value, limit: int = QUOTE_CHARS) -> str:
 
 def short_list(values, limit: int = 200) -> str:
     """``', '.join(map(repr, values))`` cut to about ``limit`` characters, saying how many were left out."""
-    values = list(values)
-    parts: list[str] = []
-    length = 0
-    for i, value in enumerate(values):
-        part = short(value)
-        if parts and length + len(part) > limit:
-            parts.append(f"... ({len(values) - i} more)")
-            break
-        parts.append(part)
-        length += len(part) + 2
-    return ", ".join(parts)
+    return _joined(values, short, limit)
 
 
 def cut(text: str, limit: int = 200) -> str:
@@ -130,13 +120,17 @@ def short_name(name, limit: int = 40) -> str:
 
 def short_names(names, limit: int = 200) -> str:
     """Like ``short_list`` but strings unquoted, for lists of key names."""
-    names = list(names)
+    return _joined(names, short_name, limit)
+
+
+def _joined(values, text_of, limit: int) -> str:
+    values = list(values)
     parts: list[str] = []
     length = 0
-    for i, name in enumerate(names):
-        part = short_name(name)
+    for i, value in enumerate(values):
+        part = text_of(value)
         if parts and length + len(part) > limit:
-            parts.append(f"... ({len(names) - i} more)")
+            parts.append(f"... ({len(values) - i} more)")
             break
         parts.append(part)
         length += len(part) + 2

@@ -89,13 +89,10 @@ _ENDING_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 def scenario_for_workers(scenario) -> dict:
-    """The scenario as self-contained plain data (a topology file becomes explicit nodes and links)."""
+    """The scenario as self-contained plain data (``to_dict`` writes the topology explicitly)."""
     data = scenario.to_dict()
-    # A real run ignores the simulated machine; a profile's path may not resolve from the workers.
+    # A real run ignores the simulated machine.
     data.pop("profile", None)
-    if not isinstance(data.get("topology"), dict):
-        data["topology"] = scenario.topology.to_dict()
-    data.setdefault("name", scenario.name)
     return data
 
 
