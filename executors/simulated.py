@@ -32,6 +32,7 @@ class SimulatedExecutor(Executor):
             count_idle_energy=scenario.energy.count_idle,
             name=scenario.name,
             aligned=self.aligned,
+            process_groups=scenario.groups,
             calibration=Calibration.from_profile(scenario.profile, scenario.nranks,
                                                  native=self.native_collectives),
         )

@@ -6,6 +6,10 @@ matched per (source, destination, tag) in FIFO order, as MPI's non-overtaking
 rule does; a send completes when its last byte arrives.  Collectives run the
 point-to-point steps their algorithm lowers to (``workloads.collectives``),
 so the simulator executes exactly the steps a real run in algorithm mode does.
+A collective on a process group (``workloads.groups``) runs among the
+group's ranks, over the topology's routes between them; collectives of
+different groups run at once and share links as any flows do.  Messages on
+different groups never match, as on different MPI communicators.
 
 Simultaneous events are processed in the order they were scheduled (SimPy's
 event id), and the network solves rates after all of them (see
@@ -28,8 +32,9 @@ from simcore.calibration import Calibration
 from simcore.network import FlowNetwork
 from simcore.result import Record, RunResult, records_frame
 from topologies import Topology
-from workloads.collectives import lower, root_peer
-from workloads.ops import Collective, Compute, Operation, Recv, Send, Wait
+from workloads.collectives import lower, lower_in_group, root_peer
+from workloads.groups import WORLD, ProcessGroups
+from workloads.ops import Collective, Compute, Irecv, Isend, Operation, Recv, Send, Wait, record_groups
 from workloads.stragglers import SlowdownSampler, StragglerSpec, rank_streams
 from workloads.validate import validate_programs
 
@@ -77,6 +82,7 @@ class Simulator:
         name: str = "",
         calibration: Calibration | None = None,
         aligned: bool = False,
+        process_groups: ProcessGroups | None = None,
     ):
         self.topology = topology
         self.programs = [list(p) for p in programs]
@@ -99,7 +105,13 @@ class Simulator:
             raise ValueError("aligned simulation needs every rank to run the same number of operations")
         self.nranks = topology.nranks
         self.groups = topology.groups()
-        validate_programs(self.programs, self.nranks, self.groups)
+        self.process_groups = process_groups or ProcessGroups(self.nranks)
+        validate_programs(self.programs, self.nranks, self.groups, self.process_groups)
+        # Tags: a user's tag t on the group named names[i] is t * G + i; the
+        # k-th collective (k >= 1) a rank starts on it is -(G * (k - 1) + i + 1).
+        # Groups of one name are disjoint, so (src, dst, tag) never mixes them.
+        self._group_names = self.process_groups.names
+        self._group_number = {name: i for i, name in enumerate(self._group_names)}
         for rank in self.stragglers.ranks:
             if not 0 <= rank < self.nranks:
                 raise ValueError(f"stragglers.ranks names rank {rank}, but there are {self.nranks} ranks")
@@ -183,9 +195,14 @@ class Simulator:
         sampler = self._samplers[rank]
         handles: dict[str, simpy.Event] = {}
         stream_tail: simpy.Event | None = None
-        coll_seq = 0
+        coll_seq = [0] * len(self._group_names)
+        ngroups = len(self._group_names)
+        number = self._group_number
+        pg = self.process_groups
         aligned = self.aligned
-        for index, op in enumerate(self.programs[rank]):
+        program = self.programs[rank]
+        groups_of = record_groups(program)
+        for index, op in enumerate(program):
             self._current[rank] = (index, op)
             if aligned:
                 barrier = self._align(index)
@@ -210,11 +227,14 @@ class Simulator:
                 if duration > 0:
                     yield env.timeout(duration)
                 self._compute_s[rank] += duration
-                records.append(Record(rank, index, "compute", "", -1, 0, op.flops, start, env.now, busy_w * duration))
+                records.append(Record(rank, index, "", "compute", "", -1, 0, op.flops, start, env.now,
+                                      busy_w * duration))
                 continue
             if type(op) is Collective:
-                coll_seq += 1
-                tag = -coll_seq  # collectives get negative tags, users' messages non-negative ones
+                gi = number[op.group]
+                coll_seq[gi] += 1
+                # Collectives get negative tags, users' messages non-negative ones.
+                tag = -(ngroups * (coll_seq[gi] - 1) + gi + 1)
                 if not op.blocking:
                     done = env.event()
                     handles[op.handle] = done
@@ -226,15 +246,20 @@ class Simulator:
                 self._comm_s[rank] += env.now - start
             elif type(op) is Send or type(op) is Recv:
                 waiter = [1, None]
+                world_peer = op.peer if op.group == WORLD else pg.world_rank(op.group, rank, op.peer)
+                tag = op.tag * ngroups + number[op.group]
                 if type(op) is Send:
-                    self._send(rank, op.peer, op.nbytes, op.tag, waiter, link_j)
+                    self._send(rank, world_peer, op.nbytes, tag, waiter, link_j)
                 else:
-                    self._post_recv(op.peer, rank, op.nbytes, op.tag, waiter)
+                    self._post_recv(world_peer, rank, op.nbytes, tag, waiter)
                 if waiter[0]:
                     waiter[1] = env.event()
                     yield waiter[1]
                 peer, nbytes, algorithm = op.peer, op.nbytes, ""
                 self._comm_s[rank] += env.now - start
+            elif type(op) is Isend or type(op) is Irecv:
+                handles[op.handle] = self._start_p2p(rank, index, op, groups_of[index])
+                continue
             else:  # Wait
                 pending = [handles[h] for h in op.handles if not handles[h].processed]
                 if pending:
@@ -242,7 +267,8 @@ class Simulator:
                 peer, nbytes, algorithm = -1, 0, ""
                 self._wait_s[rank] += env.now - start
             energy = idle_w * (env.now - start) + link_j[0]
-            records.append(Record(rank, index, op.kind, algorithm, peer, nbytes, 0.0, start, env.now, energy))
+            records.append(Record(rank, index, groups_of[index], op.kind, algorithm, peer, nbytes, 0.0, start,
+                                  env.now, energy))
         if stream_tail is not None and not stream_tail.processed:
             # A program that never waits for its last non-blocking collective
             # still ends only when the communication stream is drained.
@@ -271,15 +297,46 @@ class Simulator:
         # Idle power is already counted for the rank's time line; a background
         # collective adds only the energy of the bytes it moved.
         self._records.append(
-            Record(rank, index, op.kind, op.algorithm, root_peer(op), op.nbytes, 0.0, start, self.env.now, link_j[0])
+            Record(rank, index, op.group, op.kind, op.algorithm, root_peer(op), op.nbytes, 0.0, start, self.env.now,
+                   link_j[0])
         )
         done.succeed()
+
+    def _start_p2p(self, rank: int, index: int, op, group: str) -> simpy.Event:
+        # Isend/Irecv start now; the returned event fires when the message is
+        # delivered, and its record (issue to completion) is written then.
+        env = self.env
+        pg = self.process_groups
+        start = env.now
+        link_j = [0.0]
+        done = env.event()
+        waiter = [1, done]
+        world_peer = op.peer if op.group == WORLD else pg.world_rank(op.group, rank, op.peer)
+        tag = op.tag * len(self._group_names) + self._group_number[op.group]
+        if type(op) is Isend:
+            self._send(rank, world_peer, op.nbytes, tag, waiter, link_j)
+        else:
+            self._post_recv(world_peer, rank, op.nbytes, tag, waiter)
+            if not waiter[0]:
+                done.succeed()  # the message was already here
+
+        def record(_event):
+            self._records.append(Record(rank, index, group, op.kind, "", op.peer, op.nbytes, 0.0, start, env.now,
+                                        link_j[0]))
+
+        done.callbacks.append(record)
+        return done
 
     def _collective(self, rank: int, op: Collective, tag: int, link_j: list):
         env = self.env
         reduce_s_per_byte = self.reduce_s_per_byte
         slowdown = 1.0 / self.collective_efficiency(op.op, op.nbytes) if self.collective_efficiency else 1.0
-        for sends, recvs in lower(op, rank, self.nranks, self.groups):
+        if op.group == WORLD:
+            steps = lower(op, rank, self.nranks, self.groups)
+        else:
+            pg = self.process_groups
+            steps = lower_in_group(op, pg.members(op.group, rank), pg.index(op.group, rank), self.groups)
+        for sends, recvs in steps:
             waiter = [len(sends) + len(recvs), None]
             for t in sends:
                 self._send(rank, t.peer, t.nbytes, tag, waiter, link_j, slowdown)
@@ -356,7 +413,7 @@ class Simulator:
         where = f" in op {current[0]} ({current[1].kind})" if current else ""
         raise SimulationError(
             f"at t={self.env.now:.6g} s rank {dst}{where} receives {recv_nbytes} B from rank {src} "
-            f"({_tag_name(tag)}) but the matching send carries {send_nbytes} B"
+            f"({self._tag_name(tag)}) but the matching send carries {send_nbytes} B"
         )
 
     def _unreceived(self) -> list[str]:
@@ -364,8 +421,19 @@ class Simulator:
         for (src, dst, tag), queue in self._arrived.items():
             if queue:
                 sizes = ", ".join(f"{n} B" for n in queue)
-                lines.append(f"rank {src} -> rank {dst} ({_tag_name(tag)}): {len(queue)} message(s) of {sizes}")
+                lines.append(f"rank {src} -> rank {dst} ({self._tag_name(tag)}): {len(queue)} message(s) of {sizes}")
         return lines
+
+    def _tag_name(self, tag: int) -> str:
+        # Negative tags are the engine's own, one per collective a rank starts on a group.
+        ngroups = len(self._group_names)
+        if tag >= 0:
+            user, number = divmod(tag, ngroups)
+            name = self._group_names[number]
+            return f"tag {user}" + (f" on group {name}" if name else "")
+        seq, number = divmod(-tag - 1, ngroups)
+        name = self._group_names[number]
+        return f"collective #{seq + 1}" + (f" on group {name}" if name else "")
 
     # -- results -------------------------------------------------------------------
 
@@ -432,7 +500,7 @@ class Simulator:
         waits: dict[int, list[str]] = {}
         for (src, dst, tag), queue in self._waiting.items():
             for nbytes, _ in queue:
-                what = f"a message of {nbytes} B from rank {src} ({_tag_name(tag)})"
+                what = f"a message of {nbytes} B from rank {src} ({self._tag_name(tag)})"
                 waits.setdefault(dst, []).append(what)
         lines = []
         for rank in unfinished:
@@ -525,11 +593,6 @@ class Simulator:
 def _name(node) -> str:
     text = str(node)
     return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _tag_name(tag: int) -> str:
-    # Negative tags are the engine's own, one per collective a rank starts.
-    return f"tag {tag}" if tag >= 0 else f"collective #{-tag}"
 
 
 def _release(waiter: list) -> None:

@@ -114,6 +114,7 @@ def fit_collective_efficiency(scenario, measured_s: dict[int, float]):
 
 def _simulated_op_times(scenario, calibration: Calibration) -> dict[int, float]:
     """{op_index: the slowest rank's time} of ``scenario`` simulated with ``calibration``."""
-    result = Simulator(scenario.topology, scenario.programs(), seed=scenario.seed, calibration=calibration).run()
+    result = Simulator(scenario.topology, scenario.programs(), seed=scenario.seed, calibration=calibration,
+                       process_groups=scenario.groups).run()
     table = op_times(result.records)
     return dict(zip(table["op_index"].astype(int), table["time_s"].astype(float)))

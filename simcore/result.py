@@ -10,13 +10,17 @@ import pandas as pd
 class Record(NamedTuple):
     """One operation of one rank, as every executor reports it.
 
+    ``group`` is the process group the operation ran on ('' for the world,
+    compute, and waits on several groups; see ``workloads.ops.record_groups``);
     ``peer`` is -1 where there is none (a collective's is its root, see
-    ``workloads.collectives.root_peer``); ``algorithm`` is empty for
-    point-to-point and compute; ``energy_j`` is NaN where nothing measures it.
+    ``workloads.collectives.root_peer``), and a rank of ``group``;
+    ``algorithm`` is empty for point-to-point and compute; ``energy_j`` is NaN
+    where nothing measures it.
     """
 
     rank: int
     op_index: int
+    group: str
     kind: str
     algorithm: str
     peer: int
@@ -29,7 +33,7 @@ class Record(NamedTuple):
 
 RECORD_COLUMNS = Record._fields
 # What identifies an operation of the program across ranks and repeats.
-OP_KEYS = ["kind", "algorithm", "nbytes", "flops"]
+OP_KEYS = ["group", "kind", "algorithm", "nbytes", "flops"]
 
 
 def records_frame(records, repeats=None) -> pd.DataFrame:
@@ -51,6 +55,7 @@ def op_times_per_repeat(records: pd.DataFrame) -> pd.DataFrame:
     if "repeat" not in frame.columns:
         frame["repeat"] = 0
     frame["algorithm"] = frame["algorithm"].fillna("").astype(str)
+    frame["group"] = frame["group"].fillna("").astype(str) if "group" in frame.columns else ""
     frame["nbytes"] = frame["nbytes"].astype("int64")
     frame["flops"] = frame["flops"].astype(float)
     frame["time_s"] = frame["end_s"] - frame["start_s"]

@@ -919,12 +919,18 @@ def test_deadlock_names_ranks_and_what_they_wait_for():
 
 
 def test_deadlock_inside_a_collective():
-    # Rank 1 never joins the all-reduce.
+    # Rank 1 waits for a message rank 0 never sends, so it never joins the all-reduce.
     topo = contention_free(2)
     with pytest.raises(DeadlockError) as info:
-        simulate(topo, [[Collective("allreduce", 1000)], [Compute(1e3)]])
+        simulate(topo, [[Collective("allreduce", 1000)], [Recv(peer=0, nbytes=10), Collective("allreduce", 1000)]])
     assert "rank 0 waits in op 0 (allreduce)" in str(info.value)
     assert "collective #1" in str(info.value)
+
+
+def test_a_rank_missing_from_a_collective_is_refused_before_the_run():
+    topo = contention_free(2)
+    with pytest.raises(ValueError, match=r"the world: rank 1 issues 0 collective\(s\) on it but rank 0 issues 1"):
+        simulate(topo, [[Collective("allreduce", 1000)], [Compute(1e3)]])
 
 
 @pytest.mark.parametrize("recv_first", [True, False])

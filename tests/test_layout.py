@@ -111,22 +111,22 @@ def test_the_semantics_table_is_the_vocabulary():
 
 def test_expected_results_follow_the_fill_of_rank_plus_one():
     # 3 ranks filled with 1, 2, 3: the sum is 6; a 10-byte vector cuts into blocks of 4, 3, 3.
-    assert [tuple(e[:4]) for e in SEMANTICS["allgather"].expected(10, 1, 3, 0)] == [
+    assert [tuple(e[:4]) for e in SEMANTICS["allgather"].expected(Collective("allgather", 10, root=0), 1, 3)] == [
         ("buffer", 0, 4, 1), ("buffer", 4, 3, 2), ("buffer", 7, 3, 3)]
-    assert [tuple(e[:4]) for e in SEMANTICS["reduce_scatter"].expected(10, 2, 3, 0)] == [("buffer", 7, 3, 6)]
-    assert SEMANTICS["reduce"].expected(10, 1, 3, 0) == []
-    assert [tuple(e[:4]) for e in SEMANTICS["broadcast"].expected(10, 1, 3, 2)] == [("buffer", 0, 10, 3)]
+    assert [tuple(e[:4]) for e in SEMANTICS["reduce_scatter"].expected(Collective("reduce_scatter", 10, root=0), 2, 3)] == [("buffer", 7, 3, 6)]
+    assert SEMANTICS["reduce"].expected(Collective("reduce", 10, root=0), 1, 3) == []
+    assert [tuple(e[:4]) for e in SEMANTICS["broadcast"].expected(Collective("broadcast", 10, root=2), 1, 3)] == [("buffer", 0, 10, 3)]
     # Rank 1's alltoall output: block 1 of every rank's input (3 bytes each).
-    assert [tuple(e[:4]) for e in SEMANTICS["alltoall"].expected(10, 1, 3, 0)] == [
+    assert [tuple(e[:4]) for e in SEMANTICS["alltoall"].expected(Collective("alltoall", 10, root=0), 1, 3)] == [
         ("output", 0, 3, 1), ("output", 3, 3, 2), ("output", 6, 3, 3)]
-    assert SEMANTICS["allreduce"].expected(300, 0, 300, 0)[0].value == sum(range(1, 301)) % 256
+    assert SEMANTICS["allreduce"].expected(Collective("allreduce", 300, root=0), 0, 300)[0].value == sum(range(1, 301)) % 256
 
 
 # -- records and the one statistic -----------------------------------------------------
 
 
 def _records(rows):
-    return records_frame((Record(*row[:10]) for row in rows), repeats=[row[10] for row in rows])
+    return records_frame((Record(row[0], row[1], "", *row[2:10]) for row in rows), repeats=[row[10] for row in rows])
 
 
 def test_op_times_is_the_slowest_rank_then_the_median_over_repeats():
@@ -137,7 +137,7 @@ def test_op_times_is_the_slowest_rank_then_the_median_over_repeats():
         rows.append((1, 0, "allreduce", "ring", -1, 8, 0.0, 10.0, 10.0 + d1, math.nan, repeat))
     table = op_times(_records(rows))
     # Slowest rank per repeat: 3, 2, 5; the median is 3.
-    assert table.to_dict("records") == [{"op_index": 0, "kind": "allreduce", "algorithm": "ring", "nbytes": 8,
+    assert table.to_dict("records") == [{"op_index": 0, "group": "", "kind": "allreduce", "algorithm": "ring", "nbytes": 8,
                                          "flops": 0.0, "time_s": 3.0, "min_s": 2.0, "max_s": 5.0, "repeats": 3}]
     assert RunResult(records=_records(rows), summary={}).op_time_s() == {0: 3.0}
 

@@ -17,7 +17,7 @@ SCENARIOS = Path(__file__).resolve().parents[1] / "experiments" / "scenarios"
 
 def records(rows, repeat=None) -> pd.DataFrame:
     """Records from (rank, op_index, kind, algorithm, nbytes, flops, start_s, end_s) tuples."""
-    full = [(r, i, k, a, -1, n, f, s, e, math.nan) for r, i, k, a, n, f, s, e in rows]
+    full = [(r, i, "", k, a, -1, n, f, s, e, math.nan) for r, i, k, a, n, f, s, e in rows]
     frame = pd.DataFrame(full, columns=list(RECORD_COLUMNS))
     if repeat is not None:
         frame["repeat"] = repeat

@@ -211,8 +211,12 @@ class CollectiveWorkload(WorkloadBase):
     iterations: int = 1
     compute_flops: float = 0.0
     inter_algorithm: str = "ring"
+    # Every rank runs it on its own group of this name (the world by default).
+    group: str = ""
 
     def __post_init__(self):
+        if self.op == "alltoallv":
+            raise ValueError("workload.op: alltoallv takes per-rank counts; write it in a 'programs' workload")
         if self.op not in COLLECTIVES:
             raise ValueError(f"workload.op: unknown collective {short(self.op)}; expected one of {', '.join(COLLECTIVES)}")
         if self.iterations < 1:
@@ -230,7 +234,8 @@ class CollectiveWorkload(WorkloadBase):
 
     def programs(self, nranks: int, groups=None) -> list[list[Operation]]:
         coll = Collective(
-            self.op, self.nbytes, algorithm=self.algorithm, root=self.root, inter_algorithm=self.inter_algorithm
+            self.op, self.nbytes, algorithm=self.algorithm, root=self.root, inter_algorithm=self.inter_algorithm,
+            group=self.group,
         )
         program: list[Operation] = []
         for _ in range(self.iterations):

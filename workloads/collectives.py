@@ -50,9 +50,13 @@ __all__ = [
     "alltoall_output_layout",
     "block_layout",
     "check",
+    "group_server_groups",
     "lower",
+    "lower_in_group",
     "lowered_size",
+    "output_nbytes",
     "root_peer",
+    "scatter_layout",
 ]
 
 class Transfer(NamedTuple):
@@ -101,35 +105,59 @@ def _sum_of_fills(nranks: int) -> int:
     return sum(range(1, nranks + 1)) % 256
 
 
-def _expect_allreduce(nbytes, rank, nranks, root):
+def _expect_allreduce(op, rank, nranks):
+    nbytes, root = op.nbytes, op.root
     return [Expectation("buffer", 0, nbytes, _sum_of_fills(nranks), "the sum")]
 
 
-def _expect_reduce(nbytes, rank, nranks, root):
+def _expect_reduce(op, rank, nranks):
+    nbytes, root = op.nbytes, op.root
     # Only the root's buffer is defined after a reduce.
     return [Expectation("buffer", 0, nbytes, _sum_of_fills(nranks), "the sum")] if rank == root else []
 
 
-def _expect_broadcast(nbytes, rank, nranks, root):
+def _expect_broadcast(op, rank, nranks):
+    nbytes, root = op.nbytes, op.root
     return [Expectation("buffer", 0, nbytes, (root + 1) % 256, "the root's data")]
 
 
-def _expect_allgather(nbytes, rank, nranks, root):
+def _expect_allgather(op, rank, nranks):
+    nbytes, root = op.nbytes, op.root
     return [Expectation("buffer", off, size, (j + 1) % 256, f"block {j} from rank {j}")
             for j, (off, size) in enumerate(block_layout(nbytes, nranks))]
 
 
-def _expect_reduce_scatter(nbytes, rank, nranks, root):
+def _expect_reduce_scatter(op, rank, nranks):
+    nbytes, root = op.nbytes, op.root
     off, size = block_layout(nbytes, nranks)[rank]
     return [Expectation("buffer", off, size, _sum_of_fills(nranks), f"the sum of block {rank}")]
 
 
-def _expect_alltoall(nbytes, rank, nranks, root):
+def _expect_alltoall(op, rank, nranks):
+    nbytes, root = op.nbytes, op.root
     return [Expectation("output", off, size, (j + 1) % 256, f"block {j} from rank {j}")
             for j, (off, size) in enumerate(alltoall_output_layout(nbytes, rank, nranks))]
 
 
-def _expect_nothing(nbytes, rank, nranks, root):
+def _expect_scatter(op, rank, nranks):
+    # Rank r's block, where scatter_layout puts it, holds the root's data.
+    off, size = scatter_layout(op.nbytes, nranks, op.root)[rank]
+    return [Expectation("buffer", off, size, (op.root + 1) % 256, f"block {rank} from the root")]
+
+
+def _expect_gather(op, rank, nranks):
+    if rank != op.root:
+        return []
+    return [Expectation("buffer", off, size, (j + 1) % 256, f"block {j} from rank {j}")
+            for j, (off, size) in enumerate(scatter_layout(op.nbytes, nranks, op.root))]
+
+
+def _expect_alltoallv(op, rank, nranks):
+    return [Expectation("output", off, size, (j + 1) % 256, f"block {j} from rank {j}")
+            for j, (off, size) in enumerate(_counts_layout(op.recv_nbytes))]
+
+
+def _expect_nothing(op, rank, nranks):
     return []
 
 
@@ -144,13 +172,13 @@ class Semantics:
     ``writes_output``: the library's own call writes a separate output buffer
     (alltoall's result, reduce-scatter's block).  ``busbw_factor(n)``: busbw /
     algbw as nccl-tests define it, None where bandwidth means nothing.
-    ``expected(nbytes, rank, nranks, root)``: the ``Expectation`` s a checked
-    run verifies.
+    ``expected(op, rank, nranks)``: the ``Expectation`` s a checked run
+    verifies (``rank`` and ``nranks`` within the op's group).
     """
 
     op: str
     algorithms: tuple[str, ...]
-    expected: Callable[[int, int, int, int], list[Expectation]]
+    expected: Callable[["Collective", int, int], list[Expectation]]
     aliases: dict[str, str] = field(default_factory=dict)
     rooted: bool = False
     reduces: bool = False
@@ -179,6 +207,10 @@ SEMANTICS: dict[str, Semantics] = {s.op: s for s in (
     # "ring": step k sends to r+k, as a ring shift does, which is the pairwise exchange.
     Semantics("alltoall", ("pairwise",), _expect_alltoall, aliases={"ring": "pairwise"}, writes_output=True,
               busbw_factor=lambda n: (n - 1) / n),
+    Semantics("alltoallv", ("pairwise",), _expect_alltoallv, aliases={"ring": "pairwise"}, writes_output=True,
+              busbw_factor=lambda n: (n - 1) / n),
+    Semantics("scatter", ("binomial", "linear"), _expect_scatter, rooted=True, busbw_factor=lambda n: (n - 1) / n),
+    Semantics("gather", ("binomial", "linear"), _expect_gather, rooted=True, busbw_factor=lambda n: (n - 1) / n),
     # "recursive_doubling": the same partners at distance 2^k as dissemination.
     Semantics("barrier", ("dissemination",), _expect_nothing, aliases={"recursive_doubling": "dissemination"}),
 )}
@@ -231,6 +263,46 @@ def alltoall_output_layout(nbytes: int, rank: int, nranks: int) -> tuple[tuple[i
     return tuple((j * size, size) for j in range(nranks))
 
 
+def scatter_layout(nbytes: int, nranks: int, root: int) -> tuple[tuple[int, int], ...]:
+    """``(offset, size)`` of each rank's block in a scatter's or gather's buffer.
+
+    Rank r's block has the size of ``block_layout`` block r, but the blocks
+    lie in the order root, root+1, ..., root-1 (mod nranks), as MPICH rotates
+    the root's buffer, so that every subtree of the binomial tree holds one
+    contiguous run of bytes.  With root 0 this is ``block_layout``.
+    """
+    edges = _rotated_edges(nbytes, nranks, root)
+    return tuple((edges[(r - root) % nranks], edges[(r - root) % nranks + 1] - edges[(r - root) % nranks])
+                 for r in range(nranks))
+
+
+def output_nbytes(op: "Collective", rank: int, nranks: int) -> int:
+    """Bytes of the separate output buffer ``op`` writes on ``rank`` (alltoall, alltoallv), else 0."""
+    if op.op == "alltoall":
+        return sum(s for _, s in alltoall_output_layout(op.nbytes, rank, nranks))
+    if op.op == "alltoallv":
+        return sum(op.recv_nbytes)
+    return 0
+
+
+@lru_cache(maxsize=256)
+def _rotated_edges(nbytes: int, nranks: int, root: int) -> tuple[int, ...]:
+    # edges[k]: offset of the block of relative rank k (rank (root + k) % nranks).
+    plain = _edges(nbytes, nranks)
+    out = [0]
+    for k in range(nranks):
+        r = (root + k) % nranks
+        out.append(out[-1] + plain[r + 1] - plain[r])
+    return tuple(out)
+
+
+def _counts_layout(counts: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
+    offsets = [0]
+    for c in counts:
+        offsets.append(offsets[-1] + c)
+    return tuple((offsets[j], counts[j]) for j in range(len(counts)))
+
+
 @lru_cache(maxsize=256)
 def _edges(nbytes: int, nparts: int) -> tuple[int, ...]:
     # edges[i] is the offset of block i; edges[nparts] == nbytes.
@@ -263,6 +335,9 @@ def _check(op: Collective, nranks: int, groups: Groups | None) -> None:
         raise ValueError(
             f"{op.op}: unknown algorithm {short(op.algorithm)}; allowed: {', '.join(allowed)}"
         )
+    if op.op == "alltoallv" and len(op.send_nbytes) != nranks:
+        raise ValueError(f"alltoallv: send_nbytes and recv_nbytes need one count per rank of the group "
+                         f"({nranks}), got {len(op.send_nbytes)}")
     if SEMANTICS[op.op].rooted and not (
         isinstance(op.root, int) and not isinstance(op.root, bool) and 0 <= op.root < nranks
     ):
@@ -331,6 +406,8 @@ def _size_bound(op: str, algorithm: str, p: int) -> tuple[int, int]:
         ("reduce_scatter", "recursive_halving"): (lg + 2, lg + 1),
         ("alltoall", "pairwise"): (p - 1, p - 1),
         ("alltoall", "ring"): (p - 1, p - 1),
+        ("alltoallv", "pairwise"): (p - 1, p - 1),
+        ("alltoallv", "ring"): (p - 1, p - 1),
         ("barrier", "dissemination"): (lg, 2 * lg),
         ("barrier", "recursive_doubling"): (lg, 2 * lg),
     }
@@ -339,6 +416,11 @@ def _size_bound(op: str, algorithm: str, p: int) -> tuple[int, int]:
         ("reduce", "binomial"): (tree, tree),
         ("allreduce", "binomial"): (2 * tree, tree),
         ("allgather", "binomial"): (2 * tree, tree),
+        ("scatter", "binomial"): (tree, tree),
+        ("gather", "binomial"): (tree, tree),
+        # The root's one step holds p - 1 transfers; each other rank has one.
+        ("scatter", "linear"): (tree, tree),
+        ("gather", "linear"): (tree, tree),
     }
     if (op, algorithm) in totals:
         return totals[op, algorithm]
@@ -377,9 +459,12 @@ def lower(
 ) -> Iterator[Step]:
     """The steps of ``rank`` for collective ``op`` over ``nranks`` ranks, in order.
 
+    ``rank`` and the steps' peers are ranks 0..nranks-1 of the communicator
+    the op runs on (its group; ``lower_in_group`` gives world ranks).
     Validates eagerly (``check``), then returns a lazy iterator.  ``groups``
-    (a partition of the ranks) is needed by the ``hierarchical`` all-reduce and
-    ignored otherwise.  One rank yields nothing.
+    (a partition of the ranks into servers) is needed by the
+    ``hierarchical`` all-reduce and ignored otherwise.  One rank yields
+    nothing.
     """
     groups = _normalize_groups(groups)
     _validate(op, nranks, groups)
@@ -389,7 +474,44 @@ def lower(
         return iter(())
     if op.algorithm == "hierarchical":
         return _hierarchical_allreduce(rank, op.nbytes, _group_plan(groups), op.inter_algorithm)
+    if op.op == "alltoallv":
+        return _alltoallv_pairwise(rank, nranks, op.send_nbytes, op.recv_nbytes)
     return _LOWERERS[op.op, op.algorithm](rank, nranks, op.nbytes, op.root)
+
+
+@lru_cache(maxsize=1024)
+def group_server_groups(members: tuple[int, ...], server_groups: Groups | None) -> Groups | None:
+    """The topology's servers (groups of world ranks) seen from a communicator of
+    ``members``: each server's members in the communicator, as group ranks, in
+    group order; servers with none left out."""
+    if server_groups is None:
+        return None
+    position = {r: i for i, r in enumerate(members)}
+    out = []
+    for server in server_groups:
+        inside = sorted(position[r] for r in server if r in position)
+        if inside:
+            out.append(tuple(inside))
+    return tuple(out)
+
+
+def lower_in_group(
+    op: Collective,
+    members: tuple[int, ...],
+    index: int,
+    server_groups: Iterable[Iterable[int]] | None = None,
+) -> Iterator[Step]:
+    """``lower`` on the communicator of world ranks ``members`` (in group order),
+    for the rank at position ``index``; the steps' peers are world ranks.
+
+    The ring order is the group's order, and the ``hierarchical`` all-reduce
+    uses the topology's servers (``server_groups``, world ranks) intersected
+    with the group.
+    """
+    server_groups = _normalize_groups(server_groups)
+    local = group_server_groups(members, server_groups) if op.algorithm == "hierarchical" else None
+    steps = lower(op, index, len(members), local)
+    return steps if members == tuple(range(len(members))) else _renamed(steps, members)
 
 
 # ---------------------------------------------------------------------------
@@ -727,6 +849,85 @@ def _alltoall_pairwise(r: int, p: int, nbytes: int, root: int) -> Iterator[Step]
         )
 
 
+def _alltoallv_pairwise(r: int, p: int, send: tuple[int, ...], recv: tuple[int, ...]) -> Iterator[Step]:
+    # MPICH's pairwise exchange with per-peer counts: sends read the input
+    # at the prefix sums of send, receives write the output at those of recv.
+    sends, recvs = _counts_layout(send), _counts_layout(recv)
+    for k in range(1, p):
+        dst = (r + k) % p
+        src = (r - k) % p
+        yield Step(
+            (Transfer(dst, sends[dst][1], sends[dst][0], False),),
+            (Transfer(src, recvs[src][1], recvs[src][0], False),),
+        )
+
+
+# --- scatter and gather ----------------------------------------------------
+
+
+def _scatter_binomial(r: int, p: int, nbytes: int, root: int) -> Iterator[Step]:
+    # MPICH MPIR_Scatter_intra_binomial: receive the subtree's blocks from the
+    # parent, then hand each child its subtree's blocks, farthest first.
+    # Thakur et al.: lg p alpha + (p-1)/p n beta.
+    rel = (r - root) % p
+    edges = _rotated_edges(nbytes, p, root)
+    mask = 1
+    while mask < p:
+        if rel & mask:
+            hi = min(rel + mask, p)
+            yield Step((), (Transfer((r - mask) % p, edges[hi] - edges[rel], edges[rel], False),))
+            break
+        mask <<= 1
+    mask >>= 1
+    while mask:
+        lo = rel + mask
+        if lo < p:
+            hi = min(lo + mask, p)
+            yield Step((Transfer((r + mask) % p, edges[hi] - edges[lo], edges[lo], False),), ())
+        mask >>= 1
+
+
+def _gather_binomial(r: int, p: int, nbytes: int, root: int) -> Iterator[Step]:
+    # MPICH MPIR_Gather_intra_binomial: collect the children's subtrees,
+    # nearest first, then send the whole subtree's run to the parent.
+    rel = (r - root) % p
+    edges = _rotated_edges(nbytes, p, root)
+    mask = 1
+    while mask < p:
+        if rel & mask:
+            hi = min(rel + mask, p)
+            yield Step((Transfer((r - mask) % p, edges[hi] - edges[rel], edges[rel], False),), ())
+            return
+        src = rel + mask
+        if src < p:
+            hi = min(src + mask, p)
+            yield Step((), (Transfer((r + mask) % p, edges[hi] - edges[src], edges[src], False),))
+        mask <<= 1
+
+
+def _scatter_linear(r: int, p: int, nbytes: int, root: int) -> Iterator[Step]:
+    # The root posts one send per rank and waits for all (MPICH's linear
+    # Scatterv); the others receive their block.
+    layout = scatter_layout(nbytes, p, root)
+    if r == root:
+        yield Step(tuple(Transfer(j, layout[j][1], layout[j][0], False) for j in _others(root, p)), ())
+    else:
+        yield Step((), (Transfer(root, layout[r][1], layout[r][0], False),))
+
+
+def _gather_linear(r: int, p: int, nbytes: int, root: int) -> Iterator[Step]:
+    layout = scatter_layout(nbytes, p, root)
+    if r == root:
+        yield Step((), tuple(Transfer(j, layout[j][1], layout[j][0], False) for j in _others(root, p)))
+    else:
+        yield Step((Transfer(root, layout[r][1], layout[r][0], False),), ())
+
+
+def _others(root: int, p: int) -> tuple[int, ...]:
+    # Root+1 first, as the blocks lie in the buffer.
+    return tuple((root + k) % p for k in range(1, p))
+
+
 def _barrier_dissemination(r: int, p: int, nbytes: int, root: int) -> Iterator[Step]:
     # Hensgen, Finkel and Manber's dissemination barrier; it carries no data,
     # so the op's nbytes is ignored.
@@ -802,6 +1003,10 @@ _LOWERERS: dict[tuple[str, str], Callable[[int, int, int, int], Iterator[Step]]]
     ("reduce_scatter", "recursive_halving"): _reduce_scatter_recursive_halving,
     ("alltoall", "pairwise"): _alltoall_pairwise,
     ("alltoall", "ring"): _alltoall_pairwise,
+    ("scatter", "binomial"): _scatter_binomial,
+    ("scatter", "linear"): _scatter_linear,
+    ("gather", "binomial"): _gather_binomial,
+    ("gather", "linear"): _gather_linear,
     ("barrier", "dissemination"): _barrier_dissemination,
     ("barrier", "recursive_doubling"): _barrier_dissemination,
 }

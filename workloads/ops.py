@@ -37,11 +37,16 @@ class Compute:
 
 @dataclass(frozen=True)
 class Send:
-    """Blocking send of ``nbytes`` to rank ``peer``; completes on delivery."""
+    """Blocking send of ``nbytes`` to ``peer``; completes on delivery.
+
+    ``peer`` is a rank of ``group`` (the world, ``""``, by default), as MPI
+    numbers ranks on a communicator; messages on different groups never match.
+    """
 
     peer: int
     nbytes: int
     tag: int = 0
+    group: str = ""
 
     kind = "send"
 
@@ -51,16 +56,51 @@ class Send:
 
 @dataclass(frozen=True)
 class Recv:
-    """Blocking receive of ``nbytes`` from rank ``peer``."""
+    """Blocking receive of ``nbytes`` from ``peer`` (a rank of ``group``)."""
 
     peer: int
     nbytes: int
     tag: int = 0
+    group: str = ""
 
     kind = "recv"
 
     def __post_init__(self):
         _check_p2p(self)
+
+
+@dataclass(frozen=True)
+class Isend:
+    """Non-blocking send (MPI ``Isend``): starts at once; a later ``Wait`` on ``handle`` completes it."""
+
+    peer: int
+    nbytes: int
+    handle: str
+    tag: int = 0
+    group: str = ""
+
+    kind = "isend"
+
+    def __post_init__(self):
+        _check_p2p(self)
+        _check_handle(self)
+
+
+@dataclass(frozen=True)
+class Irecv:
+    """Non-blocking receive (MPI ``Irecv``): posted at once; a later ``Wait`` on ``handle`` completes it."""
+
+    peer: int
+    nbytes: int
+    handle: str
+    tag: int = 0
+    group: str = ""
+
+    kind = "irecv"
+
+    def __post_init__(self):
+        _check_p2p(self)
+        _check_handle(self)
 
 
 @dataclass(frozen=True)
@@ -76,17 +116,26 @@ class Collective:
     ``handle``.  Non-blocking collectives of one rank run one after another, in
     issue order, as NCCL runs DDP's gradient buckets on one stream.
     An empty ``algorithm`` means the op's ``DEFAULT_ALGORITHM``.
-    ``inter_algorithm`` is the all-reduce used among group leaders by the
+    ``inter_algorithm`` is the all-reduce used among server leaders by the
     ``hierarchical`` algorithm.
+
+    ``group`` names the process group it runs on (``workloads.groups``; the
+    world, ``""``, by default); ``root`` is a rank of that group.
+    ``alltoallv`` takes per-peer byte counts instead of ``nbytes``:
+    ``send_nbytes[j]`` to group rank j, ``recv_nbytes[j]`` from it (MPI's
+    sendcounts and recvcounts); its ``nbytes`` is ``sum(send_nbytes)``.
     """
 
     op: str
-    nbytes: int
+    nbytes: int = 0
     algorithm: str = ""
     root: int = 0
     blocking: bool = True
     handle: str | None = None
     inter_algorithm: str = "ring"
+    group: str = ""
+    send_nbytes: tuple[int, ...] = ()
+    recv_nbytes: tuple[int, ...] = ()
 
     def __post_init__(self):
         if not isinstance(self.op, str) or self.op not in COLLECTIVES:
@@ -104,6 +153,25 @@ class Collective:
             raise ValueError(f"{self.op}: blocking must be true or false, got {short(self.blocking)}")
         if self.handle is not None and not isinstance(self.handle, str):
             raise ValueError(f"{self.op}: handle must be a string, got {short(self.handle)}")
+        if not isinstance(self.group, str):
+            raise ValueError(f"{self.op}: group must be a group's name, got {short(self.group)}")
+        if self.op == "alltoallv":
+            for name in ("send_nbytes", "recv_nbytes"):
+                counts = getattr(self, name)
+                if isinstance(counts, (str, bytes)) or not isinstance(counts, (list, tuple)) or not all(
+                        _count(c) for c in counts):
+                    raise ValueError(f"alltoallv: {name} must be a list of byte counts (integers in 0..2^63-1), "
+                                     f"one per rank of the group, got {short(counts)}")
+                object.__setattr__(self, name, tuple(counts))
+            if len(self.send_nbytes) != len(self.recv_nbytes) or not self.send_nbytes:
+                raise ValueError(f"alltoallv: send_nbytes and recv_nbytes need one count per rank of the group, "
+                                 f"got {len(self.send_nbytes)} and {len(self.recv_nbytes)}")
+            total = sum(self.send_nbytes)
+            if self.nbytes not in (0, total) or total > MAX_INT:
+                raise ValueError(f"alltoallv: nbytes is the sum of send_nbytes ({total}); got {short(self.nbytes)}")
+            object.__setattr__(self, "nbytes", total)
+        elif self.send_nbytes or self.recv_nbytes:
+            raise ValueError(f"{self.op}: send_nbytes and recv_nbytes belong to alltoallv only")
         if not self.algorithm:
             object.__setattr__(self, "algorithm", DEFAULT_ALGORITHM[self.op])
         if not self.blocking and not self.handle:
@@ -129,9 +197,41 @@ class Wait:
         object.__setattr__(self, "handles", tuple(handles))
 
 
-Operation = Union[Compute, Send, Recv, Collective, Wait]
+Operation = Union[Compute, Send, Recv, Isend, Irecv, Collective, Wait]
+# Point-to-point operations, blocking or not.
+P2P = (Send, Recv, Isend, Irecv)
+# Operations that a later Wait completes.
+NONBLOCKING_P2P = (Isend, Irecv)
 
-_OP_TYPES: dict[str, type] = {"compute": Compute, "send": Send, "recv": Recv, "wait": Wait}
+_OP_TYPES: dict[str, type] = {"compute": Compute, "send": Send, "recv": Recv, "isend": Isend, "irecv": Irecv,
+                              "wait": Wait}
+
+
+def is_nonblocking(op) -> bool:
+    """Does a later ``Wait`` complete ``op`` (by its ``handle``)?"""
+    return type(op) in NONBLOCKING_P2P or (type(op) is Collective and not op.blocking)
+
+
+def op_group(op) -> str:
+    """The group an operation runs on ('' for the world, and for compute and waits)."""
+    return getattr(op, "group", "")
+
+
+def record_groups(program) -> list[str]:
+    """The ``group`` each operation's record carries: its own group, and for a
+    ``Wait`` the group of the operations it waits for when they share one
+    (else ''), so a wait's exposed time is counted against that group."""
+    of_handle: dict[str, str] = {}
+    out = []
+    for op in program:
+        if type(op) is Wait:
+            groups = {of_handle.get(h, "") for h in op.handles}
+            out.append(groups.pop() if len(groups) == 1 else "")
+            continue
+        if is_nonblocking(op):
+            of_handle[op.handle] = op.group
+        out.append(op_group(op))
+    return out
 
 
 def _count(value) -> bool:
@@ -147,13 +247,26 @@ def _check_p2p(op) -> None:
     # Negative tags belong to the collectives (see simcore.engine).
     if not _count(op.tag):
         raise ValueError(f"{op.kind}: tag must be an integer >= 0, got {short(op.tag)}")
+    if not isinstance(op.group, str):
+        raise ValueError(f"{op.kind}: group must be a group's name, got {short(op.group)}")
+
+
+def _check_handle(op) -> None:
+    if not isinstance(op.handle, str) or not op.handle:
+        raise ValueError(f"{op.kind}: handle must be a non-empty name, got {short(op.handle)}")
+
+
+def _integral(value):
+    if isinstance(value, float) and value.is_integer() and abs(value) <= MAX_INT:
+        return int(value)
+    return value
 
 
 def op_to_dict(op: Operation) -> dict[str, Any]:
     """A plain dict with a ``kind`` key; defaults are left out."""
     out: dict[str, Any] = {"kind": op.kind}
     for f in dataclasses.fields(op):
-        if isinstance(op, Collective) and f.name == "op":
+        if isinstance(op, Collective) and (f.name == "op" or (f.name == "nbytes" and op.op == "alltoallv")):
             continue
         value = getattr(op, f.name)
         if value == f.default:
@@ -172,8 +285,6 @@ def op_from_dict(data: dict[str, Any]) -> Operation:
         raise ValueError(f"operation: kind must be a name, got {short(kind)}")
     if kind in COLLECTIVES:
         cls, fields["op"] = Collective, kind
-        if kind == "barrier":
-            fields.setdefault("nbytes", 0)
     elif kind in _OP_TYPES:
         cls = _OP_TYPES[kind]
     else:
@@ -183,10 +294,15 @@ def op_from_dict(data: dict[str, Any]) -> Operation:
     unknown = sorted(set(fields) - names, key=str)
     if unknown:
         raise ValueError(f"{kind}: unknown field(s) {short_names(unknown)}; allowed: {', '.join(sorted(names))}")
+    if cls is Collective and kind not in ("barrier", "alltoallv") and "nbytes" not in fields:
+        raise ValueError(f"{kind}: missing nbytes (the size of the vector in bytes)")
     for key in ("nbytes", "peer", "root", "tag"):
         # YAML writes 1e6 as a float; accept integral floats for sizes.
-        if isinstance(fields.get(key), float) and fields[key].is_integer() and abs(fields[key]) <= MAX_INT:
-            fields[key] = int(fields[key])
+        if key in fields:
+            fields[key] = _integral(fields[key])
+    for key in ("send_nbytes", "recv_nbytes"):
+        if isinstance(fields.get(key), list):
+            fields[key] = tuple(_integral(c) for c in fields[key])
     try:
         return cls(**fields)
     except TypeError as exc:

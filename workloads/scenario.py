@@ -9,6 +9,9 @@ The same object reaches every executor unchanged.  In a file (YAML or JSON)::
     stragglers: {kind: lognormal, sigma: 0.2, scope: operation}
     energy: {count_idle: true}
 
+``groups`` (optional) names process groups of ranks for collectives and
+messages to run on (``group: tp``); see ``workloads.groups``.
+
 ``topology`` may also be a path to a topology file, relative to the scenario.
 ``profile: PROFILE.yaml`` (from ``python -m experiments.calibrate``) simulates
 the scenario on the measured machine instead; see ``topologies.profile``.
@@ -30,10 +33,11 @@ from topologies.io import check_plain_data, read_data_file, topology_memory_byte
 from topologies.limits import format_bytes, over_limit_message, resolve_max_memory_bytes, short, short_names
 from topologies.profile import MachineProfile, load_profile
 from workloads import workload_from_dict
+from workloads.groups import ProcessGroups, groups_from_dict
 from workloads.stragglers import StragglerSpec
 from workloads.validate import validate_programs
 
-_KEYS = ("name", "seed", "topology", "workload", "stragglers", "energy", "description", "profile")
+_KEYS = ("name", "seed", "topology", "groups", "workload", "stragglers", "energy", "description", "profile")
 # The one mapping whose keys may be integers: ranks of a `programs` workload.
 _INT_KEYS_UNDER = ("workload.ranks",)
 
@@ -72,6 +76,12 @@ class Scenario:
     profile: MachineProfile | None = None
     # The file the scenario was read from, for provenance ("" when built in code).
     origin: str = field(default="", compare=False)
+    # Named process groups (workloads.groups); None: the world only.
+    groups: ProcessGroups | None = None
+
+    def __post_init__(self):
+        if self.groups is None:
+            object.__setattr__(self, "groups", ProcessGroups(self.topology.nranks))
 
     @property
     def nranks(self) -> int:
@@ -90,10 +100,14 @@ class Scenario:
             "name": self.name,
             "seed": self.seed,
             "topology": self.topology.to_dict(),
+        }
+        if self.groups.to_dict():
+            data["groups"] = self.groups.to_dict()
+        data.update({
             "workload": self.workload.to_dict(),
             "stragglers": self.stragglers.to_dict(),
             "energy": {"count_idle": self.energy.count_idle},
-        }
+        })
         if self.description:
             data["description"] = self.description
         if self.profile is not None:
@@ -143,6 +157,10 @@ def scenario_from_dict(data: dict[str, Any], *, base_dir: Path | None = None, wh
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ScenarioError(f"{where}: seed must be an integer >= 0, got {short(seed)}")
     try:
+        groups = groups_from_dict(data.get("groups"), topology.nranks)
+    except ValueError as exc:
+        raise ScenarioError(f"{where}: {exc}") from None
+    try:
         workload = workload_from_dict(data["workload"])
         stragglers = StragglerSpec.from_dict(data.get("stragglers"))
         energy = EnergySpec.from_dict(data.get("energy"))
@@ -180,6 +198,7 @@ def scenario_from_dict(data: dict[str, Any], *, base_dir: Path | None = None, wh
         description=str(data.get("description", "")),
         profile=profile,
         origin=where if base_dir is not None else "",
+        groups=groups,
     )
     # Lower once now so that a bad workload (a peer out of range, an algorithm
     # that needs groups) is reported before anything runs.
@@ -202,7 +221,7 @@ def _check_memory(topology: Topology, workload, limit: int) -> None:
 
 
 def _check_programs(scenario: Scenario) -> None:
-    validate_programs(scenario.programs(), scenario.nranks, scenario.topology.groups())
+    validate_programs(scenario.programs(), scenario.nranks, scenario.topology.groups(), scenario.groups)
 
 
 def with_profile(scenario: Scenario, profile: MachineProfile) -> Scenario:

@@ -5,38 +5,113 @@ from typing import Sequence
 
 from topologies.limits import short, short_names
 from workloads.collectives import check as check_collective
-from workloads.ops import Collective, Compute, Operation, Recv, Send, Wait
+from workloads.collectives import group_server_groups
+from workloads.groups import WORLD, ProcessGroups
+from workloads.ops import P2P, Collective, Compute, Operation, Wait, is_nonblocking
 
 
-def validate_programs(programs: Sequence[Sequence[Operation]], nranks: int, groups=None) -> None:
-    """Raise ValueError naming the rank, the op index and what is wrong."""
+def validate_programs(programs: Sequence[Sequence[Operation]], nranks: int, groups=None,
+                      process_groups: ProcessGroups | None = None) -> None:
+    """Raise ValueError naming the rank, the op index (or the group) and what is wrong.
+
+    ``groups`` are the topology's servers (for the hierarchical all-reduce);
+    ``process_groups`` the scenario's named groups (the world only if None).
+    Besides each operation on its own, the members of every group must issue
+    the same collectives on it, in the same order, with matching sizes: a
+    mismatch would deadlock or corrupt a real run.
+    """
     if len(programs) != nranks:
         raise ValueError(f"workload has {len(programs)} rank programs but the topology has {nranks} ranks")
+    pg = process_groups if process_groups is not None else ProcessGroups(nranks)
+    if pg.nranks != nranks:
+        raise ValueError(f"the groups are declared over {pg.nranks} ranks but the topology has {nranks}")
+    server_groups = None if groups is None else tuple(tuple(g) for g in groups)
     checked: set = set()
+    # (group name, group id) -> rank -> [(op index, collective)]
+    issued: dict[tuple[str, int], dict[int, list]] = {}
     for rank, program in enumerate(programs):
         handles: set[str] = set()
         for index, op in enumerate(program):
             where = f"rank {rank} op {index} ({getattr(op, 'kind', type(op).__name__)})"
-            if isinstance(op, (Send, Recv)):
-                if op.peer >= nranks:
-                    raise ValueError(f"{where}: peer {op.peer} is not a rank (there are {nranks})")
-                if op.peer == rank:
+            if isinstance(op, (Collective, *P2P)):
+                members = _members(pg, op.group, rank, where)
+                size = len(members)
+            if isinstance(op, P2P):
+                on = f" of group {op.group}" if op.group else ""
+                if op.peer >= size:
+                    raise ValueError(f"{where}: peer {op.peer} is not a rank{on} (there are {size})")
+                if op.peer == pg.index(op.group, rank):
                     raise ValueError(f"{where}: a rank cannot {op.kind} to itself")
             elif isinstance(op, Collective):
-                key = (op.op, op.algorithm, op.root, op.inter_algorithm)
+                key = (op, members if op.algorithm == "hierarchical" else size)
                 if key not in checked:
                     try:
-                        check_collective(op, nranks, groups)
+                        check_collective(op, size, group_server_groups(members, server_groups)
+                                         if op.algorithm == "hierarchical" else None)
                     except ValueError as exc:
-                        raise ValueError(f"{where}: {exc}") from None
+                        raise ValueError(f"{where}: {exc}" + (f" (on group {op.group})" if op.group else "")) \
+                            from None
                     checked.add(key)
-                if not op.blocking:
-                    if op.handle in handles:
-                        raise ValueError(f"{where}: handle {short(op.handle)} is already in use")
-                    handles.add(op.handle)
+                issued.setdefault((op.group, pg.group_id(op.group, rank)), {}).setdefault(rank, []).append(
+                    (index, op))
             elif isinstance(op, Wait):
                 missing = [h for h in op.handles if h not in handles]
                 if missing:
                     raise ValueError(f"{where}: waits for unknown handle(s) {short_names(missing)}")
             elif not isinstance(op, Compute):
                 raise ValueError(f"{where}: not an operation: {short(op)}")
+            if is_nonblocking(op):
+                if op.handle in handles:
+                    raise ValueError(f"{where}: handle {short(op.handle)} is already in use")
+                handles.add(op.handle)
+    for (name, gid), by_rank in issued.items():
+        _check_matching(pg, name, gid, by_rank)
+
+
+def _members(pg: ProcessGroups, name: str, rank: int, where: str) -> tuple[int, ...]:
+    pg.check_name(name, where)
+    members = pg.members(name, rank)
+    if members is None:
+        raise ValueError(f"{where}: rank {rank} is in no group {name}")
+    return members
+
+
+def _check_matching(pg: ProcessGroups, name: str, gid: int, by_rank: dict[int, list]) -> None:
+    members = pg.family(name)[gid]
+    label = f"group {name} {_ranks(members)}" if name != WORLD else "the world"
+    counts = {r: len(by_rank.get(r, ())) for r in members}
+    first = members[0]
+    for r in members:
+        if counts[r] != counts[first]:
+            raise ValueError(
+                f"{label}: rank {r} issues {counts[r]} collective(s) on it but rank {first} issues "
+                f"{counts[first]}; every member must issue the same collectives (this would deadlock)")
+    ops = [by_rank.get(r, []) for r in members]
+    for k in range(counts[first]):
+        ref_index, ref = ops[0][k]
+        for i, r in enumerate(members):
+            index, op = ops[i][k]
+            if (op.op, op.algorithm, op.root, op.inter_algorithm) != (ref.op, ref.algorithm, ref.root,
+                                                                      ref.inter_algorithm) or (
+                    op.op != "alltoallv" and op.nbytes != ref.nbytes):
+                raise ValueError(
+                    f"{label}: collective #{k + 1} on it is {_describe(ref)} at rank {first} op {ref_index} but "
+                    f"{_describe(op)} at rank {r} op {index}; every member must issue the same collectives")
+            if op.op == "alltoallv":
+                for j, peer in enumerate(members):
+                    sent = ops[j][k][1].send_nbytes[i]
+                    if op.recv_nbytes[j] != sent:
+                        raise ValueError(
+                            f"{label}: alltoallv #{k + 1} on it: rank {r} op {index} expects "
+                            f"{op.recv_nbytes[j]} B from rank {peer} but rank {peer} sends it {sent} B")
+
+
+def _describe(op: Collective) -> str:
+    root = f" root {op.root}" if op.op in ("broadcast", "reduce", "scatter", "gather") else ""
+    size = "" if op.op == "alltoallv" else f" of {op.nbytes} B"
+    return f"{op.op} ({op.algorithm}){root}{size}"
+
+
+def _ranks(members: tuple[int, ...]) -> str:
+    text = ", ".join(map(str, members[:8])) + (", ..." if len(members) > 8 else "")
+    return f"[{text}]"

@@ -45,7 +45,7 @@ from executors.real.status import RankStatus
 from executors.real.stream import Stream
 from simcore.result import Record, RunResult, records_frame
 from workloads.collectives import SEMANTICS, alltoall_output_layout, block_layout, lower, root_peer
-from workloads.ops import Collective, Compute, Recv, Send, Wait
+from workloads.ops import Collective, Compute, Recv, Send, Wait, record_groups
 
 def run_real(backend: RealBackend, scenario, options: RealOptions, status_dir: str | None = None) -> RunResult | None:
     """Run this rank's program; rank 0 returns the gathered RunResult, others None."""
@@ -132,6 +132,7 @@ class RankRunner:
         self.rank = backend.rank
         self.size = backend.size
         self.program = program
+        self.record_groups = record_groups(program)
         self.options = options
         self.timing = timing
         self.groups = scenario.topology.groups()
@@ -266,7 +267,7 @@ class RankRunner:
                 self.current = None
                 if self.options.check and isinstance(op, Collective):
                     self._check(op, *self._buffers(index, op)[::2])
-                rows.append(Record(self.rank, index, kind, algorithm, peer, nbytes, flops, start - base, end - base,
+                rows.append(Record(self.rank, index, self.record_groups[index], kind, algorithm, peer, nbytes, flops, start - base, end - base,
                                    math.nan))
             if stream is not None:
                 # The program ends when its communication stream is drained.
@@ -335,7 +336,7 @@ class RankRunner:
 
     def _check(self, op: Collective, buf, out) -> None:
         data = {"buffer": self.b.to_numpy(buf[: op.nbytes]), "output": None}
-        for expect in SEMANTICS[op.op].expected(op.nbytes, self.rank, self.size, op.root):
+        for expect in SEMANTICS[op.op].expected(op, self.rank, self.size):
             if data[expect.where] is None:
                 data[expect.where] = self.b.to_numpy(out)
             values = data[expect.where][expect.offset: expect.offset + expect.nbytes]
