@@ -50,10 +50,10 @@ def write_json(data: Any, path: str | Path, indent: int | None = 2) -> Path:
 
 
 def write_result(result: RunResult, out_dir: str | Path) -> list[Path]:
-    """Write records, per-rank, per-link, per-node tables (CSV), the summary (JSON) and a trace."""
+    """Write records, per-rank, per-link, per-node and per-group tables (CSV), the summary (JSON) and a trace."""
     out = make_out_dir(out_dir)
     written = []
-    for name in ("records", "per_rank", "per_link", "per_node"):
+    for name in ("records", "per_rank", "per_link", "per_node", "per_group"):
         frame = getattr(result, name)
         if frame is not None and len(frame.columns):
             path = out / f"{name}.csv"

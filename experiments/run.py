@@ -7,8 +7,9 @@
     python -m experiments.run SCENARIO.yaml --backend torch          # launches torchrun itself
 
 Prints the summary and a per-kind table (operation kind, count, mean
-duration), and writes records.csv, per_rank.csv, per_link.csv, per_node.csv
-and summary.json into ``--out`` (default ``results/run-<scenario name>/``).
+duration, per group where the scenario names groups), and writes records.csv,
+per_rank.csv, per_link.csv, per_node.csv, per_group.csv (each rank's exposed
+communication per process group), summary.json and trace.json into ``--out`` (default ``results/run-<scenario name>/``).
 Exit codes: 0 done, 1 the run failed (a deadlock, a time or energy that is not
 finite, or a real rank that died or hung; what was computed is still written),
 2 a bad scenario file or option (an --out that cannot be written is found
@@ -30,6 +31,7 @@ from experiments import common
 from experiments.common import add_max_memory_option, add_real_options, format_table, make_executor, safe_name
 from experiments.output import write_result
 from simcore.engine import SimulationError
+from simcore.result import group_label
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,16 +47,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def kind_table(records) -> str:
-    """Operation kind, count, mean and total duration, from a records DataFrame."""
+    """Operation kind (and group, where any is named), count, mean duration and bytes, from a records DataFrame."""
     if records is None or not len(records):
         return "(no operations)"
-    frame = records.assign(duration_s=records["end_s"] - records["start_s"])
+    groups = records["group"].fillna("").astype(str) if "group" in records.columns else ""
+    frame = records.assign(duration_s=records["end_s"] - records["start_s"], group=groups)
+    by_group = bool((frame["group"] != "").any())
     rows = []
-    for kind, part in frame.groupby("kind", sort=True):
-        rows.append({"kind": kind, "count": len(part), "mean_s": float(part["duration_s"].mean()),
-                     "total_bytes": int(part["nbytes"].sum())})
-    return format_table(rows, (("kind", "kind", ""), ("count", "count", "d"), ("mean_s", "mean duration s", ".4g"),
-                               ("total_bytes", "bytes", "d")))
+    for (group, kind), part in frame.groupby(["group", "kind"], sort=True):
+        rows.append({"group": group_label(group) if kind != "compute" else "", "kind": kind, "count": len(part),
+                     "mean_s": float(part["duration_s"].mean()), "total_bytes": int(part["nbytes"].sum())})
+    columns = (("kind", "kind", ""), ("count", "count", "d"), ("mean_s", "mean duration s", ".4g"),
+               ("total_bytes", "bytes", "d"))
+    return format_table(rows, ((("group", "group", ""),) if by_group else ()) + columns)
 
 
 class _ProgressPrinter:

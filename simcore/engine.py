@@ -30,7 +30,7 @@ from simpy.core import EmptySchedule
 
 from simcore.calibration import Calibration
 from simcore.network import FlowNetwork
-from simcore.result import Record, RunResult, records_frame
+from simcore.result import Record, RunResult, group_comm_table, records_frame
 from topologies import Topology
 from workloads.collectives import lower, lower_in_group, root_peer
 from workloads.groups import WORLD, ProcessGroups
@@ -587,7 +587,8 @@ class Simulator:
             "events": _events_scheduled(self.env),
             "wall_s": round(wall_s, 4),
         }
-        return RunResult(records=records, summary=summary, per_rank=per_rank, per_link=per_link, per_node=per_node)
+        return RunResult(records=records, summary=summary, per_rank=per_rank, per_link=per_link, per_node=per_node,
+                         per_group=group_comm_table(records, self.programs, float(makespan)))
 
 
 def _name(node) -> str:

@@ -6,6 +6,8 @@ from typing import Any, NamedTuple
 
 import pandas as pd
 
+from workloads.ops import is_nonblocking
+
 
 class Record(NamedTuple):
     """One operation of one rank, as every executor reports it.
@@ -81,6 +83,44 @@ def op_times(records: pd.DataFrame) -> pd.DataFrame:
     return out[columns]
 
 
+def group_label(group: str) -> str:
+    """How a group is shown to a reader: the world is ``world``."""
+    return group or "world"
+
+
+def group_comm_table(records: pd.DataFrame, programs, makespan_s: float) -> pd.DataFrame:
+    """Each rank's exposed communication time per process group.
+
+    Exposed: the time the rank's own time line spends in blocking
+    collectives, sends and receives on the group, and in waits for the
+    group's non-blocking operations (a wait's record carries their group,
+    see ``workloads.ops.record_groups``); non-blocking operations running in
+    the background are not counted twice.  Columns ``rank``, ``group``,
+    ``comm_s`` (the median over repeats of a real run) and ``share`` (of
+    ``makespan_s``).
+    """
+    columns = ["rank", "group", "comm_s", "share"]
+    if not len(records):
+        return pd.DataFrame(columns=columns)
+    background = {(rank, index) for rank, program in enumerate(programs)
+                  for index, op in enumerate(program) if is_nonblocking(op)}
+    frame = records[records["kind"] != "compute"]
+    keep = [(r, i) not in background for r, i in zip(frame["rank"], frame["op_index"])]
+    frame = frame[keep]
+    if not len(frame):
+        return pd.DataFrame(columns=columns)
+    parts = pd.DataFrame({
+        "repeat": frame["repeat"] if "repeat" in frame.columns else 0,
+        "rank": frame["rank"].astype("int64"),
+        "group": frame["group"].fillna("").astype(str),
+        "comm_s": frame["end_s"] - frame["start_s"],
+    })
+    per_repeat = parts.groupby(["repeat", "rank", "group"], sort=True)["comm_s"].sum().reset_index()
+    table = per_repeat.groupby(["rank", "group"], sort=True)["comm_s"].median().reset_index()
+    table["share"] = table["comm_s"] / makespan_s if makespan_s > 0 else 0.0
+    return table[columns]
+
+
 @dataclass
 class RunResult:
     """One record per operation per rank, and a summary.
@@ -89,7 +129,8 @@ class RunResult:
     ``algorithm`` empty for point-to-point and compute).  ``per_rank`` has
     ``compute_s``, ``comm_s`` and ``wait_s`` (time blocked on communication,
     and idle after the rank's last operation until the makespan; the three add
-    up to the makespan) and ``energy_j``.
+    up to the makespan) and ``energy_j``.  ``per_group`` splits each rank's
+    exposed communication by process group (``group_comm_table``).
     """
 
     records: pd.DataFrame
@@ -97,6 +138,7 @@ class RunResult:
     per_rank: pd.DataFrame = field(default_factory=pd.DataFrame)
     per_link: pd.DataFrame = field(default_factory=pd.DataFrame)
     per_node: pd.DataFrame = field(default_factory=pd.DataFrame)
+    per_group: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def makespan_s(self) -> float:
@@ -114,28 +156,53 @@ class RunResult:
     def chrome_trace(self) -> dict[str, Any]:
         """The records as a Chrome/Perfetto trace (open in ui.perfetto.dev or chrome://tracing).
 
-        Two tracks per rank: compute (and waits), and communication, so that
-        non-blocking collectives overlapping compute show side by side.
+        Per rank, one track for compute (and waits) and one communication
+        track per process group the rank uses (the world's is "comm world"),
+        so that a TP all-reduce, a DP bucket running in the background and a
+        pipeline send show side by side.
         """
         events: list[dict[str, Any]] = []
         records = self.records
         if "repeat" in records.columns:
             # A real run's repeats each start at 0 s: show the first.
             records = records[records["repeat"] == records["repeat"].min()]
+        groups = records["group"].fillna("").astype(str) if "group" in records.columns else pd.Series(
+            "", index=records.index)
+        comm = records["kind"].isin(("compute", "wait")).map(lambda x: not x)
+        names = sorted(set(groups[comm]), key=lambda g: (g != "", g))
+        if "" not in names:
+            names.insert(0, "")
+        width = len(names) + 1
+        track = {g: i + 1 for i, g in enumerate(names)}
         for rank in sorted(int(r) for r in records["rank"].unique()):
-            for stream, label in ((0, "compute"), (1, "communication")):
-                events.append({"name": "thread_name", "ph": "M", "pid": 0, "tid": 2 * rank + stream,
-                               "args": {"name": f"rank {rank} {label}"}})
-        for row in records.itertuples(index=False):
-            stream = 0 if row.kind in ("compute", "wait") else 1
+            events.append({"name": "thread_name", "ph": "M", "pid": 0, "tid": width * rank,
+                           "args": {"name": f"rank {rank} compute"}})
+            for g in names:
+                events.append({"name": "thread_name", "ph": "M", "pid": 0, "tid": width * rank + track[g],
+                               "args": {"name": f"rank {rank} comm {group_label(g)}"}})
+        for row, group, is_comm in zip(records.itertuples(index=False), groups, comm):
+            tid = width * int(row.rank) + (track[group] if is_comm else 0)
             name = row.kind if not row.algorithm else f"{row.kind} ({row.algorithm})"
+            if group:
+                name = f"{name} [{group}]"
             args = {"op_index": int(row.op_index), "nbytes": int(row.nbytes), "flops": float(row.flops),
                     "energy_j": float(row.energy_j)}
+            if group:
+                args["group"] = group
             if row.peer >= 0:
                 args["peer"] = int(row.peer)
-            events.append({"name": name, "ph": "X", "pid": 0, "tid": 2 * int(row.rank) + stream,
+            events.append({"name": name, "ph": "X", "pid": 0, "tid": tid,
                            "ts": row.start_s * 1e6, "dur": (row.end_s - row.start_s) * 1e6, "args": args})
         return {"traceEvents": events, "displayTimeUnit": "ms"}
+
+    def group_shares(self) -> dict[str, float]:
+        """{group: mean over ranks of its exposed communication time / makespan}, largest first."""
+        table = self.per_group
+        if table is None or not len(table) or "share" not in table.columns:
+            return {}
+        nranks = int(self.summary.get("nranks") or table["rank"].nunique())
+        means = table.groupby("group")["share"].sum() / max(nranks, 1)
+        return {str(g): float(v) for g, v in means.sort_values(ascending=False, kind="stable").items()}
 
     def format_summary(self) -> str:
         s = self.summary
@@ -160,6 +227,10 @@ class RunResult:
                     pr["compute_s"].mean(), pr["comm_s"].mean(), pr["wait_s"].mean()
                 )
             )
+        shares = self.group_shares()
+        if shares and set(shares) != {""}:
+            lines.append("communication by group (exposed, mean share of makespan) " + ", ".join(
+                f"{group_label(g)} {100 * v:.1f}%" for g, v in shares.items()))
         for key in ("operations", "messages", "events", "wall_s"):
             if key in s:
                 lines.append(f"{key:<15} {s[key]}")
