@@ -592,6 +592,19 @@ def test_irecv_posted_after_the_message_arrived_completes_at_once():
     assert ends(result, "send") == pytest.approx({0: 1e-6 + MB / 1e9}, rel=REL)
 
 
+def test_a_program_ends_only_when_its_unwaited_messages_complete():
+    # Like a non-blocking collective never waited for: the rank's end is the
+    # isend's delivery, and every op keeps its record.
+    result = simulate(pair(), [[Isend(peer=1, nbytes=MB, handle="s")], [Recv(peer=0, nbytes=MB)]])
+    transfer = 1e-6 + MB / 1e9
+    assert list(result.per_rank["end_s"]) == pytest.approx([transfer, transfer], rel=REL)
+    assert list(result.per_rank["wait_s"]) == pytest.approx([transfer, 0.0], rel=REL)
+    assert sorted(result.records["kind"]) == ["isend", "recv"]
+    # An irecv nothing matches is a deadlock, not a silently missing record.
+    with pytest.raises(DeadlockError, match=r"rank 1 waits in op 1 \(wait\) for a message of 8 B from rank 0"):
+        simulate(pair(), [[], [Irecv(peer=0, nbytes=8, handle="r")]])
+
+
 def test_isend_and_irecv_on_a_group_use_group_ranks():
     pg = groups_from_dict({"g": [[3, 1], [0, 2]]}, 4)
     topo = fully_connected(4, bandwidth_bytes_per_s=1e9, latency_s=1e-6)
