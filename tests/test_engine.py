@@ -23,7 +23,7 @@ import pytest
 
 from simcore.engine import DeadlockError, SimulationError, Simulator, simulate
 from simcore.result import RunResult
-from topologies import Topology, fully_connected
+from topologies import Topology, fully_connected, switch
 from workloads.collectives import ALGORITHMS
 from workloads.ops import Collective, Compute, Recv, Send, Wait
 from workloads.stragglers import StragglerSpec
@@ -499,8 +499,6 @@ def test_linear_scatter_and_gather_share_the_roots_link_on_a_switch(op, p):
     # each: every equal block finishes together, (p-1)/p n beta after the
     # start, and arrives two hops' latency later.  The binomial tree serializes
     # less on that link but pays ceil(lg p) latencies.
-    from topologies import switch
-
     topo = switch(p, bandwidth_bytes_per_s=BANDWIDTH, latency_s=ALPHA)
     result = run_collective(p, op, "linear", root=1 % p, topology=topo)
     expected = 2 * ALPHA + ((p - 1) / p) * N * BETA

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import pytest
 
+from executors import get_executor
 from simcore.engine import DeadlockError, Simulator, simulate
 from topologies import fully_connected, hierarchical, switch
 from workloads.collectives import ALGORITHMS, group_server_groups, lower_in_group
 from workloads.groups import Layout, ProcessGroups, groups_from_dict
-from workloads.ops import Collective, Compute, Irecv, Isend, Recv, Send, Wait, record_groups
+from workloads.ops import Collective, Compute, Irecv, Isend, Recv, Send, Wait, op_to_dict, record_groups
 from workloads.scenario import ScenarioError, scenario_from_dict
 from workloads.validate import validate_programs
 
@@ -211,7 +212,8 @@ PAIRS = {"g": [[0, 1]]}  # ranks 2 and 3 are in no group g
      r"group g \[0, 1\]: collective #1 on it is allreduce \(ring\) of 8 B at rank 0 op 0 but broadcast "
      r"\(binomial\) root 0 of 8 B at rank 1 op 0"),
     ([[Collective("gather", 8, root=0, group="g")], [Collective("gather", 8, root=1, group="g")], [], []], PAIRS,
-     r"group g \[0, 1\]: collective #1 on it is gather \(binomial\) root 0 of 8 B at rank 0 op 0 but gather \(binomial\) root 1"),
+     r"group g \[0, 1\]: collective #1 on it is gather \(binomial\) root 0 of 8 B at rank 0 op 0 but gather "
+     r"\(binomial\) root 1"),
     ([[Collective("alltoallv", send_nbytes=(1, 2), recv_nbytes=(1, 2), group="g")],
       [Collective("allreduce", 8, group="g")], [], []], PAIRS,
      r"group g \[0, 1\]: collective #1 on it is alltoallv \(pairwise\) at rank 0 op 0 but allreduce \(ring\) of 8 B "
@@ -237,7 +239,7 @@ def test_bad_programs_on_groups_name_the_group_and_the_rank(programs, groups, pa
     # Through a scenario, the same message after the file's name.
     data = {
         "topology": {"builder": "fully_connected", "n": 4},
-        "workload": {"kind": "programs", "ranks": [[_op_dict(op) for op in p] for p in programs]},
+        "workload": {"kind": "programs", "ranks": [[op_to_dict(op) for op in p] for p in programs]},
     }
     if groups is not None:
         data["groups"] = groups
@@ -265,17 +267,11 @@ def test_members_of_a_hierarchical_allreduce_must_agree_on_the_leaders_algorithm
 
 def test_a_deadlock_inside_a_group_collective_names_the_group():
     pg = groups_from_dict(PAIRS, 4)
-    programs = [[Collective("allreduce", 8, group="g")], [Recv(peer=0, nbytes=8), Collective("allreduce", 8, group="g")],
-                [], []]
+    programs = [[Collective("allreduce", 8, group="g")],
+                [Recv(peer=0, nbytes=8), Collective("allreduce", 8, group="g")], [], []]
     with pytest.raises(DeadlockError, match=r"rank 0 waits in op 0 \(allreduce\)") as info:
         simulate(fully_connected(4), programs, process_groups=pg)
     assert "collective #1 on group g" in str(info.value)
-
-
-def _op_dict(op):
-    from workloads.ops import op_to_dict
-
-    return op_to_dict(op)
 
 
 def test_the_groups_of_the_simulator_must_fit_the_topology():
@@ -318,7 +314,7 @@ def test_dp_groups_share_each_server_uplink_four_ways():
     assert ends(result) == pytest.approx({r: expected for r in range(16)}, rel=REL)
     # Each uplink moved 4 groups x 2 (p-1)/p n.
     for s in range(4):
-        assert link_bytes(result)[f"sw0_{s}->sw1_0"] == 4 * 1.5 * N
+        assert link_bytes(result)[f"sw0_{s}->sw1_0"] == link_bytes(result)[f"sw1_0->sw0_{s}"] == 4 * 1.5 * N
     # One DP group alone has the uplinks to itself: min(B_OUT, B_IN) = B_OUT.
     alone = [[Collective("allreduce", N, "ring", group="dp")] if r % 4 == 0 else [] for r in range(16)]
     assert simulate(two_level(), alone, process_groups=pg).makespan_s == pytest.approx(
@@ -683,18 +679,17 @@ def test_records_carry_the_group_in_the_simulator():
 # The scenario
 
 
-@pytest.mark.parametrize("groups", [
-    {"layout": {"tp": 2, "pp": 2}},
-    {"layout": {"tp": 2, "ep": 2, "order": "dp-tp-pp"}, "pairs": {"blocks": 2}},
-    {"evens": {"stride": 2}, "leaders": [0, 4], "halves": [[3, 2, 1, 0], [4, 5, 6, 7]]},
+@pytest.mark.parametrize("groups,group", [
+    ({"layout": {"tp": 2, "pp": 2}}, "tp"),
+    ({"layout": {"tp": 2, "ep": 2, "order": "dp-tp-pp"}, "pairs": {"blocks": 2}}, "ep"),
+    ({"evens": {"stride": 2}, "leaders": [0, 4], "halves": [[3, 2, 1, 0], [4, 5, 6, 7]]}, "halves"),
 ])
-def test_scenario_round_trip_keeps_the_groups(groups):
+def test_scenario_round_trip_keeps_the_groups(groups, group):
     data = {
         "name": "g",
         "topology": {"builder": "hierarchical", "levels": [2, 4]},
         "groups": groups,
-        "workload": {"kind": "collective", "op": "allreduce", "nbytes": 8000, "group": next(
-            n for n in ("tp", "pairs", "halves") if n in groups or "layout" in groups and n == "tp")},
+        "workload": {"kind": "collective", "op": "allreduce", "nbytes": 8000, "group": group},
     }
     scenario = scenario_from_dict(data)
     again = scenario_from_dict(scenario.to_dict())
@@ -702,6 +697,7 @@ def test_scenario_round_trip_keeps_the_groups(groups):
     assert again.groups.to_dict() == groups
     assert again.to_dict() == scenario.to_dict()
     assert again.programs() == scenario.programs()
+    assert {op.group for program in again.programs() for op in program} == {group}
 
 
 def test_scenario_without_groups_has_the_world_and_writes_none():
@@ -713,8 +709,6 @@ def test_scenario_without_groups_has_the_world_and_writes_none():
 
 
 def test_a_scenario_runs_on_its_groups():
-    from executors import get_executor
-
     data = {
         "topology": {"builder": "hierarchical", "levels": [4, 4],
                      "bandwidths_bytes_per_s": [B_IN, B_OUT], "latencies_s": [A_IN, A_OUT]},
