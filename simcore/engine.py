@@ -269,12 +269,15 @@ class Simulator:
             energy = idle_w * (env.now - start) + link_j[0]
             records.append(Record(rank, index, groups_of[index], op.kind, algorithm, peer, nbytes, 0.0, start,
                                   env.now, energy))
-        if stream_tail is not None and not stream_tail.processed:
-            # A program that never waits for its last non-blocking collective
-            # still ends only when the communication stream is drained.
+        pending = [h for h in handles.values() if not h.processed]
+        if pending:
+            # A program that never waits for its last non-blocking operations
+            # still ends only when they complete: the communication stream
+            # drained, every isend delivered and every irecv matched (else a
+            # deadlock names it), so each of them gets its record.
             self._current[rank] = (len(self.programs[rank]), Wait(("<end of program>",)))
             start = env.now
-            yield stream_tail
+            yield env.all_of(pending)
             self._wait_s[rank] += env.now - start
         self._current[rank] = None
         self._end_s[rank] = env.now

@@ -18,10 +18,12 @@ import pytest
 
 from workloads.collectives import (
     ALGORITHMS,
+    SEMANTICS,
     alltoall_output_layout,
     block_layout,
     check,
     lower,
+    scatter_layout,
 )
 from workloads.ops import COLLECTIVES, Collective, Step, Transfer
 
@@ -69,21 +71,58 @@ def _check_step_shape(step, rank, p, in_place):
                 ), f"rank {rank}: receive overwrites a send of the same step {step}"
 
 
-def execute(op, p, groups=None):
+def alltoallv_ops(counts, algorithm="pairwise"):
+    """Each rank's alltoallv: ``counts[i][j]`` bytes go from rank i to rank j."""
+    p = len(counts)
+    return [Collective("alltoallv", algorithm=algorithm, send_nbytes=tuple(counts[i]),
+                       recv_nbytes=tuple(counts[j][i] for j in range(p))) for i in range(p)]
+
+
+def uneven_counts(n, p):
+    """Distinct, uneven alltoallv counts (all 0 when n is 0; a rank's own count too)."""
+    return [[0 if n == 0 else n + 3 * i + 2 * j + (i * j) % 5 for j in range(p)] for i in range(p)]
+
+
+def collective(op_name, n, algorithm, p, root=0):
+    """Every rank's op: the same one, except alltoallv, whose counts are per rank."""
+    if op_name == "alltoallv":
+        return alltoallv_ops(uneven_counts(n, p), algorithm)
+    return [Collective(op_name, n, algorithm, root=root)] * p
+
+
+def execute(op, p, groups=None, fill=None):
+    """Run every rank's lowering of ``op`` (one op, or a list of one per rank).
+
+    Rank r's input is distinct per element, or ``fill(r)`` everywhere if given.
+    """
+    ops = list(op) if isinstance(op, (list, tuple)) else [op] * p
+    op = ops[0]
     n = op.nbytes
-    inputs = [(r + 1) * 1_000_000 + np.arange(n, dtype=np.int64) for r in range(p)]
+    if op.op == "alltoallv":
+        inputs = [np.full(o.nbytes, fill(r), dtype=np.int64) if fill else
+                  (r + 1) * 1_000_000 + np.arange(o.nbytes, dtype=np.int64) for r, o in enumerate(ops)]
+    else:
+        inputs = [np.full(n, fill(r), dtype=np.int64) if fill else
+                  (r + 1) * 1_000_000 + np.arange(n, dtype=np.int64) for r in range(p)]
     bufs = [x.copy() for x in inputs]
     edges = [o for o, _ in block_layout(n, p)] + [n]
     if op.op == "allgather":
         for r in range(p):
             bufs[r][:] = -1
             bufs[r][edges[r] : edges[r + 1]] = inputs[r][edges[r] : edges[r + 1]]
-    elif op.op == "broadcast":
+    elif op.op in ("broadcast", "scatter"):
         for r in range(p):
             if r != op.root:
                 bufs[r][:] = -1
-    alltoall = op.op == "alltoall"
-    if alltoall:
+    elif op.op == "gather":
+        # Rank r contributes only its block, where scatter_layout puts it.
+        layout = scatter_layout(n, p, op.root)
+        for r in range(p):
+            offset, size = layout[r]
+            bufs[r][:] = -1
+            bufs[r][offset : offset + size] = inputs[r][offset : offset + size]
+    alltoall = op.op in ("alltoall", "alltoallv")
+    if op.op == "alltoall":
         outs = []
         for r in range(p):
             layout = alltoall_output_layout(n, r, p)
@@ -91,12 +130,20 @@ def execute(op, p, groups=None):
             own_offset, own_size = layout[r]
             out[own_offset : own_offset + own_size] = inputs[r][edges[r] : edges[r + 1]]
             outs.append(out)
+    elif op.op == "alltoallv":
+        # The own block is a local copy: send prefix sums to receive prefix sums.
+        outs = []
+        for r, o in enumerate(ops):
+            out = np.full(sum(o.recv_nbytes), -1, dtype=np.int64)
+            src, dst = sum(o.send_nbytes[:r]), sum(o.recv_nbytes[:r])
+            out[dst : dst + o.recv_nbytes[r]] = inputs[r][src : src + o.send_nbytes[r]]
+            outs.append(out)
     read = inputs if alltoall else bufs
     write = outs if alltoall else bufs
 
     sends = defaultdict(list)  # (src, dst) -> [(nbytes, data, start)]
     recvs = defaultdict(list)  # (src, dst) -> [(nbytes, start)]
-    gens = [lower(op, r, p, groups) for r in range(p)]
+    gens = [lower(ops[r], r, p, groups) for r in range(p)]
     current = [None] * p
     clock = [0] * p
     steps = [0] * p
@@ -278,6 +325,100 @@ def test_alltoall_transposes_blocks(algorithm):
                     assert len(run.final[r]) == n
 
 
+@pytest.mark.parametrize("algorithm", ALGORITHMS["scatter"])
+def test_scatter_leaves_each_rank_its_block_from_the_root(algorithm):
+    for p in RANKS:
+        for root in range(p):
+            for n in SIZES + (8 * p,):
+                run = execute(Collective("scatter", n, algorithm, root=root), p)
+                layout = scatter_layout(n, p, root)
+                # Blocks lie root first, then root+1, ..., back to back.
+                rotated = [layout[(root + k) % p] for k in range(p)]
+                assert [o for o, _ in rotated] == list(np.cumsum([0] + [s for _, s in rotated])[:-1])
+                for r, (offset, size) in enumerate(layout):
+                    assert size == block_layout(n, p)[r][1]
+                    np.testing.assert_array_equal(run.final[r][offset : offset + size],
+                                                  run.inputs[root][offset : offset + size],
+                                                  err_msg=f"p={p} root={root} n={n} rank {r}")
+                assert sum(run.sent_nbytes) >= n - layout[root][1]
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS["gather"])
+def test_gather_collects_every_block_at_the_root(algorithm):
+    for p in RANKS:
+        for root in range(p):
+            for n in SIZES + (8 * p,):
+                run = execute(Collective("gather", n, algorithm, root=root), p)
+                for j, (offset, size) in enumerate(scatter_layout(n, p, root)):
+                    np.testing.assert_array_equal(run.final[root][offset : offset + size],
+                                                  run.inputs[j][offset : offset + size],
+                                                  err_msg=f"p={p} root={root} n={n} block {j}")
+                assert (run.final[root] >= 0).all()
+
+
+def test_scatter_layout_rotates_the_blocks_root_first():
+    # 10 bytes on 4 ranks: block sizes 3, 3, 2, 2 (rank order); root 2's
+    # buffer holds rank 2's block first, then 3, 0, 1.
+    assert scatter_layout(10, 4, 0) == block_layout(10, 4)
+    assert scatter_layout(10, 4, 2) == ((4, 3), (7, 3), (0, 2), (2, 2))
+    assert scatter_layout(0, 3, 1) == ((0, 0), (0, 0), (0, 0))
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS["scatter"] + ALGORITHMS["gather"])
+def test_binomial_and_linear_scatter_gather_shapes(algorithm):
+    for p in RANKS[1:]:
+        n = 8 * p
+        for root in roots(p):
+            for op_name in ("scatter", "gather"):
+                if algorithm not in ALGORITHMS[op_name]:
+                    continue
+                op = Collective(op_name, n, algorithm, root=root)
+                run = execute(op, p)
+                root_steps = list(lower(op, root, p))
+                if algorithm == "binomial":
+                    # Thakur et al.: ceil(lg p) rounds, (p-1)/p n through the root.
+                    assert run.rounds == math.ceil(math.log2(p))
+                    assert len(root_steps) == math.ceil(math.log2(p))
+                else:
+                    # One step: the root talks to all p - 1 others at once.
+                    assert run.rounds == 1 and len(root_steps) == 1
+                    step = root_steps[0]
+                    assert len(step.sends + step.recvs) == p - 1
+                moved = sum(t.nbytes for s in root_steps for t in s.sends + s.recvs)
+                assert moved == (p - 1) * 8
+                assert sum(run.sent_nbytes) >= (p - 1) * 8
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS["alltoallv"])
+def test_alltoallv_transposes_uneven_counts(algorithm):
+    for p in RANKS:
+        for n in (0, 1, 5, 37):
+            counts = uneven_counts(n, p)
+            ops = alltoallv_ops(counts, algorithm)
+            run = execute(ops, p)
+            for r in range(p):
+                out_edges = np.cumsum([0] + [counts[j][r] for j in range(p)])
+                assert len(run.final[r]) == out_edges[-1]
+                for j in range(p):
+                    in_offset = sum(counts[j][:r])
+                    np.testing.assert_array_equal(run.final[r][out_edges[j] : out_edges[j + 1]],
+                                                  run.inputs[j][in_offset : in_offset + counts[j][r]],
+                                                  err_msg=f"p={p} n={n} rank {r} block {j}")
+                assert run.sent_nbytes[r] == sum(counts[r]) - counts[r][r]
+            assert run.rounds == p - 1
+
+
+def test_alltoallv_with_some_empty_counts_still_exchanges_with_every_peer():
+    counts = [[0, 5, 0], [1, 0, 0], [0, 0, 9]]
+    ops = alltoallv_ops(counts)
+    run = execute(ops, 3)
+    assert [list(o) for o in run.final] == [
+        [run.inputs[1][0]], list(run.inputs[0][0:5]), list(run.inputs[2][0:9])]
+    for r in range(3):
+        assert [(s.sends[0].peer, s.recvs[0].peer) for s in lower(ops[r], r, 3)] == [
+            ((r + 1) % 3, (r - 1) % 3), ((r + 2) % 3, (r - 2) % 3)]
+
+
 @pytest.mark.parametrize("algorithm", ALGORITHMS["barrier"])
 def test_barrier_completes_in_ceil_lg_p_rounds(algorithm):
     for p in RANKS:
@@ -301,7 +442,8 @@ def _all_ops(p):
 
 def test_one_rank_yields_nothing():
     for op_name, algorithm in _all_ops(1):
-        assert list(lower(Collective(op_name, 64, algorithm), 0, 1)) == []
+        (op,) = collective(op_name, 64, algorithm, 1)
+        assert list(lower(op, 0, 1)) == []
     op = Collective("allreduce", 64, "hierarchical")
     assert list(lower(op, 0, 1, ((0,),))) == []
 
@@ -316,11 +458,36 @@ def test_pattern_does_not_depend_on_nbytes():
 
     for p in (2, 5, 8, 12):
         for op_name, algorithm in _all_ops(p):
+            zeros = collective(op_name, 0, algorithm, p, root=p - 1)
+            some = collective(op_name, 37, algorithm, p, root=p - 1)
             for r in range(p):
-                zero = shape(Collective(op_name, 0, algorithm, root=p - 1), p, r)
+                zero = shape(zeros[r], p, r)
                 assert zero, f"{op_name}/{algorithm}: rank {r} has no steps for 0 bytes"
                 if op_name != "barrier":
-                    assert zero == shape(Collective(op_name, 37, algorithm, root=p - 1), p, r)
+                    assert zero == shape(some[r], p, r)
+
+
+def test_every_lowering_runs_without_deadlock_and_moves_what_it_should():
+    # The generic loop over the whole vocabulary: every algorithm on every p
+    # completes under rendezvous matching (execute asserts sizes and FIFO).
+    for p in RANKS:
+        for op_name, algorithm in _all_ops(p):
+            for root in roots(p) if SEMANTICS[op_name].rooted else (0,):
+                execute(collective(op_name, 37, algorithm, p, root=root), p)
+
+
+def test_every_semantics_expectation_holds_after_the_lowering():
+    # SEMANTICS[op].expected is what a checked real run verifies: run each
+    # lowering on buffers filled with rank + 1 and check it byte by byte.
+    for p in (1, 2, 3, 5, 8):
+        for op_name, algorithm in _all_ops(p):
+            for root in roots(p) if SEMANTICS[op_name].rooted else (0,):
+                ops = collective(op_name, 37, algorithm, p, root=root)
+                run = execute(ops, p, fill=lambda r: r + 1)
+                for r in range(p):
+                    for e in SEMANTICS[op_name].expected(ops[r], r, p):
+                        got = run.final[r][e.offset : e.offset + e.nbytes] % 256
+                        assert (got == e.value).all(), (op_name, algorithm, p, root, r, e)
 
 
 def test_ring_allreduce_steps_and_bytes():

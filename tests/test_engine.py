@@ -23,7 +23,7 @@ import pytest
 
 from simcore.engine import DeadlockError, SimulationError, Simulator, simulate
 from simcore.result import RunResult
-from topologies import Topology, fully_connected
+from topologies import Topology, fully_connected, switch
 from workloads.collectives import ALGORITHMS
 from workloads.ops import Collective, Compute, Recv, Send, Wait
 from workloads.stragglers import StragglerSpec
@@ -288,6 +288,63 @@ def expected_barrier(alg: str, p: int, n: int = N) -> list[float]:
     return [ceil_lg(p) * ALPHA] * p
 
 
+def expected_scatter(alg: str, p: int, n: int = N) -> list[float]:
+    """End time of each relative rank (the root is 0)."""
+    block = n // p
+    if alg == "binomial":
+        # The root hands each child its subtree's run of blocks, farthest first.
+        ends = fan_out(p, lambda c: hockney(subtree_blocks(c, p) * block))
+        if is_pow2(p):
+            assert max(ends) == pytest.approx(math.log2(p) * ALPHA + ((p - 1) / p) * n * BETA)
+        return ends
+    if alg == "linear":
+        # The root's p - 1 sends start at once; on a fully connected topology
+        # each has its own link, so nothing is shared: one block's time each.
+        return [hockney(block)] * p
+    raise AssertionError(alg)
+
+
+def expected_gather(alg: str, p: int, n: int = N) -> list[float]:
+    """End time of each relative rank (the root is 0)."""
+    block = n // p
+    if alg == "binomial":
+        # Eager sends: a subtree's run leaves once all its children's have arrived.
+        ends = fan_in(p, lambda c: hockney(subtree_blocks(c, p) * block))
+        if is_pow2(p):
+            assert ends[0] == pytest.approx(math.log2(p) * ALPHA + ((p - 1) / p) * n * BETA)
+        return ends
+    if alg == "linear":
+        return [hockney(block)] * p  # p - 1 flows into the root, each on its own link
+    raise AssertionError(alg)
+
+
+def expected_alltoallv(counts) -> list[float]:
+    """Pairwise exchange with counts[i][j] bytes from i to j, in max-plus form.
+
+    Step k of rank r sends to r+k and receives from r-k; it ends when its send
+    is delivered and the receive has arrived.  Every directed link i->j is used
+    once (at step j-i mod p), so on a fully connected topology nothing is
+    shared and the messages are Hockney's.
+    """
+    p = len(counts)
+    t = [0.0] * p
+    for k in range(1, p):
+        t = [max(t[r] + hockney(counts[r][(r + k) % p]), t[(r - k) % p] + hockney(counts[(r - k) % p][r]))
+             for r in range(p)]
+    return t
+
+
+def alltoallv_programs(counts, algorithm="pairwise"):
+    p = len(counts)
+    return [[Collective("alltoallv", algorithm=algorithm, send_nbytes=tuple(counts[i]),
+                        recv_nbytes=tuple(counts[j][i] for j in range(p)))] for i in range(p)]
+
+
+def uneven_counts(p: int) -> list[list[int]]:
+    # Between 10 kB and 70 kB, no two neighbours alike; the own count is a local copy.
+    return [[(1 + (3 * i + 5 * j) % 7) * 10_000 for j in range(p)] for i in range(p)]
+
+
 def test_every_algorithm_has_a_closed_form_here():
     covered = {
         "allreduce": {"ring", "recursive_doubling", "rabenseifner", "binomial", "hierarchical"},
@@ -296,6 +353,9 @@ def test_every_algorithm_has_a_closed_form_here():
         "allgather": {"ring", "recursive_doubling", "binomial"},
         "reduce_scatter": {"ring", "recursive_halving"},
         "alltoall": {"pairwise", "ring"},
+        "alltoallv": {"pairwise", "ring"},
+        "scatter": {"binomial", "linear"},
+        "gather": {"binomial", "linear"},
         "barrier": {"dissemination", "recursive_doubling"},
     }
     assert {op: set(algs) for op, algs in ALGORITHMS.items()} == covered
@@ -408,6 +468,71 @@ def test_reduce_matches_closed_form(algorithm, p, root):
     if algorithm == "binomial":
         by_rel = fan_in(p, lambda c: hockney(N))
         assert ends == pytest.approx([by_rel[(r - root) % p] for r in range(p)], rel=REL)
+
+
+ROOTED = {"scatter": expected_scatter, "gather": expected_gather}
+
+
+@pytest.mark.parametrize("p", RANKS)
+@pytest.mark.parametrize("op,algorithm", [(op, alg) for op in ROOTED for alg in ALGORITHMS[op]])
+@pytest.mark.parametrize("root", [0, 1])
+def test_scatter_and_gather_match_closed_form(op, algorithm, p, root):
+    result = run_collective(p, op, algorithm, root=root)
+    by_rel = ROOTED[op](algorithm, p)
+    expected = [by_rel[(r - root) % p] for r in range(p)]
+    assert collective_ends(result) == pytest.approx(expected, rel=REL)
+    assert result.makespan_s == pytest.approx(max(expected), rel=REL)
+    assert list(result.records["peer"]) == [root] * p
+    assert list(result.records["algorithm"]) == [algorithm] * p
+    if algorithm == "linear":
+        # Only the root's direct links carry bytes, one block each.
+        link_bytes = dict(zip(result.per_link["link"], result.per_link["bytes"]))
+        root_side = [f"n{root}->n{r}" if op == "scatter" else f"n{r}->n{root}" for r in range(p) if r != root]
+        assert sorted(link_bytes) == sorted(root_side)
+        assert [link_bytes[name] for name in root_side] == [N // p] * (p - 1)
+
+
+@pytest.mark.parametrize("p", (2, 3, 4, 8))
+@pytest.mark.parametrize("op", ["scatter", "gather"])
+def test_linear_scatter_and_gather_share_the_roots_link_on_a_switch(op, p):
+    # On a star the root's one link carries all p - 1 blocks at once, at B/(p-1)
+    # each: every equal block finishes together, (p-1)/p n beta after the
+    # start, and arrives two hops' latency later.  The binomial tree serializes
+    # less on that link but pays ceil(lg p) latencies.
+    topo = switch(p, bandwidth_bytes_per_s=BANDWIDTH, latency_s=ALPHA)
+    result = run_collective(p, op, "linear", root=1 % p, topology=topo)
+    expected = 2 * ALPHA + ((p - 1) / p) * N * BETA
+    assert collective_ends(result) == pytest.approx([expected] * p, rel=REL)
+    link_bytes = dict(zip(result.per_link["link"], result.per_link["bytes"]))
+    root_link = f"n{1 % p}->s0" if op == "scatter" else f"s0->n{1 % p}"
+    assert link_bytes[root_link] == (p - 1) * (N // p)
+
+
+@pytest.mark.parametrize("p", RANKS)
+@pytest.mark.parametrize("algorithm", ALGORITHMS["alltoallv"])
+def test_alltoallv_with_uneven_counts_matches_closed_form(algorithm, p):
+    counts = uneven_counts(p)
+    result = simulate(contention_free(p), alltoallv_programs(counts, algorithm))
+    expected = expected_alltoallv(counts)
+    assert collective_ends(result) == pytest.approx(expected, rel=REL)
+    assert list(result.records["nbytes"]) == [sum(row) for row in counts]
+    link_bytes = dict(zip(result.per_link["link"], result.per_link["bytes"]))
+    assert link_bytes == {f"n{i}->n{j}": counts[i][j] for i in range(p) for j in range(p) if i != j}
+
+
+def test_alltoallv_closed_form_by_hand():
+    # 3 ranks; step k of rank r sends to r+k and receives from r-k.  Bytes:
+    # 0->1 1 MB, 0->2 3 MB, 1->2 2 MB, 2->0 1 MB, 1->0 and 2->1 nothing.
+    # Step 1: rank 0 sends 1 MB, gets 1 MB from 2: 1 ms + a; rank 1 sends 2 MB: 2 ms + a;
+    #   rank 2 gets those 2 MB from 1: 2 ms + a.
+    # Step 2: rank 0 sends 3 MB from 1 ms + a: 4 ms + 2a (rank 1's 0 B came at 2 ms + 2a);
+    #   rank 1 sends and gets 0 B, both leaving at 2 ms + a: 2 ms + 2a;
+    #   rank 2 gets rank 0's 3 MB: 4 ms + 2a.
+    counts = [[0, MB, 3 * MB], [0, 0, 2 * MB], [MB, 0, 0]]
+    result = simulate(contention_free(3), alltoallv_programs(counts))
+    a, ms = ALPHA, 1e-3
+    assert collective_ends(result) == pytest.approx([4 * ms + 2 * a, 2 * ms + 2 * a, 4 * ms + 2 * a], rel=REL)
+    assert collective_ends(result) == pytest.approx(expected_alltoallv(counts), rel=REL)
 
 
 def grouped_topology(groups: int, per_group: int, *, intra_bw, intra_lat, inter_bw, inter_lat) -> Topology:

@@ -21,7 +21,7 @@ from topologies.io import read_data_file, topology_memory_bytes
 from topologies.limits import (
     DEFAULT_MAX_MEMORY_BYTES, MAX_ALIASES, MAX_MEMORY_ENV, format_bytes, parse_bytes, resolve_max_memory_bytes, short,
 )
-from workloads.collectives import ALGORITHMS, lower, lowered_size
+from workloads.collectives import ALGORITHMS, SEMANTICS, lower, lowered_size
 from workloads.ops import Collective
 from workloads.scenario import ScenarioError, load_scenario, scenario_from_dict
 
@@ -286,10 +286,16 @@ def test_lowered_size_bounds_every_algorithm():
                 groups = None
                 if algorithm == "hierarchical":
                     groups = tuple(tuple(range(i, min(i + 5, p))) for i in range(0, p, 5))
-                collective = Collective(op, 1000, algorithm=algorithm, root=p - 1 if op in ("broadcast", "reduce") else 0)
+                root = p - 1 if SEMANTICS[op].rooted else 0
+                if op == "alltoallv":
+                    # Rank r sends r + j bytes to rank j; the pattern does not depend on counts.
+                    ops = [Collective(op, algorithm=algorithm, send_nbytes=tuple(range(r, r + p)),
+                                      recv_nbytes=tuple(range(r, r + p))) for r in range(p)]
+                else:
+                    ops = [Collective(op, 1000, algorithm=algorithm, root=root)] * p
                 steps = peers = 0
                 for rank in range(p):
-                    lowered = list(lower(collective, rank, p, groups))
+                    lowered = list(lower(ops[rank], rank, p, groups))
                     steps += len(lowered)
                     peers += len({t.peer for s in lowered for t in s.sends + s.recvs})
                 bound_steps, bound_peers = lowered_size(op, algorithm, p, groups)

@@ -101,10 +101,17 @@ def test_the_semantics_table_is_the_vocabulary():
     assert COLLECTIVES == tuple(SEMANTICS)
     assert all(DEFAULT_ALGORITHM[op] == ALGORITHMS[op][0] for op in COLLECTIVES)
     assert ALGORITHMS["alltoall"] == ("pairwise", "ring") and SEMANTICS["alltoall"].aliases == {"ring": "pairwise"}
-    assert [op for op, s in SEMANTICS.items() if s.rooted] == ["broadcast", "reduce"]
+    assert COLLECTIVES == ("allreduce", "broadcast", "reduce", "allgather", "reduce_scatter", "alltoall",
+                           "alltoallv", "scatter", "gather", "barrier")
+    assert [op for op, s in SEMANTICS.items() if s.rooted] == ["broadcast", "reduce", "scatter", "gather"]
     assert [op for op, s in SEMANTICS.items() if s.reduces] == ["allreduce", "reduce", "reduce_scatter"]
-    assert [op for op, s in SEMANTICS.items() if s.writes_output] == ["reduce_scatter", "alltoall"]
+    assert [op for op, s in SEMANTICS.items() if s.writes_output] == ["reduce_scatter", "alltoall", "alltoallv"]
+    assert ALGORITHMS["alltoallv"] == ("pairwise", "ring") and SEMANTICS["alltoallv"].aliases == {"ring": "pairwise"}
+    assert ALGORITHMS["scatter"] == ALGORITHMS["gather"] == ("binomial", "linear")
     assert root_peer(Collective("broadcast", 8, root=2)) == 2
+    assert root_peer(Collective("scatter", 8, root=3)) == 3 and root_peer(Collective("gather", 8, root=1)) == 1
+    assert root_peer(Collective("alltoallv", send_nbytes=(1, 2), recv_nbytes=(1, 3))) == -1
+    assert SEMANTICS["scatter"].busbw_factor(4) == SEMANTICS["gather"].busbw_factor(4) == pytest.approx(0.75)
     assert root_peer(Collective("allreduce", 8, root=2)) == -1
     assert SEMANTICS["allreduce"].busbw_factor(4) == pytest.approx(1.5)
 
@@ -120,6 +127,21 @@ def test_expected_results_follow_the_fill_of_rank_plus_one():
     assert [tuple(e[:4]) for e in SEMANTICS["alltoall"].expected(Collective("alltoall", 10, root=0), 1, 3)] == [
         ("output", 0, 3, 1), ("output", 3, 3, 2), ("output", 6, 3, 3)]
     assert SEMANTICS["allreduce"].expected(Collective("allreduce", 300, root=0), 0, 300)[0].value == sum(range(1, 301)) % 256
+    # Scatter of 10 bytes from root 1 of 3: rank r's block has block_layout's size r (4, 3, 3)
+    # but they lie root first (rank 1: 3 B at 0, rank 2: 3 B at 3, rank 0: 4 B at 6), each
+    # holding the root's fill, 2.
+    assert [tuple(e[:4]) for e in SEMANTICS["scatter"].expected(Collective("scatter", 10, root=1), 0, 3)] == [
+        ("buffer", 6, 4, 2)]
+    assert [tuple(e[:4]) for e in SEMANTICS["scatter"].expected(Collective("scatter", 10, root=1), 2, 3)] == [
+        ("buffer", 3, 3, 2)]
+    # Gather to root 1: only the root's buffer is defined, block j from rank j.
+    assert SEMANTICS["gather"].expected(Collective("gather", 10, root=1), 0, 3) == []
+    assert [tuple(e[:4]) for e in SEMANTICS["gather"].expected(Collective("gather", 10, root=1), 1, 3)] == [
+        ("buffer", 6, 4, 1), ("buffer", 0, 3, 2), ("buffer", 3, 3, 3)]
+    # Alltoallv: the output holds recv_nbytes[j] bytes from rank j, back to back.
+    op = Collective("alltoallv", send_nbytes=(1, 1, 1), recv_nbytes=(2, 0, 5))
+    assert [tuple(e[:4]) for e in SEMANTICS["alltoallv"].expected(op, 1, 3)] == [
+        ("output", 0, 2, 1), ("output", 2, 0, 2), ("output", 2, 5, 3)]
 
 
 # -- records and the one statistic -----------------------------------------------------

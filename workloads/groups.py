@@ -292,6 +292,8 @@ def _ranks(values, nranks: int, where: str) -> Members:
             raise ValueError(f"{where}: rank {short(value)} is not a rank of the topology "
                              f"(it has {nranks}: 0..{nranks - 1})")
         out.append(rank)
-    if len(set(out)) != len(out):
-        raise ValueError(f"{where}: names a rank twice: {short_list(out)}")
+    twice = next((r for i, r in enumerate(out) if r in out[:i]), None)
+    if twice is not None:
+        raise ValueError(f"{where}: names rank {twice} twice ({short_list(out)}); a rank belongs to at most one "
+                         "group of a name")
     return tuple(out)

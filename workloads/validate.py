@@ -5,7 +5,7 @@ from typing import Sequence
 
 from topologies.limits import short, short_names
 from workloads.collectives import check as check_collective
-from workloads.collectives import group_server_groups
+from workloads.collectives import SEMANTICS, group_server_groups
 from workloads.groups import WORLD, ProcessGroups
 from workloads.ops import P2P, Collective, Compute, Operation, Wait, is_nonblocking
 
@@ -91,13 +91,14 @@ def _check_matching(pg: ProcessGroups, name: str, gid: int, by_rank: dict[int, l
         ref_index, ref = ops[0][k]
         for i, r in enumerate(members):
             index, op = ops[i][k]
-            if (op.op, op.algorithm, op.root, op.inter_algorithm) != (ref.op, ref.algorithm, ref.root,
-                                                                      ref.inter_algorithm) or (
-                    op.op != "alltoallv" and op.nbytes != ref.nbytes):
+            if _matching_key(op) != _matching_key(ref):
                 raise ValueError(
                     f"{label}: collective #{k + 1} on it is {_describe(ref)} at rank {first} op {ref_index} but "
                     f"{_describe(op)} at rank {r} op {index}; every member must issue the same collectives")
-            if op.op == "alltoallv":
+        if ref.op == "alltoallv":
+            # Every member's k-th is an alltoallv now, so the counts can be compared.
+            for i, r in enumerate(members):
+                index, op = ops[i][k]
                 for j, peer in enumerate(members):
                     sent = ops[j][k][1].send_nbytes[i]
                     if op.recv_nbytes[j] != sent:
@@ -106,10 +107,21 @@ def _check_matching(pg: ProcessGroups, name: str, gid: int, by_rank: dict[int, l
                             f"{op.recv_nbytes[j]} B from rank {peer} but rank {peer} sends it {sent} B")
 
 
+def _matching_key(op: Collective) -> tuple:
+    # What members must agree on: a root only where the op has one, the
+    # leaders' algorithm only for the hierarchical all-reduce (check() ignores
+    # both elsewhere, and so does every executor), a size except for alltoallv
+    # (whose counts are compared pairwise).
+    return (op.op, op.algorithm, op.root if SEMANTICS[op.op].rooted else None,
+            op.inter_algorithm if op.algorithm == "hierarchical" else None,
+            None if op.op == "alltoallv" else op.nbytes)
+
+
 def _describe(op: Collective) -> str:
-    root = f" root {op.root}" if op.op in ("broadcast", "reduce", "scatter", "gather") else ""
+    root = f" root {op.root}" if SEMANTICS[op.op].rooted else ""
     size = "" if op.op == "alltoallv" else f" of {op.nbytes} B"
-    return f"{op.op} ({op.algorithm}){root}{size}"
+    inter = f" inter {op.inter_algorithm}" if op.algorithm == "hierarchical" else ""
+    return f"{op.op} ({op.algorithm}{inter}){root}{size}"
 
 
 def _ranks(members: tuple[int, ...]) -> str:
