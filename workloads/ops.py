@@ -21,10 +21,21 @@ from workloads.collectives import COLLECTIVES, DEFAULT_ALGORITHM, Step, Transfer
 
 @dataclass(frozen=True)
 class Compute:
-    """Local work of ``flops`` floating-point operations."""
+    """Local work of ``flops`` floating-point operations.
+
+    ``nbytes``: bytes it reads and writes in the node's memory, for the
+    roofline (time is the larger of the FLOP time and the memory time);
+    ``gemm``: the (m, n, k) of the matrix product it is, whose shape sets the
+    fraction of peak FLOP/s it reaches (the node's efficiency table);
+    ``precision``: which of the node's peaks applies (``""``: the node's
+    default speed, ``flops_per_s``).
+    """
 
     flops: float
     label: str = ""
+    nbytes: int = 0
+    gemm: tuple[int, ...] = ()
+    precision: str = ""
 
     kind = "compute"
 
@@ -33,6 +44,15 @@ class Compute:
             raise ValueError(f"compute: flops must be a finite number >= 0, got {short(self.flops)}")
         if not isinstance(self.label, str):
             raise ValueError(f"compute: label must be a string, got {short(self.label)}")
+        if not _count(self.nbytes):
+            raise ValueError(f"compute: nbytes must be an integer in 0..2^63-1, got {short(self.nbytes)}")
+        gemm = self.gemm
+        if isinstance(gemm, (str, bytes)) or not isinstance(gemm, (list, tuple)) or (
+                gemm and (len(gemm) != 3 or not all(_count(d) and d > 0 for d in gemm))):
+            raise ValueError(f"compute: gemm must be [m, n, k] (three integers >= 1) or absent, got {short(gemm)}")
+        object.__setattr__(self, "gemm", tuple(gemm))
+        if not isinstance(self.precision, str):
+            raise ValueError(f"compute: precision must be a name such as bf16, got {short(self.precision)}")
 
 
 @dataclass(frozen=True)
@@ -300,7 +320,7 @@ def op_from_dict(data: dict[str, Any]) -> Operation:
         # YAML writes 1e6 as a float; accept integral floats for sizes.
         if key in fields:
             fields[key] = _integral(fields[key])
-    for key in ("send_nbytes", "recv_nbytes"):
+    for key in ("send_nbytes", "recv_nbytes", "gemm"):
         if isinstance(fields.get(key), list):
             fields[key] = tuple(_integral(c) for c in fields[key])
     try:
