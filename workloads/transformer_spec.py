@@ -240,3 +240,63 @@ class TrainingSpec:
             raise ValueError(f"workload: global_batch {self.global_batch} is not a multiple of micro_batch "
                              f"{self.micro_batch} x dp {dp} = {per_replica}")
         return self.global_batch // per_replica
+
+
+# ---------------------------------------------------------------------------
+# Parameter counts (Narayanan et al. 2021, sec. 5.1: P = 12 L h^2 (1 + 13/(12h) + (V + s)/(12 L h)) for GPT)
+
+
+@dataclass(frozen=True)
+class LayerParameters:
+    """Parameters of one transformer layer, by part.
+
+    ``attention``: Q and O (h x h each, with biases h), K and V (h x kv each,
+    kv = kv_heads x head_dim, with biases kv); ``norms``: two layer norms
+    (scale and bias, 2h each); ``mlp``: one MLP (dense) or one expert
+    (h x f twice, or three times when gated, with biases f and h when not
+    gated); ``router``: h x experts (MoE only); ``experts``: how many MLPs.
+    """
+
+    attention: int
+    norms: int
+    mlp: int
+    router: int
+    experts: int
+
+    @property
+    def total(self) -> int:
+        return self.attention + self.norms + self.mlp * self.experts + self.router
+
+    @property
+    def dense(self) -> int:
+        """The parameters every rank of a tensor-parallel group splits (all but the experts)."""
+        return self.attention + self.norms + self.router
+
+
+def layer_parameters(model: ModelSpec) -> LayerParameters:
+    h, f = model.hidden, model.ffn_hidden
+    kv = model.kv_heads * model.head_dim
+    attention = 2 * h * h + 2 * h * kv + 2 * h + 2 * kv
+    norms = 4 * h
+    mlp = 3 * h * f if model.gated_mlp else 2 * h * f + f + h
+    experts = model.experts if model.moe else 1
+    router = h * model.experts if model.moe else 0
+    return LayerParameters(attention, norms, mlp, router, experts)
+
+
+def embedding_parameters(model: ModelSpec) -> int:
+    """The input embedding (V x h), on the first pipeline stage; the output
+    layer, on the last, is as large again (untied), plus the final norm (2h)."""
+    return model.vocab * model.hidden
+
+
+def total_parameters(model: ModelSpec) -> int:
+    """Every parameter: L layers, the embedding, the output layer and the final norm."""
+    return model.layers * layer_parameters(model).total + 2 * embedding_parameters(model) + 2 * model.hidden
+
+
+def active_parameters(model: ModelSpec) -> int:
+    """Parameters one token passes through (a MoE token visits top_k experts, not all)."""
+    layer = layer_parameters(model)
+    per_layer = layer.dense + layer.mlp * (min(model.top_k, layer.experts) if model.moe else 1)
+    return model.layers * per_layer + 2 * embedding_parameters(model) + 2 * model.hidden
