@@ -33,6 +33,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from topologies.limits import format_bytes
 from workloads.groups import DEFAULT_ORDER, Layout
 from workloads.transformer_spec import (
     PRECISION_BYTES,
@@ -296,7 +297,8 @@ def in_flight_chunks(schedule: str, *, stages: int, microbatches: int, stage: in
     A model chunk is L/(p v) layers (v = 1 but for ``interleaved``); the
     stage holds that many chunks' activations at once.
 
-    - ``gpipe``: every forward before any backward: m.
+    - ``gpipe``: every forward before any backward: m (also for p = 1: the
+      schedule as named; 1F1B with p = 1 is plain gradient accumulation, 1).
     - ``1f1b`` (Narayanan et al. 2021; Megatron-LM's
       ``forward_backward_pipelining_without_interleaving``): stage i runs
       min(p - i - 1, m) warm-up forwards, then one forward before each
@@ -522,9 +524,10 @@ def check_fits(reports: Iterable[MemoryReport], capacity_bytes: float) -> str:
     if not over:
         return ""
     worst = over[0]
-    capacity = f"{capacity_bytes / GIB:.1f}".removesuffix(".0")
+    capacity = (f"{capacity_bytes / GIB:.1f}".removesuffix(".0") + " GiB" if capacity_bytes >= GIB / 10
+                else format_bytes(int(capacity_bytes)))
     more = f"; {len(over) - 1} more stage(s) over too" if len(over) > 1 else ""
     return (f"stage {worst.stage} (ranks {_ranks_text(worst.ranks)}) needs {_gib(worst.total_bytes)} GiB "
             f"(weights {_gib(worst.weights_bytes)}, gradients {_gib(worst.gradients_bytes)}, "
             f"optimizer {_gib(worst.optimizer_bytes)}, activations {_gib(worst.activations_bytes)}) "
-            f"on {capacity} GiB GPUs: {_gib(worst.total_bytes - capacity_bytes)} GiB over{more}")
+            f"on {capacity} GPUs: {_gib(worst.total_bytes - capacity_bytes)} GiB over{more}")
