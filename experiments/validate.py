@@ -107,7 +107,8 @@ def group_size(groups: ProcessGroups | None, name: str, nranks: int) -> float:
 
 
 def row_times(records: pd.DataFrame) -> pd.DataFrame:
-    """Per repeat and row (group, kind, algorithm, nbytes, flops): ``time_s`` and ``count`` (see the module docstring)."""
+    """Per repeat and row (group, kind, algorithm, nbytes, flops): ``time_s`` and ``count`` (see the module
+    docstring)."""
     per_op = op_times_per_repeat(records)
     columns = ["repeat"] + GROUP_KEYS + ["time_s", "count"]
     if not len(per_op):
@@ -196,7 +197,8 @@ def format_validation(table: pd.DataFrame) -> str:
     # The group column only where some row ran on a named group (the world's is empty).
     on_groups = any(row.get("group") for row in rows)
     return common.format_table(rows, (
-        ("kind", "kind", ""), *((("group", "group", ""),) if on_groups else ()), ("algorithm", "algorithm", ""), ("size", "size", ""), ("count", "count", "d"),
+        ("kind", "kind", ""), *((("group", "group", ""),) if on_groups else ()), ("algorithm", "algorithm", ""),
+        ("size", "size", ""), ("count", "count", "d"),
         ("predicted_s", "predicted s", ".4g"), ("measured_s", "measured s", ".4g"),
         ("spread", "measured min-max s", ""), ("error_pct", "error %", "+.1f"),
         ("algbw_GBps", "algbw GB/s", ".3g"), ("busbw_GBps", "busbw GB/s", ".3g"),
@@ -256,10 +258,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=f"Statistics: {STATISTIC}. {ERROR_SIGN}. algbw = nbytes/time; busbw = algbw * 2(n-1)/n "
                "(allreduce), (n-1)/n (allgather, reduce_scatter, alltoall), 1 (broadcast, reduce, send, recv), "
                "as nccl-tests defines them, n the size of the row's group. In native mode the library picks its "
-               "own collective algorithm; the algorithm column is the scenario's (what the simulator models). Writes validation.csv, "
-               "validation.png, sim_records.csv, real_records.csv and summary.json. Inside an MPI or torchrun "
-               "job only rank 0 simulates, prints and writes. Exit codes: 0 done, 1 the real run failed, "
-               "2 a bad scenario or option.",
+               "own collective algorithm; the algorithm column is the scenario's (what the simulator models). "
+               "Writes validation.csv, validation.png, sim_records.csv, real_records.csv and summary.json. "
+               "Inside an MPI or torchrun job only rank 0 simulates, prints and writes. Exit codes: 0 done, "
+               "1 the real run failed, 2 a bad scenario or option.",
     )
     p.add_argument("scenario", help="scenario file (YAML or JSON)")
     p.add_argument("--backend", required=True, choices=backends(real=True), help="the real executor")

@@ -101,8 +101,8 @@ def group_p2p_scenario():
             {"kind": "compute", "flops": 1.0e6},
             {"kind": "wait", "handles": ["pr", "ps"]},
             # A checked collective while messages are in flight: their bytes must not land in its buffer.
-            {"kind": "alltoallv", "group": "pairs",
-             "send_nbytes": [100 + 10 * pr + j for j in range(2)], "recv_nbytes": [100 + 10 * j + pr for j in range(2)]},
+            {"kind": "alltoallv", "group": "pairs", "send_nbytes": [100 + 10 * pr + j for j in range(2)],
+             "recv_nbytes": [100 + 10 * j + pr for j in range(2)]},
             {"kind": "wait", "handles": ["rs", "ar", "rr"]},
             # Same tag, other group: never matched with the pairs' messages.
             ({"kind": "send", "peer": 1, "nbytes": 700, "group": "pairs", "tag": 3} if pr == 0 else

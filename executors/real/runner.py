@@ -256,7 +256,8 @@ class RankRunner:
                 if t is Collective and not op.blocking:
                     handles[op.handle] = index
                     if stream is not None:
-                        stream.submit(index, op, self._own_buffers[index], self.stream_backend.group_view(op.group))
+                        stream.submit(index, op, self._own_buffers[index],
+                                      self.stream_backend.group_view(op.group))
                         continue
                 if t is Isend or t is Irecv:
                     buf = self._take(op.nbytes)

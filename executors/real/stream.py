@@ -73,8 +73,8 @@ class Stream:
                     end = b.now_s()
                     if runner.options.check:
                         runner._check(op, view, buf, out)
-                    self.rows.append(Record(runner.rank, index, op.group, op.kind, op.algorithm, root_peer(op), op.nbytes,
-                                            0.0, start - self.base, end - self.base, math.nan))
+                    self.rows.append(Record(runner.rank, index, op.group, op.kind, op.algorithm, root_peer(op),
+                                            op.nbytes, 0.0, start - self.base, end - self.base, math.nan))
             except BaseException as exc:  # re-raised in the main thread at its wait
                 self.error = exc
             finally:

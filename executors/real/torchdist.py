@@ -166,7 +166,8 @@ class TorchBackend(RealBackend):
             return dist.new_group(list(members), timeout=self.timeout, sort_ranks=False)
         if list(members) != sorted(members):
             raise RuntimeError(f"torch {self.torch.__version__}: new_group sorts its ranks, so group {list(members)} "
-                               "(not in rank order) would be numbered differently; torch >= 2.6 keeps the order")
+                               "(not in rank order) would be numbered differently; a torch whose new_group "
+                               "takes sort_ranks keeps the order")
         return dist.new_group(list(members), timeout=self.timeout)
 
     def _open_group(self, groups: ProcessGroups, name: str):
