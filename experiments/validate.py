@@ -7,9 +7,10 @@
 
 The scenario is simulated first (a scenario the simulator rejects never
 starts a process), then run for real, and the two sets of records are
-compared per operation kind and size: rows are keyed by (kind, algorithm,
-nbytes, flops), so collectives and messages group by size and compute by
-FLOPs.
+compared per group, operation kind and size: rows are keyed by (group, kind,
+algorithm, nbytes, flops), so collectives and messages group by the process
+group they ran on (a tensor-parallel and a data-parallel all-reduce of one
+size are two rows) and by size, and compute by FLOPs.
 
 Statistics (the same for the prediction and the measurement):
 
@@ -27,7 +28,9 @@ Statistics (the same for the prediction and the measurement):
 - algbw and busbw as nccl-tests define them: algbw = nbytes / time (GB/s,
   1e9 bytes), busbw = algbw * 2(n-1)/n for allreduce, (n-1)/n for allgather,
   reduce_scatter and alltoall, 1 for broadcast, reduce, send and recv
-  (``nbytes`` is the whole vector, as in ``workloads.ops.Collective``);
+  (``nbytes`` is the whole vector, as in ``workloads.ops.Collective``),
+  with n the size of the row's group (NaN busbw where the groups of one
+  name differ in size);
 - the total row compares makespans: the largest end_s of the simulation
   against the median over repeats of each repeat's largest end_s (aligned
   timing includes the barriers between operations).
@@ -56,11 +59,12 @@ from simcore.engine import SimulationError
 from simcore.result import OP_KEYS, op_times_per_repeat
 from topologies.profile import load_profile
 from workloads.collectives import SEMANTICS
+from workloads.groups import WORLD, ProcessGroups
 from workloads.scenario import with_profile
 
 GROUP_KEYS = OP_KEYS
 TABLE_COLUMNS = [
-    "kind", "algorithm", "nbytes", "flops", "count", "predicted_s", "measured_s", "measured_min_s",
+    "kind", "group", "algorithm", "nbytes", "flops", "count", "predicted_s", "measured_s", "measured_min_s",
     "measured_max_s", "error_pct", "algbw_GBps", "busbw_GBps", "predicted_algbw_GBps", "predicted_busbw_GBps",
 ]
 STATISTIC = ("operation time = max over ranks of (end_s - start_s) for one op_index; row time = median over "
@@ -71,7 +75,7 @@ ERROR_SIGN = "error_pct = (predicted - measured) / measured * 100; > 0: the simu
 # nccl-tests' bus bandwidth factors (doc/PERFORMANCE.md), as functions of n ranks: the
 # collectives' from their semantics table; a message moves its bytes once.
 _BUSBW_FACTOR = {op: s.busbw_factor for op, s in SEMANTICS.items() if s.busbw_factor is not None}
-_BUSBW_FACTOR.update({"send": lambda n: 1.0, "recv": lambda n: 1.0})
+_BUSBW_FACTOR.update({kind: (lambda n: 1.0) for kind in ("send", "recv", "isend", "irecv")})
 
 
 # -- the table (pure functions: records in, numbers out) ---------------------------
@@ -91,8 +95,20 @@ def bandwidths_GBps(kind: str, nbytes: int, time_s: float, nranks: int) -> tuple
     return algbw, algbw * busbw_factor(kind, nranks)
 
 
+def group_size(groups: ProcessGroups | None, name: str, nranks: int) -> float:
+    """The number of ranks of a group of ``name`` (the world: ``nranks``); NaN where its groups differ in size
+    or the name is not one of ``groups``."""
+    if name == WORLD or groups is None:
+        return nranks
+    if name not in groups.names:
+        return math.nan
+    sizes = {len(members) for members in groups.family(name)}
+    return sizes.pop() if len(sizes) == 1 else math.nan
+
+
 def row_times(records: pd.DataFrame) -> pd.DataFrame:
-    """Per repeat and row (kind, algorithm, nbytes, flops): ``time_s`` and ``count`` (see the module docstring)."""
+    """Per repeat and row (group, kind, algorithm, nbytes, flops): ``time_s`` and ``count`` (see the module
+    docstring)."""
     per_op = op_times_per_repeat(records)
     columns = ["repeat"] + GROUP_KEYS + ["time_s", "count"]
     if not len(per_op):
@@ -113,12 +129,14 @@ def error_pct(predicted_s: float, measured_s: float) -> float:
     return (predicted_s - measured_s) / measured_s * 100.0
 
 
-def validation_table(sim_records: pd.DataFrame, real_records: pd.DataFrame, nranks: int) -> pd.DataFrame:
-    """Predicted against measured per (kind, algorithm, nbytes, flops), plus a ``total`` row (makespan).
+def validation_table(sim_records: pd.DataFrame, real_records: pd.DataFrame, nranks: int,
+                     groups: ProcessGroups | None = None) -> pd.DataFrame:
+    """Predicted against measured per (group, kind, algorithm, nbytes, flops), plus a ``total`` row (makespan).
 
     ``sim_records``: the simulator's records (one run); ``real_records``: a
     real executor's, with a ``repeat`` column.  Columns: ``TABLE_COLUMNS``.
-    A row that only one side has keeps NaN on the other.
+    A row that only one side has keeps NaN on the other.  ``groups``: the
+    scenario's process groups, whose sizes set busbw (the world only if None).
     """
     sim = row_times(sim_records)
     sim = sim[sim["repeat"] == sim["repeat"].min()] if len(sim) else sim
@@ -135,9 +153,11 @@ def validation_table(sim_records: pd.DataFrame, real_records: pd.DataFrame, nran
         row = {key: row[key] for key in GROUP_KEYS + ["count", "predicted_s", "measured_s",
                                                       "measured_min_s", "measured_max_s"]}
         row["error_pct"] = error_pct(row["predicted_s"], row["measured_s"])
-        row["algbw_GBps"], row["busbw_GBps"] = bandwidths_GBps(row["kind"], row["nbytes"], row["measured_s"], nranks)
+        # busbw counts the ranks the operation ran among: its group's.
+        n = group_size(groups, row["group"], nranks)
+        row["algbw_GBps"], row["busbw_GBps"] = bandwidths_GBps(row["kind"], row["nbytes"], row["measured_s"], n)
         row["predicted_algbw_GBps"], row["predicted_busbw_GBps"] = bandwidths_GBps(
-            row["kind"], row["nbytes"], row["predicted_s"], nranks)
+            row["kind"], row["nbytes"], row["predicted_s"], n)
         rows.append(row)
 
     sim_span = makespans(sim_records)
@@ -145,7 +165,7 @@ def validation_table(sim_records: pd.DataFrame, real_records: pd.DataFrame, nran
     predicted_total = float(sim_span.iloc[0]) if len(sim_span) else math.nan
     measured_total = float(real_span.median()) if len(real_span) else math.nan
     rows.append({
-        "kind": "total", "algorithm": "", "nbytes": 0, "flops": 0.0,
+        "kind": "total", "group": "", "algorithm": "", "nbytes": 0, "flops": 0.0,
         "count": int(sum(r["count"] for r in rows)),
         "predicted_s": predicted_total, "measured_s": measured_total,
         "measured_min_s": float(real_span.min()) if len(real_span) else math.nan,
@@ -174,8 +194,11 @@ def format_validation(table: pd.DataFrame) -> str:
         spread = "-" if not math.isfinite(row["measured_min_s"]) else (
             f"{row['measured_min_s']:.4g}-{row['measured_max_s']:.4g}")
         rows.append({**row, "size": size, "spread": spread})
+    # The group column only where some row ran on a named group (the world's is empty).
+    on_groups = any(row.get("group") for row in rows)
     return common.format_table(rows, (
-        ("kind", "kind", ""), ("algorithm", "algorithm", ""), ("size", "size", ""), ("count", "count", "d"),
+        ("kind", "kind", ""), *((("group", "group", ""),) if on_groups else ()), ("algorithm", "algorithm", ""),
+        ("size", "size", ""), ("count", "count", "d"),
         ("predicted_s", "predicted s", ".4g"), ("measured_s", "measured s", ".4g"),
         ("spread", "measured min-max s", ""), ("error_pct", "error %", "+.1f"),
         ("algbw_GBps", "algbw GB/s", ".3g"), ("busbw_GBps", "busbw GB/s", ".3g"),
@@ -184,7 +207,7 @@ def format_validation(table: pd.DataFrame) -> str:
 
 
 def plot_validation(table: pd.DataFrame, path: Path, title: str = "") -> Path:
-    """Predicted (x) against measured (y), log-log, one marker per kind, repeat spread as error bars."""
+    """Predicted (x) against measured (y), log-log, one marker per kind and group, repeat spread as error bars."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -193,8 +216,9 @@ def plot_validation(table: pd.DataFrame, path: Path, title: str = "") -> Path:
     markers = "osD^v<>pPX*h"
     fig, ax = plt.subplots(figsize=(5.6, 5.0))
     usable = table[(table["predicted_s"] > 0) & (table["measured_s"] > 0)]
-    for i, (kind, part) in enumerate(usable.groupby("kind", sort=False)):
-        label = "total (makespan)" if kind == "total" else kind
+    groups = usable["group"].fillna("") if "group" in usable.columns else pd.Series("", index=usable.index)
+    for i, ((kind, group), part) in enumerate(usable.groupby([usable["kind"], groups], sort=False)):
+        label = "total (makespan)" if kind == "total" else f"{kind} on {group}" if group else kind
         low = (part["measured_s"] - part["measured_min_s"]).clip(lower=0).fillna(0)
         high = (part["measured_max_s"] - part["measured_s"]).clip(lower=0).fillna(0)
         ax.errorbar(part["predicted_s"], part["measured_s"], yerr=[low, high], fmt=markers[i % len(markers)],
@@ -230,14 +254,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m experiments.validate",
         description="Run a scenario in the simulator and for real (MPI or torch.distributed), and compare "
-                    "predicted and measured time per operation kind and size.",
+                    "predicted and measured time per group, operation kind and size.",
         epilog=f"Statistics: {STATISTIC}. {ERROR_SIGN}. algbw = nbytes/time; busbw = algbw * 2(n-1)/n "
                "(allreduce), (n-1)/n (allgather, reduce_scatter, alltoall), 1 (broadcast, reduce, send, recv), "
-               "as nccl-tests defines them. In native mode the library picks its own collective algorithm; "
-               "the algorithm column is the scenario's (what the simulator models). Writes validation.csv, "
-               "validation.png, sim_records.csv, real_records.csv and summary.json. Inside an MPI or torchrun "
-               "job only rank 0 simulates, prints and writes. Exit codes: 0 done, 1 the real run failed, "
-               "2 a bad scenario or option.",
+               "as nccl-tests defines them, n the size of the row's group. In native mode the library picks its "
+               "own collective algorithm; the algorithm column is the scenario's (what the simulator models). "
+               "Writes validation.csv, validation.png, sim_records.csv, real_records.csv and summary.json. "
+               "Inside an MPI or torchrun job only rank 0 simulates, prints and writes. Exit codes: 0 done, "
+               "1 the real run failed, 2 a bad scenario or option.",
     )
     p.add_argument("scenario", help="scenario file (YAML or JSON)")
     p.add_argument("--backend", required=True, choices=backends(real=True), help="the real executor")
@@ -279,7 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     sim = None
     if rank == 0:
         try:
-            problem = aligned_problem(scenario.programs()) if options.timing == "aligned" else None
+            problem = (aligned_problem(scenario.programs(), scenario.groups) if options.timing == "aligned"
+                       else None)
             if problem:
                 # sim stays None: every rank of a job then leaves with exit 2.
                 print(f"error: --timing aligned (a barrier before every operation) would deadlock: {problem}; "
@@ -289,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
                 # starting together on all ranks when it puts a barrier before
                 # each; a profile's corrections of the library's own collectives
                 # only where the real run calls them (native mode).
-                aligned = choose_timing(scenario.programs(), options.timing) == "aligned"
+                aligned = choose_timing(scenario.programs(), options.timing, scenario.groups) == "aligned"
                 sim = get_executor("sim", aligned=aligned, native_collectives=args.mode == "native").run(sim_scenario)
         except SimulationError as exc:
             print(f"error: {args.scenario}: the simulator rejects it: {exc}", file=sys.stderr)
@@ -307,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     if real is None or rank != 0:
         return 0  # a rank other than 0 of a job: rank 0 reports
 
-    table = validation_table(sim.records, real.records, scenario.nranks)
+    table = validation_table(sim.records, real.records, scenario.nranks, scenario.groups)
     name = scenario.name or Path(args.scenario).stem
     out = make_out_dir(args.out or Path("results") / f"validate-{common.safe_name(name)}-{args.backend}")
     written = []

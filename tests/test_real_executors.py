@@ -69,19 +69,37 @@ def contract_scenario(p: int):
     return _scenario(ranks, f"contract-{p}")
 
 
+def alltoallv_counts(src: int, dst: int, nbytes: int) -> int:
+    """Bytes group rank ``src`` sends ``dst`` in an alltoallv of about ``nbytes`` per rank: uneven, some 0."""
+    return 0 if (src + dst) % 3 == 0 else nbytes // 4 + 13 * src + 7 * dst
+
+
+def collective_entry(op: str, algorithm: str, nbytes: int, rank: int, p: int, root: int, **extra) -> dict:
+    """One collective of ``rank`` (a group rank of ``p``) as a scenario entry; alltoallv's counts from ``nbytes``."""
+    entry = {"kind": op, "algorithm": algorithm, **extra}
+    if op == "alltoallv":
+        entry["send_nbytes"] = [alltoallv_counts(rank, j, nbytes) for j in range(p)]
+        entry["recv_nbytes"] = [alltoallv_counts(j, rank, nbytes) for j in range(p)]
+    else:
+        entry["nbytes"] = 0 if op == "barrier" else nbytes
+    if op in ("broadcast", "reduce", "scatter", "gather"):
+        entry["root"] = root
+    return entry
+
+
 def all_collectives_scenario(p: int, mode: str, sizes=(1000, 1001), topology: dict | None = None):
-    """Every collective (every algorithm in algorithm mode), sizes divisible by p and not."""
-    program = []
-    for op, algorithms in ALGORITHMS.items():
-        names = [a for a in algorithms if a != "hierarchical"] if mode == "algorithm" else algorithms[:1]
-        for algorithm in names:
-            for nbytes in ((0,) if op == "barrier" else sizes):
-                entry = {"kind": op, "nbytes": nbytes, "algorithm": algorithm}
-                if op in ("broadcast", "reduce"):
-                    entry["root"] = p - 1
-                program.append(entry)
-    program.append({"kind": "allreduce", "nbytes": 0})
-    return _scenario([program] * p, f"all-collectives-{p}-{mode}", topology)
+    """Every collective (every algorithm in algorithm mode), sizes divisible by p and not, roots p - 1."""
+    ranks = []
+    for rank in range(p):
+        program = []
+        for op, algorithms in ALGORITHMS.items():
+            names = [a for a in algorithms if a != "hierarchical"] if mode == "algorithm" else algorithms[:1]
+            for algorithm in names:
+                for nbytes in ((0,) if op == "barrier" else sizes):
+                    program.append(collective_entry(op, algorithm, nbytes, rank, p, root=p - 1))
+        program.append({"kind": "allreduce", "nbytes": 0})
+        ranks.append(program)
+    return _scenario(ranks, f"all-collectives-{p}-{mode}", topology)
 
 
 CHECKED = dict(check=True, warmup=0, repeats=1, timeout_s=30.0)

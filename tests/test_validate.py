@@ -128,6 +128,37 @@ def test_error_sign_and_missing_rows():
     assert row(table, "compute")["algorithm"] == ""
 
 
+def test_rows_are_per_group_and_busbw_uses_the_group_size():
+    from workloads.groups import groups_from_dict
+
+    groups = groups_from_dict({"tp": {"blocks": 2}, "odd": [[0, 1, 2], [3]]}, 4)
+
+    def four_ranks(repeat=None):
+        rows = []
+        for rank in range(4):
+            rows += [(rank, 0, "tp", "allreduce", "ring", 1_000_000, 0.0, 0.0, 1.0),
+                     (rank, 1, "", "allreduce", "ring", 1_000_000, 0.0, 1.0, 3.0),
+                     (rank, 2, "odd", "allgather", "ring", 3000, 0.0, 3.0, 3.5)]
+        full = [(r, i, g, k, a, -1, n, f, s, e, math.nan) for r, i, g, k, a, n, f, s, e in rows]
+        frame = pd.DataFrame(full, columns=list(RECORD_COLUMNS))
+        return frame if repeat is None else frame.assign(repeat=repeat)
+
+    table = validate.validation_table(four_ranks(), four_ranks(0), nranks=4, groups=groups)
+    assert list(table.columns) == validate.TABLE_COLUMNS
+    allreduces = table[table["kind"] == "allreduce"].set_index("group")
+    assert sorted(allreduces.index) == ["", "tp"]  # a TP and a DP all-reduce of one size: two rows
+    # busbw = algbw * 2(n-1)/n with n the group's size: 2 on tp, 4 on the world.
+    assert allreduces.loc["tp", "busbw_GBps"] == pytest.approx(1e6 / 1.0 / 1e9 * 2 * 1 / 2)
+    assert allreduces.loc["", "busbw_GBps"] == pytest.approx(1e6 / 2.0 / 1e9 * 2 * 3 / 4)
+    # Groups of one name but different sizes: no single busbw factor.
+    odd = row(table, "allgather")
+    assert odd["group"] == "odd" and odd["algbw_GBps"] > 0 and math.isnan(odd["busbw_GBps"])
+    text = validate.format_validation(table)
+    assert "group" in text.splitlines()[0] and " tp " in text
+    # The world-only table keeps its columns as they were.
+    assert "group" not in validate.format_validation(validate.validation_table(SIM, REAL, nranks=2)).splitlines()[0]
+
+
 # -- a real run ---------------------------------------------------------------------
 
 TINY = """\

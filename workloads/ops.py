@@ -289,7 +289,8 @@ def op_to_dict(op: Operation) -> dict[str, Any]:
         if isinstance(op, Collective) and (f.name == "op" or (f.name == "nbytes" and op.op == "alltoallv")):
             continue
         value = getattr(op, f.name)
-        if value == f.default:
+        # A collective's nbytes is written even when 0: op_from_dict requires it (barrier and alltoallv aside).
+        if value == f.default and not (isinstance(op, Collective) and f.name == "nbytes" and op.op != "barrier"):
             continue
         out[f.name] = list(value) if isinstance(value, tuple) else value
     return out

@@ -3,6 +3,12 @@
 A backend supplies point-to-point and native collective calls on byte
 buffers, a barrier, a clock, a gather and a broadcast of rank 0's decision;
 ``executors.real.runner`` does the rest, the same for every backend.
+
+Process groups: ``open_groups`` makes, before any timing, one communicator
+(MPI) or process group (torch) per group of every name the scenario declares;
+``group_view(name)`` is then this rank's view of its group of that name, a
+backend whose ``rank``/``size`` are the group rank and size and whose peers
+and roots are group ranks, as on an MPI sub-communicator.
 """
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
+from workloads.groups import WORLD, ProcessGroups
 from workloads.ops import Collective
 
 # enough for BLAS to run near peak, small enough to hit a FLOP count closely.
@@ -58,7 +65,8 @@ class RealBackend(ABC):
     def recv(self, buf, peer: int, tag: int) -> None: ...
 
     # isend/irecv carry the steps of lowered collectives, on a communicator
-    # (process group) of their own; send/recv carry the users' messages.
+    # (process group) of their own; send/recv and post_send/post_recv carry
+    # the users' messages.
     @abstractmethod
     def isend(self, buf, peer: int, tag: int): ...
 
@@ -70,8 +78,16 @@ class RealBackend(ABC):
         """Wait for requests from ``isend``/``irecv``."""
 
     def wait(self, request) -> None:
-        """Wait for a request returned by a non-blocking ``collective``."""
+        """Wait for a request returned by a non-blocking ``collective``, ``post_send`` or ``post_recv``."""
         request.wait()
+
+    def post_send(self, buf, peer: int, tag: int):
+        """A user's non-blocking send (MPI ``Isend``) on the users' communicator; returns a request for ``wait``."""
+        raise NotImplementedError(f"{self.name}: no non-blocking send (isend) in this backend")
+
+    def post_recv(self, buf, peer: int, tag: int):
+        """A user's non-blocking receive (MPI ``Irecv``); returns a request for ``wait``."""
+        raise NotImplementedError(f"{self.name}: no non-blocking receive (irecv) in this backend")
 
     @abstractmethod
     def add_(self, dst, src) -> None: ...
@@ -91,6 +107,39 @@ class RealBackend(ABC):
         and may be used from a second thread (the communication stream), or None
         where the library cannot be called from two threads."""
         return None
+
+    # -- process groups ---------------------------------------------------------
+
+    def open_groups(self, groups: ProcessGroups) -> None:
+        """Make every group's communicators, here and on the communication stream.
+
+        Every rank calls it with the same ``groups`` (the libraries make
+        communicators collectively, torch over all ranks), before timing starts.
+        """
+        views: dict[str, RealBackend | None] = {WORLD: self}
+        for name in groups.names:
+            if name != WORLD:
+                views[name] = self._open_group(groups, name)
+        self._views = views
+        stream = self.stream()
+        if stream is not None:
+            stream.open_groups(groups)
+
+    def _open_group(self, groups: ProcessGroups, name: str) -> "RealBackend | None":
+        """This rank's view of its group of ``name`` (None if it is in none); called on every rank."""
+        raise NotImplementedError(f"{self.name}: this backend runs on the world only, not on process groups "
+                                  f"(group {name!r})")
+
+    def group_view(self, name: str) -> "RealBackend":
+        """This rank's view of its group of ``name`` (``open_groups`` first; the world is this backend)."""
+        views = getattr(self, "_views", None)
+        if name == WORLD and views is None:
+            return self
+        view = None if views is None else views.get(name)
+        if view is None:
+            raise ValueError(f"rank {self.rank}: no communicator for group {name!r} "
+                             f"({'not opened' if views is None else 'this rank is in none of its groups'})")
+        return view
 
     def prepare_collective(self, op: Collective, buf, out, blocking: bool):
         """A no-argument callable making ``collective``'s call, its arguments worked

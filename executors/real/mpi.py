@@ -13,6 +13,7 @@ imports without it.
 """
 from __future__ import annotations
 
+import copy
 import functools
 import os
 import shutil
@@ -24,7 +25,8 @@ import numpy as np
 from executors.real.backend import KERNEL_N, RealBackend
 from executors.real.executor import RealExecutor
 from executors.real.options import RealRunError
-from workloads.collectives import alltoall_output_layout, block_layout
+from workloads.collectives import alltoall_output_layout, block_layout, scatter_layout
+from workloads.groups import ProcessGroups
 
 # Where MPI launchers announce a process's rank: MPICH/Hydra and PMI-2, Open MPI, PMIx, Slurm.
 _RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID")
@@ -90,6 +92,25 @@ class MPIBackend(RealBackend):
     def stream(self):
         return self._stream
 
+    def _open_group(self, groups: ProcessGroups, name: str):
+        # One Split per name: the colour is the group, the key the rank's
+        # position in it, so communicator ranks are the group ranks.
+        members = groups.members(name, self.rank)
+        MPI = self.MPI
+        color = groups.group_id(name, self.rank) if members is not None else MPI.UNDEFINED
+        key = groups.index(name, self.rank) if members is not None else 0
+        comm = self.world.Split(color, key)
+        if comm == MPI.COMM_NULL:
+            return None
+        view = copy.copy(self)
+        view.world = comm
+        # The group's lowered steps get a communicator of their own, as the world's do.
+        view.steps = comm.Dup()
+        view.rank, view.size = comm.Get_rank(), comm.Get_size()
+        view._stream = None
+        view._views = None
+        return view
+
     @property
     def transport(self) -> str:
         return " ".join(self.MPI.Get_library_version().splitlines()[0].split())
@@ -120,6 +141,12 @@ class MPIBackend(RealBackend):
 
     def irecv(self, buf, peer: int, tag: int):
         return self.steps.Irecv([buf, self.MPI.BYTE], source=peer, tag=tag)
+
+    def post_send(self, buf, peer: int, tag: int):
+        return self.world.Isend([buf, self.MPI.BYTE], dest=peer, tag=tag)
+
+    def post_recv(self, buf, peer: int, tag: int):
+        return self.world.Irecv([buf, self.MPI.BYTE], source=peer, tag=tag)
 
     def waitall(self, requests) -> None:
         self.MPI.Request.Waitall(requests)
@@ -163,9 +190,30 @@ class MPIBackend(RealBackend):
             send = MPI.IN_PLACE if self.rank == op.root else [buf, u8]
             call = comm.Reduce if blocking else comm.Ireduce
             return lambda: call(send, [buf, u8], op=MPI.SUM, root=op.root)
+        if kind == "alltoallv":
+            send = [buf, list(op.send_nbytes), _prefix_sums(op.send_nbytes), u8]
+            recv = [out, list(op.recv_nbytes), _prefix_sums(op.recv_nbytes), u8]
+            call = comm.Alltoallv if blocking else comm.Ialltoallv
+            return lambda: call(send, recv)
         layout = block_layout(op.nbytes, p)
         counts = [size for _, size in layout]
         displs = [off for off, _ in layout]
+        if kind in ("scatter", "gather"):
+            # The root's buffer holds every block where scatter_layout puts it
+            # (rotated, the root's first, as MPICH's binomial tree wants them);
+            # the root's own block stays in place (MPI_IN_PLACE), and every
+            # other rank's block lands at its own offset of its buffer.
+            at = [off for off, _ in scatter_layout(op.nbytes, p, op.root)]
+            whole = [buf, counts, at, u8]
+            mine = [buf[at[self.rank]: at[self.rank] + counts[self.rank]], u8]
+            is_root = self.rank == op.root
+            if kind == "scatter":
+                send, recv = (whole, MPI.IN_PLACE) if is_root else (None, mine)
+                call = comm.Scatterv if blocking else comm.Iscatterv
+            else:
+                send, recv = (MPI.IN_PLACE, whole) if is_root else (mine, None)
+                call = comm.Gatherv if blocking else comm.Igatherv
+            return lambda: call(send, recv, root=op.root)
         if kind == "allgather":
             args = (MPI.IN_PLACE, [buf, counts, displs, u8])
             call = comm.Allgatherv if blocking else comm.Iallgatherv
@@ -196,6 +244,15 @@ class MPIBackend(RealBackend):
             call = comm.Barrier if blocking else comm.Ibarrier
             return call
         raise ValueError(f"mpi: no native call for {kind}")
+
+
+def _prefix_sums(counts) -> list[int]:
+    """MPI's displacements for blocks of ``counts`` bytes laid end to end."""
+    out, total = [], 0
+    for count in counts:
+        out.append(total)
+        total += count
+    return out
 
 
 class _Finisher:

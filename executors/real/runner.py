@@ -12,7 +12,13 @@ program for this rank, exactly the operations the simulator ran:
   ``all_reduce``...); ``algorithm``: the lowered point-to-point steps of the
   named algorithm (``workloads.collectives.lower``), Isend/Irecv then Waitall
   per step, on a separate communicator so user tags never collide;
-- non-blocking collectives start at once and complete at their ``wait``.
+- non-blocking collectives start at once and complete at their ``wait``;
+- isend / irecv: the library's non-blocking send and receive, each with a
+  buffer of its own, completed at the ``wait`` naming their handle; a
+  record spans issue to the moment that wait saw it complete;
+- process groups: every operation runs on the communicator of its group
+  (``RealBackend.group_view``), made before timing starts; peers and roots are
+  group ranks, and a checked collective's ranks fill with group rank + 1.
 
 Buffers are bytes (uint8), and reductions add bytes modulo 256 in both modes,
 so a result can be checked exactly (``check=True``).
@@ -44,8 +50,9 @@ from executors.real.options import RealOptions, RealRunError, parse_fault
 from executors.real.status import RankStatus
 from executors.real.stream import Stream
 from simcore.result import Record, RunResult, records_frame
-from workloads.collectives import SEMANTICS, alltoall_output_layout, block_layout, lower, root_peer
-from workloads.ops import Collective, Compute, Recv, Send, Wait, record_groups
+from workloads.collectives import (SEMANTICS, alltoall_output_layout, block_layout, group_server_groups, lower,
+                                   output_nbytes, root_peer)
+from workloads.ops import Collective, Compute, Irecv, Isend, Recv, Send, Wait, is_nonblocking, record_groups
 
 def run_real(backend: RealBackend, scenario, options: RealOptions, status_dir: str | None = None) -> RunResult | None:
     """Run this rank's program; rank 0 returns the gathered RunResult, others None."""
@@ -56,11 +63,13 @@ def run_real(backend: RealBackend, scenario, options: RealOptions, status_dir: s
             f"start it with {scenario.nranks} processes (mpiexec -n {scenario.nranks} / torchrun --nproc-per-node)"
         )
     pinned = backend.pin_to_core() if options.pin else "not pinned (pin off)"
-    timing = choose_timing(programs, options.timing)
-    problem = aligned_problem(programs) if timing == "aligned" else None
+    timing = choose_timing(programs, options.timing, scenario.groups)
+    problem = aligned_problem(programs, scenario.groups) if timing == "aligned" else None
     if problem:
         raise RealRunError(f"timing 'aligned' (a barrier before every operation) would deadlock: {problem}; "
                            "use --timing free")
+    # Communicators of every group, made by every rank together, before any timing.
+    backend.open_groups(scenario.groups)
     runner = RankRunner(backend, scenario, programs[backend.rank], options, timing, status_dir)
     wall0 = time.perf_counter()
     records = runner.run()
@@ -100,13 +109,14 @@ def run_real(backend: RealBackend, scenario, options: RealOptions, status_dir: s
 def rank_times(frame: pd.DataFrame, programs, hosts) -> pd.DataFrame:
     """The simulator's per-rank table from a real run's records: each rank's compute_s (compute
     operations) and comm_s (blocking communication on the main thread), medians over repeats, and
-    wait_s, the rest of the median makespan (waits for non-blocking collectives, idle at the end), so
-    that the three add up to the summary's makespan as they do in the simulator.
+    wait_s, the rest of the median makespan (waits for non-blocking collectives, isends and irecvs,
+    idle at the end), so that the three add up to the summary's makespan as they do in the simulator.
 
     Energy is not measured (NaN).
     """
+    # Non-blocking operations overlap the rank's own time line: their waits count, not they.
     background = {(rank, index) for rank, program in enumerate(programs) for index, op in enumerate(program)
-                  if isinstance(op, Collective) and not op.blocking}
+                  if is_nonblocking(op)}
     duration = frame["end_s"] - frame["start_s"]
     on_stream = pd.Series([(r, i) in background for r, i in zip(frame["rank"], frame["op_index"])],
                           index=frame.index, dtype=bool)
@@ -135,7 +145,10 @@ class RankRunner:
         self.record_groups = record_groups(program)
         self.options = options
         self.timing = timing
-        self.groups = scenario.topology.groups()
+        servers = scenario.topology.groups()
+        # The topology's servers (world ranks), for the hierarchical all-reduce.
+        self.groups = None if servers is None else tuple(tuple(g) for g in servers)
+        self.pg = scenario.groups
         self.fault = parse_fault(options.fault) if options.fault else None
         self.status = RankStatus(os.path.join(status_dir, f"rank{self.rank}.status") if status_dir else None)
         nbytes = [op.nbytes for op in program if isinstance(op, (Send, Recv, Collective))]
@@ -143,7 +156,7 @@ class RankRunner:
         self.buf = backend.buffer(biggest)
         # Lowered steps receive what they reduce into scratch; native calls need none.
         self.scratch = backend.buffer(biggest if options.mode == "algorithm" else 0)
-        self.out = backend.buffer(max(biggest, self._alltoall_out_bytes()))
+        self.out = backend.buffer(max(biggest, self._output_bytes()))
         self._native: dict[int, Any] = {}  # op index -> prepared native call
         nonblocking = [(i, op) for i, op in enumerate(program) if isinstance(op, Collective) and not op.blocking]
         self.stream_backend = backend.stream() if nonblocking else None
@@ -151,13 +164,19 @@ class RankRunner:
         # flight at once, as DDP's buckets are.
         owner = self.stream_backend or backend
         self._own_buffers = {i: self._buffers_for(owner, op) for i, op in nonblocking}
+        # Buffers of isends and irecvs in flight, reused by size once their wait completes them:
+        # one shared buffer would let an irecv land in a collective's checked bytes.
+        self._p2p_pool: dict[int, list] = {}
         self.current: tuple[int, str] | None = None
         self.current_since = 0.0
         self._watchdog_stop = threading.Event()
 
-    def _alltoall_out_bytes(self) -> int:
-        sizes = [sum(s for _, s in alltoall_output_layout(op.nbytes, self.rank, self.size))
-                 for op in self.program if isinstance(op, Collective) and op.op == "alltoall"]
+    def _in_group(self, name: str) -> tuple[int, int]:
+        """(group rank, group size) of this rank in its group of ``name``."""
+        return self.pg.index(name, self.rank), len(self.pg.members(name, self.rank))
+
+    def _output_bytes(self) -> int:
+        sizes = [output_nbytes(op, *self._in_group(op.group)) for op in self.program if isinstance(op, Collective)]
         return max(sizes, default=0)
 
     # -- watchdog: a rank stuck in one operation ends the whole run -------------
@@ -220,59 +239,81 @@ class RankRunner:
         rows: list[Record] = []
         stream = Stream(self, self.stream_backend, base) if self.stream_backend is not None else None
         handles: dict[str, int] = {}  # handle -> op index of its collective
+        # handle -> (op index, op, view, request, buffer, start) of an isend or irecv in flight
+        in_flight: dict[str, tuple] = {}
         try:
             for index, op in enumerate(self.program):
                 kind = op.kind
-                if self.options.check and isinstance(op, Collective):
-                    b.fill(self._buffers(index, op)[0], self.rank + 1)
+                t = type(op)
+                # The communicator of the op's group (the world's is the backend itself).
+                view = b.group_view(op.group) if t is not Compute and t is not Wait else b
+                if self.options.check and t is Collective:
+                    b.fill(self._buffers(index, op)[0], self._in_group(op.group)[0] + 1)
                 if aligned:
                     self.current, self.current_since = (index, "barrier"), time.monotonic()
                     b.barrier()
                 self._enter(index, kind)
-                if type(op) is Collective and not op.blocking:
+                if t is Collective and not op.blocking:
                     handles[op.handle] = index
                     if stream is not None:
-                        stream.submit(index, op, self._own_buffers[index])
+                        stream.submit(index, op, self._own_buffers[index],
+                                      self.stream_backend.group_view(op.group))
                         continue
+                if t is Isend or t is Irecv:
+                    buf = self._take(op.nbytes)
+                    start = b.now_s()
+                    post = view.post_send if t is Isend else view.post_recv
+                    in_flight[op.handle] = (index, op, view, post(buf, op.peer, op.tag), buf, start)
+                    self.current = None
+                    continue
                 native = None
-                if type(op) is Collective and self.options.mode == "native":
+                if t is Collective and self.options.mode == "native":
                     native = self._native.get(index)
                     if native is None:
                         buf, _, out = self._buffers(index, op)
-                        native = self._native[index] = b.prepare_collective(op, buf[: op.nbytes], out, True)
+                        native = self._native[index] = view.prepare_collective(op, buf[: op.nbytes], out, True)
                 start = b.now_s()
                 peer, nbytes, flops, algorithm = -1, 0, 0.0, ""
-                if type(op) is Compute:
+                if t is Compute:
                     self._compute(op.flops)
                     flops = op.flops
-                elif type(op) is Send:
-                    b.send(self.buf[: op.nbytes], op.peer, op.tag)
+                elif t is Send:
+                    view.send(self.buf[: op.nbytes], op.peer, op.tag)
                     peer, nbytes = op.peer, op.nbytes
-                elif type(op) is Recv:
-                    b.recv(self.buf[: op.nbytes], op.peer, op.tag)
+                elif t is Recv:
+                    view.recv(self.buf[: op.nbytes], op.peer, op.tag)
                     peer, nbytes = op.peer, op.nbytes
-                elif type(op) is Collective:
+                elif t is Collective:
                     # Without a communication stream a non-blocking collective
                     # runs here, at issue: its record is still its own time.
                     peer, nbytes, algorithm = root_peer(op), op.nbytes, op.algorithm
                     if native is not None:
                         native()
                     else:
-                        self._algorithm(op, b, *self._buffers(index, op))
-                elif type(op) is Wait:
-                    if stream is not None:
-                        stream.wait([handles[h] for h in op.handles])
+                        self._algorithm(op, view, *self._buffers(index, op))
+                elif t is Wait:
+                    for handle in op.handles:
+                        entry = in_flight.pop(handle, None)
+                        if entry is not None:
+                            rows.append(self._complete(entry, base))
+                        elif stream is not None and handle in handles:
+                            stream.wait([handles[handle]])
                 b.synchronize()
                 end = b.now_s()
                 self.current = None
-                if self.options.check and isinstance(op, Collective):
-                    self._check(op, *self._buffers(index, op)[::2])
-                rows.append(Record(self.rank, index, self.record_groups[index], kind, algorithm, peer, nbytes, flops, start - base, end - base,
-                                   math.nan))
-            if stream is not None:
-                # The program ends when its communication stream is drained.
+                if self.options.check and t is Collective:
+                    self._check(op, view, *self._buffers(index, op)[::2])
+                rows.append(Record(self.rank, index, self.record_groups[index], kind, algorithm, peer, nbytes, flops,
+                                   start - base, end - base, math.nan))
+            if stream is not None or in_flight:
+                # The program ends when its communication stream is drained
+                # and its isends and irecvs are complete.
                 self._enter(len(self.program), "wait")
-                stream.wait(list(handles.values()))
+                for entry in list(in_flight.values()):
+                    rows.append(self._complete(entry, base))
+                in_flight.clear()
+                if stream is not None:
+                    stream.wait(list(handles.values()))
                 self.current = None
         except BaseException:
             if stream is not None:
@@ -285,13 +326,27 @@ class RankRunner:
             rows.extend(stream.rows)
         return rows
 
+    def _complete(self, entry: tuple, base: float) -> Record:
+        """Wait for an isend or irecv; its record ends when this rank sees it complete."""
+        index, op, view, request, buf, start = entry
+        view.wait(request)
+        self.b.synchronize()
+        end = self.b.now_s()
+        self._p2p_pool.setdefault(op.nbytes, []).append(buf)
+        return Record(self.rank, index, self.record_groups[index], op.kind, "", op.peer, op.nbytes, 0.0,
+                      start - base, end - base, math.nan)
+
+    def _take(self, nbytes: int):
+        free = self._p2p_pool.get(nbytes)
+        return free.pop() if free else self.b.buffer(nbytes)
+
     def _buffers_for(self, owner: RealBackend, op: Collective) -> tuple:
         """(buffer, scratch, output) for one collective: scratch only where
         lowered steps reduce into it, output only where the op writes one."""
         semantics = SEMANTICS[op.op]
         reduces = self.options.mode == "algorithm" and semantics.reduces
         writes_out = semantics.writes_output
-        out_bytes = max(op.nbytes, sum(s for _, s in alltoall_output_layout(op.nbytes, self.rank, self.size)))
+        out_bytes = max(op.nbytes, output_nbytes(op, *self._in_group(op.group)))
         return (owner.buffer(op.nbytes), owner.buffer(op.nbytes if reduces else 0),
                 owner.buffer(out_bytes if writes_out else 0))
 
@@ -311,12 +366,22 @@ class RankRunner:
             matmul(rows)
 
     def _algorithm(self, op: Collective, b: RealBackend, buf, scratch, out) -> None:
-        alltoall = op.op == "alltoall"
+        """The lowered steps of ``op`` on ``b``, the view of its group: peers are group ranks,
+        on the group's own communicator for steps."""
+        rank, size = b.rank, b.size
+        alltoall = op.op in ("alltoall", "alltoallv")
         if alltoall:
-            mine = block_layout(op.nbytes, self.size)[self.rank]
-            out_block = alltoall_output_layout(op.nbytes, self.rank, self.size)[self.rank]
+            # This rank's own block is a local copy, not a transfer.
+            if op.op == "alltoall":
+                mine = block_layout(op.nbytes, size)[rank]
+                out_block = alltoall_output_layout(op.nbytes, rank, size)[rank]
+            else:
+                mine = (sum(op.send_nbytes[:rank]), op.send_nbytes[rank])
+                out_block = (sum(op.recv_nbytes[:rank]), op.recv_nbytes[rank])
             b.copy_(out[out_block[0]: out_block[0] + out_block[1]], buf[mine[0]: mine[0] + mine[1]])
-        for step in lower(op, self.rank, self.size, self.groups):
+        servers = (group_server_groups(self.pg.members(op.group, self.rank), self.groups)
+                   if op.algorithm == "hierarchical" else None)
+        for step in lower(op, rank, size, servers):
             requests = []
             reduces = []
             for t in step.recvs:
@@ -332,17 +397,18 @@ class RankRunner:
             for t, view in reduces:
                 b.add_(buf[t.offset: t.offset + t.nbytes], view)
 
-    # -- result checks (check=True): every rank started with bytes rank+1 -------
+    # -- result checks (check=True): every rank started with bytes group rank + 1 -------
 
-    def _check(self, op: Collective, buf, out) -> None:
+    def _check(self, op: Collective, view: RealBackend, buf, out) -> None:
         data = {"buffer": self.b.to_numpy(buf[: op.nbytes]), "output": None}
-        for expect in SEMANTICS[op.op].expected(op, self.rank, self.size):
+        for expect in SEMANTICS[op.op].expected(op, view.rank, view.size):
             if data[expect.where] is None:
                 data[expect.where] = self.b.to_numpy(out)
             values = data[expect.where][expect.offset: expect.offset + expect.nbytes]
             if len(values) and not np.all(values == expect.value):
                 bad = int(np.flatnonzero(values != expect.value)[0])
+                on = f" on group {op.group} (group rank {view.rank} of {view.size})" if op.group else ""
                 raise RealRunError(
-                    f"rank {self.rank}: {op.op} ({self.options.mode} {op.algorithm}) gave a wrong result: "
+                    f"rank {self.rank}: {op.op} ({self.options.mode} {op.algorithm}){on} gave a wrong result: "
                     f"{expect.what} should be {expect.value} but byte {bad} is {int(values[bad])}"
                 )

@@ -33,9 +33,10 @@ class Stream:
         self._thread = threading.Thread(target=self._loop, name="distsim-comm-stream", daemon=True)
         self._thread.start()
 
-    def submit(self, index: int, op: Collective, buffers: tuple) -> None:
+    def submit(self, index: int, op: Collective, buffers: tuple, view: RealBackend) -> None:
+        """Queue ``op``, to run on ``view``: this stream's communicator of the op's group."""
         self._done[index] = threading.Event()
-        self._queue.put((index, op, buffers))
+        self._queue.put((index, op, buffers, view))
 
     def wait(self, indices) -> None:
         for index in indices:
@@ -58,22 +59,22 @@ class Stream:
             item = self._queue.get()
             if item is None:
                 return
-            index, op, (buf, scratch, out) = item
+            index, op, (buf, scratch, out), view = item
             try:
                 if self.error is None:
-                    native = b.prepare_collective(op, buf[: op.nbytes], out, True) \
+                    native = view.prepare_collective(op, buf[: op.nbytes], out, True) \
                         if runner.options.mode == "native" else None
                     start = b.now_s()
                     if native is not None:
                         native()
                     else:
-                        runner._algorithm(op, b, buf, scratch, out)
+                        runner._algorithm(op, view, buf, scratch, out)
                     b.synchronize()
                     end = b.now_s()
                     if runner.options.check:
-                        runner._check(op, buf, out)
-                    self.rows.append(Record(runner.rank, index, op.group, op.kind, op.algorithm, root_peer(op), op.nbytes,
-                                            0.0, start - self.base, end - self.base, math.nan))
+                        runner._check(op, view, buf, out)
+                    self.rows.append(Record(runner.rank, index, op.group, op.kind, op.algorithm, root_peer(op),
+                                            op.nbytes, 0.0, start - self.base, end - self.base, math.nan))
             except BaseException as exc:  # re-raised in the main thread at its wait
                 self.error = exc
             finally:

@@ -20,6 +20,14 @@ and ``PADDED_WHEN_UNEVEN`` say so, for ``validate`` to report):
   block to the largest (at most one byte more, ``block_layout``) and copy the
   real bytes in and out.  Alltoall needs no padding: ``all_to_all_single``
   takes split sizes.
+- gloo's scatter and gather take blocks of one size only: with uneven
+  blocks they pad as allgather does.  Alltoallv is ``all_to_all_single``
+  with the per-peer counts as split sizes.
+- process groups: every rank calls ``new_group`` for every group of every
+  name, in the same order (torch requires it), with ``sort_ranks=False`` so
+  that the process group's ranks are the group's own numbering; the calls
+  that name a peer or root take global ranks, which a group's view
+  translates to.
 - 0-byte messages need no special case: gloo and NCCL send, receive and
   reduce empty tensors (checked with torch 2.13).
 
@@ -29,6 +37,7 @@ imports without it.
 from __future__ import annotations
 
 import copy
+import inspect
 import os
 import socket
 import sys
@@ -36,7 +45,8 @@ from datetime import timedelta
 
 from executors.real.backend import KERNEL_N, RealBackend
 from executors.real.executor import RealExecutor
-from workloads.collectives import alltoall_output_layout, block_layout
+from workloads.collectives import alltoall_output_layout, block_layout, scatter_layout
+from workloads.groups import ProcessGroups
 
 # The port the ranks of a multi-node torchrun job meet at, on the first node.
 RDZV_PORT = 29500
@@ -46,7 +56,9 @@ EMULATED: dict[tuple[str, str], str] = {
     ("gloo", "reduce_scatter"): "all_reduce",
 }
 # Collectives whose unequal blocks are padded to the largest block, on every backend.
-PADDED_WHEN_UNEVEN = ("allgather", "reduce_scatter")
+PADDED_WHEN_UNEVEN = ("allgather", "reduce_scatter", "scatter", "gather")
+# Padded collectives whose padded output is p blocks (the others' input is).
+_GATHERS = ("allgather", "gather")
 
 _TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
@@ -71,6 +83,9 @@ class TorchBackend(RealBackend):
         self.device = device
         self.pg_backend = pg_backend
         self.cuda = device.type == "cuda"
+        self.timeout = timeout
+        # The group's world ranks in group-rank order; None on the world (group rank = global rank).
+        self.members: tuple[int, ...] | None = None
         # torch 2.13 renamed the equal-block calls (the old names warn); older torch has only the old.
         self._all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
         self._reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
@@ -141,6 +156,39 @@ class TorchBackend(RealBackend):
     def stream(self):
         return self._stream
 
+    def _global(self, group_rank: int) -> int:
+        """The global rank torch's calls want for this view's ``group_rank``."""
+        return group_rank if self.members is None else self.members[group_rank]
+
+    def _new_group(self, members: tuple[int, ...]):
+        dist = self.dist
+        if "sort_ranks" in inspect.signature(dist.new_group).parameters:
+            return dist.new_group(list(members), timeout=self.timeout, sort_ranks=False)
+        if list(members) != sorted(members):
+            raise RuntimeError(f"torch {self.torch.__version__}: new_group sorts its ranks, so group {list(members)} "
+                               "(not in rank order) would be numbered differently; a torch whose new_group "
+                               "takes sort_ranks keeps the order")
+        return dist.new_group(list(members), timeout=self.timeout)
+
+    def _open_group(self, groups: ProcessGroups, name: str):
+        view = None
+        for members in groups.family(name):
+            # Every rank makes every group, members or not, in the same order.
+            group, steps = self._new_group(members), self._new_group(members)
+            if self.rank not in members:
+                continue
+            view = copy.copy(self)
+            view.group, view.steps = group, steps
+            view.members = tuple(members)
+            view.rank, view.size = members.index(self.rank), len(members)
+            view._pads, view._stream, view._views = {}, None, None
+            if self.cuda:
+                # NCCL communicators start lazily (see __init__); members only, in group order.
+                for pg in (group, steps):
+                    self.dist.all_reduce(self.torch.zeros(1, device=self.device), group=pg)
+                self.torch.cuda.synchronize()
+        return view
+
     @property
     def transport(self) -> str:
         return f"{self.pg_backend} (torch {self.torch.__version__})"
@@ -182,20 +230,27 @@ class TorchBackend(RealBackend):
         return buf.cpu().numpy()
 
     def send(self, buf, peer: int, tag: int) -> None:
-        self.dist.send(buf, dst=peer, tag=tag)  # NCCL ignores tags; messages between a pair keep their order
+        # NCCL ignores tags; messages between a pair keep their order.
+        self.dist.send(buf, dst=self._global(peer), group=self.group, tag=tag)
 
     def recv(self, buf, peer: int, tag: int) -> None:
-        self.dist.recv(buf, src=peer, tag=tag)
+        self.dist.recv(buf, src=self._global(peer), group=self.group, tag=tag)
+
+    def post_send(self, buf, peer: int, tag: int):
+        return self.dist.isend(buf, dst=self._global(peer), group=self.group, tag=tag)
+
+    def post_recv(self, buf, peer: int, tag: int):
+        return self.dist.irecv(buf, src=self._global(peer), group=self.group, tag=tag)
 
     # A step's transfers are posted together at ``waitall``: NCCL runs the
     # sends and receives between one pair on one stream, so a rank that sends
     # to and receives from the same peer deadlocks unless they are grouped
     # (batch_isend_irecv); the runner always calls waitall right after posting.
     def isend(self, buf, peer: int, tag: int):
-        return self.dist.P2POp(self.dist.isend, buf, peer, group=self.steps, tag=tag)
+        return self.dist.P2POp(self.dist.isend, buf, self._global(peer), group=self.steps, tag=tag)
 
     def irecv(self, buf, peer: int, tag: int):
-        return self.dist.P2POp(self.dist.irecv, buf, peer, group=self.steps, tag=tag)
+        return self.dist.P2POp(self.dist.irecv, buf, self._global(peer), group=self.steps, tag=tag)
 
     def waitall(self, requests) -> None:
         if not requests:
@@ -236,7 +291,7 @@ class TorchBackend(RealBackend):
         key = (kind, block)
         if key not in self._pads:
             p = self.size
-            if kind == "allgather":
+            if kind in _GATHERS:
                 self._pads[key] = (self.buffer(block), self.buffer(p * block))
             else:
                 self._pads[key] = (self.buffer(p * block), self.buffer(block))
@@ -249,16 +304,24 @@ class TorchBackend(RealBackend):
         if kind == "allreduce":
             return dist.all_reduce(buf, op=dist.ReduceOp.SUM, async_op=async_op, group=self.group)
         if kind == "broadcast":
-            return dist.broadcast(buf, src=op.root, async_op=async_op, group=self.group)
+            return dist.broadcast(buf, src=self._global(op.root), async_op=async_op, group=self.group)
         if kind == "reduce":
-            return dist.reduce(buf, dst=op.root, op=dist.ReduceOp.SUM, async_op=async_op, group=self.group)
+            return dist.reduce(buf, dst=self._global(op.root), op=dist.ReduceOp.SUM, async_op=async_op,
+                               group=self.group)
         if kind == "barrier":
             if self.cuda:
                 return dist.barrier(async_op=async_op, group=self.group, device_ids=[self.device.index])
             return dist.barrier(async_op=async_op, group=self.group)
+        if kind == "alltoallv":
+            total = sum(op.recv_nbytes)
+            return dist.all_to_all_single(out[:total], buf, output_split_sizes=list(op.recv_nbytes),
+                                          input_split_sizes=list(op.send_nbytes), async_op=async_op,
+                                          group=self.group)
         layout = block_layout(op.nbytes, p)
         off, size = layout[self.rank]
         even = op.nbytes % p == 0
+        if kind in ("scatter", "gather"):
+            return self._scatter_gather(op, buf, layout, even, async_op)
         if kind == "allgather":
             if even:
                 # In place: this rank's block is the input, the whole buffer the output.
@@ -291,6 +354,50 @@ class TorchBackend(RealBackend):
             return dist.all_to_all_single(out[:total], buf, output_split_sizes=[s for _, s in out_layout],
                                           input_split_sizes=[s for _, s in layout], async_op=async_op, group=self.group)
         raise ValueError(f"torch: no native call for {kind}")
+
+    def _scatter_gather(self, op, buf, layout, even: bool, async_op: bool):
+        # Group rank j's block has block_layout's size j and lies where
+        # scatter_layout puts it (rotated: the root's first).  The root's own
+        # block goes through a pad, so that no call reads and writes one
+        # tensor; uneven blocks all do (gloo wants one size).
+        dist, p, me, root = self.dist, self.size, self.rank, op.root
+        at = [off for off, _ in scatter_layout(op.nbytes, p, root)]
+        sizes = [size for _, size in layout]
+        block = sizes[0]
+        mine = buf[at[me]: at[me] + sizes[me]]
+        pad_in, pad_out = self._padded(op.op, block)
+        direct = even and me != root
+        if op.op == "scatter":
+            chunks = None
+            if me == root:
+                if even:
+                    chunks = [buf[at[j]: at[j] + block] for j in range(p)]
+                else:
+                    for j in range(p):
+                        pad_in[j * block: j * block + sizes[j]].copy_(buf[at[j]: at[j] + sizes[j]])
+                    chunks = [pad_in[j * block: (j + 1) * block] for j in range(p)]
+            recv = mine if direct else pad_out[:block]
+            work = dist.scatter(recv, chunks, src=self._global(root), group=self.group, async_op=async_op)
+            # The root's own block never moved.
+            return work if direct or me == root else _then(work, lambda: mine.copy_(pad_out[: sizes[me]]))
+        if direct:
+            send = mine
+        else:
+            send = pad_in[:block]
+            send[: sizes[me]].copy_(mine)
+        if me != root:
+            return dist.gather(send, None, dst=self._global(root), group=self.group, async_op=async_op)
+        chunks = [buf[at[j]: at[j] + block] if even else pad_out[j * block: (j + 1) * block] for j in range(p)]
+        if even:
+            # The root's own chunk comes back from its pad: the bytes it already has.
+            return dist.gather(send, chunks, dst=self._global(root), group=self.group, async_op=async_op)
+        work = dist.gather(send, chunks, dst=self._global(root), group=self.group, async_op=async_op)
+
+        def unpad():
+            for j in range(p):
+                if j != root:
+                    buf[at[j]: at[j] + sizes[j]].copy_(pad_out[j * block: j * block + sizes[j]])
+        return _then(work, unpad)
 
 
 def _then(work, after):
