@@ -49,7 +49,7 @@ from executors.real.backend import KERNEL_N, RealBackend
 from executors.real.options import RealOptions, RealRunError, parse_fault
 from executors.real.status import RankStatus
 from executors.real.stream import Stream
-from simcore.result import Record, RunResult, records_frame
+from simcore.result import Record, RunResult, group_comm_table, records_frame
 from workloads.collectives import (SEMANTICS, alltoall_output_layout, block_layout, group_server_groups, lower,
                                    output_nbytes, root_peer)
 from workloads.ops import Collective, Compute, Irecv, Isend, Recv, Send, Wait, is_nonblocking, record_groups
@@ -103,7 +103,8 @@ def run_real(backend: RealBackend, scenario, options: RealOptions, status_dir: s
     per_rank = rank_times(frame, programs, hosts)
     for column in ("compute_s", "comm_s", "wait_s"):
         summary[f"{column}_mean"] = float(per_rank[column].mean())
-    return RunResult(records=frame, summary=summary, per_rank=per_rank)
+    return RunResult(records=frame, summary=summary, per_rank=per_rank,
+                     per_group=group_comm_table(frame, programs, summary["makespan_s"]))
 
 
 def rank_times(frame: pd.DataFrame, programs, hosts) -> pd.DataFrame:
