@@ -206,6 +206,10 @@ def test_every_configuration_validates_and_simulates(config):
     if result is not None:
         assert result.makespan_s > 0
         assert len(result.records) == sum(len(p) for p in programs)
+        report = training_report(w, n, result.makespan_s, result.records, result.per_group, [FLOPS_PER_S] * n)
+        # Every exposed second is counted against a group kind (no wait mixes groups).
+        assert "other" not in report["exposed_comm_s"]
+        assert 0 < report["mfu"] <= report["hfu"] < 1
     assert w.size(n).operations == sum(len(p) for p in programs)
     assert program_flops(programs) == pytest.approx(2 * w.hardware_flops_per_step(), rel=1e-12)
     kinds = Counter(op.kind for p in programs for op in p)

@@ -404,11 +404,18 @@ class TransformerTraining(WorkloadBase):
     bucket_bytes: int = 25 * 2**20
     steps: int = 1
 
+    _INTS: ClassVar[tuple[str, ...]] = ("global_batch", "micro_batch", "steps", "tp", "pp", "dp", "ep",
+                                        "virtual_stages", "zero", "bucket_bytes")
     _TRAINING: ClassVar[tuple[str, ...]] = ("global_batch", "micro_batch", "precision", "steps")
     _PARALLEL: ClassVar[tuple[str, ...]] = ("tp", "pp", "dp", "ep", "sequence_parallel", "schedule",
                                             "virtual_stages", "zero", "recompute", "bucket_bytes")
 
     def __post_init__(self):
+        # YAML writes 1e6 as a float: an integral float is that integer.
+        for name in self._INTS:
+            value = getattr(self, name)
+            if isinstance(value, float) and value.is_integer():
+                object.__setattr__(self, name, int(value))
         # Parsed once; the specs validate and name the field (workload.tp, model.hidden, ...).
         spec = load_model(self.model, "workload.model")
         object.__setattr__(self, "model", self.model if isinstance(self.model, str) else spec)
@@ -561,11 +568,7 @@ class TransformerTraining(WorkloadBase):
             raise ValueError(f"workload (transformer): unknown field(s) {short_names(unknown)}; "
                              f"allowed: {', '.join(sorted(names))}")
         values = dict(data)
-        # The specs check each field's type and name it; integral floats (YAML's 1e6) are integers.
-        for name in ("global_batch", "micro_batch", "steps", "tp", "pp", "dp", "ep", "virtual_stages", "zero",
-                     "bucket_bytes"):
-            if isinstance(values.get(name), float) and values[name].is_integer():
-                values[name] = int(values[name])
+        # The specs check each field's type and name it.
         model = values.get("model", cls.model)
         if not isinstance(model, (str, Mapping)):
             raise ValueError(f"workload.model: expected a preset name, a file or a mapping of the shape, "
@@ -794,16 +797,17 @@ class _Lowering:
         out.append(Irecv(source[0], self.message_bytes, handle, tag=source[1], group="pp"))
         return [handle]
 
-    def _gather(self, block: str, handle: str, out: list) -> list[str]:
-        """ZeRO-3: start the all-gathers of a block's parameters (dense on dp, experts on edp)."""
+    def _gather(self, block: str, handle: str, out: list) -> list[Wait]:
+        """ZeRO-3: start the all-gathers of a block's parameters (dense on dp, experts on edp); their waits."""
         dense, expert = self.block_params(block)
-        handles = []
+        waits = []
         for group, size, params in (("dp", self.d, dense), ("edp", self.edp, expert)):
             if size > 1 and params:
                 out.append(Collective("allgather", self.B * params, blocking=False, handle=f"{handle}{group}",
                                       group=group))
-                handles.append(f"{handle}{group}")
-        return handles
+                # One wait per group, so that its exposed time is counted against that group.
+                waits.append(Wait((f"{handle}{group}",)))
+        return waits
 
     def _with_parameters(self, blocks: list[str], action: str, out: list):
         """Yield each block in turn; with ZeRO-3 its parameters are gathered, the next block's prefetched."""
@@ -813,8 +817,7 @@ class _Lowering:
         pending = self._gather(blocks[0], f"{action}g0", out)
         for j, block in enumerate(blocks):
             ahead = self._gather(blocks[j + 1], f"{action}g{j + 1}", out) if j + 1 < len(blocks) else []
-            if pending:
-                out.append(Wait(tuple(pending)))
+            out += pending
             yield block
             pending = ahead
 
@@ -914,8 +917,9 @@ def format_training_report(report: Mapping[str, Any]) -> str:
     comm = report["exposed_comm_s"]
     step = report["step_time_s"]
     layout = report["layout"]
-    share = ", ".join(f"{k.upper()} {v:.4g} s ({100 * v / step:.1f}%)" if step > 0 else f"{k.upper()} {v:.4g} s"
-                      for k, v in comm.items())
+    kinds = [k for k in comm if k != "ep" or layout["ep"] > 1]
+    share = ", ".join(f"{k.upper()} {comm[k]:.4g} s ({100 * comm[k] / step:.1f}%)" if step > 0
+                      else f"{k.upper()} {comm[k]:.4g} s" for k in kinds)
     return "\n".join([
         f"training        tp {layout['tp']} x pp {layout['pp']} x dp {layout['dp']}"
         + (f" (ep {layout['ep']})" if layout["ep"] > 1 else "")
