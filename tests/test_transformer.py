@@ -22,7 +22,7 @@ from workloads.transformer import (
     TransformerTraining, attention_score_flops, ideal_bubble_fraction, layer_forward_flops, logits_forward_flops,
     model_flops_per_step, narayanan_flops_per_step, schedule_order, training_report,
 )
-from workloads.transformer_spec import ModelSpec, TrainingSpec, active_parameters, load_model
+from workloads.transformer_spec import TrainingSpec, active_parameters, load_model, total_parameters
 from workloads.validate import validate_programs
 
 SCENARIO = "experiments/scenarios/gpt_tiny_3d.yaml"
@@ -255,6 +255,14 @@ def test_gradient_bytes_reduced_per_step(model, layout):
                 reduced[op.group] += op.nbytes
         assert reduced["dp"] == 2 * 2 * dense  # bf16 gradients, two steps
         assert reduced["edp"] == (2 * 2 * expert if w.ep > 1 else 0)
+
+
+@pytest.mark.parametrize("model", [TINY, MOE, "llama_70b"])
+def test_rank_parameters_add_up_to_the_model_without_tensor_parallelism(model):
+    w = TransformerTraining(model=model, global_batch=8, pp=4 if model != "llama_70b" else 8)
+    n = w.pp
+    held = sum(sum(w.rank_parameters(n, stage)) for stage in range(w.pp))
+    assert held == total_parameters(w.model_spec)
 
 
 def test_zero_stages_reduce_scatter_and_gather():

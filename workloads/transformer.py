@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Any, ClassVar, Mapping, Sequence
 
 from topologies.limits import short, short_names
@@ -636,6 +635,10 @@ class _Lowering:
         # layer's output is already split along the sequence).
         self.message_bytes = B * activation_values // (self.t if par.sequence_parallel else 1)
         self.tp_bytes = B * activation_values
+        # Every TP rank of an EP group dispatches each token copy it holds (all
+        # b s tokens: with SP the all-gather before the MLP has brought them),
+        # padded to the capacity as GShard's fixed-size all-to-all is: b s k cf
+        # h values, spread uniformly over the group; the combine returns as many.
         self.a2a_bytes = int(round(B * x.routed_tokens * model.hidden))
 
         layer = layer_terms(x)
