@@ -195,8 +195,11 @@ CONFIGS = (
 )
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()
-                                                                     if k != "model") + (",moe" if "model" in c else ""))
+def config_id(config: dict) -> str:
+    return ",".join(f"{k}={v}" for k, v in config.items() if k != "model") + (",moe" if "model" in config else "")
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=config_id)
 def test_every_configuration_validates_and_simulates(config):
     config = dict(config)
     model = config.pop("model", TINY)
