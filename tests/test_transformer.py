@@ -192,6 +192,7 @@ CONFIGS = (
        for tp, pp, dp, z, r in ((1, 1, 2, 0, "none"), (2, 2, 2, 0, "full"), (1, 2, 4, 0, "selective"),
                                 (1, 1, 4, 3, "none"), (2, 1, 4, 1, "full"), (1, 2, 2, 2, "none"))]
     + [dict(model=MOE, tp=2, pp=2, dp=1, schedule="interleaved", virtual_stages=2, zero=3)]
+    + [dict(model=MOE, tp=2, pp=1, dp=2, ep=1, zero=z) for z in (0, 3)]
 )
 
 

@@ -504,7 +504,8 @@ class TransformerTraining(WorkloadBase):
         Dense: its TP share of attention, the router, norms (replicated over
         TP) and, for a dense model, the MLP; of the embedding (first stage)
         and the output layer and final norm (last stage).  Expert: its E/e
-        experts' TP shares.
+        experts' TP shares, reduced over ``edp``; with ep = 1 every DP rank
+        holds all experts, and they count as dense (reduced over dp).
         """
         lowering = _Lowering(self, nranks)
         return lowering.stage_parameters(stage)
@@ -624,7 +625,8 @@ class _Lowering:
         self.groups = w.process_groups(nranks)
         self.p, self.v = par.pp, par.virtual_stages
         self.t, self.d, self.e = par.tp, par.dp, par.ep
-        self.edp = par.dp // par.ep if model.moe else 1
+        # With ep = 1 every DP rank holds every expert: they reduce with the dense weights on dp.
+        self.edp = par.dp // par.ep if model.moe and par.ep > 1 else 1
         self.precision = w.precision
         B = self.B = w.training.bytes_per_value
         x = self.shape = Shape(model, w.micro_batch, par.tp, par.ep, par.sequence_parallel, B)
@@ -665,8 +667,10 @@ class _Lowering:
         # projection's bias and the norms are replicated (row-parallel output).
         attention = (2 * h * h + 2 * h * kv + h + 2 * kv) // t + h
         mlp = 3 * h * f // t if model.gated_mlp else (2 * h * f + f) // t + h
-        if model.moe:
+        if model.moe and self.e > 1:
             self.layer_params = (attention + lp.norms + lp.router, (model.experts // self.e) * mlp)
+        elif model.moe:
+            self.layer_params = (attention + lp.norms + lp.router + model.experts * mlp, 0)
         else:
             self.layer_params = (attention + lp.norms + mlp, 0)
         self.embed_params = (x.vocab_shard * h, 0)
