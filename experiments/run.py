@@ -6,7 +6,9 @@
     mpiexec -n 8 python -m experiments.run SCENARIO.yaml --backend mpi
     python -m experiments.run SCENARIO.yaml --backend torch          # launches torchrun itself
 
-Prints the summary and a per-kind table (operation kind, count, mean
+Prints the summary (and for a transformer workload its step: time, tokens/s,
+MFU, HFU, pipeline bubble, exposed communication by group kind, also written
+to summary.json under "training") and a per-kind table (operation kind, count, mean
 duration, per group where the scenario names groups), and writes records.csv,
 per_rank.csv, per_link.csv, per_node.csv, per_group.csv (each rank's exposed
 communication per process group), summary.json and trace.json into ``--out`` (default ``results/run-<scenario name>/``).
@@ -32,6 +34,7 @@ from experiments.common import add_max_memory_option, add_real_options, format_t
 from experiments.output import write_result
 from simcore.engine import SimulationError
 from simcore.result import group_label
+from workloads.transformer import format_training_report
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,6 +47,23 @@ def build_parser() -> argparse.ArgumentParser:
     add_max_memory_option(p)
     add_real_options(p)
     return p
+
+
+def peak_flops_per_s(topology, precision: str) -> list[float]:
+    """Each rank's peak FLOP/s in ``precision``, where the topology knows it, else its one speed."""
+    peak = getattr(topology, "peak_flops_per_s", None)
+    if callable(peak):
+        return [float(peak(rank, precision)) for rank in range(topology.nranks)]
+    return [float(f) for f in topology.rank_flops_per_s]
+
+
+def training_summary(scenario, result):
+    """The step report of a workload that has one (``transformer``), or None."""
+    report = getattr(scenario.workload, "training_report", None)
+    if report is None or result.makespan_s <= 0:
+        return None
+    return report(scenario.nranks, result.makespan_s, result.records, result.per_group,
+                  peak_flops_per_s(scenario.topology, scenario.workload.precision))
 
 
 def kind_table(records) -> str:
@@ -121,6 +141,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0  # a rank other than 0 of an MPI job: rank 0 reports
 
     print(result.format_summary())
+    training = training_summary(scenario, result)
+    if training is not None:
+        # The transformer's step: MFU, bubble and exposed communication by
+        # kind, in summary.json under "training" too.
+        result.summary["training"] = training
+        print(format_training_report(training))
     print()
     print(kind_table(result.records))
     written = write_result(result, out)

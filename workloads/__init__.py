@@ -7,5 +7,6 @@ from workloads import parameter_server  # noqa: F401,E402
 from workloads import federated  # noqa: F401,E402
 from workloads import pipeline  # noqa: F401,E402
 from workloads import offload  # noqa: F401,E402
+from workloads import transformer  # noqa: F401,E402
 
 __all__ = ["WORKLOADS", "workload_from_dict"]

@@ -157,6 +157,15 @@ class WorkloadBase:
     def programs(self, nranks: int, groups=None) -> list[list[Operation]]:
         raise NotImplementedError
 
+    def process_groups(self, nranks: int) -> dict[str, tuple[tuple[int, ...], ...]] | None:
+        """Groups the workload makes itself (name -> family of rank tuples), or None.
+
+        A workload with a parallel layout of its own (``transformer``) returns
+        its groups here; the scenario adds them to the ones it declares
+        (``workloads.scenario``), so a user never writes them out.
+        """
+        return None
+
     def size(self, nranks: int, groups=None) -> ProgramSize:
         """What ``programs(nranks, groups)`` would hold, for the memory estimate.
 

@@ -10,7 +10,9 @@ The same object reaches every executor unchanged.  In a file (YAML or JSON)::
     energy: {count_idle: true}
 
 ``groups`` (optional) names process groups of ranks for collectives and
-messages to run on (``group: tp``); see ``workloads.groups``.
+messages to run on (``group: tp``); see ``workloads.groups``.  A workload
+with a layout of its own (``transformer``) adds its groups (tp, pp, dp, ep,
+edp) itself; declaring one of those names too is an error.
 
 ``topology`` may also be a path to a topology file, relative to the scenario.
 ``profile: PROFILE.yaml`` (from ``python -m experiments.calibrate``) simulates
@@ -82,6 +84,7 @@ class Scenario:
     def __post_init__(self):
         if self.groups is None:
             object.__setattr__(self, "groups", ProcessGroups(self.topology.nranks))
+        object.__setattr__(self, "groups", with_workload_groups(self.groups, self.workload, self.topology.nranks))
 
     @property
     def nranks(self) -> int:
@@ -113,6 +116,40 @@ class Scenario:
         if self.profile is not None:
             data["profile"] = self.profile.to_dict()
         return data
+
+
+class WorkloadGroups(ProcessGroups):
+    """The scenario's declared groups with those its workload makes (``WorkloadBase.process_groups``).
+
+    ``declared`` keeps the scenario's own, so that a scenario whose workload
+    is replaced (``dataclasses.replace``) regenerates the workload's groups
+    instead of clashing with the old ones; ``to_dict`` is the declaration
+    alone, as the workload makes the rest again.
+    """
+
+    __slots__ = ("declared", "made_by")
+
+    def __init__(self, declared: ProcessGroups, families, made_by: str):
+        super().__init__(declared.nranks, families, spec=declared.spec, layout=declared.layout)
+        self.declared = declared
+        self.made_by = made_by
+
+
+def with_workload_groups(groups: ProcessGroups, workload, nranks: int) -> ProcessGroups:
+    """``groups`` and the groups ``workload`` makes; a name both define is an error naming it."""
+    declared = groups.declared if isinstance(groups, WorkloadGroups) else groups
+    hook = getattr(workload, "process_groups", None)
+    made = hook(nranks) if hook is not None else None
+    if not made:
+        return declared
+    families = {name: declared.family(name) for name in declared.names if name}
+    kind = getattr(workload, "kind", type(workload).__name__)
+    for name, family in made.items():
+        if name in families:
+            raise ValueError(f"groups.{name}: the {kind} workload makes its own group {name} from its parallel "
+                             f"layout ({', '.join(made)}); remove it from the scenario's groups")
+        families[name] = family
+    return WorkloadGroups(declared, families, kind)
 
 
 def scenario_from_dict(data: dict[str, Any], *, base_dir: Path | None = None, where: str = "scenario",
@@ -188,18 +225,22 @@ def scenario_from_dict(data: dict[str, Any], *, base_dir: Path | None = None, wh
             topology = profile.topology(topology.nranks, topology.groups())
         except ValueError as exc:
             raise ScenarioError(f"{where}: profile: {exc}") from None
-    scenario = Scenario(
-        topology=topology,
-        workload=workload,
-        seed=seed,
-        stragglers=stragglers,
-        energy=energy,
-        name=str(data.get("name", "")),
-        description=str(data.get("description", "")),
-        profile=profile,
-        origin=where if base_dir is not None else "",
-        groups=groups,
-    )
+    try:
+        # The workload's own groups (a transformer's layout) join the declared ones here.
+        scenario = Scenario(
+            topology=topology,
+            workload=workload,
+            seed=seed,
+            stragglers=stragglers,
+            energy=energy,
+            name=str(data.get("name", "")),
+            description=str(data.get("description", "")),
+            profile=profile,
+            origin=where if base_dir is not None else "",
+            groups=groups,
+        )
+    except ValueError as exc:
+        raise ScenarioError(f"{where}: {exc}") from None
     # Lower once now so that a bad workload (a peer out of range, an algorithm
     # that needs groups) is reported before anything runs.
     try:
