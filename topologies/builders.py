@@ -15,6 +15,7 @@ from typing import Callable
 
 import networkx as nx
 
+from .hardware import CLUSTER_KEYS, NodeType, load_cluster_preset, load_node_type
 from .limits import MAX_INT, is_finite_number, short
 from .model import Topology, TopologyError
 
@@ -71,6 +72,46 @@ def _compute(flops_per_s, idle_power_w, busy_power_w, prefix: str = "", **extra)
     }
 
 
+def _rank_attrs(params: dict, prefix: str, **extra) -> dict:
+    """A builder's compute-node attributes from its ``flops_per_s``, powers and ``node_type``.
+
+    Without a node type: the given values, else the module's defaults.  With
+    one (a preset name, a file or a ``NodeType``): its peaks, memory and GEMM
+    table, ``flops_per_s`` its default precision's peak (so it cannot be given
+    too), its powers unless given.  The resolved values replace the ``None``s
+    in ``params`` (what ``Topology.params`` records).
+    """
+    node_type = params.pop("node_type", None)
+    attrs = {"role": "compute"}
+    flops_per_s = params.get("flops_per_s")
+    idle_power_w, busy_power_w = params.get("idle_power_w"), params.get("busy_power_w")
+    if node_type is None:
+        flops_per_s = FLOPS_PER_S if flops_per_s is None else flops_per_s
+        idle_default, busy_default = IDLE_POWER_W, BUSY_POWER_W
+    else:
+        try:
+            kind = load_node_type(node_type)
+        except TopologyError as exc:
+            raise TopologyError(f"{prefix}{exc}") from None
+        if flops_per_s is not None:
+            raise TopologyError(
+                f"{prefix}flops_per_s comes from node_type {kind.name!r} (its {kind.default_precision} peak, "
+                f"{kind.flops_per_s:.6g}); give one or the other, or edit a copy of the node type's file"
+            )
+        attrs.update(kind.node_attrs())
+        flops_per_s = kind.flops_per_s
+        idle_default = IDLE_POWER_W if kind.idle_power_w is None else kind.idle_power_w
+        busy_default = BUSY_POWER_W if kind.busy_power_w is None else kind.busy_power_w
+        params["node_type"] = kind.name
+    attrs["flops_per_s"] = _real(flops_per_s, f"{prefix}flops_per_s", positive=True)
+    attrs["idle_power_w"] = _real(idle_default if idle_power_w is None else idle_power_w, f"{prefix}idle_power_w")
+    attrs["busy_power_w"] = _real(busy_default if busy_power_w is None else busy_power_w, f"{prefix}busy_power_w")
+    params.update(flops_per_s=attrs["flops_per_s"], idle_power_w=attrs["idle_power_w"],
+                  busy_power_w=attrs["busy_power_w"])
+    attrs.update(extra)
+    return attrs
+
+
 def _switch(idle_power_w, busy_power_w, role: str = "switch", prefix: str = "switch_") -> dict:
     return {
         "role": role,
@@ -99,16 +140,17 @@ def ring(
     bandwidth_bytes_per_s: float = BANDWIDTH_BYTES_PER_S,
     latency_s: float = LATENCY_S,
     energy_per_byte_j: float = ENERGY_PER_BYTE_J,
-    flops_per_s: float = FLOPS_PER_S,
-    idle_power_w: float = IDLE_POWER_W,
-    busy_power_w: float = BUSY_POWER_W,
+    flops_per_s: float | None = None,
+    idle_power_w: float | None = None,
+    busy_power_w: float | None = None,
+    node_type=None,
 ) -> Topology:
     """``n`` ranks in a cycle, rank i linked to rank (i+1) % n (n=2: one link)."""
     params = _params(locals())
     n = _int(n, "ring: n", 2)
     link = _link(bandwidth_bytes_per_s, latency_s, energy_per_byte_j, "ring: ")
     g = nx.Graph()
-    names = _add_ranks(g, n, _compute(flops_per_s, idle_power_w, busy_power_w, "ring: "))
+    names = _add_ranks(g, n, _rank_attrs(params, "ring: "))
     for i in range(n if n > 2 else 1):
         g.add_edge(names[i], names[(i + 1) % n], **link)
     return Topology(g, name="ring", params=params)
@@ -120,9 +162,10 @@ def switch(
     bandwidth_bytes_per_s: float = BANDWIDTH_BYTES_PER_S,
     latency_s: float = LATENCY_S,
     energy_per_byte_j: float = ENERGY_PER_BYTE_J,
-    flops_per_s: float = FLOPS_PER_S,
-    idle_power_w: float = IDLE_POWER_W,
-    busy_power_w: float = BUSY_POWER_W,
+    flops_per_s: float | None = None,
+    idle_power_w: float | None = None,
+    busy_power_w: float | None = None,
+    node_type=None,
     switch_idle_power_w: float = SWITCH_POWER_W,
     switch_busy_power_w: float = SWITCH_POWER_W,
 ) -> Topology:
@@ -131,7 +174,7 @@ def switch(
     n = _int(n, "switch: n", 2)
     link = _link(bandwidth_bytes_per_s, latency_s, energy_per_byte_j, "switch: ")
     g = nx.Graph()
-    names = _add_ranks(g, n, _compute(flops_per_s, idle_power_w, busy_power_w, "switch: "))
+    names = _add_ranks(g, n, _rank_attrs(params, "switch: "))
     g.add_node("s0", **_switch(switch_idle_power_w, switch_busy_power_w, prefix="switch: switch_"))
     for name in names:
         g.add_edge(name, "s0", **link)
@@ -144,16 +187,17 @@ def fully_connected(
     bandwidth_bytes_per_s: float = BANDWIDTH_BYTES_PER_S,
     latency_s: float = LATENCY_S,
     energy_per_byte_j: float = ENERGY_PER_BYTE_J,
-    flops_per_s: float = FLOPS_PER_S,
-    idle_power_w: float = IDLE_POWER_W,
-    busy_power_w: float = BUSY_POWER_W,
+    flops_per_s: float | None = None,
+    idle_power_w: float | None = None,
+    busy_power_w: float | None = None,
+    node_type=None,
 ) -> Topology:
     """A direct link between every pair of the ``n`` ranks (n(n-1)/2 links)."""
     params = _params(locals())
     n = _int(n, "fully_connected: n", 2)
     link = _link(bandwidth_bytes_per_s, latency_s, energy_per_byte_j, "fully_connected: ")
     g = nx.Graph()
-    names = _add_ranks(g, n, _compute(flops_per_s, idle_power_w, busy_power_w, "fully_connected: "))
+    names = _add_ranks(g, n, _rank_attrs(params, "fully_connected: "))
     for i in range(n):
         for j in range(i + 1, n):
             g.add_edge(names[i], names[j], **link)
@@ -168,9 +212,10 @@ def tree(
     uplink_bandwidth_bytes_per_s: float | None = None,
     latency_s: float = LATENCY_S,
     energy_per_byte_j: float = ENERGY_PER_BYTE_J,
-    flops_per_s: float = FLOPS_PER_S,
-    idle_power_w: float = IDLE_POWER_W,
-    busy_power_w: float = BUSY_POWER_W,
+    flops_per_s: float | None = None,
+    idle_power_w: float | None = None,
+    busy_power_w: float | None = None,
+    node_type=None,
     switch_idle_power_w: float = SWITCH_POWER_W,
     switch_busy_power_w: float = SWITCH_POWER_W,
 ) -> Topology:
@@ -190,7 +235,7 @@ def tree(
     uplink = _link(uplink_bandwidth_bytes_per_s, latency_s, energy_per_byte_j, "tree: uplink_")
     sw = _switch(switch_idle_power_w, switch_busy_power_w, prefix="tree: switch_")
     g = nx.Graph()
-    children = _add_ranks(g, n, _compute(flops_per_s, idle_power_w, busy_power_w, "tree: "))
+    children = _add_ranks(g, n, _rank_attrs(params, "tree: "))
     level = 0
     while level == 0 or len(children) > 1:
         level += 1
@@ -209,9 +254,10 @@ def torus(
     bandwidth_bytes_per_s: float = BANDWIDTH_BYTES_PER_S,
     latency_s: float = LATENCY_S,
     energy_per_byte_j: float = ENERGY_PER_BYTE_J,
-    flops_per_s: float = FLOPS_PER_S,
-    idle_power_w: float = IDLE_POWER_W,
-    busy_power_w: float = BUSY_POWER_W,
+    flops_per_s: float | None = None,
+    idle_power_w: float | None = None,
+    busy_power_w: float | None = None,
+    node_type=None,
 ) -> Topology:
     """2-D or 3-D torus of ranks with wraparound; each dim >= 2.
 
@@ -227,7 +273,7 @@ def torus(
     link = _link(bandwidth_bytes_per_s, latency_s, energy_per_byte_j, "torus: ")
     g = nx.Graph()
     n = math.prod(dims)
-    names = _add_ranks(g, n, _compute(flops_per_s, idle_power_w, busy_power_w, "torus: "))
+    names = _add_ranks(g, n, _rank_attrs(params, "torus: "))
     strides = [math.prod(dims[i + 1:]) for i in range(len(dims))]
     for r in range(n):
         for d, (size, stride) in enumerate(zip(dims, strides)):
@@ -245,9 +291,10 @@ def fat_tree(
     bandwidth_bytes_per_s: float = BANDWIDTH_BYTES_PER_S,
     latency_s: float = LATENCY_S,
     energy_per_byte_j: float = ENERGY_PER_BYTE_J,
-    flops_per_s: float = FLOPS_PER_S,
-    idle_power_w: float = IDLE_POWER_W,
-    busy_power_w: float = BUSY_POWER_W,
+    flops_per_s: float | None = None,
+    idle_power_w: float | None = None,
+    busy_power_w: float | None = None,
+    node_type=None,
     switch_idle_power_w: float = SWITCH_POWER_W,
     switch_busy_power_w: float = SWITCH_POWER_W,
 ) -> Topology:
@@ -264,7 +311,7 @@ def fat_tree(
     link = _link(bandwidth_bytes_per_s, latency_s, energy_per_byte_j, "fat_tree: ")
     sw = _switch(switch_idle_power_w, switch_busy_power_w, prefix="fat_tree: switch_")
     g = nx.Graph()
-    names = _add_ranks(g, n, _compute(flops_per_s, idle_power_w, busy_power_w, "fat_tree: "))
+    names = _add_ranks(g, n, _rank_attrs(params, "fat_tree: "))
     core = [f"core{i}" for i in range(half * half)]
     for p in range(k):
         for j in range(half):
@@ -296,9 +343,10 @@ def hierarchical(
     bandwidths_bytes_per_s=None,
     latencies_s=None,
     energies_per_byte_j=None,
-    flops_per_s: float = FLOPS_PER_S,
-    idle_power_w: float = IDLE_POWER_W,
-    busy_power_w: float = BUSY_POWER_W,
+    flops_per_s: float | None = None,
+    idle_power_w: float | None = None,
+    busy_power_w: float | None = None,
+    node_type=None,
     switch_idle_power_w: float = SWITCH_POWER_W,
     switch_busy_power_w: float = SWITCH_POWER_W,
 ) -> Topology:
@@ -347,6 +395,7 @@ def hierarchical(
         "flops_per_s": flops_per_s,
         "idle_power_w": idle_power_w,
         "busy_power_w": busy_power_w,
+        "node_type": node_type,
         "switch_idle_power_w": switch_idle_power_w,
         "switch_busy_power_w": switch_busy_power_w,
     }
@@ -357,7 +406,7 @@ def hierarchical(
     n = math.prod(levels)
     if n < 2:
         raise TopologyError(f"hierarchical: levels {short(levels)} give {n} rank; need >= 2")
-    compute = _compute(flops_per_s, idle_power_w, busy_power_w, "hierarchical: ")
+    compute = _rank_attrs(params, "hierarchical: ")
     sw = _switch(switch_idle_power_w, switch_busy_power_w, prefix="hierarchical: switch_")
     g = nx.Graph()
     group_size = levels[-1]

@@ -148,10 +148,22 @@ def _node_attrs(entry: Mapping, what: str) -> dict:
             attrs[key] = _number(value, f"{what}.{key}")
         elif key == "group":
             attrs[key] = _tuples(value)
-        elif key in ("role", "tier"):
+        elif key in ("role", "tier", "node_type", "default_precision"):
             if not isinstance(value, str):
                 raise TopologyError(f"{what}.{key} must be a string, got {short(value)}")
             attrs[key] = value
+        elif key in ("memory_bytes", "memory_bandwidth_bytes_per_s"):
+            attrs[key] = _number(value, f"{what}.{key}")
+        elif key == "peak_flops_per_s":
+            if not isinstance(value, Mapping):
+                raise TopologyError(f"{what}.{key} must be a mapping of precision -> FLOP/s, got {short(value)}")
+            attrs[key] = {p: _number(v, f"{what}.{key}.{short_name(p)}") for p, v in value.items()}
+        elif key == "gemm_efficiency":
+            # Pairs as tuples; the model checks their shape and values.
+            attrs[key] = tuple(
+                tuple(_number(x, f"{what}.{key}[{i}]") for x in pair) if isinstance(pair, list) else pair
+                for i, pair in enumerate(value)
+            ) if isinstance(value, list) else value
     return attrs
 
 
