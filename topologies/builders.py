@@ -15,7 +15,7 @@ from typing import Callable
 
 import networkx as nx
 
-from .hardware import CLUSTER_KEYS, NodeType, load_cluster_preset, load_node_type
+from .hardware import CLUSTER_KEYS, load_cluster_preset, load_node_type
 from .limits import MAX_INT, is_finite_number, short
 from .model import Topology, TopologyError
 
@@ -495,6 +495,173 @@ def edge_cloud(
     return Topology(g, name="edge_cloud", params=params)
 
 
+FABRICS = ("fat_tree", "rail_optimized")
+# gpu_cluster without a preset: H100 SXM servers (the dgx_h100 preset's
+# figures) in a plain fat tree of 64-port leaf switches (32 NICs down).
+GPU_CLUSTER_DEFAULTS = {
+    "gpus_per_node": 8,
+    "node_type": "h100_sxm",
+    "scale_up_bandwidth_bytes_per_s": 450e9,
+    "scale_up_latency_s": 1.5e-6,
+    "scale_up_energy_per_byte_j": ENERGY_PER_BYTE_J,
+    "scale_out_bandwidth_bytes_per_s": 50e9,
+    "scale_out_latency_s": 3e-6,
+    "scale_out_energy_per_byte_j": ENERGY_PER_BYTE_J,
+    "fabric": "fat_tree",
+    "oversubscription": 1.0,
+    "nics_per_leaf": 32,
+    "spines": 1,
+    "fabric_latency_s": 0.5e-6,
+    "switch_idle_power_w": SWITCH_POWER_W,
+    "switch_busy_power_w": SWITCH_POWER_W,
+}
+
+
+def gpu_cluster(
+    nodes: int,
+    *,
+    preset=None,
+    gpus_per_node: int | None = None,
+    node_type=None,
+    scale_up_bandwidth_bytes_per_s: float | None = None,
+    scale_up_latency_s: float | None = None,
+    scale_up_energy_per_byte_j: float | None = None,
+    scale_out_bandwidth_bytes_per_s: float | None = None,
+    scale_out_latency_s: float | None = None,
+    scale_out_energy_per_byte_j: float | None = None,
+    fabric: str | None = None,
+    oversubscription: float | None = None,
+    nics_per_leaf: int | None = None,
+    spines: int | None = None,
+    fabric_latency_s: float | None = None,
+    idle_power_w: float | None = None,
+    busy_power_w: float | None = None,
+    switch_idle_power_w: float | None = None,
+    switch_busy_power_w: float | None = None,
+) -> Topology:
+    """``nodes`` GPU servers of ``gpus_per_node`` GPUs: NVSwitch inside, one NIC per GPU outside.
+
+    Every keyword left ``None`` comes from ``preset`` (a cluster preset's
+    name, e.g. ``dgx_h100``, or file; see ``topologies.hardware``), else from
+    ``GPU_CLUSTER_DEFAULTS`` (H100 SXM servers, a plain fat tree).
+
+    Inside server s every GPU links to the switch ``nvswitch{s}`` at
+    ``scale_up_bandwidth_bytes_per_s``.  GPU r links to its NIC ``nic{r}``
+    and the NIC to a leaf switch, both at ``scale_out_bandwidth_bytes_per_s``.
+    ``fabric="fat_tree"``: NICs fill leaves ``leaf{i}`` in order,
+    ``nics_per_leaf`` each (a server's NICs share a leaf where they fit);
+    ``"rail_optimized"``: NIC g of every server goes to a leaf of rail g (one
+    per ``nics_per_leaf`` servers), as in DGX SuperPODs.  With more than one
+    leaf, ``spines`` spine switches join them: each leaf's uplinks together
+    carry its NICs' bandwidth / ``oversubscription``, split evenly over the
+    spines (one spine, the default, is the whole spine layer as one
+    aggregate switch: flows share it max-min fairly, as ideal adaptive
+    routing would; more spines add ECMP's uneven hashing).
+
+    Latencies are GPU to GPU: ``scale_up_latency_s`` through the NVSwitch,
+    ``scale_out_latency_s`` through two NICs and one leaf (each split in
+    half over the two links that carry it), plus ``fabric_latency_s`` per
+    leaf-spine link; energies per byte the same way.  A GPU-NIC link adds no
+    latency or energy (the NIC figures include it).  Traffic between GPUs of
+    one server goes through the NVSwitch, so ``scale_up_latency_s`` may not
+    exceed ``scale_out_latency_s``.  ``group`` is the server's index.  GPUs
+    are ranks ``n0``.. in server order; they take ``node_type``'s hardware
+    (``idle_power_w``/``busy_power_w`` override its powers); NICs are
+    switches that draw nothing, NVSwitches, leaves and spines draw
+    ``switch_*_power_w``.
+    """
+    shape = _gpu_cluster_shape(nodes, locals())
+    k = shape["keywords"]
+    servers, gpus, fabric, per_leaf, nspines, nleaves = (
+        shape["servers"], shape["gpus_per_node"], shape["fabric"], shape["nics_per_leaf"], shape["spines"],
+        shape["leaves"])
+    what = "gpu_cluster: "
+    up_bw = _real(k["scale_up_bandwidth_bytes_per_s"], f"{what}scale_up_bandwidth_bytes_per_s", positive=True)
+    out_bw = _real(k["scale_out_bandwidth_bytes_per_s"], f"{what}scale_out_bandwidth_bytes_per_s", positive=True)
+    up_lat = _real(k["scale_up_latency_s"], f"{what}scale_up_latency_s")
+    out_lat = _real(k["scale_out_latency_s"], f"{what}scale_out_latency_s")
+    fabric_lat = _real(k["fabric_latency_s"], f"{what}fabric_latency_s")
+    up_j = _real(k["scale_up_energy_per_byte_j"], f"{what}scale_up_energy_per_byte_j")
+    out_j = _real(k["scale_out_energy_per_byte_j"], f"{what}scale_out_energy_per_byte_j")
+    oversub = _real(k["oversubscription"], f"{what}oversubscription")
+    if oversub < 1:
+        raise TopologyError(f"{what}oversubscription must be >= 1 (1: non-blocking), got {short(oversub)}")
+    if up_lat > out_lat:
+        raise TopologyError(
+            f"{what}scale_up_latency_s ({short(up_lat)}) must not exceed scale_out_latency_s ({short(out_lat)}): "
+            "routes take the lowest latency, and traffic inside a server must go through its NVSwitch"
+        )
+    params = {"nodes": servers, "preset": shape["preset"], **k, "node_type": k["node_type"],
+              "flops_per_s": None, "idle_power_w": k["idle_power_w"], "busy_power_w": k["busy_power_w"]}
+    if params["preset"] is None:
+        del params["preset"]
+    gpu = _rank_attrs(params, what)
+    params.pop("flops_per_s")
+    sw = _switch(k["switch_idle_power_w"], k["switch_busy_power_w"], prefix=f"{what}switch_")
+    nic = {"role": "switch", "flops_per_s": 0.0, "idle_power_w": 0.0, "busy_power_w": 0.0}
+    nvlink = {"bandwidth_bytes_per_s": up_bw, "latency_s": up_lat / 2, "energy_per_byte_j": up_j / 2}
+    pcie = {"bandwidth_bytes_per_s": out_bw, "latency_s": 0.0, "energy_per_byte_j": 0.0}
+    nic_link = {"bandwidth_bytes_per_s": out_bw, "latency_s": out_lat / 2, "energy_per_byte_j": out_j / 2}
+
+    g = nx.Graph()
+    for r in range(servers * gpus):
+        g.add_node(f"n{r}", **gpu, group=r // gpus)
+    for s in range(servers):
+        g.add_node(f"nvswitch{s}", **sw)
+    for r in range(servers * gpus):
+        g.add_node(f"nic{r}", **nic)
+    for i in range(nleaves):
+        g.add_node(f"leaf{i}", **sw)
+    for j in range(nspines):
+        g.add_node(f"spine{j}", **sw)
+    blocks = -(-servers // per_leaf)  # leaves per rail
+    nics_on = [0] * nleaves
+    for r in range(servers * gpus):
+        s, local = divmod(r, gpus)
+        leaf = r // per_leaf if fabric == "fat_tree" else local * blocks + s // per_leaf
+        nics_on[leaf] += 1
+        g.add_edge(f"n{r}", f"nvswitch{s}", **nvlink)
+        g.add_edge(f"n{r}", f"nic{r}", **pcie)
+        g.add_edge(f"nic{r}", f"leaf{leaf}", **nic_link)
+    for i in range(nleaves if nspines else 0):
+        uplink = {"bandwidth_bytes_per_s": nics_on[i] * out_bw / oversub / nspines, "latency_s": fabric_lat,
+                  "energy_per_byte_j": out_j / 2}
+        for j in range(nspines):
+            g.add_edge(f"leaf{i}", f"spine{j}", **uplink)
+    return Topology(g, name="gpu_cluster", params=params)
+
+
+def _gpu_cluster_shape(nodes, given: dict) -> dict:
+    """The keywords gpu_cluster runs with (given > preset > defaults) and its counts, checked."""
+    preset = given.get("preset")
+    keywords = dict(GPU_CLUSTER_DEFAULTS)
+    if preset is not None:
+        try:
+            loaded = load_cluster_preset(preset)
+        except TopologyError as exc:
+            raise TopologyError(f"gpu_cluster: {exc}") from None
+        keywords.update(loaded.keywords)
+        preset = loaded.name
+    for key in tuple(CLUSTER_KEYS) + ("idle_power_w", "busy_power_w"):
+        if given.get(key) is not None:
+            keywords[key] = given[key]
+        keywords.setdefault(key, None)
+    servers = _int(nodes, "gpu_cluster: nodes", 1)
+    gpus = _int(keywords["gpus_per_node"], "gpu_cluster: gpus_per_node", 1)
+    fabric = keywords["fabric"]
+    if fabric not in FABRICS:
+        raise TopologyError(f"gpu_cluster: unknown fabric {short(fabric)}; known: {', '.join(FABRICS)}")
+    per_leaf = _int(keywords["nics_per_leaf"], "gpu_cluster: nics_per_leaf", 1)
+    nspines = _int(keywords["spines"], "gpu_cluster: spines", 1)
+    keywords.update(gpus_per_node=gpus, nics_per_leaf=per_leaf, spines=nspines)
+    if fabric == "fat_tree":
+        leaves = -(-(servers * gpus) // per_leaf)
+    else:
+        leaves = gpus * -(-servers // per_leaf)
+    return {"preset": preset, "keywords": keywords, "servers": servers, "gpus_per_node": gpus, "fabric": fabric,
+            "nics_per_leaf": per_leaf, "spines": nspines if leaves > 1 else 0, "leaves": leaves}
+
+
 # -- sizes before building ----------------------------------------------------
 #
 # Each builder's node and link counts, from its arguments alone, so that a
@@ -586,6 +753,13 @@ def _edge_cloud_size(*, n_devices, n_edge, n_cloud=1, **_) -> tuple[int, int]:
     return n_devices + n_edge + n_cloud + 1 + (1 if n_cloud else 0), n_devices + n_edge + (1 + n_cloud if n_cloud else 0)
 
 
+def _gpu_cluster_size(nodes, **kwargs) -> tuple[int, int]:
+    shape = _gpu_cluster_shape(nodes, kwargs)
+    n = shape["servers"] * shape["gpus_per_node"]
+    leaves, spines = shape["leaves"], shape["spines"]
+    return 2 * n + shape["servers"] + leaves + spines, 3 * n + leaves * spines
+
+
 BUILDERS: dict[str, Callable[..., Topology]] = {
     "ring": ring,
     "switch": switch,
@@ -595,6 +769,7 @@ BUILDERS: dict[str, Callable[..., Topology]] = {
     "fat_tree": fat_tree,
     "hierarchical": hierarchical,
     "edge_cloud": edge_cloud,
+    "gpu_cluster": gpu_cluster,
 }
 
 # name -> (nodes, links) the builder would make, from the same arguments.
@@ -607,4 +782,5 @@ BUILDER_SIZES: dict[str, Callable[..., tuple[int, int]]] = {
     "fat_tree": _fat_tree_size,
     "hierarchical": _hierarchical_size,
     "edge_cloud": _edge_cloud_size,
+    "gpu_cluster": _gpu_cluster_size,
 }
