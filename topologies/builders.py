@@ -5,7 +5,9 @@ in J, compute speed in flop/s, power in W.  Compute nodes are named ``n0``,
 ``n1``, ... and inserted first, so node insertion order is rank order.
 Defaults describe a GPU cluster on 100 Gb/s Ethernet: 100 Tflop/s per rank,
 100 W idle / 400 W busy, 12.5 GB/s links with 2 us latency and 10 pJ/byte;
-switches draw a constant 150 W.
+switches draw a constant 150 W.  ``node_type`` (a preset name such as
+``h100_sxm``, a file, or a ``topologies.hardware.NodeType``) gives the ranks
+that hardware instead: peaks per precision, memory, GEMM efficiency, powers.
 """
 from __future__ import annotations
 
