@@ -1,7 +1,11 @@
 """The SimPy engine: runs per-rank programs of operations on a topology.
 
 Each rank is a SimPy process that executes its operations in order.  Compute
-takes flops / (node speed) times the rank's straggler slowdown.  Messages are
+follows the roofline: max(flops / (peak x GEMM efficiency), nbytes / memory
+bandwidth) times the rank's straggler slowdown, where the peak is the node's
+for the op's precision and the efficiency its table's value at the op's GEMM
+shape (``Topology.peak_flops_per_s``, ``Topology.gemm_efficiency``); a plain
+``Compute(flops)`` takes flops / flops_per_s.  Messages are
 matched per (source, destination, tag) in FIFO order, as MPI's non-overtaking
 rule does; a send completes when its last byte arrives.  Collectives run the
 point-to-point steps their algorithm lowers to (``workloads.collectives``),
@@ -115,6 +119,26 @@ class Simulator:
         for rank in self.stragglers.ranks:
             if not 0 <= rank < self.nranks:
                 raise ValueError(f"stragglers.ranks names rank {rank}, but there are {self.nranks} ranks")
+        self._peaks = self._compute_peaks()
+
+    def _compute_peaks(self) -> list[dict[str, float]]:
+        """Per rank, the peak FLOP/s of every precision its Compute ops name
+        ("" is flops_per_s), checked here so that a run never stops half-way
+        on a precision the node lacks."""
+        topo = self.topology
+        peaks = []
+        for rank, program in enumerate(self.programs):
+            known = {"": topo.rank_flops_per_s[rank]}
+            for index, op in enumerate(program):
+                if type(op) is Compute and op.precision not in known:
+                    try:
+                        known[op.precision] = topo.peak_flops_per_s(rank, op.precision)
+                    except ValueError as exc:
+                        label = f" {op.label!r}" if op.label else ""
+                        raise ValueError(f"rank {rank} op {index} (compute{label}): precision {op.precision!r}: "
+                                         f"{exc}") from None
+            peaks.append(known)
+        return peaks
 
     # -- the run -----------------------------------------------------------------
 
@@ -189,6 +213,9 @@ class Simulator:
         env = self.env
         records = self._records
         flops_per_s = self.topology.rank_flops_per_s[rank]
+        peaks = self._peaks[rank]
+        memory_bytes_per_s = self.topology.rank_memory_bandwidth_bytes_per_s[rank]
+        efficiency: dict[tuple, float] = {}  # GEMM shape -> fraction of peak, as programs repeat shapes
         busy_w = self.topology.rank_busy_power_w[rank]
         # Records charge idle power only where the run does (count_idle).
         idle_w = self.topology.rank_idle_power_w[rank] * (1.0 if self.count_idle_energy else 0.0)
@@ -216,18 +243,28 @@ class Simulator:
             link_j = [0.0]
             if type(op) is Compute:
                 slowdown = sampler.next()
-                duration = op.flops / flops_per_s * slowdown
+                if op.precision or op.gemm or op.nbytes:
+                    peak = peaks[op.precision]
+                    if op.gemm:
+                        fraction = efficiency.get(op.gemm)
+                        if fraction is None:
+                            fraction = efficiency[op.gemm] = self.topology.gemm_efficiency(rank, *op.gemm)
+                        peak = peak * fraction
+                    duration = max(op.flops / peak, op.nbytes / memory_bytes_per_s) * slowdown
+                else:
+                    peak = flops_per_s
+                    duration = op.flops / flops_per_s * slowdown
                 if not duration < _INF:  # inf or NaN: stop here, where the cause is known
                     raise NonFiniteResultError(
                         f"rank {rank} op {index} (compute) would take {duration} s: {op.flops:.6g} flops at "
-                        f"{flops_per_s:.6g} flop/s (node {_name(self.topology.ranks[rank])}) with slowdown "
+                        f"{peak:.6g} flop/s (node {_name(self.topology.ranks[rank])}) with slowdown "
                         f"{slowdown:.6g}; a speed near 0 or a flop count or straggler factor near 1e308 "
                         "overflows float seconds"
                     )
                 if duration > 0:
                     yield env.timeout(duration)
                 self._compute_s[rank] += duration
-                records.append(Record(rank, index, "", "compute", "", -1, 0, op.flops, start, env.now,
+                records.append(Record(rank, index, "", "compute", "", -1, op.nbytes, op.flops, start, env.now,
                                       busy_w * duration))
                 continue
             if type(op) is Collective:

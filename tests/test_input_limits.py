@@ -270,7 +270,9 @@ def test_builder_sizes_match_what_the_builders_make():
         ("torus", dict(dims=(4, 4))), ("torus", dict(dims=(2, 3, 4))), ("fat_tree", dict(k=4)),
         ("fat_tree", dict(k=6, n=20)), ("hierarchical", dict(levels=(4, 8))), ("hierarchical", dict(levels=(2, 3, 5))),
         ("hierarchical", dict(levels=(1, 1, 2))), ("edge_cloud", dict(n_devices=8, n_edge=2)),
-        ("edge_cloud", dict(n_devices=3, n_edge=1, n_cloud=0)),
+        ("edge_cloud", dict(n_devices=3, n_edge=1, n_cloud=0)), ("gpu_cluster", dict(nodes=1)),
+        ("gpu_cluster", dict(nodes=3, preset="dgx_h100", nics_per_leaf=2, spines=3)),
+        ("gpu_cluster", dict(nodes=5, gpus_per_node=3, nics_per_leaf=4, fabric="fat_tree")),
     ]
     assert {name for name, _ in cases} == set(BUILDERS) == set(BUILDER_SIZES)
     for name, kwargs in cases:

@@ -83,7 +83,7 @@ def test_builder_counts(topo, expected):
 
 def test_builders_registry_and_names():
     assert set(BUILDERS) == {
-        "ring", "switch", "fully_connected", "tree", "torus", "fat_tree", "hierarchical", "edge_cloud"
+        "ring", "switch", "fully_connected", "tree", "torus", "fat_tree", "hierarchical", "edge_cloud", "gpu_cluster",
     }
     for name, fn in BUILDERS.items():
         assert fn.__name__ == name

@@ -9,12 +9,14 @@ from .builders import (
     edge_cloud,
     fat_tree,
     fully_connected,
+    gpu_cluster,
     hierarchical,
     ring,
     switch,
     torus,
     tree,
 )
+from .hardware import NodeType, cluster_presets, load_cluster_preset, load_node_type, node_types
 from .io import load_topology, topology_from_dict
 from .model import Route, Topology, TopologyError
 
@@ -25,8 +27,14 @@ __all__ = [
     "TopologyError",
     "edge_cloud",
     "fat_tree",
+    "NodeType",
+    "cluster_presets",
     "fully_connected",
+    "gpu_cluster",
     "hierarchical",
+    "load_cluster_preset",
+    "load_node_type",
+    "node_types",
     "load_topology",
     "ring",
     "switch",

@@ -5,7 +5,9 @@ in J, compute speed in flop/s, power in W.  Compute nodes are named ``n0``,
 ``n1``, ... and inserted first, so node insertion order is rank order.
 Defaults describe a GPU cluster on 100 Gb/s Ethernet: 100 Tflop/s per rank,
 100 W idle / 400 W busy, 12.5 GB/s links with 2 us latency and 10 pJ/byte;
-switches draw a constant 150 W.
+switches draw a constant 150 W.  ``node_type`` (a preset name such as
+``h100_sxm``, a file, or a ``topologies.hardware.NodeType``) gives the ranks
+that hardware instead: peaks per precision, memory, GEMM efficiency, powers.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from typing import Callable
 
 import networkx as nx
 
+from .hardware import CLUSTER_KEYS, load_cluster_preset, load_node_type
 from .limits import MAX_INT, is_finite_number, short
 from .model import Topology, TopologyError
 
@@ -71,6 +74,46 @@ def _compute(flops_per_s, idle_power_w, busy_power_w, prefix: str = "", **extra)
     }
 
 
+def _rank_attrs(params: dict, prefix: str, **extra) -> dict:
+    """A builder's compute-node attributes from its ``flops_per_s``, powers and ``node_type``.
+
+    Without a node type: the given values, else the module's defaults.  With
+    one (a preset name, a file or a ``NodeType``): its peaks, memory and GEMM
+    table, ``flops_per_s`` its default precision's peak (so it cannot be given
+    too), its powers unless given.  The resolved values replace the ``None``s
+    in ``params`` (what ``Topology.params`` records).
+    """
+    node_type = params.pop("node_type", None)
+    attrs = {"role": "compute"}
+    flops_per_s = params.get("flops_per_s")
+    idle_power_w, busy_power_w = params.get("idle_power_w"), params.get("busy_power_w")
+    if node_type is None:
+        flops_per_s = FLOPS_PER_S if flops_per_s is None else flops_per_s
+        idle_default, busy_default = IDLE_POWER_W, BUSY_POWER_W
+    else:
+        try:
+            kind = load_node_type(node_type)
+        except TopologyError as exc:
+            raise TopologyError(f"{prefix}{exc}") from None
+        if flops_per_s is not None:
+            raise TopologyError(
+                f"{prefix}flops_per_s comes from node_type {kind.name!r} (its {kind.default_precision} peak, "
+                f"{kind.flops_per_s:.6g}); give one or the other, or edit a copy of the node type's file"
+            )
+        attrs.update(kind.node_attrs())
+        flops_per_s = kind.flops_per_s
+        idle_default = IDLE_POWER_W if kind.idle_power_w is None else kind.idle_power_w
+        busy_default = BUSY_POWER_W if kind.busy_power_w is None else kind.busy_power_w
+        params["node_type"] = kind.name
+    attrs["flops_per_s"] = _real(flops_per_s, f"{prefix}flops_per_s", positive=True)
+    attrs["idle_power_w"] = _real(idle_default if idle_power_w is None else idle_power_w, f"{prefix}idle_power_w")
+    attrs["busy_power_w"] = _real(busy_default if busy_power_w is None else busy_power_w, f"{prefix}busy_power_w")
+    params.update(flops_per_s=attrs["flops_per_s"], idle_power_w=attrs["idle_power_w"],
+                  busy_power_w=attrs["busy_power_w"])
+    attrs.update(extra)
+    return attrs
+
+
 def _switch(idle_power_w, busy_power_w, role: str = "switch", prefix: str = "switch_") -> dict:
     return {
         "role": role,
@@ -99,16 +142,17 @@ def ring(
     bandwidth_bytes_per_s: float = BANDWIDTH_BYTES_PER_S,
     latency_s: float = LATENCY_S,
     energy_per_byte_j: float = ENERGY_PER_BYTE_J,
-    flops_per_s: float = FLOPS_PER_S,
-    idle_power_w: float = IDLE_POWER_W,
-    busy_power_w: float = BUSY_POWER_W,
+    flops_per_s: float | None = None,
+    idle_power_w: float | None = None,
+    busy_power_w: float | None = None,
+    node_type=None,
 ) -> Topology:
     """``n`` ranks in a cycle, rank i linked to rank (i+1) % n (n=2: one link)."""
     params = _params(locals())
     n = _int(n, "ring: n", 2)
     link = _link(bandwidth_bytes_per_s, latency_s, energy_per_byte_j, "ring: ")
     g = nx.Graph()
-    names = _add_ranks(g, n, _compute(flops_per_s, idle_power_w, busy_power_w, "ring: "))
+    names = _add_ranks(g, n, _rank_attrs(params, "ring: "))
     for i in range(n if n > 2 else 1):
         g.add_edge(names[i], names[(i + 1) % n], **link)
     return Topology(g, name="ring", params=params)
@@ -120,9 +164,10 @@ def switch(
     bandwidth_bytes_per_s: float = BANDWIDTH_BYTES_PER_S,
     latency_s: float = LATENCY_S,
     energy_per_byte_j: float = ENERGY_PER_BYTE_J,
-    flops_per_s: float = FLOPS_PER_S,
-    idle_power_w: float = IDLE_POWER_W,
-    busy_power_w: float = BUSY_POWER_W,
+    flops_per_s: float | None = None,
+    idle_power_w: float | None = None,
+    busy_power_w: float | None = None,
+    node_type=None,
     switch_idle_power_w: float = SWITCH_POWER_W,
     switch_busy_power_w: float = SWITCH_POWER_W,
 ) -> Topology:
@@ -131,7 +176,7 @@ def switch(
     n = _int(n, "switch: n", 2)
     link = _link(bandwidth_bytes_per_s, latency_s, energy_per_byte_j, "switch: ")
     g = nx.Graph()
-    names = _add_ranks(g, n, _compute(flops_per_s, idle_power_w, busy_power_w, "switch: "))
+    names = _add_ranks(g, n, _rank_attrs(params, "switch: "))
     g.add_node("s0", **_switch(switch_idle_power_w, switch_busy_power_w, prefix="switch: switch_"))
     for name in names:
         g.add_edge(name, "s0", **link)
@@ -144,16 +189,17 @@ def fully_connected(
     bandwidth_bytes_per_s: float = BANDWIDTH_BYTES_PER_S,
     latency_s: float = LATENCY_S,
     energy_per_byte_j: float = ENERGY_PER_BYTE_J,
-    flops_per_s: float = FLOPS_PER_S,
-    idle_power_w: float = IDLE_POWER_W,
-    busy_power_w: float = BUSY_POWER_W,
+    flops_per_s: float | None = None,
+    idle_power_w: float | None = None,
+    busy_power_w: float | None = None,
+    node_type=None,
 ) -> Topology:
     """A direct link between every pair of the ``n`` ranks (n(n-1)/2 links)."""
     params = _params(locals())
     n = _int(n, "fully_connected: n", 2)
     link = _link(bandwidth_bytes_per_s, latency_s, energy_per_byte_j, "fully_connected: ")
     g = nx.Graph()
-    names = _add_ranks(g, n, _compute(flops_per_s, idle_power_w, busy_power_w, "fully_connected: "))
+    names = _add_ranks(g, n, _rank_attrs(params, "fully_connected: "))
     for i in range(n):
         for j in range(i + 1, n):
             g.add_edge(names[i], names[j], **link)
@@ -168,9 +214,10 @@ def tree(
     uplink_bandwidth_bytes_per_s: float | None = None,
     latency_s: float = LATENCY_S,
     energy_per_byte_j: float = ENERGY_PER_BYTE_J,
-    flops_per_s: float = FLOPS_PER_S,
-    idle_power_w: float = IDLE_POWER_W,
-    busy_power_w: float = BUSY_POWER_W,
+    flops_per_s: float | None = None,
+    idle_power_w: float | None = None,
+    busy_power_w: float | None = None,
+    node_type=None,
     switch_idle_power_w: float = SWITCH_POWER_W,
     switch_busy_power_w: float = SWITCH_POWER_W,
 ) -> Topology:
@@ -190,7 +237,7 @@ def tree(
     uplink = _link(uplink_bandwidth_bytes_per_s, latency_s, energy_per_byte_j, "tree: uplink_")
     sw = _switch(switch_idle_power_w, switch_busy_power_w, prefix="tree: switch_")
     g = nx.Graph()
-    children = _add_ranks(g, n, _compute(flops_per_s, idle_power_w, busy_power_w, "tree: "))
+    children = _add_ranks(g, n, _rank_attrs(params, "tree: "))
     level = 0
     while level == 0 or len(children) > 1:
         level += 1
@@ -209,9 +256,10 @@ def torus(
     bandwidth_bytes_per_s: float = BANDWIDTH_BYTES_PER_S,
     latency_s: float = LATENCY_S,
     energy_per_byte_j: float = ENERGY_PER_BYTE_J,
-    flops_per_s: float = FLOPS_PER_S,
-    idle_power_w: float = IDLE_POWER_W,
-    busy_power_w: float = BUSY_POWER_W,
+    flops_per_s: float | None = None,
+    idle_power_w: float | None = None,
+    busy_power_w: float | None = None,
+    node_type=None,
 ) -> Topology:
     """2-D or 3-D torus of ranks with wraparound; each dim >= 2.
 
@@ -227,7 +275,7 @@ def torus(
     link = _link(bandwidth_bytes_per_s, latency_s, energy_per_byte_j, "torus: ")
     g = nx.Graph()
     n = math.prod(dims)
-    names = _add_ranks(g, n, _compute(flops_per_s, idle_power_w, busy_power_w, "torus: "))
+    names = _add_ranks(g, n, _rank_attrs(params, "torus: "))
     strides = [math.prod(dims[i + 1:]) for i in range(len(dims))]
     for r in range(n):
         for d, (size, stride) in enumerate(zip(dims, strides)):
@@ -245,9 +293,10 @@ def fat_tree(
     bandwidth_bytes_per_s: float = BANDWIDTH_BYTES_PER_S,
     latency_s: float = LATENCY_S,
     energy_per_byte_j: float = ENERGY_PER_BYTE_J,
-    flops_per_s: float = FLOPS_PER_S,
-    idle_power_w: float = IDLE_POWER_W,
-    busy_power_w: float = BUSY_POWER_W,
+    flops_per_s: float | None = None,
+    idle_power_w: float | None = None,
+    busy_power_w: float | None = None,
+    node_type=None,
     switch_idle_power_w: float = SWITCH_POWER_W,
     switch_busy_power_w: float = SWITCH_POWER_W,
 ) -> Topology:
@@ -264,7 +313,7 @@ def fat_tree(
     link = _link(bandwidth_bytes_per_s, latency_s, energy_per_byte_j, "fat_tree: ")
     sw = _switch(switch_idle_power_w, switch_busy_power_w, prefix="fat_tree: switch_")
     g = nx.Graph()
-    names = _add_ranks(g, n, _compute(flops_per_s, idle_power_w, busy_power_w, "fat_tree: "))
+    names = _add_ranks(g, n, _rank_attrs(params, "fat_tree: "))
     core = [f"core{i}" for i in range(half * half)]
     for p in range(k):
         for j in range(half):
@@ -296,9 +345,10 @@ def hierarchical(
     bandwidths_bytes_per_s=None,
     latencies_s=None,
     energies_per_byte_j=None,
-    flops_per_s: float = FLOPS_PER_S,
-    idle_power_w: float = IDLE_POWER_W,
-    busy_power_w: float = BUSY_POWER_W,
+    flops_per_s: float | None = None,
+    idle_power_w: float | None = None,
+    busy_power_w: float | None = None,
+    node_type=None,
     switch_idle_power_w: float = SWITCH_POWER_W,
     switch_busy_power_w: float = SWITCH_POWER_W,
 ) -> Topology:
@@ -347,6 +397,7 @@ def hierarchical(
         "flops_per_s": flops_per_s,
         "idle_power_w": idle_power_w,
         "busy_power_w": busy_power_w,
+        "node_type": node_type,
         "switch_idle_power_w": switch_idle_power_w,
         "switch_busy_power_w": switch_busy_power_w,
     }
@@ -357,7 +408,7 @@ def hierarchical(
     n = math.prod(levels)
     if n < 2:
         raise TopologyError(f"hierarchical: levels {short(levels)} give {n} rank; need >= 2")
-    compute = _compute(flops_per_s, idle_power_w, busy_power_w, "hierarchical: ")
+    compute = _rank_attrs(params, "hierarchical: ")
     sw = _switch(switch_idle_power_w, switch_busy_power_w, prefix="hierarchical: switch_")
     g = nx.Graph()
     group_size = levels[-1]
@@ -444,6 +495,173 @@ def edge_cloud(
         for c in range(n_cloud):
             g.add_edge(f"cloud{c}", "dc_switch", **lan)
     return Topology(g, name="edge_cloud", params=params)
+
+
+FABRICS = ("fat_tree", "rail_optimized")
+# gpu_cluster without a preset: H100 SXM servers (the dgx_h100 preset's
+# figures) in a plain fat tree of 64-port leaf switches (32 NICs down).
+GPU_CLUSTER_DEFAULTS = {
+    "gpus_per_node": 8,
+    "node_type": "h100_sxm",
+    "scale_up_bandwidth_bytes_per_s": 450e9,
+    "scale_up_latency_s": 1.5e-6,
+    "scale_up_energy_per_byte_j": ENERGY_PER_BYTE_J,
+    "scale_out_bandwidth_bytes_per_s": 50e9,
+    "scale_out_latency_s": 3e-6,
+    "scale_out_energy_per_byte_j": ENERGY_PER_BYTE_J,
+    "fabric": "fat_tree",
+    "oversubscription": 1.0,
+    "nics_per_leaf": 32,
+    "spines": 1,
+    "fabric_latency_s": 0.5e-6,
+    "switch_idle_power_w": SWITCH_POWER_W,
+    "switch_busy_power_w": SWITCH_POWER_W,
+}
+
+
+def gpu_cluster(
+    nodes: int,
+    *,
+    preset=None,
+    gpus_per_node: int | None = None,
+    node_type=None,
+    scale_up_bandwidth_bytes_per_s: float | None = None,
+    scale_up_latency_s: float | None = None,
+    scale_up_energy_per_byte_j: float | None = None,
+    scale_out_bandwidth_bytes_per_s: float | None = None,
+    scale_out_latency_s: float | None = None,
+    scale_out_energy_per_byte_j: float | None = None,
+    fabric: str | None = None,
+    oversubscription: float | None = None,
+    nics_per_leaf: int | None = None,
+    spines: int | None = None,
+    fabric_latency_s: float | None = None,
+    idle_power_w: float | None = None,
+    busy_power_w: float | None = None,
+    switch_idle_power_w: float | None = None,
+    switch_busy_power_w: float | None = None,
+) -> Topology:
+    """``nodes`` GPU servers of ``gpus_per_node`` GPUs: NVSwitch inside, one NIC per GPU outside.
+
+    Every keyword left ``None`` comes from ``preset`` (a cluster preset's
+    name, e.g. ``dgx_h100``, or file; see ``topologies.hardware``), else from
+    ``GPU_CLUSTER_DEFAULTS`` (H100 SXM servers, a plain fat tree).
+
+    Inside server s every GPU links to the switch ``nvswitch{s}`` at
+    ``scale_up_bandwidth_bytes_per_s``.  GPU r links to its NIC ``nic{r}``
+    and the NIC to a leaf switch, both at ``scale_out_bandwidth_bytes_per_s``.
+    ``fabric="fat_tree"``: NICs fill leaves ``leaf{i}`` in order,
+    ``nics_per_leaf`` each (a server's NICs share a leaf where they fit);
+    ``"rail_optimized"``: NIC g of every server goes to a leaf of rail g (one
+    per ``nics_per_leaf`` servers), as in DGX SuperPODs.  With more than one
+    leaf, ``spines`` spine switches join them: each leaf's uplinks together
+    carry its NICs' bandwidth / ``oversubscription``, split evenly over the
+    spines (one spine, the default, is the whole spine layer as one
+    aggregate switch: flows share it max-min fairly, as ideal adaptive
+    routing would; more spines add ECMP's uneven hashing).
+
+    Latencies are GPU to GPU: ``scale_up_latency_s`` through the NVSwitch,
+    ``scale_out_latency_s`` through two NICs and one leaf (each split in
+    half over the two links that carry it), plus ``fabric_latency_s`` per
+    leaf-spine link; energies per byte the same way.  A GPU-NIC link adds no
+    latency or energy (the NIC figures include it).  Traffic between GPUs of
+    one server goes through the NVSwitch, so ``scale_up_latency_s`` may not
+    exceed ``scale_out_latency_s``.  ``group`` is the server's index.  GPUs
+    are ranks ``n0``.. in server order; they take ``node_type``'s hardware
+    (``idle_power_w``/``busy_power_w`` override its powers); NICs are
+    switches that draw nothing, NVSwitches, leaves and spines draw
+    ``switch_*_power_w``.
+    """
+    shape = _gpu_cluster_shape(nodes, locals())
+    k = shape["keywords"]
+    servers, gpus, fabric, per_leaf, nspines, nleaves = (
+        shape["servers"], shape["gpus_per_node"], shape["fabric"], shape["nics_per_leaf"], shape["spines"],
+        shape["leaves"])
+    what = "gpu_cluster: "
+    up_bw = _real(k["scale_up_bandwidth_bytes_per_s"], f"{what}scale_up_bandwidth_bytes_per_s", positive=True)
+    out_bw = _real(k["scale_out_bandwidth_bytes_per_s"], f"{what}scale_out_bandwidth_bytes_per_s", positive=True)
+    up_lat = _real(k["scale_up_latency_s"], f"{what}scale_up_latency_s")
+    out_lat = _real(k["scale_out_latency_s"], f"{what}scale_out_latency_s")
+    fabric_lat = _real(k["fabric_latency_s"], f"{what}fabric_latency_s")
+    up_j = _real(k["scale_up_energy_per_byte_j"], f"{what}scale_up_energy_per_byte_j")
+    out_j = _real(k["scale_out_energy_per_byte_j"], f"{what}scale_out_energy_per_byte_j")
+    oversub = _real(k["oversubscription"], f"{what}oversubscription")
+    if oversub < 1:
+        raise TopologyError(f"{what}oversubscription must be >= 1 (1: non-blocking), got {short(oversub)}")
+    if up_lat > out_lat:
+        raise TopologyError(
+            f"{what}scale_up_latency_s ({short(up_lat)}) must not exceed scale_out_latency_s ({short(out_lat)}): "
+            "routes take the lowest latency, and traffic inside a server must go through its NVSwitch"
+        )
+    params = {"nodes": servers, "preset": shape["preset"], **k, "node_type": k["node_type"],
+              "flops_per_s": None, "idle_power_w": k["idle_power_w"], "busy_power_w": k["busy_power_w"]}
+    if params["preset"] is None:
+        del params["preset"]
+    gpu = _rank_attrs(params, what)
+    params.pop("flops_per_s")
+    sw = _switch(k["switch_idle_power_w"], k["switch_busy_power_w"], prefix=f"{what}switch_")
+    nic = {"role": "switch", "flops_per_s": 0.0, "idle_power_w": 0.0, "busy_power_w": 0.0}
+    nvlink = {"bandwidth_bytes_per_s": up_bw, "latency_s": up_lat / 2, "energy_per_byte_j": up_j / 2}
+    pcie = {"bandwidth_bytes_per_s": out_bw, "latency_s": 0.0, "energy_per_byte_j": 0.0}
+    nic_link = {"bandwidth_bytes_per_s": out_bw, "latency_s": out_lat / 2, "energy_per_byte_j": out_j / 2}
+
+    g = nx.Graph()
+    for r in range(servers * gpus):
+        g.add_node(f"n{r}", **gpu, group=r // gpus)
+    for s in range(servers):
+        g.add_node(f"nvswitch{s}", **sw)
+    for r in range(servers * gpus):
+        g.add_node(f"nic{r}", **nic)
+    for i in range(nleaves):
+        g.add_node(f"leaf{i}", **sw)
+    for j in range(nspines):
+        g.add_node(f"spine{j}", **sw)
+    blocks = -(-servers // per_leaf)  # leaves per rail
+    nics_on = [0] * nleaves
+    for r in range(servers * gpus):
+        s, local = divmod(r, gpus)
+        leaf = r // per_leaf if fabric == "fat_tree" else local * blocks + s // per_leaf
+        nics_on[leaf] += 1
+        g.add_edge(f"n{r}", f"nvswitch{s}", **nvlink)
+        g.add_edge(f"n{r}", f"nic{r}", **pcie)
+        g.add_edge(f"nic{r}", f"leaf{leaf}", **nic_link)
+    for i in range(nleaves if nspines else 0):
+        uplink = {"bandwidth_bytes_per_s": nics_on[i] * out_bw / oversub / nspines, "latency_s": fabric_lat,
+                  "energy_per_byte_j": out_j / 2}
+        for j in range(nspines):
+            g.add_edge(f"leaf{i}", f"spine{j}", **uplink)
+    return Topology(g, name="gpu_cluster", params=params)
+
+
+def _gpu_cluster_shape(nodes, given: dict) -> dict:
+    """The keywords gpu_cluster runs with (given > preset > defaults) and its counts, checked."""
+    preset = given.get("preset")
+    keywords = dict(GPU_CLUSTER_DEFAULTS)
+    if preset is not None:
+        try:
+            loaded = load_cluster_preset(preset)
+        except TopologyError as exc:
+            raise TopologyError(f"gpu_cluster: {exc}") from None
+        keywords.update(loaded.keywords)
+        preset = loaded.name
+    for key in tuple(CLUSTER_KEYS) + ("idle_power_w", "busy_power_w"):
+        if given.get(key) is not None:
+            keywords[key] = given[key]
+        keywords.setdefault(key, None)
+    servers = _int(nodes, "gpu_cluster: nodes", 1)
+    gpus = _int(keywords["gpus_per_node"], "gpu_cluster: gpus_per_node", 1)
+    fabric = keywords["fabric"]
+    if fabric not in FABRICS:
+        raise TopologyError(f"gpu_cluster: unknown fabric {short(fabric)}; known: {', '.join(FABRICS)}")
+    per_leaf = _int(keywords["nics_per_leaf"], "gpu_cluster: nics_per_leaf", 1)
+    nspines = _int(keywords["spines"], "gpu_cluster: spines", 1)
+    keywords.update(gpus_per_node=gpus, nics_per_leaf=per_leaf, spines=nspines)
+    if fabric == "fat_tree":
+        leaves = -(-(servers * gpus) // per_leaf)
+    else:
+        leaves = gpus * -(-servers // per_leaf)
+    return {"preset": preset, "keywords": keywords, "servers": servers, "gpus_per_node": gpus, "fabric": fabric,
+            "nics_per_leaf": per_leaf, "spines": nspines if leaves > 1 else 0, "leaves": leaves}
 
 
 # -- sizes before building ----------------------------------------------------
@@ -537,6 +755,13 @@ def _edge_cloud_size(*, n_devices, n_edge, n_cloud=1, **_) -> tuple[int, int]:
     return n_devices + n_edge + n_cloud + 1 + (1 if n_cloud else 0), n_devices + n_edge + (1 + n_cloud if n_cloud else 0)
 
 
+def _gpu_cluster_size(nodes, **kwargs) -> tuple[int, int]:
+    shape = _gpu_cluster_shape(nodes, kwargs)
+    n = shape["servers"] * shape["gpus_per_node"]
+    leaves, spines = shape["leaves"], shape["spines"]
+    return 2 * n + shape["servers"] + leaves + spines, 3 * n + leaves * spines
+
+
 BUILDERS: dict[str, Callable[..., Topology]] = {
     "ring": ring,
     "switch": switch,
@@ -546,6 +771,7 @@ BUILDERS: dict[str, Callable[..., Topology]] = {
     "fat_tree": fat_tree,
     "hierarchical": hierarchical,
     "edge_cloud": edge_cloud,
+    "gpu_cluster": gpu_cluster,
 }
 
 # name -> (nodes, links) the builder would make, from the same arguments.
@@ -558,4 +784,5 @@ BUILDER_SIZES: dict[str, Callable[..., tuple[int, int]]] = {
     "fat_tree": _fat_tree_size,
     "hierarchical": _hierarchical_size,
     "edge_cloud": _edge_cloud_size,
+    "gpu_cluster": _gpu_cluster_size,
 }

@@ -8,9 +8,12 @@ demand (single-pair Dijkstra with early termination, cached per pair).
 """
 from __future__ import annotations
 
+import bisect
 import heapq
+import math
 import numbers
 import operator
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import networkx as nx
@@ -19,7 +22,13 @@ from .limits import is_finite_number, short, short_list, short_name
 
 ROLES = ("compute", "switch", "router", "gateway")
 NODE_NUMERIC_FIELDS = ("flops_per_s", "idle_power_w", "busy_power_w")
-NODE_FIELDS = ("role",) + NODE_NUMERIC_FIELDS + ("group", "tier")
+# What a compute node's hardware is (topologies.hardware fills them from a
+# node type): peaks per precision, memory, the GEMM efficiency table.
+HARDWARE_FIELDS = (
+    "node_type", "default_precision", "peak_flops_per_s", "memory_bytes", "memory_bandwidth_bytes_per_s",
+    "gemm_efficiency",
+)
+NODE_FIELDS = ("role",) + NODE_NUMERIC_FIELDS + ("group", "tier") + HARDWARE_FIELDS
 LINK_FIELDS = ("bandwidth_bytes_per_s", "latency_s", "energy_per_byte_j")
 
 
@@ -54,6 +63,62 @@ def _link_name(u, v) -> str:
     return f"{short_name(u)}-{short_name(v)}"
 
 
+# -- hardware tables (shared by Topology and topologies.hardware.NodeType) ------
+
+
+def check_peak_table(value, what: str) -> dict[str, float]:
+    """``{precision: FLOP/s}``, non-empty, names non-empty strings, values finite and > 0."""
+    if not isinstance(value, Mapping) or not value:
+        raise TopologyError(f"{what} must be a non-empty mapping of precision -> FLOP/s, got {short(value)}")
+    out = {}
+    for precision, peak in value.items():
+        if not isinstance(precision, str) or not precision:
+            raise TopologyError(f"{what}: precision names must be non-empty strings, got {short(precision)}")
+        peak = _number(peak, f"{what}[{short_name(precision)}]")
+        if peak <= 0:
+            raise TopologyError(f"{what}[{short_name(precision)}] must be > 0, got {short(peak)}")
+        out[precision] = peak
+    return out
+
+
+def check_gemm_table(value, what: str) -> tuple[tuple[float, float], ...]:
+    """``[[min_dim, fraction], ...]``: sizes >= 1 and strictly increasing, fractions in (0, 1]."""
+    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, (list, tuple)) or not value:
+        raise TopologyError(f"{what} must be a non-empty list of [min(m, n, k), fraction of peak] pairs, "
+                            f"got {short(value)}")
+    out = []
+    for i, pair in enumerate(value):
+        if isinstance(pair, (str, bytes)) or not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            raise TopologyError(f"{what}[{i}] must be a pair [min(m, n, k), fraction], got {short(pair)}")
+        size = _number(pair[0], f"{what}[{i}] size")
+        fraction = _number(pair[1], f"{what}[{i}] fraction")
+        if size < 1:
+            raise TopologyError(f"{what}[{i}]: size must be >= 1, got {short(size)}")
+        if out and size <= out[-1][0]:
+            raise TopologyError(f"{what}[{i}]: sizes must increase, got {short(size)} after {short(out[-1][0])}")
+        if not 0 < fraction <= 1:
+            raise TopologyError(f"{what}[{i}]: fraction must be in (0, 1], got {short(fraction)}")
+        out.append((size, fraction))
+    return tuple(out)
+
+
+def gemm_fraction(table: tuple[tuple[float, float], ...], size: float) -> float:
+    """The table's fraction of peak at ``size`` (= min(m, n, k)).
+
+    Linear in log(size) between points, since GEMM efficiency curves are
+    measured and plotted on a log axis of the size; clamped at both ends.
+    A size on a point gives that point's value exactly.
+    """
+    if size <= table[0][0]:
+        return table[0][1]
+    if size >= table[-1][0]:
+        return table[-1][1]
+    i = bisect.bisect_right([x for x, _ in table], size)
+    (x0, y0), (x1, y1) = table[i - 1], table[i]
+    t = (math.log(size) - math.log(x0)) / (math.log(x1) - math.log(x0))
+    return y0 + t * (y1 - y0)
+
+
 class Topology:
     """A validated network of compute ranks, switches and full-duplex links.
 
@@ -62,6 +127,14 @@ class Topology:
     ranks sharing it form a group, e.g. the GPUs of one server) and ``tier``.
     Missing powers default to 0 W, a missing ``flops_per_s`` to 0 for
     non-compute nodes (a compute node must have ``flops_per_s > 0``).
+
+    A compute node may describe its hardware (``HARDWARE_FIELDS``, usually
+    filled from a node type, see ``topologies.hardware``):
+    ``peak_flops_per_s`` (precision -> FLOP/s) with its ``default_precision``
+    (then ``flops_per_s`` may be left out: it is that precision's peak, and if
+    given must equal it), ``memory_bytes``, ``memory_bandwidth_bytes_per_s``,
+    ``gemm_efficiency`` (``[[min(m, n, k), fraction of peak], ...]``) and the
+    ``node_type`` name.
 
     Link attributes: ``bandwidth_bytes_per_s`` (required, > 0),
     ``latency_s`` and ``energy_per_byte_j`` (>= 0, default 0).
@@ -106,6 +179,12 @@ class Topology:
         self.rank_flops_per_s = tuple(g.nodes[n]["flops_per_s"] for n in self.ranks)
         self.rank_idle_power_w = tuple(g.nodes[n]["idle_power_w"] for n in self.ranks)
         self.rank_busy_power_w = tuple(g.nodes[n]["busy_power_w"] for n in self.ranks)
+        # Unknown memory is unlimited: nothing is refused, no time is charged.
+        self.rank_memory_bytes = tuple(g.nodes[n].get("memory_bytes", math.inf) for n in self.ranks)
+        self.rank_memory_bandwidth_bytes_per_s = tuple(
+            g.nodes[n].get("memory_bandwidth_bytes_per_s", math.inf) for n in self.ranks)
+        self._rank_peaks = tuple(g.nodes[n].get("peak_flops_per_s") for n in self.ranks)
+        self._rank_gemm = tuple(g.nodes[n].get("gemm_efficiency") for n in self.ranks)
 
         # Adjacency by node index, neighbours in insertion order, for routing.
         self._adj: list[list[tuple[int, int, float]]] = [[] for _ in nodes]
@@ -120,6 +199,9 @@ class Topology:
     @staticmethod
     def _normalized_copy(graph: nx.Graph) -> nx.Graph:
         g = nx.Graph()
+        # Builders give every node the same table objects; checking each once
+        # and sharing the result keeps a 100k-rank topology's memory flat.
+        tables: dict[int, tuple] = {}
         for node, attrs in graph.nodes(data=True):
             what = f"node {short(node)}"
             unknown = sorted(set(attrs) - set(NODE_FIELDS), key=str)
@@ -134,7 +216,11 @@ class Topology:
             if role not in ROLES:
                 raise TopologyError(f"{what}: unknown role {short(role)} (one of {', '.join(ROLES)})")
             out = {"role": role}
+            hardware = _hardware_attrs(attrs, role, what, tables)
             for field in NODE_NUMERIC_FIELDS:
+                if field == "flops_per_s" and "peak_flops_per_s" in hardware:
+                    out[field] = _default_peak(attrs, hardware, what)
+                    continue
                 if field not in attrs:
                     if role == "compute" and field == "flops_per_s":
                         raise TopologyError(f"{what} (compute): missing flops_per_s")
@@ -157,6 +243,7 @@ class Topology:
                 except TypeError:
                     raise TopologyError(f"{what}: {field} must be hashable, got {short(value)}") from None
                 out[field] = value
+            out.update(hardware)
             g.add_node(node, **out)
 
         for u, v, attrs in graph.edges(data=True):
@@ -219,6 +306,39 @@ class Topology:
             return self._rank_of[node]
         except (KeyError, TypeError):
             raise TopologyError(f"node {short(node)} is not a compute node of topology {short(self.name)}") from None
+
+    def peak_flops_per_s(self, rank: int, precision: str = "") -> float:
+        """The peak FLOP/s of ``rank``'s node in ``precision``.
+
+        ``""``: the node's default precision's peak, which is its
+        ``flops_per_s``; a node without a peak table has only ``flops_per_s``,
+        whatever the precision.  A precision its table lacks is an error.
+        """
+        r = self._check_rank(rank)
+        if not isinstance(precision, str):
+            raise TopologyError(f"precision must be a string such as 'bf16', got {short(precision)}")
+        peaks = self._rank_peaks[r]
+        if peaks is None or not precision:
+            return self.rank_flops_per_s[r]
+        peak = peaks.get(precision)
+        if peak is None:
+            attrs = self.graph.nodes[self.ranks[r]]
+            kind = f", node type {short_name(attrs['node_type'])}" if "node_type" in attrs else ""
+            raise TopologyError(
+                f"rank {r} (node {short_name(self.ranks[r])}{kind}) has no peak for precision "
+                f"{short(precision)}; it has: {', '.join(peaks)}"
+            )
+        return peak
+
+    def gemm_efficiency(self, rank: int, m: int, n: int, k: int) -> float:
+        """Fraction of peak an (m, n, k) matrix product reaches on ``rank``'s node
+        (its ``gemm_efficiency`` table at min(m, n, k); 1.0 without a table)."""
+        r = self._check_rank(rank)
+        for name, d in (("m", m), ("n", n), ("k", k)):
+            if isinstance(d, bool) or not isinstance(d, numbers.Integral) or d < 1:
+                raise TopologyError(f"gemm_efficiency: {name} must be an integer >= 1, got {short(d)}")
+        table = self._rank_gemm[r]
+        return 1.0 if table is None else gemm_fraction(table, min(m, n, k))
 
     def route(self, src_rank: int, dst_rank: int) -> Route:
         """Lowest-latency path from ``src_rank`` to ``dst_rank``.
@@ -344,6 +464,62 @@ class Topology:
 
     def __repr__(self):
         return f"<Topology {self.describe()}>"
+
+
+def _hardware_attrs(attrs: dict, role: str, what: str, tables: dict) -> dict:
+    """The node's checked ``HARDWARE_FIELDS`` (only compute nodes have hardware)."""
+    present = [f for f in HARDWARE_FIELDS if attrs.get(f) is not None]
+    if not present:
+        return {}
+    if role != "compute":
+        raise TopologyError(f"{what}: {', '.join(present)} only apply to compute nodes, not to a {role}")
+    out = {}
+    for field in ("node_type", "default_precision"):
+        value = attrs.get(field)
+        if value is not None:
+            if not isinstance(value, str) or not value:
+                raise TopologyError(f"{what}: {field} must be a non-empty string, got {short(value)}")
+            out[field] = value
+    for field in ("memory_bytes", "memory_bandwidth_bytes_per_s"):
+        if attrs.get(field) is not None:
+            value = _number(attrs[field], f"{what}: {field}")
+            if value <= 0:
+                raise TopologyError(f"{what}: {field} must be > 0, got {short(value)}")
+            out[field] = value
+    for field, check in (("peak_flops_per_s", check_peak_table), ("gemm_efficiency", check_gemm_table)):
+        raw = attrs.get(field)
+        if raw is None:
+            continue
+        cached = tables.get(id(raw))
+        if cached is None or cached[0] is not raw:
+            cached = tables[id(raw)] = (raw, check(raw, f"{what}: {field}"))
+        out[field] = cached[1]
+    peaks = out.get("peak_flops_per_s")
+    default = out.get("default_precision")
+    if peaks is None and default is not None:
+        raise TopologyError(f"{what}: default_precision {short(default)} needs a peak_flops_per_s table")
+    if peaks is not None:
+        if default is None:
+            raise TopologyError(f"{what}: peak_flops_per_s needs a default_precision (one of {', '.join(peaks)})")
+        if default not in peaks:
+            raise TopologyError(f"{what}: default_precision {short(default)} is not in peak_flops_per_s "
+                                f"({', '.join(peaks)})")
+    return out
+
+
+def _default_peak(attrs: dict, hardware: dict, what: str) -> float:
+    # One speed, not two: flops_per_s is the default precision's peak, so
+    # everything that reads flops_per_s agrees with the roofline's "" peak.
+    peak = hardware["peak_flops_per_s"][hardware["default_precision"]]
+    if attrs.get("flops_per_s") is not None:
+        given = _number(attrs["flops_per_s"], f"{what}: flops_per_s")
+        if not math.isclose(given, peak, rel_tol=1e-9):
+            raise TopologyError(
+                f"{what}: flops_per_s {short(given)} differs from peak_flops_per_s"
+                f"[{short_name(hardware['default_precision'])}] = {short(peak)}; leave flops_per_s out "
+                "(it is the default precision's peak) or edit the table"
+            )
+    return peak
 
 
 def _count(n: int, noun: str) -> str:

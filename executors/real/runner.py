@@ -276,8 +276,11 @@ class RankRunner:
                 start = b.now_s()
                 peer, nbytes, flops, algorithm = -1, 0, 0.0, ""
                 if t is Compute:
+                    # Sized by FLOPs alone (nbytes, gemm and precision are the
+                    # simulator's roofline); the record keeps nbytes so that
+                    # predicted and measured rows join on the same key.
                     self._compute(op.flops)
-                    flops = op.flops
+                    flops, nbytes = op.flops, op.nbytes
                 elif t is Send:
                     view.send(self.buf[: op.nbytes], op.peer, op.tag)
                     peer, nbytes = op.peer, op.nbytes
