@@ -21,6 +21,7 @@ scenario's estimated memory (default ``$DISTSIM_MAX_MEMORY_BYTES`` or 2 GiB).
 from __future__ import annotations
 
 import argparse
+import math
 import dataclasses
 import os
 import sys
@@ -62,8 +63,9 @@ def training_summary(scenario, result):
     report = getattr(scenario.workload, "training_report", None)
     if report is None or result.makespan_s <= 0:
         return None
+    capacities = getattr(scenario.topology, "rank_memory_bytes", None) or [math.inf]
     return report(scenario.nranks, result.makespan_s, result.records, result.per_group,
-                  peak_flops_per_s(scenario.topology, scenario.workload.precision))
+                  peak_flops_per_s(scenario.topology, scenario.workload.precision), min(capacities))
 
 
 def kind_table(records) -> str:

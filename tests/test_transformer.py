@@ -10,6 +10,7 @@ from collections import Counter
 
 import pytest
 
+from executors import get_executor
 from executors.simulated import SimulatedExecutor
 from experiments import run as run_cli
 from simcore.engine import Simulator
@@ -19,9 +20,10 @@ from workloads.groups import ProcessGroups
 from workloads.ops import Collective, Compute, Irecv, Isend
 from workloads.scenario import Scenario, ScenarioError, load_scenario, scenario_from_dict
 from workloads.transformer import (
-    TransformerTraining, attention_score_flops, ideal_bubble_fraction, layer_forward_flops, logits_forward_flops,
+    TransformerTraining, attention_score_flops, format_training_report, ideal_bubble_fraction, layer_forward_flops, logits_forward_flops,
     model_flops_per_step, narayanan_flops_per_step, schedule_order, training_report,
 )
+from workloads.transformer_memory import check_fits
 from workloads.transformer_spec import TrainingSpec, active_parameters, load_model, total_parameters
 from workloads.validate import validate_programs
 
@@ -393,3 +395,34 @@ def test_shipped_scenario_runs_and_reports(tmp_path, capsys):
     assert "MFU / HFU" in out and "pipeline bubble" in out
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["training"]["mfu"] == pytest.approx(report["mfu"])
+
+
+# -- memory: a layout that does not fit is refused, one that fits reports its bytes ---------------------------------
+
+
+def test_a_layout_that_does_not_fit_the_gpus_is_refused_with_its_numbers():
+    data = {"topology": {"builder": "gpu_cluster", "preset": "dgx_a100", "nodes": 1},
+            "workload": {"kind": "transformer", "model": "gpt3_175b", "global_batch": 8, "tp": 8}}
+    with pytest.raises(ScenarioError) as info:
+        scenario_from_dict(data, where="big.yaml")
+    message = str(info.value)
+    workload = TransformerTraining(model="gpt3_175b", global_batch=8, tp=8)
+    (stage,) = workload.memory(8)
+    expected = check_fits([stage], 80 * 2**30)
+    assert expected and message == (f"big.yaml: workload does not fit in memory: {expected}; try more tp or pp, a "
+                                    "higher zero stage, recompute, or a smaller micro_batch")
+    assert "stage 0 (ranks 0-7) needs" in message and "on 80 GiB GPUs" in message
+
+
+def test_the_step_report_carries_each_stages_memory_against_the_gpus():
+    data = {"topology": {"builder": "gpu_cluster", "preset": "dgx_h100", "nodes": 1},
+            "workload": {"kind": "transformer", "model": TINY, "global_batch": 8, "tp": 2, "pp": 2}}
+    scenario = scenario_from_dict(data)
+    result = get_executor("sim").run(scenario)
+    report = scenario.workload.training_report(8, result.makespan_s, result.records, result.per_group,
+                                               [scenario.topology.peak_flops_per_s(r, "bf16") for r in range(8)],
+                                               min(scenario.topology.rank_memory_bytes))
+    stages = scenario.workload.memory(8)
+    assert [row["total_bytes"] for row in report["memory"]] == [s.total_bytes for s in stages]
+    assert report["memory_capacity_bytes"] == 80 * 2**30
+    assert "memory per GPU" in format_training_report(report)

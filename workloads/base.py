@@ -166,6 +166,12 @@ class WorkloadBase:
         """
         return None
 
+    def check_fits(self, topology) -> None:
+        """Raise ValueError if the workload's own state cannot fit in the
+        topology's nodes' memory (``transformer``: weights, gradients,
+        optimizer state and activations per GPU); nothing to check by default."""
+        return None
+
     def size(self, nranks: int, groups=None) -> ProgramSize:
         """What ``programs(nranks, groups)`` would hold, for the memory estimate.
 

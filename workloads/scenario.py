@@ -208,6 +208,11 @@ def scenario_from_dict(data: dict[str, Any], *, base_dir: Path | None = None, wh
         if not 0 <= rank < topology.nranks:
             raise ScenarioError(f"{where}: stragglers.ranks names rank {short(rank)}, but there are {topology.nranks}")
     try:
+        # A layout that does not fit the GPUs is refused, never silently simulated.
+        workload.check_fits(topology)
+    except ValueError as exc:
+        raise ScenarioError(f"{where}: {exc}") from None
+    try:
         _check_memory(topology, workload, limit)
     except (ValueError, TypeError) as exc:
         raise ScenarioError(f"{where}: {exc}") from None

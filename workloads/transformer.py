@@ -45,6 +45,7 @@ from workloads.base import ProgramSize, WorkloadBase, register
 from workloads.collectives import lowered_size
 from workloads.groups import Layout
 from workloads.ops import Collective, Compute, Irecv, Isend, Operation, Wait
+from workloads.transformer_memory import MemoryReport, check_fits, memory_per_stage
 from workloads.transformer_spec import (ModelSpec, ParallelSpec, TrainingSpec, layer_parameters, load_model)
 
 # Adam in mixed precision reads the fp32 master weight, momentum and variance
@@ -487,14 +488,32 @@ class TransformerTraining(WorkloadBase):
             groups["edp"] = tuple(members[j::layout.ep] for members in groups["dp"] for j in range(layout.ep))
         return groups
 
-    def check_memory(self, nranks: int) -> None:
-        """Hook: does each stage's model, optimizer and activations fit a rank's memory?
+    def memory(self, nranks: int) -> list[MemoryReport]:
+        """Each pipeline stage's peak memory per GPU (``workloads.transformer_memory``)."""
+        par = self.parallel(nranks)
+        return memory_per_stage(self.model_spec, par, self.training, nranks)
 
-        ``workloads.transformer_memory`` fills this in (raising ValueError that
-        names the stage, its need and the node's memory); until it is merged,
-        nothing is checked.
+    def check_fits(self, topology) -> None:
+        """ValueError naming the stage, its bytes by kind, the GPU's memory and the excess, if a stage does not fit.
+
+        The capacity is the smallest ``memory_bytes`` among the stage's ranks;
+        nodes that do not state their memory (``math.inf``) fit anything.
         """
-        return None
+        capacities = getattr(topology, "rank_memory_bytes", None)
+        if not capacities:
+            return
+        problems = []
+        for report in self.memory(topology.nranks):
+            capacity = min(capacities[r] for r in report.ranks)
+            if math.isfinite(capacity):
+                problem = check_fits([report], capacity)
+                if problem:
+                    problems.append((report.total_bytes - capacity, problem))
+        if problems:
+            worst = max(problems)[1]
+            more = f" ({len(problems)} stages over)" if len(problems) > 1 else ""
+            raise ValueError(f"workload does not fit in memory: {worst}{more}; try more tp or pp, a higher zero "
+                             "stage, recompute, or a smaller micro_batch")
 
     # -- parameters per rank ------------------------------------------------------
 
@@ -514,7 +533,6 @@ class TransformerTraining(WorkloadBase):
 
     def programs(self, nranks: int, groups=None) -> list[list[Operation]]:
         lowering = _Lowering(self, nranks)
-        self.check_memory(nranks)
         stage_programs = [lowering.stage_program(s) for s in range(lowering.p)]
         layout = lowering.layout
         return [list(stage_programs[layout.coordinates(r)["pp"]]) for r in range(nranks)]
@@ -578,8 +596,9 @@ class TransformerTraining(WorkloadBase):
     # -- the report -------------------------------------------------------------------------
 
     def training_report(self, nranks: int, makespan_s: float, records, per_group,
-                        peak_flops_per_s: Sequence[float]) -> dict[str, Any]:
-        return training_report(self, nranks, makespan_s, records, per_group, peak_flops_per_s)
+                        peak_flops_per_s: Sequence[float], memory_capacity_bytes: float = math.inf) -> dict[str, Any]:
+        return training_report(self, nranks, makespan_s, records, per_group, peak_flops_per_s,
+                               memory_capacity_bytes)
 
 
 # ---------------------------------------------------------------------------
@@ -873,7 +892,7 @@ class _Lowering:
 
 
 def training_report(workload: TransformerTraining, nranks: int, makespan_s: float, records, per_group,
-                    peak_flops_per_s: Sequence[float]) -> dict[str, Any]:
+                    peak_flops_per_s: Sequence[float], memory_capacity_bytes: float = math.inf) -> dict[str, Any]:
     """Time per step, tokens/s, MFU, HFU, pipeline bubble and exposed communication by group kind.
 
     ``records``: the run's records (a DataFrame with rank, kind, start_s,
@@ -882,7 +901,8 @@ def training_report(workload: TransformerTraining, nranks: int, makespan_s: floa
     workload's precision.  The measured bubble is the ranks' mean share of
     the step in which they neither compute nor wait for TP, DP or EP
     communication: the pipeline's fill and drain, and the transfers between
-    stages (which ``exposed_comm_s['pp']`` also counts).
+    stages (which ``exposed_comm_s['pp']`` also counts).  ``memory``: each
+    stage's peak bytes per GPU by kind, against ``memory_capacity_bytes``.
     """
     steps = workload.steps
     par, m = workload._resolved(nranks)
@@ -913,6 +933,10 @@ def training_report(workload: TransformerTraining, nranks: int, makespan_s: floa
         "bubble_fraction_ideal": ideal_bubble_fraction(par.schedule, par.pp, m, par.virtual_stages),
         # Mean over ranks, per step; "tp" is SP's all-gathers and reduce-scatters when sequence_parallel.
         "exposed_comm_s": {k: v / steps for k, v in by_kind.items() if v or k != "other"},
+        "memory": [{"stage": r.stage, "weights_bytes": r.weights_bytes, "gradients_bytes": r.gradients_bytes,
+                    "optimizer_bytes": r.optimizer_bytes, "activations_bytes": r.activations_bytes,
+                    "total_bytes": r.total_bytes} for r in workload.memory(nranks)],
+        "memory_capacity_bytes": memory_capacity_bytes,
         "layout": {"tp": par.tp, "pp": par.pp, "dp": par.dp, "ep": par.ep, "schedule": par.schedule,
                    "virtual_stages": par.virtual_stages, "zero": par.zero, "recompute": par.recompute,
                    "sequence_parallel": par.sequence_parallel},
@@ -938,4 +962,17 @@ def format_training_report(report: Mapping[str, Any]) -> str:
         f"pipeline bubble {100 * report['bubble_fraction']:.1f}% measured, "
         f"{100 * report['bubble_fraction_ideal']:.1f}% ideal",
         f"exposed comm    {share} per step (mean over ranks)",
-    ])
+    ] + _memory_lines(report))
+
+
+def _memory_lines(report: Mapping[str, Any]) -> list[str]:
+    stages = report.get("memory") or []
+    if not stages:
+        return []
+    gib = 2.0**30
+    peak = max(stages, key=lambda r: (r["total_bytes"], -r["stage"]))
+    capacity = report.get("memory_capacity_bytes", math.inf)
+    of = f" of {capacity / gib:.4g} GiB" if math.isfinite(capacity) else ""
+    return [f"memory per GPU  {peak['total_bytes'] / gib:.4g} GiB{of} at stage {peak['stage']} (weights "
+            f"{peak['weights_bytes'] / gib:.4g}, gradients {peak['gradients_bytes'] / gib:.4g}, optimizer "
+            f"{peak['optimizer_bytes'] / gib:.4g}, activations {peak['activations_bytes'] / gib:.4g} GiB)"]
