@@ -46,7 +46,8 @@ from workloads.collectives import lowered_size
 from workloads.groups import Layout
 from workloads.ops import Collective, Compute, Irecv, Isend, Operation, Wait
 from workloads.transformer_memory import MemoryReport, check_fits, memory_per_stage
-from workloads.transformer_spec import (ModelSpec, ParallelSpec, TrainingSpec, layer_parameters, load_model)
+from workloads.transformer_spec import (BLOCKS, ModelSpec, ParallelSpec, TrainingSpec, block_parameters,
+                                        load_model)
 
 # Adam in mixed precision reads the fp32 master weight, momentum and variance
 # (12 bytes) and the gradient (B bytes), and writes the three back and the
@@ -678,22 +679,13 @@ class _Lowering:
         self.head_forward = self._lower(head_terms(x), "forward")
         self.head_backward = self._lower_backward(head_terms(x))
 
-        # Parameters per block on one rank: (dense, expert).
-        lp = layer_parameters(model)
-        h, f, t = model.hidden, model.ffn_hidden, self.t
-        kv = x.kv
-        # QKV and the projection split over TP with the QKV biases; the
-        # projection's bias and the norms are replicated (row-parallel output).
-        attention = (2 * h * h + 2 * h * kv + h + 2 * kv) // t + h
-        mlp = 3 * h * f // t if model.gated_mlp else (2 * h * f + f) // t + h
-        if model.moe and self.e > 1:
-            self.layer_params = (attention + lp.norms + lp.router, (model.experts // self.e) * mlp)
-        elif model.moe:
-            self.layer_params = (attention + lp.norms + lp.router + model.experts * mlp, 0)
-        else:
-            self.layer_params = (attention + lp.norms + mlp, 0)
-        self.embed_params = (x.vocab_shard * h, 0)
-        self.head_params = (x.vocab_shard * h + 2 * h, 0)
+        # Parameters per block on one rank, (dense, expert), as the memory model
+        # counts them; with ep = 1 every DP rank holds every expert and they
+        # reduce with the dense weights on dp.
+        self.params = {}
+        for block in BLOCKS:
+            dense, expert = block_parameters(model, par.tp, par.ep, block)
+            self.params[block] = (dense, expert) if self.e > 1 else (dense + expert, 0)
 
     # -- per-layer lists --------------------------------------------------------
 
@@ -741,7 +733,7 @@ class _Lowering:
         return blocks
 
     def block_params(self, block: str) -> tuple[int, int]:
-        return {"layer": self.layer_params, "embed": self.embed_params, "head": self.head_params}[block]
+        return self.params[block]
 
     def stage_parameters(self, stage: int) -> tuple[int, int]:
         dense = expert = 0

@@ -40,8 +40,7 @@ from workloads.transformer_spec import (
     ModelSpec,
     ParallelSpec,
     TrainingSpec,
-    embedding_parameters,
-    layer_parameters,
+    block_parameters,
 )
 
 GIB = 2**30
@@ -113,22 +112,13 @@ def stage_parameters(model: ModelSpec, parallel: ParallelSpec, stage: int) -> di
     Megatron-LM pads it.
     """
     check_layout(model, parallel)
-    t, p = parallel.tp, parallel.pp
-    layers = model.layers // p
-    per_layer = layer_parameters(model)
-    if model.moe:
-        dense = layers * per_layer.dense
-        expert = math.ceil(layers * (model.experts // parallel.ep) * per_layer.mlp / t)
-    else:
-        dense = layers * per_layer.total
-        expert = 0
-    dense_share = math.ceil(dense / t)
-    vocab_rows = math.ceil(model.vocab / t)
-    if stage == 0:
-        dense_share += vocab_rows * model.hidden
-    if stage == p - 1:
-        dense_share += vocab_rows * model.hidden + math.ceil(2 * model.hidden / t)
-    return {"dense": dense_share, "expert": expert}
+    p = parallel.pp
+    blocks = ["layer"] * (model.layers // p) + (["embed"] if stage == 0 else []) + (["head"] if stage == p - 1 else [])
+    dense = expert = 0
+    for block in blocks:
+        d, e = block_parameters(model, parallel.tp, parallel.ep, block)
+        dense, expert = dense + d, expert + e
+    return {"dense": dense, "expert": expert}
 
 
 # ---------------------------------------------------------------------------

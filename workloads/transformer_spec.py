@@ -300,3 +300,33 @@ def active_parameters(model: ModelSpec) -> int:
     layer = layer_parameters(model)
     per_layer = layer.dense + layer.mlp * (min(model.top_k, layer.experts) if model.moe else 1)
     return model.layers * per_layer + 2 * embedding_parameters(model) + 2 * model.hidden
+
+
+BLOCKS = ("layer", "embed", "head")
+
+
+def block_parameters(model: ModelSpec, tp: int, ep: int, block: str) -> tuple[int, int]:
+    """(dense, expert) parameters one rank holds of a ``block`` of its stage.
+
+    ``layer``: one transformer layer, every matrix split over the t ranks of
+    its tensor-parallel group, and so, by choice, the norms, row-parallel
+    biases and router that Megatron-LM replicates (6h + h x experts of a
+    layer's 12h^2 or more: t/(2h) of a rank's share, 0.03% for GPT-3 at
+    t = 8), which keeps t x (the ranks' shares) = the model; experts: E/ep
+    of them per rank, each split over t.  ``embed``: the input embedding,
+    V/t rows (vocab-parallel; V padded up to a multiple of t, as Megatron-LM
+    pads it).  ``head``: the output layer (V/t rows) and the final norm.
+    The memory model and the lowering's gradient buckets both count these.
+    """
+    t, h = tp, model.hidden
+    vocab_rows = -(-model.vocab // t)
+    if block == "layer":
+        per_layer = layer_parameters(model)
+        if model.moe:
+            return -(-per_layer.dense // t), -(-(model.experts // ep) * per_layer.mlp // t)
+        return -(-per_layer.total // t), 0
+    if block == "embed":
+        return vocab_rows * h, 0
+    if block == "head":
+        return vocab_rows * h + -(-2 * h // t), 0
+    raise ValueError(f"block must be one of {', '.join(BLOCKS)}, got {short(block)}")
