@@ -106,7 +106,7 @@ def _sum_of_fills(nranks: int) -> int:
 
 
 def _expect_allreduce(op, rank, nranks):
-    nbytes, root = op.nbytes, op.root
+    nbytes = op.nbytes
     return [Expectation("buffer", 0, nbytes, _sum_of_fills(nranks), "the sum")]
 
 
@@ -122,19 +122,19 @@ def _expect_broadcast(op, rank, nranks):
 
 
 def _expect_allgather(op, rank, nranks):
-    nbytes, root = op.nbytes, op.root
+    nbytes = op.nbytes
     return [Expectation("buffer", off, size, (j + 1) % 256, f"block {j} from rank {j}")
             for j, (off, size) in enumerate(block_layout(nbytes, nranks))]
 
 
 def _expect_reduce_scatter(op, rank, nranks):
-    nbytes, root = op.nbytes, op.root
+    nbytes = op.nbytes
     off, size = block_layout(nbytes, nranks)[rank]
     return [Expectation("buffer", off, size, _sum_of_fills(nranks), f"the sum of block {rank}")]
 
 
 def _expect_alltoall(op, rank, nranks):
-    nbytes, root = op.nbytes, op.root
+    nbytes = op.nbytes
     return [Expectation("output", off, size, (j + 1) % 256, f"block {j} from rank {j}")
             for j, (off, size) in enumerate(alltoall_output_layout(nbytes, rank, nranks))]
 
