@@ -166,44 +166,44 @@ def build_parser() -> argparse.ArgumentParser:
                     "drop those that do not divide or do not fit in memory, simulate the rest and rank them by "
                     "step time; print the best and write plan.csv and plan.png.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True,
+    p.add_argument("--model", required=True, metavar="NAME|FILE",
                    help=f"model preset ({', '.join(model_presets())}) or a model file (YAML/JSON of "
                         "workloads.transformer_spec.ModelSpec's fields)")
-    p.add_argument("--cluster", required=True,
+    p.add_argument("--cluster", required=True, metavar="NAME|FILE",
                    help=f"cluster preset ({', '.join(cluster_presets())}) or a cluster preset file "
                         "(keywords of the gpu_cluster builder, e.g. another gpus_per_node or node_type)")
-    p.add_argument("--gpus", type=_positive_int, required=True,
+    p.add_argument("--gpus", type=_positive_int, metavar="N", required=True,
                    help="GPUs in all; a multiple of the cluster's GPUs per server (servers = GPUs / that)")
-    p.add_argument("--global-batch", type=_positive_int, default=None,
+    p.add_argument("--global-batch", type=_positive_int, metavar="N", default=None,
                    help="sequences per optimizer step (default: as many as GPUs)")
-    p.add_argument("--seq-len", type=_positive_int, help="override the model's sequence length")
+    p.add_argument("--seq-len", type=_positive_int, metavar="N", help="override the model's sequence length")
     p.add_argument("--precision", default="bf16", choices=tuple(PRECISION_BYTES),
                    help="training precision (default bf16)")
     g = p.add_argument_group("the search (comma-separated lists; each replaces its default)")
-    g.add_argument("--tp", type=_positive_int_list,
+    g.add_argument("--tp", type=_positive_int_list, metavar="1,2,4,8",
                    help="tensor-parallel sizes (default: divisors of the GPUs per server that divide the heads)")
-    g.add_argument("--pp", type=_positive_int_list, help="pipeline stages (default: divisors of the layers)")
-    g.add_argument("--virtual-stages", type=_positive_int_list, default=DEFAULT_VIRTUAL_STAGES,
+    g.add_argument("--pp", type=_positive_int_list, metavar="1,2,...", help="pipeline stages (default: divisors of the layers)")
+    g.add_argument("--virtual-stages", type=_positive_int_list, metavar="2,4", default=DEFAULT_VIRTUAL_STAGES,
                    help="model chunks per GPU for the interleaved schedule (default 2,4: more chunks shrink the "
                         "bubble but add pipeline transfers, which the ideal estimate behind --max-points ignores)")
-    g.add_argument("--ep", type=_positive_int_list,
+    g.add_argument("--ep", type=_positive_int_list, metavar="1,2,...",
                    help="expert-parallel sizes, MoE models only (default: divisors of the experts)")
-    g.add_argument("--micro-batch", type=_positive_int_list,
+    g.add_argument("--micro-batch", type=_positive_int_list, metavar="1,2,...",
                    help="micro-batch sizes (default: divisors of the global batch)")
-    g.add_argument("--zero", type=_zero_list, default=(0, 1, 2, 3), help="ZeRO stages (default 0,1,2,3)")
-    g.add_argument("--recompute", type=_choice_list(tuple(RECOMPUTE)), default=tuple(RECOMPUTE),
+    g.add_argument("--zero", type=_zero_list, metavar="0,1,2,3", default=(0, 1, 2, 3), help="ZeRO stages (default 0,1,2,3)")
+    g.add_argument("--recompute", type=_choice_list(tuple(RECOMPUTE)), metavar="none,selective,full", default=tuple(RECOMPUTE),
                    help="activation recomputation (default none,selective,full)")
-    g.add_argument("--schedule", type=_choice_list(tuple(SCHEDULES)), default=DEFAULT_SCHEDULES,
+    g.add_argument("--schedule", type=_choice_list(tuple(SCHEDULES)), metavar="1f1b,interleaved,gpipe", default=DEFAULT_SCHEDULES,
                    help="pipeline schedules (default 1f1b,interleaved; gpipe has 1F1B's bubble and holds "
                         "more activations, so add it only to compare)")
-    g.add_argument("--sequence-parallel", type=_sp_list, default=(False, True),
+    g.add_argument("--sequence-parallel", type=_sp_list, metavar="on,off", default=(False, True),
                    help="on, off or on,off (default); on only applies with tp > 1")
-    g.add_argument("--max-points", type=_positive_int, default=16,
+    g.add_argument("--max-points", type=_positive_int, metavar="N", default=16,
                    help="simulate at most this many fitting layouts, those with the smallest ideal step time "
                         "(default 16); the others are in plan.csv as 'not simulated'")
-    p.add_argument("--top", type=_positive_int, default=10, help="rows of the printed ranking (default 10)")
+    p.add_argument("--top", type=_positive_int, metavar="N", default=10, help="rows of the printed ranking (default 10)")
     p.add_argument("--out", help="results folder (default results/plan-<model>-<cluster>-<gpus>)")
-    p.add_argument("--jobs", type=_positive_int, default=common.default_jobs(),
+    p.add_argument("--jobs", type=_positive_int, metavar="N", default=common.default_jobs(),
                    help="parallel worker processes (default: CPU count); results do not depend on it")
     p.add_argument("--seed", type=int, default=1, help="scenario seed (default 1)")
     p.add_argument("--no-plots", action="store_true", help="write the CSV only")
