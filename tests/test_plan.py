@@ -215,3 +215,18 @@ def test_seq_len_override(tiny):
     assert spec.seq_len == 64 and value["seq_len"] == 64 and name == "tiny"
     value, spec, _ = plan.resolve_model("gpt3_175b", None)
     assert value == "gpt3_175b" and spec.seq_len == 2048
+
+
+def test_moe_searches_expert_parallelism(tmp_path, capsys):
+    moe = tmp_path / "tiny_moe.yaml"
+    moe.write_text(TINY.replace("name: tiny", "name: tiny_moe") + "experts: 4\ntop_k: 2\n")
+    layouts, _ = enumerate_counts(str(moe), *NARROW, "--tp", "2", "--pp", "1")
+    # tp 2, pp 1: dp 8, mb 1 only; ep in {1, 2, 4} (divisors of 4 experts, all dividing dp 8).
+    assert sorted(r["ep"] for r in layouts) == [1, 2, 4]
+    argv = ["--model", str(moe), "--cluster", "dgx_a100", "--gpus", "16", "--global-batch", "8", "--jobs", "1",
+            "--no-plots", "--out", str(tmp_path / "out"), *NARROW, "--tp", "2", "--pp", "1", "--ep", "2,4"]
+    assert plan.main(argv) == 0
+    assert "EP s" in capsys.readouterr().out
+    frame = pd.read_csv(tmp_path / "out" / "plan.csv")
+    assert sorted(frame["ep"]) == [2, 4] and (frame["status"] == "ok").all()
+    assert (frame["exposed_ep_s"] >= 0).all()
