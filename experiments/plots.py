@@ -88,18 +88,22 @@ def _wide(values: pd.Series) -> bool:
 
 def plot_plan(frame: pd.DataFrame, out_dir: Path, capacity_bytes: float | None = None) -> list[Path]:
     """plan.png: simulated step time against memory per GPU of every simulated layout, coloured by tp,
-    the best (rank 1) starred; a dashed line at the GPU's memory."""
+    shaped by schedule, the best (rank 1) starred; a dashed line at the GPU's memory."""
     ok = frame[frame["status"] == "ok"]
     gib = 2.0**30
     fig, ax = plt.subplots(figsize=(7, 4.6))
-    for i, (tp, part) in enumerate(ok.groupby("tp", sort=True)):
-        ax.scatter(part["memory_bytes"] / gib, part["step_time_s"], s=22, color=f"C{i}", label=f"tp={tp}")
+    markers = {"1f1b": "o", "interleaved": "^", "gpipe": "s"}
+    colors = {tp: f"C{i}" for i, tp in enumerate(sorted(set(ok["tp"])))}
+    for (tp, schedule), part in ok.groupby(["tp", "schedule"], sort=True):
+        ax.scatter(part["memory_bytes"] / gib, part["step_time_s"], s=24, color=colors[tp],
+                   marker=markers.get(schedule, "x"), label=f"tp={tp} {schedule}")
     best = ok[ok["rank"] == 1]
     if len(best):
         row = best.iloc[0]
-        ax.scatter([row["memory_bytes"] / gib], [row["step_time_s"]], s=220, marker="*", color="gold",
+        ax.scatter([row["memory_bytes"] / gib], [row["step_time_s"]], s=240, marker="*", color="gold",
                    edgecolors="black", zorder=5,
-                   label=f"best: tp={row['tp']} pp={row['pp']} dp={row['dp']} mb={row['micro_batch']}")
+                   label=f"best: tp={row['tp']} pp={row['pp']} dp={row['dp']} mb={row['micro_batch']} "
+                         f"{row['schedule']}")
     if capacity_bytes and capacity_bytes != float("inf"):
         ax.axvline(capacity_bytes / gib, linestyle="--", color="grey", label="GPU memory")
     if len(ok) and _wide(ok["step_time_s"]):
