@@ -68,6 +68,7 @@ from workloads.transformer_spec import (PRECISION_BYTES, RECOMPUTE, SCHEDULES, M
 LAYOUT = ("tp", "pp", "dp", "ep", "micro_batch", "schedule", "virtual_stages", "zero", "recompute",
           "sequence_parallel")
 EXPOSED = ("tp", "pp", "dp", "ep")
+RESULT_COLUMNS = ("step_time_s", "tokens_per_s", "mfu", "hfu", "bubble") + tuple(f"exposed_{k}_s" for k in EXPOSED)
 DEFAULT_SCHEDULES = ("1f1b", "interleaved")
 DEFAULT_VIRTUAL_STAGES = (2, 4)
 STATUS_ORDER = {"ok": 0, "failed": 1, "not simulated": 2, "does not fit": 3}
@@ -182,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("the search (comma-separated lists; each replaces its default)")
     g.add_argument("--tp", type=_positive_int_list, metavar="1,2,4,8",
                    help="tensor-parallel sizes (default: divisors of the GPUs per server that divide the heads)")
-    g.add_argument("--pp", type=_positive_int_list, metavar="1,2,...", help="pipeline stages (default: divisors of the layers)")
+    g.add_argument("--pp", type=_positive_int_list, metavar="1,2,...",
+                   help="pipeline stages (default: divisors of the layers)")
     g.add_argument("--virtual-stages", type=_positive_int_list, metavar="2,4", default=DEFAULT_VIRTUAL_STAGES,
                    help="model chunks per GPU for the interleaved schedule (default 2,4: more chunks shrink the "
                         "bubble but add pipeline transfers, which the ideal estimate behind --max-points ignores)")
@@ -190,10 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="expert-parallel sizes, MoE models only (default: divisors of the experts)")
     g.add_argument("--micro-batch", type=_positive_int_list, metavar="1,2,...",
                    help="micro-batch sizes (default: divisors of the global batch)")
-    g.add_argument("--zero", type=_zero_list, metavar="0,1,2,3", default=(0, 1, 2, 3), help="ZeRO stages (default 0,1,2,3)")
-    g.add_argument("--recompute", type=_choice_list(tuple(RECOMPUTE)), metavar="none,selective,full", default=tuple(RECOMPUTE),
+    g.add_argument("--zero", type=_zero_list, metavar="0,1,2,3", default=(0, 1, 2, 3),
+                   help="ZeRO stages (default 0,1,2,3)")
+    g.add_argument("--recompute", type=_choice_list(tuple(RECOMPUTE)), metavar="none,selective,full",
+                   default=tuple(RECOMPUTE),
                    help="activation recomputation (default none,selective,full)")
-    g.add_argument("--schedule", type=_choice_list(tuple(SCHEDULES)), metavar="1f1b,interleaved,gpipe", default=DEFAULT_SCHEDULES,
+    g.add_argument("--schedule", type=_choice_list(tuple(SCHEDULES)), metavar="1f1b,interleaved,gpipe",
+                   default=DEFAULT_SCHEDULES,
                    help="pipeline schedules (default 1f1b,interleaved; gpipe has 1F1B's bubble and holds "
                         "more activations, so add it only to compare)")
     g.add_argument("--sequence-parallel", type=_sp_list, metavar="on,off", default=(False, True),
@@ -201,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-points", type=_positive_int, metavar="N", default=16,
                    help="simulate at most this many fitting layouts, those with the smallest ideal step time "
                         "(default 16); the others are in plan.csv as 'not simulated'")
-    p.add_argument("--top", type=_positive_int, metavar="N", default=10, help="rows of the printed ranking (default 10)")
+    p.add_argument("--top", type=_positive_int, metavar="N", default=10,
+                   help="rows of the printed ranking (default 10)")
     p.add_argument("--out", help="results folder (default results/plan-<model>-<cluster>-<gpus>)")
     p.add_argument("--jobs", type=_positive_int, metavar="N", default=common.default_jobs(),
                    help="parallel worker processes (default: CPU count); results do not depend on it")
@@ -467,8 +473,9 @@ def main(argv: list[str] | None = None) -> int:
     search = Search(model_value, model, args.gpus, global_batch, args.precision,
                     candidates(args, model, cluster.gpus_per_node, global_batch))
     layouts, undivided = enumerate_layouts(search)
+    servers = args.gpus // cluster.gpus_per_node
     print(f"plan {model_name} (seq_len {model.seq_len}) on {args.gpus} GPUs of {cluster.name} "
-          f"({args.gpus // cluster.gpus_per_node} servers, {cluster.memory_bytes / GIB:.4g} GiB per GPU), "
+          f"({servers} server{'s' if servers > 1 else ''}, {cluster.memory_bytes / GIB:.4g} GiB per GPU), "
           f"global batch {global_batch}, {args.precision}")
     print(f"layouts: {len(layouts) + undivided} combinations, {undivided} do not divide, {len(layouts)} do")
     if not layouts:
@@ -485,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
         print("memory: the cluster's node type gives no memory capacity; nothing is dropped for memory")
     for row in rows:
         row.update({"status": "does not fit" if not row["fits"] else "not simulated", "error": ""})
-        for column in ("step_time_s", "tokens_per_s", "mfu", "hfu", "bubble") + tuple(f"exposed_{k}_s" for k in EXPOSED):
+        for column in RESULT_COLUMNS:
             row[column] = math.nan
     if not fitting:
         smallest = min(rows, key=lambda r: (r["memory_bytes"], layout_key(r)))
