@@ -1,7 +1,8 @@
 """Which parallel layout trains a transformer fastest on a GPU cluster, and does it fit?
 
     python -m experiments.plan --model gpt3_175b --cluster dgx_a100 --gpus 64 --global-batch 16 \\
-        --tp 8 --zero 1 --recompute selective --sequence-parallel on --schedule 1f1b
+        --tp 8 --micro-batch 1,2 --zero 1 --recompute selective --sequence-parallel on --max-points 8
+    python -m experiments.plan --model my_model.yaml --cluster dgx_h100 --gpus 16 --seq-len 4096
 
 Four steps:
 
@@ -98,9 +99,9 @@ not divide are dropped and counted (so --tp 16 extends the search past one serve
 at most --max-points fitting layouts (default 16), the ones with the smallest ideal step time (which ignores
 communication, so it favours small micro-batches and many virtual stages: restrict those to steer it).
 
-cost: a point costs about (GPUs x micro-batches x layers / pp) operations; GPT-3 175B on 64 GPUs with tp 8,
-pp 8 and 8 micro-batches is 160k operations, ~10 s on one core.  The time grows with tp x global batch /
-micro-batch (x layers): raise --micro-batch or lower --global-batch to search faster; --jobs runs points side
+cost: a point's operations grow as GPUs x micro-batches x layers / pp = tp x layers x global batch /
+micro-batch; GPT-3 175B on 64 GPUs with tp 8, pp 8 and 8 micro-batches is 160k operations, about 10 s on one
+idle core.  Raise --micro-batch, lower --global-batch or --max-points to search faster; --jobs runs points side
 by side.
 
 {COLUMNS_HELP}
