@@ -84,3 +84,37 @@ def _wide(values: pd.Series) -> bool:
     """Positive values spanning two decades or more: plot them on a log axis."""
     values = pd.to_numeric(values, errors="coerce")
     return bool(values.notna().all() and (values > 0).all() and values.max() >= 100 * values.min())
+
+
+def plot_plan(frame: pd.DataFrame, out_dir: Path, capacity_bytes: float | None = None) -> list[Path]:
+    """plan.png: simulated step time against memory per GPU of every simulated layout, coloured by tp,
+    shaped by schedule, the best (rank 1) starred; a dashed line at the GPU's memory."""
+    ok = frame[frame["status"] == "ok"]
+    gib = 2.0**30
+    fig, ax = plt.subplots(figsize=(7, 4.6))
+    markers = {"1f1b": "o", "interleaved": "^", "gpipe": "s"}
+    colors = {tp: f"C{i}" for i, tp in enumerate(sorted(set(ok["tp"])))}
+    for (tp, schedule), part in ok.groupby(["tp", "schedule"], sort=True):
+        ax.scatter(part["memory_bytes"] / gib, part["step_time_s"], s=24, color=colors[tp],
+                   marker=markers.get(schedule, "x"), label=f"tp={tp} {schedule}")
+    best = ok[ok["rank"] == 1]
+    if len(best):
+        row = best.iloc[0]
+        ax.scatter([row["memory_bytes"] / gib], [row["step_time_s"]], s=240, marker="*", color="gold",
+                   edgecolors="black", zorder=5,
+                   label=f"best: tp={row['tp']} pp={row['pp']} dp={row['dp']} mb={row['micro_batch']} "
+                         f"{row['schedule']}")
+    if capacity_bytes and capacity_bytes != float("inf"):
+        ax.axvline(capacity_bytes / gib, linestyle="--", color="grey", label="GPU memory")
+    if len(ok) and _wide(ok["step_time_s"]):
+        ax.set_yscale("log")
+    ax.set_xlabel("memory per GPU, fullest pipeline stage (GiB)")
+    ax.set_ylabel("simulated step time (s)")
+    ax.set_title("layouts: step time against memory")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    path = Path(out_dir) / "plan.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]
