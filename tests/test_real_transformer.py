@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from executors import get_executor
-from executors.real import RealBackend, RealOptions, run_real
+from executors.real import RealBackend, RealOptions, RealRunError, run_real
 from executors.real.mpi import MPIExecutor
 from executors.real.runner import MOVE_CHUNK_BYTES
 from executors.real.torchdist import TorchExecutor
@@ -123,6 +123,13 @@ def test_the_small_scenario_has_every_kind_of_operation_the_transformer_emits():
     # Milliseconds of compute on a CPU, not seconds: a rank's FLOPs per step.
     assert max(sum(op.flops for op in p if isinstance(op, Compute)) for p in scenario.programs()) < 5e7
     assert dense4().nranks == moe4().nranks == 4 and moe8().nranks == 8
+
+
+@pytest.mark.parametrize("executor", [MPIExecutor, TorchExecutor])
+def test_aligned_timing_is_refused_before_any_process_starts(executor):
+    # Pipeline stages run different programs, with isends, irecvs and DP buckets in flight.
+    with pytest.raises(RealRunError, match="aligned.*would deadlock: the ranks run different numbers of operations"):
+        executor(RealOptions(timing="aligned", timeout_s=1.0)).run(load_scenario(SCENARIO))
 
 
 class _CopyCounter(RealBackend):

@@ -52,7 +52,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from executors.real.analysis import aligned_problem, choose_timing
+from executors.real.analysis import choose_timing, refuse_aligned
 from executors.real.backend import KERNEL_N, RealBackend
 from executors.real.options import RealOptions, RealRunError, parse_fault
 from executors.real.status import RankStatus
@@ -76,10 +76,7 @@ def run_real(backend: RealBackend, scenario, options: RealOptions, status_dir: s
         )
     pinned = backend.pin_to_core() if options.pin else "not pinned (pin off)"
     timing = choose_timing(programs, options.timing, scenario.groups)
-    problem = aligned_problem(programs, scenario.groups) if timing == "aligned" else None
-    if problem:
-        raise RealRunError(f"timing 'aligned' (a barrier before every operation) would deadlock: {problem}; "
-                           "use --timing free")
+    refuse_aligned(programs, timing, scenario.groups)
     # Communicators of every group, made by every rank together, before any timing.
     backend.open_groups(scenario.groups)
     runner = RankRunner(backend, scenario, programs[backend.rank], options, timing, status_dir)
