@@ -35,7 +35,11 @@ Timing: ``aligned`` puts a barrier before every operation and times each
 from that barrier, so an operation's time is its own (the only mode that is
 valid is when every rank runs the same number of operations and none is
 non-blocking); ``free`` puts one barrier before each repeat and lets the
-ranks run on, as the simulator does.  ``auto`` picks aligned where it is valid.
+ranks run on, as the simulator does.  ``auto`` picks aligned where it is valid;
+an explicit ``aligned`` where it would deadlock is refused, before any process
+starts when the executor launches the job (``analysis.refuse_aligned``).  A
+transformer step always runs free: its pipeline stages run different
+programs, with isends, irecvs and DP buckets in flight.
 Records carry ``start_s``/``end_s`` from the repeat's first barrier, and a
 ``repeat`` column; warm-up repeats are run and dropped.
 """
