@@ -73,8 +73,11 @@ def back_to_back(name: str, topology: dict, *parts):
     ranks: list[list[dict]] = [[] for _ in range(nranks)]
     for i, part in enumerate(parts):
         assert part.nranks == nranks
+        # Only the groups the part's operations use: each group costs every rank a set-up (torch's new_group).
+        used = {getattr(op, "group", "") for program in part.programs() for op in program}
         for group, family in part.groups.explicit().items():
-            groups[f"{group}{i}"] = family
+            if group in used:
+                groups[f"{group}{i}"] = family
 
         def renamed(op):
             changes = {}
