@@ -10,7 +10,8 @@ starts a process), then run for real, and the two sets of records are
 compared per group, operation kind and size: rows are keyed by (group, kind,
 algorithm, nbytes, flops), so collectives and messages group by the process
 group they ran on (a tensor-parallel and a data-parallel all-reduce of one
-size are two rows) and by size, and compute by FLOPs.
+size are two rows) and by size, and compute by FLOPs and bytes
+(a memory-bound term, with no FLOPs, by its bytes).
 
 Statistics (the same for the prediction and the measurement):
 
@@ -186,10 +187,18 @@ def median_abs_error_pct(table: pd.DataFrame) -> float:
     return float(errors.median()) if len(errors) else math.nan
 
 
+def compute_size(flops: float, nbytes: int) -> str:
+    """A compute row's size: its FLOPs, and its bytes where it has any (rows of one FLOP count and
+    different bytes are different rows; a memory-bound term has bytes alone)."""
+    if not nbytes:
+        return f"{flops:.4g} flop"
+    return f"{int(nbytes)} B" if not flops else f"{flops:.4g} flop, {int(nbytes)} B"
+
+
 def format_validation(table: pd.DataFrame) -> str:
     rows = []
     for row in table.to_dict("records"):
-        size = f"{row['flops']:.4g} flop" if row["kind"] == "compute" else (
+        size = compute_size(row["flops"], row["nbytes"]) if row["kind"] == "compute" else (
             "" if row["kind"] == "total" else f"{int(row['nbytes'])} B")
         spread = "-" if not math.isfinite(row["measured_min_s"]) else (
             f"{row['measured_min_s']:.4g}-{row['measured_max_s']:.4g}")

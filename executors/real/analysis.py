@@ -1,6 +1,7 @@
 """What a program allows: whether a barrier before every operation is safe."""
 from __future__ import annotations
 
+from executors.real.options import RealRunError
 from workloads.groups import WORLD, ProcessGroups
 from workloads.ops import Collective, Recv, Send, Wait, is_nonblocking
 
@@ -51,3 +52,11 @@ def choose_timing(programs, timing: str, groups: ProcessGroups | None = None) ->
     if timing != "auto":
         return timing
     return "free" if aligned_problem(programs, groups) else "aligned"
+
+
+def refuse_aligned(programs, timing: str, groups: ProcessGroups | None = None) -> None:
+    """Raise RealRunError where ``timing`` is 'aligned' and a barrier before every operation would deadlock."""
+    problem = aligned_problem(programs, groups) if timing == "aligned" else None
+    if problem:
+        raise RealRunError(f"timing 'aligned' (a barrier before every operation) would deadlock: {problem}; "
+                           "use --timing free")

@@ -6,6 +6,7 @@ from abc import abstractmethod
 from typing import Any
 
 from executors.base import Executor
+from executors.real.analysis import refuse_aligned
 from executors.real.backend import RealBackend
 from executors.real.launch import launch
 from executors.real.options import RealOptions, RealRunError
@@ -75,6 +76,8 @@ class RealExecutor(Executor):
     def run(self, scenario):
         if self.inside_job():
             return run_real(self.job_backend(), scenario, self.options)
+        # Refused here, before any process starts (each rank would refuse it too, after start-up).
+        refuse_aligned(scenario.programs(), self.options.timing, scenario.groups)
         return launch(type(self), scenario, self.options, timeout_s=self.launcher_timeout_s,
                       hostfile=self.hostfile)
 

@@ -6,7 +6,15 @@ a barrier, a clock and a gather.  ``run_real`` then executes the scenario's
 program for this rank, exactly the operations the simulator ran:
 
 - compute: matrix products of float32 matrices sized to the operation's FLOPs
-  (2 n^3 per n x n product), never a sleep;
+  (2 n^3 per n x n product), never a sleep.  A compute with no FLOPs but
+  ``nbytes`` (a memory-bound term: an element-wise kernel, the optimizer
+  step) moves its bytes instead: it copies ``nbytes / 2`` bytes from one
+  buffer into another (read plus written: ``nbytes`` through memory), in
+  pieces of at most ``MOVE_CHUNK_BYTES``, so that a large step costs time
+  but no more memory than one piece (pieces that fit a cache run faster than
+  memory would: a lower bound, cheap and honest about the bytes).  A compute
+  with FLOPs runs its FLOPs alone (its ``nbytes``, ``gemm`` and precision are
+  the simulator's roofline);
 - send / recv: real buffers of the given size;
 - collectives, ``native``: the library's own call (``Allreduce``,
   ``all_reduce``...); ``algorithm``: the lowered point-to-point steps of the
@@ -27,7 +35,11 @@ Timing: ``aligned`` puts a barrier before every operation and times each
 from that barrier, so an operation's time is its own (the only mode that is
 valid is when every rank runs the same number of operations and none is
 non-blocking); ``free`` puts one barrier before each repeat and lets the
-ranks run on, as the simulator does.  ``auto`` picks aligned where it is valid.
+ranks run on, as the simulator does.  ``auto`` picks aligned where it is valid;
+an explicit ``aligned`` where it would deadlock is refused, before any process
+starts when the executor launches the job (``analysis.refuse_aligned``).  A
+transformer step always runs free: its pipeline stages run different
+programs, with isends, irecvs and DP buckets in flight.
 Records carry ``start_s``/``end_s`` from the repeat's first barrier, and a
 ``repeat`` column; warm-up repeats are run and dropped.
 """
@@ -44,7 +56,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from executors.real.analysis import aligned_problem, choose_timing
+from executors.real.analysis import choose_timing, refuse_aligned
 from executors.real.backend import KERNEL_N, RealBackend
 from executors.real.options import RealOptions, RealRunError, parse_fault
 from executors.real.status import RankStatus
@@ -53,6 +65,10 @@ from simcore.result import Record, RunResult, group_comm_table, records_frame
 from workloads.collectives import (SEMANTICS, alltoall_output_layout, block_layout, group_server_groups, lower,
                                    output_nbytes, root_peer)
 from workloads.ops import Collective, Compute, Irecv, Isend, Recv, Send, Wait, is_nonblocking, record_groups
+
+# The largest piece a memory-bound compute copies at a time (see the module docstring).
+MOVE_CHUNK_BYTES = 4 * 2**20
+
 
 def run_real(backend: RealBackend, scenario, options: RealOptions, status_dir: str | None = None) -> RunResult | None:
     """Run this rank's program; rank 0 returns the gathered RunResult, others None."""
@@ -64,10 +80,7 @@ def run_real(backend: RealBackend, scenario, options: RealOptions, status_dir: s
         )
     pinned = backend.pin_to_core() if options.pin else "not pinned (pin off)"
     timing = choose_timing(programs, options.timing, scenario.groups)
-    problem = aligned_problem(programs, scenario.groups) if timing == "aligned" else None
-    if problem:
-        raise RealRunError(f"timing 'aligned' (a barrier before every operation) would deadlock: {problem}; "
-                           "use --timing free")
+    refuse_aligned(programs, timing, scenario.groups)
     # Communicators of every group, made by every rank together, before any timing.
     backend.open_groups(scenario.groups)
     runner = RankRunner(backend, scenario, programs[backend.rank], options, timing, status_dir)
@@ -158,6 +171,10 @@ class RankRunner:
         # Lowered steps receive what they reduce into scratch; native calls need none.
         self.scratch = backend.buffer(biggest if options.mode == "algorithm" else 0)
         self.out = backend.buffer(max(biggest, self._output_bytes()))
+        # Source and destination of the copies of memory-bound computes (no FLOPs, some bytes).
+        moved = max((op.nbytes // 2 for op in program if type(op) is Compute and not op.flops), default=0)
+        piece = min(moved, MOVE_CHUNK_BYTES)
+        self._move_src, self._move_dst = backend.buffer(piece), backend.buffer(piece)
         self._native: dict[int, Any] = {}  # op index -> prepared native call
         nonblocking = [(i, op) for i, op in enumerate(program) if isinstance(op, Collective) and not op.blocking]
         self.stream_backend = backend.stream() if nonblocking else None
@@ -277,9 +294,13 @@ class RankRunner:
                 peer, nbytes, flops, algorithm = -1, 0, 0.0, ""
                 if t is Compute:
                     # Sized by FLOPs alone (nbytes, gemm and precision are the
-                    # simulator's roofline); the record keeps nbytes so that
-                    # predicted and measured rows join on the same key.
-                    self._compute(op.flops)
+                    # simulator's roofline), or by bytes where it has no FLOPs;
+                    # the record keeps both so that predicted and measured rows
+                    # join on the same key.
+                    if op.flops:
+                        self._compute(op.flops)
+                    else:
+                        self._move(op.nbytes)
                     flops, nbytes = op.flops, op.nbytes
                 elif t is Send:
                     view.send(self.buf[: op.nbytes], op.peer, op.tag)
@@ -368,6 +389,17 @@ class RankRunner:
         rows = int(round((flops - full * per_full) / (2.0 * KERNEL_N * KERNEL_N)))
         if rows:
             matmul(rows)
+
+    def _move(self, nbytes: int) -> None:
+        """Copy ``nbytes // 2`` bytes (``nbytes`` read and written), a piece at a time."""
+        left = nbytes // 2
+        piece = len(self._move_src)
+        copy_ = self.b.copy_
+        while left >= piece > 0:
+            copy_(self._move_dst, self._move_src)
+            left -= piece
+        if left:
+            copy_(self._move_dst[:left], self._move_src[:left])
 
     def _algorithm(self, op: Collective, b: RealBackend, buf, scratch, out) -> None:
         """The lowered steps of ``op`` on ``b``, the view of its group: peers are group ranks,
