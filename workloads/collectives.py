@@ -694,20 +694,7 @@ def _broadcast_scatter_allgather(r: int, p: int, nbytes: int, root: int) -> Iter
     # gets its contiguous run of blocks), then ring allgather.
     rel = (r - root) % p
     edges = _edges(nbytes, p)
-    mask = 1
-    while mask < p:
-        if rel & mask:
-            hi = min(rel + mask, p)
-            yield Step((), (Transfer((r - mask) % p, edges[hi] - edges[rel], edges[rel], False),))
-            break
-        mask <<= 1
-    mask >>= 1
-    while mask:
-        lo = rel + mask
-        if lo < p:
-            hi = min(lo + mask, p)
-            yield Step((Transfer((r + mask) % p, edges[hi] - edges[lo], edges[lo], False),), ())
-        mask >>= 1
+    yield from _binomial_scatter(r, p, rel, edges)
     yield from _ring_allgather(rel, p, edges, (r - 1) % p, (r + 1) % p)
 
 
@@ -866,11 +853,14 @@ def _alltoallv_pairwise(r: int, p: int, send: tuple[int, ...], recv: tuple[int, 
 
 
 def _scatter_binomial(r: int, p: int, nbytes: int, root: int) -> Iterator[Step]:
-    # MPICH MPIR_Scatter_intra_binomial: receive the subtree's blocks from the
-    # parent, then hand each child its subtree's blocks, farthest first.
-    # Thakur et al.: lg p alpha + (p-1)/p n beta.
-    rel = (r - root) % p
-    edges = _rotated_edges(nbytes, p, root)
+    # MPICH MPIR_Scatter_intra_binomial.  Thakur et al.: lg p alpha + (p-1)/p n beta.
+    yield from _binomial_scatter(r, p, (r - root) % p, _rotated_edges(nbytes, p, root))
+
+
+def _binomial_scatter(r: int, p: int, rel: int, edges: tuple[int, ...]) -> Iterator[Step]:
+    # Receive the subtree's blocks (relative ranks rel .. rel + lowbit(rel) - 1,
+    # at edges[rel:]) from the parent, then hand each child its subtree's
+    # blocks, farthest first.
     mask = 1
     while mask < p:
         if rel & mask:
