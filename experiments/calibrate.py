@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 import time
 from pathlib import Path
@@ -43,6 +44,9 @@ from workloads.scenario import scenario_from_dict, with_profile
 DEFAULT_SIZES = (8, 1024, 16384, 131072, 1048576, 8388608, 33554432)
 ROUND_TRIPS = 5
 COMPUTE_FLOPS = (1e8, 1e9, 4e9)
+# Memory moves (compute operations of bytes and no FLOPs, as the transformer's
+# norms and optimizer step are): the largest sets the profile's bandwidth.
+MEMORY_NBYTES = (1 << 20, 16 << 20, 64 << 20)
 COLLECTIVE_SIZES = (65536, 1048576, 8388608)
 COLLECTIVES = (
     ("allreduce", "ring"),
@@ -97,6 +101,7 @@ def ping_pong_scenario(nranks: int, sizes, partners, round_trips: int = ROUND_TR
 
 def compute_scenario(nranks: int):
     program = [{"kind": "compute", "flops": f} for f in COMPUTE_FLOPS]
+    program += [{"kind": "compute", "flops": 0, "nbytes": n, "label": "memory"} for n in MEMORY_NBYTES]
     return _scenario(nranks, [list(program) for _ in range(nranks)], "calibrate-compute")
 
 
@@ -214,15 +219,23 @@ def build_profile(args, nranks, sizes, partners, pings, compute, coll_algorithm,
         # Every measured pair crossed hosts (one rank per host): the inter-node
         # figures are the best estimate of a host's own.
         classes["intra_node"] = classes["inter_node"]
-    frame = compute.records
+    records = compute.records
+    frame = records[records["flops"] > 0]
     largest = frame[frame["flops"] == frame["flops"].max()]
     flops_per_s = float(np.median(largest["flops"] / (largest["end_s"] - largest["start_s"])))
+    moves = records[(records["flops"] == 0) & (records["nbytes"] > 0)]
+    by_nbytes = {int(n): float(np.median(g["nbytes"] / (g["end_s"] - g["start_s"])))
+                 for n, g in moves.groupby("nbytes")}
+    memory_bandwidth = by_nbytes[max(by_nbytes)] if by_nbytes else math.inf
     name = args.name or f"{args.backend}-{hosts[0] if hosts else 'host'}-{nranks}ranks"
     measurements = {"ping_pong": ping_table, "compute_flops_per_s_by_size": {
         str(int(f)): float(np.median(g["flops"] / (g["end_s"] - g["start_s"])))
         for f, g in frame.groupby("flops")}}
+    if by_nbytes:
+        measurements["memory_bytes_per_s_by_size"] = {str(n): b for n, b in by_nbytes.items()}
     profile = MachineProfile(name=name, backend=args.backend, flops_per_s=flops_per_s, link_classes=classes,
-                             rank_hosts=hosts, measurements=measurements)
+                             rank_hosts=hosts, measurements=measurements,
+                             memory_bandwidth_bytes_per_s=memory_bandwidth)
     if coll_algorithm is not None:
         gamma = fit_reduce_cost(profile, nranks, coll_algorithm)
         measurements["collectives"] = collective_table(coll_algorithm, "algorithm") + collective_table(
@@ -260,6 +273,9 @@ def fit_native_collectives(profile, nranks: int, measured):
 def describe(profile) -> str:
     lines = [f"profile {profile.name} ({profile.backend})",
              f"  compute        {profile.flops_per_s / 1e9:.3g} GFLOP/s per rank (all ranks busy)"]
+    if math.isfinite(profile.memory_bandwidth_bytes_per_s):
+        lines.append(f"  memory         {profile.memory_bandwidth_bytes_per_s / 1e9:.3g} GB/s moved per rank "
+                     "(read and write, all ranks busy)")
     for name, c in profile.link_classes.items():
         curve = f", efficiency curve at {len(c.efficiency)} sizes" if c.efficiency else ""
         lines.append(f"  {name:<14} latency {c.latency_s * 1e6:.3g} us, bandwidth "

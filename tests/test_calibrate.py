@@ -50,6 +50,10 @@ def test_calibrate_writes_a_profile_a_scenario_can_use(tmp_path):
     intra = machine.link_classes["intra_node"]
     assert intra.latency_s >= 0 and intra.bandwidth_bytes_per_s > 0 and machine.flops_per_s > 0
     assert len(machine.rank_hosts) == 2
+    # Memory moves of 1, 16 and 64 MiB were timed; the largest sets the bandwidth.
+    moved = machine.measurements["memory_bytes_per_s_by_size"]
+    assert sorted(int(n) for n in moved) == [1 << 20, 16 << 20, 64 << 20]
+    assert machine.memory_bandwidth_bytes_per_s == moved[str(64 << 20)] > 0
     assert [n for n, _ in machine.measurements["ping_pong"][0]["one_way_s"]] == [8, 65536, 1048576]
     (tmp_path / "s.yaml").write_text("topology: {builder: ring, n: 2}\n"
                                      "workload: {kind: collective, op: allreduce, nbytes: 65536}\n"

@@ -1,5 +1,6 @@
 """Machine profiles: fitting, the measured machine as a topology, and their use by the simulator."""
 import dataclasses
+import math
 
 import pytest
 
@@ -8,7 +9,7 @@ from experiments.output import write_profile
 from simcore.calibration import Calibration
 from simcore.fitting import efficiency_curve, fit_collective_efficiency, fit_hockney, fit_reduce_cost
 from topologies.profile import LinkClass, MachineProfile, load_profile
-from workloads.ops import Collective, Recv, Send
+from workloads.ops import Collective, Compute, Recv, Send
 from workloads.scenario import ScenarioError, load_scenario, scenario_from_dict, with_profile
 
 REL = 1e-9
@@ -111,7 +112,7 @@ def test_fit_reduce_cost_recovers_a_known_cost():
 
 
 def test_profile_round_trips_through_a_file(tmp_path):
-    machine = profile(rank_hosts=("a", "b"), reduce_s_per_byte=1e-10,
+    machine = profile(rank_hosts=("a", "b"), reduce_s_per_byte=1e-10, memory_bandwidth_bytes_per_s=3e9,
                       link_classes={"intra_node": LinkClass(2e-6, 10e9, ((8, 0.1), (1024, 0.5))),
                                     "inter_node": LinkClass(1e-5, 1e9)})
     path = tmp_path / "p.yaml"
@@ -215,3 +216,16 @@ def test_fit_hockney_rejects_repeated_sizes_and_nan_and_bounds_flat_times_by_the
         fit_hockney([8, 1024], [1e-6, float("nan")])
     latency_s, bandwidth = fit_hockney([8, 1 << 20], [1e-5, 1e-5])
     assert bandwidth == pytest.approx((1 << 20) / 1e-5, rel=1e-9)
+
+
+def test_a_measured_memory_bandwidth_times_the_bytes_a_compute_moves():
+    # The roofline: 0 FLOPs and 6e6 bytes at 3 GB/s take 2 ms; 1e9 FLOPs at
+    # 5e10 FLOP/s and 3e6 bytes take max(20 ms, 1 ms).
+    machine = profile(memory_bandwidth_bytes_per_s=3e9)
+    topology = machine.topology(2)
+    assert topology.rank_memory_bandwidth_bytes_per_s == (3e9, 3e9)
+    result = simulate(topology, [[Compute(0.0, nbytes=6_000_000), Compute(1e9, nbytes=3_000_000)], []])
+    times = (result.records["end_s"] - result.records["start_s"]).tolist()
+    assert times == [pytest.approx(2e-3, rel=REL), pytest.approx(0.02, rel=REL)]
+    # Unmeasured, memory moves are free, as before.
+    assert math.isinf(profile().topology(2).rank_memory_bandwidth_bytes_per_s[0])

@@ -5,7 +5,9 @@ bandwidth per link class, the compute speed of the kernel compute operations
 use, collective times) and writes a profile (``experiments.output.write_profile``); a scenario that names it
 (``profile: PROFILE.yaml``) is then simulated on the measured machine:
 
-- every rank computes at the measured ``compute.flops_per_s``;
+- every rank computes at the measured ``compute.flops_per_s``, and moves
+  memory (a compute operation's ``nbytes``, see the roofline) at the measured
+  ``compute.memory_bandwidth_bytes_per_s`` where the profile has one;
 - the network is the machine the profile measured: ranks placed on hosts as
   the profile's run placed them (block placement when the rank count
   differs), each host a switch whose links give the measured intra-node
@@ -104,10 +106,16 @@ class MachineProfile:
     # means the library moves bytes that much slower.
     collective_efficiency: dict[str, tuple[tuple[int, float], ...]] = field(default_factory=dict)
     measurements: dict[str, Any] = field(default_factory=dict, compare=False)
+    # What a rank's copy of memory to memory achieves (both directions
+    # counted), as a real run moves a compute operation's bytes; inf: not measured.
+    memory_bandwidth_bytes_per_s: float = math.inf
 
     def __post_init__(self):
         if not 0 < self.flops_per_s < math.inf:
             raise ValueError(f"compute.flops_per_s must be finite and > 0, got {self.flops_per_s!r}")
+        if not 0 < self.memory_bandwidth_bytes_per_s <= math.inf:
+            raise ValueError(f"compute.memory_bandwidth_bytes_per_s must be > 0, "
+                             f"got {self.memory_bandwidth_bytes_per_s!r}")
         if "intra_node" not in self.link_classes:
             raise ValueError("link_classes must include intra_node")
         unknown = sorted(set(self.link_classes) - set(LINK_CLASSES))
@@ -145,6 +153,8 @@ class MachineProfile:
         g = nx.Graph()
         for rank in range(nranks):
             attrs = {"role": "compute", "flops_per_s": self.flops_per_s}
+            if math.isfinite(self.memory_bandwidth_bytes_per_s):
+                attrs["memory_bandwidth_bytes_per_s"] = self.memory_bandwidth_bytes_per_s
             if rank in group_of:
                 attrs["group"] = group_of[rank]
             g.add_node(f"r{rank}", **attrs)
@@ -194,7 +204,9 @@ class MachineProfile:
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "profile": {"name": self.name, "backend": self.backend},
-            "compute": {"flops_per_s": self.flops_per_s},
+            "compute": {"flops_per_s": self.flops_per_s, **(
+                {"memory_bandwidth_bytes_per_s": self.memory_bandwidth_bytes_per_s}
+                if math.isfinite(self.memory_bandwidth_bytes_per_s) else {})},
             "link_classes": {name: c.to_dict() for name, c in self.link_classes.items()},
             "reduce_s_per_byte": self.reduce_s_per_byte,
         }
@@ -216,6 +228,8 @@ class MachineProfile:
                 name=str(head.get("name", "profile")),
                 backend=str(head.get("backend", "")),
                 flops_per_s=float((data.get("compute") or {}).get("flops_per_s", 0.0)),
+                memory_bandwidth_bytes_per_s=float((data.get("compute") or {}).get("memory_bandwidth_bytes_per_s",
+                                                                                  math.inf)),
                 link_classes=classes,
                 rank_hosts=tuple(str(h) for h in data.get("rank_hosts", ()) or ()),
                 reduce_s_per_byte=float(data.get("reduce_s_per_byte", 0.0)),
