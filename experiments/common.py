@@ -13,13 +13,13 @@ import os
 import re
 import sys
 import tempfile
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from executors import executor_class, get_executor
 from executors.real import MODES, TIMINGS, RealOptions
 from experiments.output import make_out_dir
+from experiments.sweep import POINTS_DIR, SchedulerError, SweepError, run_points
 from topologies.io import parse_yaml
 from topologies.limits import MAX_MEMORY_ENV, parse_bytes, resolve_max_memory_bytes
 from workloads.scenario import ScenarioError, load_scenario, scenario_from_dict
@@ -93,7 +93,7 @@ def run_scenario_dict(data: dict[str, Any], backend: str = "sim", base_dir: str 
                       where: str = "scenario", max_memory_bytes: int | None = None) -> dict[str, Any]:
     """Build, run and summarize one scenario; returns plain numbers only.
 
-    Top-level so that ``ProcessPoolExecutor`` can pickle it.
+    Top-level so that a Dask worker can unpickle it.
     """
     scenario = scenario_from_dict(data, base_dir=Path(base_dir) if base_dir else None, where=where,
                                   max_memory_bytes=max_memory_bytes)
@@ -149,46 +149,68 @@ def jobs_for(backend: str, jobs: int) -> int:
 
 def run_many(tasks: Sequence[tuple[Callable, tuple]], *, jobs: int,
              label: Callable[[int, Any], str] | None = None, cost: Sequence[float] | None = None,
-             stream=None) -> list[Any]:
+             stream=None, cache_dir: str | Path | None = None, scheduler: str | None = None,
+             cache_if: Callable[[Any], bool] | None = None) -> list[Any]:
     """Run ``fn(*args)`` for every task, ``jobs`` at a time; results in task order.
 
-    ``cost`` (an estimate per task) only orders submission, dearest first, so
-    the long runs do not end up last on one worker; results never depend on
+    The points run through ``experiments.sweep``: serially here for ``jobs <= 1``,
+    else on Dask (an embedded LocalCluster, or the cluster at ``scheduler``).
+    With ``cache_dir`` each result is stored as it finishes and a rerun reuses
+    it.  ``cost`` (an estimate per task) only orders submission, dearest first,
+    so the long runs do not end up last on one worker; results never depend on
     it or on ``jobs``.  ``label(i, result)`` is printed to ``stream`` (stderr)
-    as each task finishes, with a ``[k/n]`` counter.
+    as each task finishes, with a ``[k/n]`` counter.  A task that raises does
+    not stop the others: at the end ``SweepError`` lists every failure.
     """
     stream = sys.stderr if stream is None else stream
     total = len(tasks)
-    results: list[Any] = [None] * total
     order = list(range(total))
     if cost is not None:
         order.sort(key=lambda i: -cost[i])
     done = 0
 
-    def report(i: int) -> None:
+    def report(i: int, result: Any) -> None:
         nonlocal done
         done += 1
         if label is not None:
-            print(f"[{done}/{total}] {label(i, results[i])}", file=stream, flush=True)
+            print(f"[{done}/{total}] {label(i, result)}", file=stream, flush=True)
 
-    if jobs <= 1 or total <= 1:
-        for i in order:
-            fn, args = tasks[i]
-            results[i] = fn(*args)
-            report(i)
-        return results
-    with ProcessPoolExecutor(max_workers=min(jobs, total)) as pool:
-        futures = {pool.submit(tasks[i][0], *tasks[i][1]): i for i in order}
-        try:
-            for future in as_completed(futures):
-                i = futures[future]
-                results[i] = future.result()
-                report(i)
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
+    def report_failure(i: int, why: str) -> None:
+        nonlocal done
+        done += 1
+        print(f"[{done}/{total}] point {i + 1} failed: {why}", file=stream, flush=True)
+
+    try:
+        results, stats = run_points(tasks, jobs=jobs, cache_dir=cache_dir, scheduler=scheduler,
+                                    cache_if=cache_if, on_done=report, on_failed=report_failure,
+                                    order=order, stream=stream)
+    except KeyboardInterrupt:
+        if cache_dir is not None:
+            print(f"interrupted: the points that finished are kept in {cache_dir}; "
+                  "run the same command again to resume", file=stream, flush=True)
+        raise
+    if cache_dir is not None:
+        print(f"sweep: {stats.computed} computed, {stats.reused} reused, {len(stats.failed)} failed "
+              f"of {total} points", file=stream, flush=True)
+    if stats.failed:
+        raise SweepError(sorted(stats.failed), results)
     return results
+
+
+def add_sweep_options(parser) -> None:
+    """``--scheduler``: run a sweep's points on an existing Dask cluster."""
+    parser.add_argument(
+        "--scheduler", metavar="tcp://HOST:8786",
+        help="run the points on the Dask cluster of this scheduler (default: a local cluster of --jobs "
+             "worker processes; --jobs 1 runs them here, one after another)")
+
+
+def report_sweep_failures(exc: SweepError, what: Callable[[int], str]) -> None:
+    """Print every failed point of a sweep, one line each, naming it by ``what(i)``."""
+    print(f"error: {len(exc.failures)} point(s) failed (the others are kept; a rerun retries only these):",
+          file=sys.stderr)
+    for i, why in exc.failures:
+        print(f"  {what(i)}: {why}", file=sys.stderr)
 
 
 # -- values and paths --------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 ``write_result`` writes a RunResult's tables (CSV), its summary (JSON) and a
 Chrome/Perfetto trace; ``write_profile`` a machine profile (YAML);
-``write_json`` any summary.  JSON is standard: a NaN or an infinity is
+``write_json`` any summary (``write_json_atomic`` a sweep's point).  JSON is standard: a NaN or an infinity is
 written as null, never as the ``NaN``/``Infinity`` that strict readers reject.
 """
 from __future__ import annotations
@@ -46,6 +46,16 @@ def json_text(data: Any, indent: int | None = 2) -> str:
 def write_json(data: Any, path: str | Path, indent: int | None = 2) -> Path:
     path = Path(path)
     path.write_text(json_text(data, indent) + "\n")
+    return path
+
+
+def write_json_atomic(data: Any, path: str | Path) -> Path:
+    """``write_json``, but a reader (or a sweep stopped halfway) sees the whole file or none:
+    written beside ``path`` first, then renamed over it."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    write_json(data, tmp)
+    tmp.replace(path)
     return path
 
 

@@ -214,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="parallel worker processes (default: CPU count); results do not depend on it")
     p.add_argument("--seed", type=int, default=1, help="scenario seed (default 1)")
     p.add_argument("--no-plots", action="store_true", help="write the CSV only")
+    common.add_sweep_options(p)
     common.add_max_memory_option(p)
     return p
 
@@ -517,7 +518,22 @@ def main(argv: list[str] | None = None) -> int:
             return f"{what}  failed: {result['error'][:160]}"
         return f"{what}  step {result['step_time_s']:.4g} s  ({result['wall_s']:.1f} s wall)"
 
-    results = common.run_many(tasks, jobs=args.jobs, label=label, cost=[simulation_cost(r) for r in chosen])
+    try:
+        # simulate_point returns a failure as data: cache successes only, so a rerun retries the rest.
+        results = common.run_many(tasks, jobs=args.jobs, label=label, cost=[simulation_cost(r) for r in chosen],
+                                  cache_dir=out / common.POINTS_DIR, scheduler=args.scheduler,
+                                  cache_if=lambda result: "error" not in result)
+    except common.SweepError as exc:
+        # simulate_point never raises; a failure here is the worker's own (e.g. a lost worker).
+        common.report_sweep_failures(exc, lambda i: describe(chosen[i]))
+        results = list(exc.results)
+        for i, why in exc.failures:
+            results[i] = {"error": why}
+    except common.SchedulerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
     for row, result in zip(chosen, results):
         if "error" in result:
             row.update(status="failed", error=result["error"])

@@ -28,12 +28,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from experiments import common, plots
-from simcore.engine import SimulationError
 from workloads.collectives import ALGORITHMS
 from workloads.scenario import ScenarioError, scenario_from_dict
 from workloads.stragglers import KINDS, SCOPES, StragglerSpec
@@ -141,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=common.default_jobs(),
                    help="parallel worker processes (default: CPU count); results do not depend on it")
     p.add_argument("--no-plots", action="store_true", help="write the CSV only")
+    common.add_sweep_options(p)
     common.add_max_memory_option(p)
     return p
 
@@ -301,11 +302,20 @@ def main(argv: list[str] | None = None) -> int:
     tasks = [(common.run_scenario_dict, (c["scenario"], "sim", None, c["scenario"]["name"], max_memory_bytes))
              for c in configs]
     try:
-        results = common.run_many(tasks, jobs=args.jobs, label=label, cost=cost)
-    except SimulationError as exc:
+        results = common.run_many(tasks, jobs=args.jobs, label=label, cost=cost,
+                                  cache_dir=Path(args.out) / common.POINTS_DIR, scheduler=args.scheduler)
+    except common.SweepError as exc:
         # A configuration whose result is not finite (or that cannot finish): say which, not a traceback.
-        print(f"error: a configuration could not run to the end: {exc}", file=sys.stderr)
+        print("error: a configuration could not run to the end", file=sys.stderr)
+        common.report_sweep_failures(
+            exc, lambda i: f"{configs[i]['topology']} N={configs[i]['n']} {configs[i]['mode']} "
+                           f"stragglers={configs[i]['stragglers']}")
         return 1
+    except common.SchedulerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
     rows = tabulate(configs, results)
 
     frame = pd.DataFrame(rows, columns=list(COLUMNS))

@@ -36,7 +36,6 @@ import pandas as pd
 from executors import backends
 from experiments import common, plots
 from experiments.output import make_out_dir
-from simcore.engine import SimulationError
 from topologies.limits import short, short_names
 from workloads.scenario import ScenarioError, read_scenario_file, scenario_from_dict
 
@@ -140,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="parallel worker processes (default: CPU count; a real backend runs one at a time, "
                         "since runs side by side disturb each other's measurements); results do not depend on it")
     p.add_argument("--no-plots", action="store_true", help="write the CSV only")
+    common.add_sweep_options(p)
     common.add_max_memory_option(p)
     return p
 
@@ -200,11 +200,18 @@ def main(argv: list[str] | None = None) -> int:
         results = common.run_many(
             tasks, jobs=common.jobs_for(args.backend, args.jobs),
             label=lambda i, m: f"{variants[i][1]}  N={m['nranks']}  makespan {m['makespan_s']:.4g} s",
+            cache_dir=out / common.POINTS_DIR, scheduler=args.scheduler,
         )
-    except SimulationError as exc:
+    except common.SweepError as exc:
         # A variant that deadlocks or loses messages: say which, not a worker's traceback.
-        print(f"error: {path}: a variant could not run to the end: {exc}", file=sys.stderr)
+        print(f"error: {path}: a variant could not run to the end", file=sys.stderr)
+        common.report_sweep_failures(exc, lambda i: variants[i][1])
         return 1
+    except common.SchedulerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
 
     rows = []
     first = results[0]["makespan_s"]
