@@ -150,13 +150,13 @@ def jobs_for(backend: str, jobs: int) -> int:
 def run_many(tasks: Sequence[tuple[Callable, tuple]], *, jobs: int,
              label: Callable[[int, Any], str] | None = None, cost: Sequence[float] | None = None,
              stream=None, cache_dir: str | Path | None = None, scheduler: str | None = None,
-             cache_if: Callable[[Any], bool] | None = None) -> list[Any]:
+             cache_if: Callable[[Any], bool] | None = None, reuse: bool = True) -> list[Any]:
     """Run ``fn(*args)`` for every task, ``jobs`` at a time; results in task order.
 
     The points run through ``experiments.sweep``: serially here for ``jobs <= 1``,
     else on Dask (an embedded LocalCluster, or the cluster at ``scheduler``).
     With ``cache_dir`` each result is stored as it finishes and a rerun reuses
-    it.  ``cost`` (an estimate per task) only orders submission, dearest first,
+    it (``reuse=False``: computes every point again).  ``cost`` (an estimate per task) only orders submission, dearest first,
     so the long runs do not end up last on one worker; results never depend on
     it or on ``jobs``.  ``label(i, result)`` is printed to ``stream`` (stderr)
     as each task finishes, with a ``[k/n]`` counter.  A task that raises does
@@ -183,7 +183,7 @@ def run_many(tasks: Sequence[tuple[Callable, tuple]], *, jobs: int,
     try:
         results, stats = run_points(tasks, jobs=jobs, cache_dir=cache_dir, scheduler=scheduler,
                                     cache_if=cache_if, on_done=report, on_failed=report_failure,
-                                    order=order, stream=stream)
+                                    order=order, stream=stream, reuse=reuse)
     except KeyboardInterrupt:
         if cache_dir is not None:
             print(f"interrupted: the points that finished are kept in {cache_dir}; "
@@ -198,11 +198,16 @@ def run_many(tasks: Sequence[tuple[Callable, tuple]], *, jobs: int,
 
 
 def add_sweep_options(parser) -> None:
-    """``--scheduler``: run a sweep's points on an existing Dask cluster."""
+    """``--scheduler``: run a sweep's points on an existing Dask cluster; ``--fresh``: ignore the cache."""
     parser.add_argument(
         "--scheduler", metavar="tcp://HOST:8786",
         help="run the points on the Dask cluster of this scheduler (default: a local cluster of --jobs "
              "worker processes; --jobs 1 runs them here, one after another)")
+    parser.add_argument(
+        "--fresh", action="store_true",
+        help=f"compute every point again instead of reusing the results stored in OUT/{POINTS_DIR}/ (a point "
+             "is reused when its scenario, backend and the distsim version are the same; after editing a file "
+             "the scenario names, or the code, use --fresh)")
 
 
 def report_sweep_failures(exc: SweepError, what: Callable[[int], str]) -> None:

@@ -110,8 +110,10 @@ def run_points(tasks: Sequence[tuple[Callable, tuple]], *, jobs: int, cache_dir:
                scheduler: str | None = None, cache_if: Callable[[Any], bool] | None = None,
                on_done: Callable[[int, Any], None] | None = None,
                on_failed: Callable[[int, str], None] | None = None,
-               order: Sequence[int] | None = None, stream=None) -> tuple[list[Any], SweepStats]:
+               order: Sequence[int] | None = None, stream=None, reuse: bool = True) -> tuple[list[Any], SweepStats]:
     """Run every task not already in ``cache_dir``; results in task order and the sweep's counts.
+
+    ``reuse=False`` computes every point again and overwrites its cached result.
 
     ``on_done(i, result)`` runs as each point finishes (cached ones first),
     ``on_failed(i, error)`` as one fails.  ``order`` is the submission order.
@@ -128,7 +130,7 @@ def run_points(tasks: Sequence[tuple[Callable, tuple]], *, jobs: int, cache_dir:
 
     todo = []
     for i in order:
-        if folder is not None:
+        if folder is not None and reuse:
             path = folder / f"{keys[i]}.json"
             if path.exists():
                 try:
@@ -141,7 +143,8 @@ def run_points(tasks: Sequence[tuple[Callable, tuple]], *, jobs: int, cache_dir:
                     pass  # a damaged file: compute the point again
         todo.append(i)
     if folder is not None:
-        print(f"reused {stats.reused} of {total} points (cache {folder})", file=stream, flush=True)
+        how = "" if reuse else ", --fresh: every point computed again"
+        print(f"reused {stats.reused} of {total} points (cache {folder}{how})", file=stream, flush=True)
     pending = set(todo)
     for i in order:
         if i not in pending and on_done is not None:

@@ -40,6 +40,15 @@ def test_local_dask_cluster_matches_serial_and_rerun_reuses_every_point(tmp_path
     assert (tmp_path / "dask" / "whatif.csv").read_bytes() == serial
 
 
+def test_fresh_computes_every_point_again(tmp_path, capsys):
+    out = tmp_path / "w"
+    assert whatif_run(out, 1, capsys)[0] == 0
+    first = (out / "whatif.csv").read_bytes()
+    code, err = whatif_run(out, 1, capsys, argv=(RING, *VARY, "--fresh"))
+    assert code == 0 and "reused 0 of 4 points" in err and counts(err) == (4, 0, 0, 4)
+    assert (out / "whatif.csv").read_bytes() == first
+
+
 def test_a_partly_cached_sweep_computes_only_the_rest(tmp_path, capsys):
     out = tmp_path / "w"
     assert whatif_run(out, 1, capsys)[0] == 0
