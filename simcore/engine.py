@@ -225,7 +225,6 @@ class Simulator:
         coll_seq = [0] * len(self._group_names)
         ngroups = len(self._group_names)
         number = self._group_number
-        pg = self.process_groups
         aligned = self.aligned
         program = self.programs[rank]
         groups_of = record_groups(program)
@@ -283,8 +282,7 @@ class Simulator:
                 self._comm_s[rank] += env.now - start
             elif type(op) is Send or type(op) is Recv:
                 waiter = [1, None]
-                world_peer = op.peer if op.group == WORLD else pg.world_rank(op.group, rank, op.peer)
-                tag = op.tag * ngroups + number[op.group]
+                world_peer, tag = self._p2p_address(rank, op)
                 if type(op) is Send:
                     self._send(rank, world_peer, op.nbytes, tag, waiter, link_j)
                 else:
@@ -342,17 +340,20 @@ class Simulator:
         )
         done.succeed()
 
+    def _p2p_address(self, rank: int, op) -> tuple[int, int]:
+        """(world rank of the peer, engine tag) of a send, recv, isend or irecv (see the tags in __init__)."""
+        peer = op.peer if op.group == WORLD else self.process_groups.world_rank(op.group, rank, op.peer)
+        return peer, op.tag * len(self._group_names) + self._group_number[op.group]
+
     def _start_p2p(self, rank: int, index: int, op, group: str) -> simpy.Event:
         # Isend/Irecv start now; the returned event fires when the message is
         # delivered, and its record (issue to completion) is written then.
         env = self.env
-        pg = self.process_groups
         start = env.now
         link_j = [0.0]
         done = env.event()
         waiter = [1, done]
-        world_peer = op.peer if op.group == WORLD else pg.world_rank(op.group, rank, op.peer)
-        tag = op.tag * len(self._group_names) + self._group_number[op.group]
+        world_peer, tag = self._p2p_address(rank, op)
         if type(op) is Isend:
             self._send(rank, world_peer, op.nbytes, tag, waiter, link_j)
         else:

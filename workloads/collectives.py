@@ -50,6 +50,7 @@ __all__ = [
     "alltoall_output_layout",
     "block_layout",
     "check",
+    "exchange_layouts",
     "group_server_groups",
     "lower",
     "lower_in_group",
@@ -274,6 +275,17 @@ def scatter_layout(nbytes: int, nranks: int, root: int) -> tuple[tuple[int, int]
     edges = _rotated_edges(nbytes, nranks, root)
     return tuple((edges[(r - root) % nranks], edges[(r - root) % nranks + 1] - edges[(r - root) % nranks])
                  for r in range(nranks))
+
+
+def exchange_layouts(op: "Collective", rank: int, nranks: int) -> tuple[tuple[tuple[int, int], ...], ...]:
+    """(input, output) layouts of ``rank``'s alltoall or alltoallv: ``(offset, size)`` of the
+    block it sends to each rank and of the block it receives from each (its own block is a
+    local copy, ``input[rank]`` to ``output[rank]``)."""
+    if op.op == "alltoallv":
+        return _counts_layout(op.send_nbytes), _counts_layout(op.recv_nbytes)
+    if op.op == "alltoall":
+        return block_layout(op.nbytes, nranks), alltoall_output_layout(op.nbytes, rank, nranks)
+    raise ValueError(f"exchange_layouts: {op.op} is not an all-to-all")
 
 
 def output_nbytes(op: "Collective", rank: int, nranks: int) -> int:

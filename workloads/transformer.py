@@ -389,21 +389,22 @@ class TransformerTraining(WorkloadBase):
 
     kind: ClassVar[str] = "transformer"
 
+    # The specs' own fields, flat as a scenario writes them; the defaults are the specs'.
     model: Any = "gpt3_175b"
-    global_batch: int = 8
-    micro_batch: int = 1
-    precision: str = "bf16"
-    tp: int = 1
-    pp: int = 1
-    dp: int = 0
-    ep: int = 1
-    sequence_parallel: bool = False
-    schedule: str = "1f1b"
-    virtual_stages: int = 1
-    zero: int = 0
-    recompute: str = "none"
-    bucket_bytes: int = 25 * 2**20
-    steps: int = 1
+    global_batch: int = TrainingSpec.global_batch
+    micro_batch: int = TrainingSpec.micro_batch
+    precision: str = TrainingSpec.precision
+    tp: int = ParallelSpec.tp
+    pp: int = ParallelSpec.pp
+    dp: int = ParallelSpec.dp
+    ep: int = ParallelSpec.ep
+    sequence_parallel: bool = ParallelSpec.sequence_parallel
+    schedule: str = ParallelSpec.schedule
+    virtual_stages: int = ParallelSpec.virtual_stages
+    zero: int = ParallelSpec.zero
+    recompute: str = ParallelSpec.recompute
+    bucket_bytes: int = ParallelSpec.bucket_bytes
+    steps: int = TrainingSpec.steps
 
     _INTS: ClassVar[tuple[str, ...]] = ("global_batch", "micro_batch", "steps", "tp", "pp", "dp", "ep",
                                         "virtual_stages", "zero", "bucket_bytes")

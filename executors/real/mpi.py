@@ -25,7 +25,7 @@ import numpy as np
 from executors.real.backend import KERNEL_N, RealBackend
 from executors.real.executor import RealExecutor
 from executors.real.options import RealRunError
-from workloads.collectives import alltoall_output_layout, block_layout, scatter_layout
+from workloads.collectives import block_layout, exchange_layouts, scatter_layout
 from workloads.groups import ProcessGroups
 
 # Where MPI launchers announce a process's rank: MPICH/Hydra and PMI-2, Open MPI, PMIx, Slurm.
@@ -190,9 +190,10 @@ class MPIBackend(RealBackend):
             send = MPI.IN_PLACE if self.rank == op.root else [buf, u8]
             call = comm.Reduce if blocking else comm.Ireduce
             return lambda: call(send, [buf, u8], op=MPI.SUM, root=op.root)
-        if kind == "alltoallv":
-            send = [buf, list(op.send_nbytes), _prefix_sums(op.send_nbytes), u8]
-            recv = [out, list(op.recv_nbytes), _prefix_sums(op.recv_nbytes), u8]
+        if kind in ("alltoall", "alltoallv"):
+            sends, recvs = exchange_layouts(op, self.rank, p)
+            send = [buf, [s for _, s in sends], [o for o, _ in sends], u8]
+            recv = [out, [s for _, s in recvs], [o for o, _ in recvs], u8]
             call = comm.Alltoallv if blocking else comm.Ialltoallv
             return lambda: call(send, recv)
         layout = block_layout(op.nbytes, p)
@@ -234,25 +235,10 @@ class MPIBackend(RealBackend):
                 return reduce_scatter
             return lambda: _Finisher(
                 comm.Ireduce_scatter([buf, u8], [recv, u8], recvcounts=counts, op=MPI.SUM), place)
-        if kind == "alltoall":
-            out_layout = alltoall_output_layout(op.nbytes, self.rank, p)
-            send = [buf, counts, displs, u8]
-            recv = [out, [s for _, s in out_layout], [o for o, _ in out_layout], u8]
-            call = comm.Alltoallv if blocking else comm.Ialltoallv
-            return lambda: call(send, recv)
         if kind == "barrier":
             call = comm.Barrier if blocking else comm.Ibarrier
             return call
         raise ValueError(f"mpi: no native call for {kind}")
-
-
-def _prefix_sums(counts) -> list[int]:
-    """MPI's displacements for blocks of ``counts`` bytes laid end to end."""
-    out, total = [], 0
-    for count in counts:
-        out.append(total)
-        total += count
-    return out
 
 
 class _Finisher:

@@ -62,8 +62,8 @@ from executors.real.options import RealOptions, RealRunError, parse_fault
 from executors.real.status import RankStatus
 from executors.real.stream import Stream
 from simcore.result import Record, RunResult, group_comm_table, records_frame
-from workloads.collectives import (SEMANTICS, alltoall_output_layout, block_layout, group_server_groups, lower,
-                                   output_nbytes, root_peer)
+from workloads.collectives import (SEMANTICS, exchange_layouts, group_server_groups, lower, output_nbytes,
+                                   root_peer)
 from workloads.ops import Collective, Compute, Irecv, Isend, Recv, Send, Wait, is_nonblocking, record_groups
 
 # The largest piece a memory-bound compute copies at a time (see the module docstring).
@@ -408,12 +408,8 @@ class RankRunner:
         alltoall = op.op in ("alltoall", "alltoallv")
         if alltoall:
             # This rank's own block is a local copy, not a transfer.
-            if op.op == "alltoall":
-                mine = block_layout(op.nbytes, size)[rank]
-                out_block = alltoall_output_layout(op.nbytes, rank, size)[rank]
-            else:
-                mine = (sum(op.send_nbytes[:rank]), op.send_nbytes[rank])
-                out_block = (sum(op.recv_nbytes[:rank]), op.recv_nbytes[rank])
+            sends, recvs = exchange_layouts(op, rank, size)
+            mine, out_block = sends[rank], recvs[rank]
             b.copy_(out[out_block[0]: out_block[0] + out_block[1]], buf[mine[0]: mine[0] + mine[1]])
         servers = (group_server_groups(self.pg.members(op.group, self.rank), self.groups)
                    if op.algorithm == "hierarchical" else None)
