@@ -1,0 +1,285 @@
+"""The collective fast path: a whole collective computed at once, without an event per message.
+
+When every member of a collective starts it at the same instant and its
+messages have their links to themselves (no other flow of the simulation on
+any link they cross, and no two of its own messages on one link at once),
+every message is alone on its path: it is delivered at
+start + (bytes / bottleneck bandwidth + latency), exactly the float the flow
+network computes for a flow alone in its component.  A member's step then
+ends at the latest delivery among its sends and receives, and its next step
+starts then (plus the calibrated reduction time).  ``Schedule`` evaluates that
+recursion for all members in one pass, in order of step start times, so
+that the check "no two of its messages on one link at once" is exact, and
+finds every (link, time) the collective occupies.
+
+The engine (``simcore.engine``) reserves those links until the collective's
+last byte on each has left.  Should any other message need a reserved link
+before then, the engine asks ``Schedule`` to replay the collective up to that
+instant (``stop_s``) and hands its state to the event-driven path: the flows
+in flight, the messages delivered and not yet received, the receives posted.
+Everything before that instant was alone, so the replay is the reference
+engine's history to the bit.
+
+``ring_schedule`` does the same for the ring all-reduce, reduce-scatter and
+all-gather of a large group in numpy, one vector operation per step over all
+members, with the same floats as ``Schedule``.
+"""
+from __future__ import annotations
+
+import heapq
+from collections import deque
+
+import numpy as np
+
+from workloads.collectives import block_layout
+
+# Why a fast evaluation gave up; an intra-collective overlap recurs for the
+# same collective on the same ranks, so the engine stops trying it.
+BUSY = "busy"          # a link is carrying another flow, or reserved by another collective
+OVERLAP = "overlap"    # two of the collective's own messages would share a link
+IRREGULAR = "irregular"  # a shape the evaluation does not follow (two messages to one peer in a step)
+
+# Ring collectives of at least this many members are evaluated in numpy.
+VECTOR_MIN_MEMBERS = 32
+RING_OPS = ("allreduce", "reduce_scatter", "allgather")
+
+
+class Plan:
+    """What a collective does when every message is alone: per member its end
+    time and link energy, per link its bytes and the time its last byte leaves."""
+
+    __slots__ = ("end_s", "link_j", "link_bytes", "busy_until_s", "messages")
+
+    def __init__(self, end_s, link_j, link_bytes, busy_until_s, messages):
+        self.end_s = end_s
+        self.link_j = link_j
+        self.link_bytes = link_bytes
+        self.busy_until_s = busy_until_s
+        self.messages = messages
+
+
+def link_free(net, link: int, t0: float) -> bool:
+    """No flow of the network competes on ``link`` at ``t0`` and no other collective holds it."""
+    if net.reserved_until_s[link] > t0:
+        return False
+    for flow in net._flows_on[link].values():
+        if flow.t_end_s is None or flow.t_end_s > t0:
+            return False
+    return True
+
+
+class Schedule:
+    """One collective evaluated with every message alone on its path.
+
+    ``steps[i]`` iterates member ``i``'s lowered steps (world-rank peers).
+    ``run()`` returns a ``Plan``, or the reason (``BUSY``, ``OVERLAP``,
+    ``IRREGULAR``) it cannot stand for the flow network.  ``run(stop_s)``
+    stops before any step that starts after ``stop_s`` and keeps the state
+    the engine needs to continue event by event.
+    """
+
+    def __init__(self, sim, members, ops, steps, t0, tag, slowdown):
+        self.sim = sim
+        self.members = members
+        self.ops = ops
+        self.steps = steps
+        self.t0 = t0
+        self.tag = tag
+        self.slowdown = slowdown
+
+    def run(self, stop_s: float | None = None):
+        sim = self.sim
+        members = self.members
+        m = len(members)
+        t0 = self.t0
+        steps = self.steps
+        cache = sim._route_cache
+        route = sim._route
+        efficiency = sim.message_efficiency
+        slowdown = self.slowdown
+        rspb = sim.reduce_s_per_byte
+        net = sim.net
+        index_of = {rank: i for i, rank in enumerate(members)}
+        busy: dict[int, float] = {}
+        link_bytes: dict[int, int] = {}
+        link_j = [0.0] * m
+        messages = 0
+        end = [None] * m
+        step_end = [t0] * m
+        pending = [0] * m
+        reduced = [0] * m
+        # The current step of each member: its sends (flows) and receives, kept only for a replay.
+        keep = stop_s is not None
+        cur_sends: list[list] = [[] for _ in range(m)] if keep else None
+        cur_recvs: list[list] = [[] for _ in range(m)] if keep else None
+        sent: dict[tuple[int, int], deque] = {}    # delivered or in flight, not yet matched: (delivery_s, nbytes)
+        posted: dict[tuple[int, int], deque] = {}  # receives waiting for their send: (member, recv entry)
+        heap = [(t0, i) for i in range(m)]
+        push = heapq.heappush
+        pop = heapq.heappop
+        while heap:
+            start, i = heap[0]
+            if keep and start > stop_s:
+                break
+            pop(heap)
+            step = next(steps[i], None)
+            if step is None:
+                end[i] = start
+                continue
+            sends, recvs = step
+            if len(sends) > 1 and len({t.peer for t in sends}) < len(sends):
+                return IRREGULAR  # which message a receive matches would depend on delivery order
+            finish = start
+            src = members[i]
+            if keep:
+                cur_sends[i] = []
+                cur_recvs[i] = []
+            for t in sends:
+                dst = t.peer
+                nbytes = t.nbytes
+                cached = cache.get((src, dst))
+                if cached is None:
+                    cached = route(src, dst)
+                links, cap, latency_s, energy_per_byte = cached
+                link_j[i] += nbytes * energy_per_byte
+                messages += 1
+                work = None
+                if nbytes and links:
+                    # As Simulator._send and FlowNetwork.transfer compute it.
+                    work = nbytes / efficiency(src, dst, nbytes) if efficiency else None
+                    if slowdown != 1.0:
+                        work = (nbytes if work is None else work) * slowdown
+                    work = float(nbytes if work is None else work)
+                    duration = work / cap
+                    last_s = start + duration
+                    delivered = start + (duration + latency_s)
+                    for link in links:
+                        until = busy.get(link)
+                        if until is None:
+                            # (A replay skips this: it was checked at t0, and the network has moved on.)
+                            if not keep and not link_free(net, link, t0):
+                                return BUSY
+                        elif until > start:
+                            return OVERLAP
+                        busy[link] = last_s
+                        link_bytes[link] = link_bytes.get(link, 0) + nbytes
+                else:
+                    last_s = start
+                    delivered = start + latency_s if latency_s > 0 else start
+                if delivered > finish:
+                    finish = delivered
+                if keep:
+                    cur_sends[i].append((dst, nbytes, work, links, cap, latency_s, start, last_s, delivered))
+                key = (src, dst)
+                waiting = posted.get(key)
+                if waiting:
+                    j, entry = waiting.popleft()
+                    entry[1] = delivered
+                    if delivered > step_end[j]:
+                        step_end[j] = delivered
+                    pending[j] -= 1
+                    if pending[j] == 0:
+                        red = reduced[j]
+                        push(heap, (step_end[j] + red * rspb if red else step_end[j], j))
+                else:
+                    queue = sent.get(key)
+                    if queue is None:
+                        sent[key] = deque(((delivered, nbytes),))
+                    else:
+                        queue.append((delivered, nbytes))
+            for t in recvs:
+                key = (t.peer, src)
+                entry = [t.peer, None, t.nbytes]  # peer, delivery time once matched, bytes
+                queue = sent.get(key)
+                if queue:
+                    delivered = queue.popleft()[0]
+                    entry[1] = delivered
+                    if delivered > finish:
+                        finish = delivered
+                else:
+                    pending[i] += 1
+                    waiting = posted.get(key)
+                    if waiting is None:
+                        posted[key] = deque(((i, entry),))
+                    else:
+                        waiting.append((i, entry))
+                if keep:
+                    cur_recvs[i].append(entry)
+            step_end[i] = finish
+            red = sum(t.nbytes for t in recvs if t.reduce) if rspb else 0
+            reduced[i] = red
+            if pending[i] == 0:
+                push(heap, (finish + red * rspb if red else finish, i))
+        if keep:
+            self.state = (end, step_end, pending, reduced, cur_sends, cur_recvs, sent, posted, link_j, link_bytes,
+                          messages, {i: s for s, i in heap})
+            return None
+        if any(e is None for e in end) or any(sent.values()) or any(posted.values()):
+            return IRREGULAR
+        del index_of
+        return Plan(end, link_j, link_bytes, busy, messages)
+
+
+def ring_schedule(sim, members: tuple[int, ...], op, t0: float, slowdown: float):
+    """``Schedule(...).run()`` of a ring collective, one numpy step over all members at a time.
+
+    The same floats as ``Schedule``: each message's delivery is
+    start + (work / bottleneck + latency), each step ends at the later of the
+    member's own delivery and its left neighbour's, and a reduce-scatter step
+    adds the reduction time of the block received.
+    """
+    net = sim.net
+    p = len(members)
+    routes = [sim._route(members[i], members[(i + 1) % p]) for i in range(p)]
+    all_links = [link for r in routes for link in r[0]]
+    if len(set(all_links)) != len(all_links):
+        return OVERLAP  # two members' messages would share a link in every step
+    for link in all_links:
+        if not link_free(net, link, t0):
+            return BUSY
+    cap = np.array([r[1] if r[0] else 1.0 for r in routes], dtype=float)
+    latency = np.array([r[2] for r in routes], dtype=float)
+    energy_per_byte = np.array([r[3] for r in routes], dtype=float)
+    has_links = np.array([bool(r[0]) for r in routes])
+    sizes = np.array([count for _, count in block_layout(op.nbytes, p)], dtype=np.int64)
+    idx = np.arange(p)
+    left = (idx - 1) % p
+    rspb = sim.reduce_s_per_byte
+    start = np.full(p, t0, dtype=float)
+    link_j = np.zeros(p)
+    sent_bytes = np.zeros(p, dtype=np.int64)
+    last_s = np.full(p, -np.inf)
+    phases = {"allreduce": ("rs", "ag"), "reduce_scatter": ("rs",), "allgather": ("ag",)}[op.op]
+    messages = 0
+    for phase in phases:
+        for k in range(p - 1):
+            if phase == "rs":
+                send_block = (idx - k - 1) % p
+                recv_block = (idx - k - 2) % p
+            else:
+                send_block = (idx - k) % p
+                recv_block = None
+            nbytes = sizes[send_block]
+            work = nbytes * slowdown if slowdown != 1.0 else nbytes.astype(float)
+            duration = work / cap
+            flows = (nbytes > 0) & has_links
+            delivered = np.where(flows, start + (duration + latency), start + latency)
+            last_s = np.where(flows, start + duration, last_s)
+            link_j += nbytes * energy_per_byte
+            sent_bytes += np.where(has_links, nbytes, 0)
+            messages += p
+            finish = np.maximum(delivered, delivered[left])
+            if recv_block is not None and rspb:
+                red = sizes[recv_block]
+                start = np.where(red > 0, finish + red * rspb, finish)
+            else:
+                start = finish
+    link_bytes: dict[int, int] = {}
+    busy: dict[int, float] = {}
+    for i, r in enumerate(routes):
+        for link in r[0]:
+            if sent_bytes[i]:
+                link_bytes[link] = int(sent_bytes[i])
+            if last_s[i] > -np.inf:
+                busy[link] = float(last_s[i])
+    return Plan([float(s) for s in start], [float(j) for j in link_j], link_bytes, busy, messages)

@@ -1,0 +1,274 @@
+"""The fast engine (``simcore.engine.Simulator``) against the reference engine.
+
+The reference (``simcore.reference_engine.ReferenceSimulator``) runs every
+message as a flow of its own; the fast engine computes a collective whose
+messages have their links to themselves in one pass, and hands it back to
+the message-by-message path when another message needs one of its links.
+Both must give the same records: every time, byte count and energy within
+1e-9 relative (the fast path adds the same floats in the same order, so in
+practice they are equal), on hundreds of random small scenarios with shared
+links, process groups, stragglers, non-blocking collectives and
+point-to-point traffic, and on every shipped scenario.
+
+The random scenarios come from a numpy Generator with a fixed seed: case i
+is the same on every run.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from simcore.calibration import Calibration
+from simcore.engine import SimulationError, Simulator
+from simcore.fastpath import VECTOR_MIN_MEMBERS
+from simcore.reference_engine import ReferenceSimulator
+from topologies import fully_connected, hierarchical, ring, switch, torus, tree
+from workloads.collectives import ALGORITHMS
+from workloads.groups import ProcessGroups
+from workloads.ops import Collective, Compute, Irecv, Isend, Recv, Send, Wait
+from workloads.scenario import load_scenario
+from workloads.stragglers import StragglerSpec
+
+SCENARIOS = Path(__file__).resolve().parents[1] / "experiments" / "scenarios"
+RTOL = 1e-9
+N_CASES = 300
+
+FLOAT_COLUMNS = ("start_s", "end_s", "energy_j", "flops")
+
+
+def assert_same_result(fast, ref, where: str) -> None:
+    a, b = fast.records, ref.records
+    assert list(a.columns) == list(b.columns), where
+    assert len(a) == len(b), f"{where}: {len(a)} records against {len(b)}"
+    for column in a.columns:
+        x, y = a[column].to_numpy(), b[column].to_numpy()
+        if column in FLOAT_COLUMNS:
+            scale = max(float(np.nanmax(np.abs(y))) if len(y) else 0.0, 1e-300)
+            bad = ~np.isclose(x.astype(float), y.astype(float), rtol=RTOL, atol=RTOL * scale, equal_nan=True)
+            assert not bad.any(), f"{where}: {column} differs, first at record {np.argmax(bad)}:\n" \
+                                  f"{a[bad].head(3)}\nreference:\n{b[bad].head(3)}"
+        else:
+            assert (x == y).all(), f"{where}: column {column} differs"
+    for key, value in ref.summary.items():
+        if key in ("events", "wall_s"):
+            continue  # how the engine got there, not what it predicts
+        got = fast.summary[key]
+        if isinstance(value, float):
+            assert got == pytest.approx(value, rel=RTOL, abs=1e-300), f"{where}: summary {key}"
+        else:
+            assert got == value, f"{where}: summary {key}"
+    for table in ("per_rank", "per_link", "per_node", "per_group"):
+        pd.testing.assert_frame_equal(getattr(fast, table), getattr(ref, table), rtol=RTOL, obj=f"{where}: {table}")
+
+
+# -- random scenarios ------------------------------------------------------------------
+
+
+def _topology(rng, n: int):
+    bw = float(rng.choice([1e8, 1e9, 12.5e9]))
+    lat = float(rng.choice([0.0, 1e-6, 5e-5]))
+    kind = rng.choice(["ring", "switch", "tree", "fully_connected", "hierarchical", "torus"])
+    if kind == "ring":
+        return ring(n, bandwidth_bytes_per_s=bw, latency_s=lat)
+    if kind == "switch":
+        return switch(n, bandwidth_bytes_per_s=bw, latency_s=lat)
+    if kind == "tree":
+        # Slow uplinks: collectives across subtrees contend.
+        return tree(n, arity=2, bandwidth_bytes_per_s=bw, uplink_bandwidth_bytes_per_s=bw / float(rng.choice([1, 4])),
+                    latency_s=lat)
+    if kind == "fully_connected":
+        return fully_connected(n, bandwidth_bytes_per_s=bw, latency_s=lat)
+    if kind == "torus" and n in (4, 6, 8):
+        return torus({4: (2, 2), 6: (2, 3), 8: (2, 4)}[n], bandwidth_bytes_per_s=bw, latency_s=lat)
+    if n % 2 == 0:
+        return hierarchical([n // 2, 2], bandwidths_bytes_per_s=[bw * 4, bw], latencies_s=[lat, lat * 2])
+    return switch(n, bandwidth_bytes_per_s=bw, latency_s=lat)
+
+
+def _families(rng, n: int) -> dict[str, tuple[tuple[int, ...], ...]]:
+    ranks = list(range(n))
+    families = {}
+    for size in (2, n // 2):
+        if size >= 2 and n % size == 0:
+            families[f"blocks{size}"] = tuple(tuple(ranks[i:i + size]) for i in range(0, n, size))
+    if n % 2 == 0:
+        families["stride"] = tuple(tuple(ranks[i::n // 2]) for i in range(n // 2))
+    families["reversed"] = (tuple(reversed(ranks)),)
+    order = list(rng.permutation(n))
+    families["shuffled"] = (tuple(int(r) for r in order),)
+    return families
+
+
+def _collective(rng, size: int, group: str, handle: str | None, topo_has_servers: bool, rank_index_matrix):
+    op = str(rng.choice([o for o in ALGORITHMS if o != "barrier"] + ["barrier"]))
+    algorithms = [a for a in ALGORITHMS[op] if a != "hierarchical" or (topo_has_servers and group == "")]
+    algorithm = str(rng.choice(algorithms))
+    nbytes = int(rng.choice([0, 1, 7, 1000, 65536, 1_000_003]))
+    root = int(rng.integers(size))
+    common = dict(algorithm=algorithm, group=group, blocking=handle is None, handle=handle)
+    if op == "barrier":
+        return lambda i: Collective("barrier", 0, **common)
+    if op == "alltoallv":
+        counts = rank_index_matrix(size)
+        return lambda i: Collective("alltoallv", 0, send_nbytes=tuple(int(c) for c in counts[i]),
+                                    recv_nbytes=tuple(int(c) for c in counts[:, i]), **common)
+    return lambda i: Collective(op, nbytes, root=root if op in ("broadcast", "reduce", "scatter", "gather") else 0,
+                                **common)
+
+
+def random_case(seed: int):
+    rng = np.random.default_rng(seed)
+    n = int(rng.choice([2, 3, 4, 5, 6, 8]))
+    topo = _topology(rng, n)
+    families = _families(rng, n)
+    groups = ProcessGroups(n, families)
+    programs: list[list] = [[] for _ in range(n)]
+    open_handles: list[list[str]] = [[] for _ in range(n)]
+    has_servers = topo.groups() is not None and len(topo.groups()) > 1
+
+    def matrix(size):
+        return rng.choice([0, 3, 4096, 70000], size=(size, size))
+
+    for phase in range(int(rng.integers(2, 9))):
+        kind = rng.choice(["compute", "collective", "collective", "group_collective", "p2p", "ip2p", "wait"])
+        if kind == "compute":
+            same = rng.random() < 0.6
+            flops = float(rng.choice([0.0, 1e6, 3e7]))
+            for r in range(n):
+                programs[r].append(Compute(flops if same else float(rng.choice([0.0, 1e6, 3e7]))))
+        elif kind in ("collective", "group_collective"):
+            name = "" if kind == "collective" else str(rng.choice(list(families)))
+            family = ((tuple(range(n)),) if name == "" else families[name])
+            handle = f"c{phase}" if rng.random() < 0.3 else None
+            for members in family:
+                make = _collective(rng, len(members), name, handle, has_servers, matrix)
+                for i, r in enumerate(members):
+                    programs[r].append(make(i))
+                    if handle:
+                        open_handles[r].append(handle)
+            for r in range(n):  # ranks outside every group of the family
+                if not any(r in m for m in family) and handle:
+                    pass
+        elif kind == "p2p":
+            shift = int(rng.integers(1, n))
+            nbytes = int(rng.choice([0, 100, 65536, 2_000_000]))
+            for r in range(n):
+                programs[r].append(Send((r + shift) % n, nbytes, tag=phase))
+                programs[r].append(Recv((r - shift) % n, nbytes, tag=phase))
+        elif kind == "ip2p":
+            shift = int(rng.integers(1, n))
+            nbytes = int(rng.choice([0, 100, 65536, 2_000_000]))
+            for r in range(n):
+                programs[r].append(Isend((r + shift) % n, nbytes, handle=f"s{phase}", tag=phase))
+                programs[r].append(Irecv((r - shift) % n, nbytes, handle=f"r{phase}", tag=phase))
+                open_handles[r] += [f"s{phase}", f"r{phase}"]
+        else:
+            for r in range(n):
+                if open_handles[r]:
+                    programs[r].append(Wait(tuple(open_handles[r])))
+                    open_handles[r] = []
+    for r in range(n):
+        if open_handles[r] and rng.random() < 0.7:
+            programs[r].append(Wait(tuple(open_handles[r])))
+    stragglers = None
+    if rng.random() < 0.3:
+        stragglers = StragglerSpec(kind="lognormal", params={"mu": 0.0, "sigma": 0.3},
+                                   scope=str(rng.choice(["operation", "node"])))
+    calibration = None
+    if rng.random() < 0.2:
+        calibration = Calibration(reduce_s_per_byte=1e-10,
+                                  collective_efficiency=(lambda op, nbytes: 0.8) if rng.random() < 0.5 else None,
+                                  message_efficiency=(lambda s, d, nbytes: 0.5 + (s + d) % 3 / 4)
+                                  if rng.random() < 0.5 else None)
+    aligned = rng.random() < 0.1 and len({len(p) for p in programs}) == 1
+    kwargs = dict(seed=seed, stragglers=stragglers, process_groups=groups, calibration=calibration, aligned=aligned)
+    return topo, programs, kwargs
+
+
+def _run(cls, topo, programs, kwargs):
+    sim = cls(topo, programs, **kwargs)
+    try:
+        return sim, sim.run(), None
+    except SimulationError as exc:
+        return sim, exc.partial, exc
+
+
+def test_random_scenarios_give_the_reference_records():
+    fast_total = materialized_total = event_path = 0
+    for case in range(N_CASES):
+        topo, programs, kwargs = random_case(case)
+        ref_sim, ref, ref_error = _run(ReferenceSimulator, topo, programs, kwargs)
+        fast_sim, fast, fast_error = _run(Simulator, topo, programs, kwargs)
+        where = f"random case {case} ({topo.name}, {topo.nranks} ranks)"
+        assert type(fast_error) is type(ref_error), f"{where}: {fast_error!r} against {ref_error!r}"
+        if ref_error is not None:
+            assert str(fast_error) == str(ref_error), where
+        assert_same_result(fast, ref, where)
+        fast_total += fast_sim.fast_collectives
+        materialized_total += fast_sim.materialized
+        event_path += fast_sim._messages > 0
+    # The cases exercise all three paths: whole collectives, collectives handed
+    # back to the event path mid-way, and plain message-by-message runs.
+    assert fast_total > 200, fast_total
+    assert materialized_total > 20, materialized_total
+
+
+def test_a_collective_interrupted_by_a_message_continues_as_the_reference():
+    # Ranks 0-3 all-reduce on a ring while rank 4 sends to rank 0 over the
+    # ring's link 4->0 in the middle of it: the all-reduce's messages on that
+    # link start sharing it then.
+    n = 5
+    topo = ring(n, bandwidth_bytes_per_s=1e9, latency_s=1e-6)
+    groups = ProcessGroups(n, {"four": ((0, 1, 2, 3), (4,))})
+    programs = [[Collective("allreduce", 4_000_000, algorithm="ring", group="four")] for _ in range(n)]
+    programs[4] = [Compute(2.5e6), Send(0, 3_000_000)]
+    programs[0].append(Recv(4, 3_000_000))
+    topo = ring(n, bandwidth_bytes_per_s=1e9, latency_s=1e-6, flops_per_s=1e9)
+    fast_sim = Simulator(topo, programs, process_groups=groups)
+    fast = fast_sim.run()
+    ref = ReferenceSimulator(topo, programs, process_groups=groups).run()
+    assert fast_sim.fast_collectives == 1
+    assert fast_sim.materialized == 1
+    assert_same_result(fast, ref, "interrupted all-reduce")
+
+
+@pytest.mark.parametrize("n", [VECTOR_MIN_MEMBERS, 64, 100])
+@pytest.mark.parametrize("op", ["allreduce", "reduce_scatter", "allgather"])
+def test_large_rings_in_numpy_give_the_reference_times(n, op):
+    topo = ring(n, bandwidth_bytes_per_s=12.5e9, latency_s=1e-6)
+    programs = [[Compute(1e6 * (r % 3)), Collective(op, 10_000_019, algorithm="ring"),
+                 Collective(op, 77, algorithm="ring")] for r in range(n)]
+    for calibration in (None, Calibration(reduce_s_per_byte=3e-11, collective_efficiency=lambda op, b: 0.7)):
+        programs_same = [[Collective(op, 10_000_019, algorithm="ring"), Collective(op, 77, algorithm="ring")]
+                         for _ in range(n)]
+        for progs in (programs, programs_same):
+            fast_sim = Simulator(topo, progs, calibration=calibration)
+            fast = fast_sim.run()
+            ref = ReferenceSimulator(topo, progs, calibration=calibration).run()
+            assert_same_result(fast, ref, f"ring {op} on {n}")
+        # The first collective of programs_same starts on every rank at 0: numpy ran it.
+        assert fast_sim.fast_collectives >= 1
+
+
+def test_fast_path_off_runs_every_message():
+    topo = ring(8)
+    programs = [[Collective("allreduce", 1_000_000)] for _ in range(8)]
+    sim = Simulator(topo, programs, fast_path=False)
+    result = sim.run()
+    assert sim.fast_collectives == 0
+    assert_same_result(result, ReferenceSimulator(topo, programs).run(), "fast path off")
+
+
+@pytest.mark.parametrize("path", sorted(p.name for p in SCENARIOS.glob("*.yaml")))
+def test_every_shipped_scenario_gives_the_reference_records(path):
+    scenario = load_scenario(SCENARIOS / path)
+    results = []
+    for cls in (Simulator, ReferenceSimulator):
+        sim = cls(scenario.topology, scenario.programs(), seed=scenario.seed, stragglers=scenario.stragglers,
+                  count_idle_energy=scenario.energy.count_idle, name=scenario.name, process_groups=scenario.groups,
+                  calibration=Calibration.from_profile(scenario.profile, scenario.nranks))
+        results.append(sim.run())
+    assert_same_result(results[0], results[1], path)
