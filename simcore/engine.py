@@ -39,7 +39,7 @@ from typing import Callable
 
 import simpy
 
-from simcore.fastpath import BUSY, RING_OPS, VECTOR_MIN_MEMBERS, Schedule, ring_schedule
+from simcore.fastpath import BUSY, RING_OPS, VECTOR_MIN_MEMBERS, Schedule, Trace, ring_schedule
 from simcore.network import FlowNetwork, _Flow
 from simcore.reference_engine import (
     PROGRESS_EVERY_EVENTS,
@@ -61,14 +61,15 @@ __all__ = ["PROGRESS_EVERY_EVENTS", "DeadlockError", "NonFiniteResultError", "Si
 # after every process woken at that instant (NORMAL, 1), before the network's solve (2).
 _DECIDE_PRIORITY = 1.5
 _NORMAL = simpy.events.NORMAL
+# Recorded dataflows kept per run (each collective shape on each group), and the largest kept.
+MAX_TRACES = 4096
+MAX_TRACE_MESSAGES = 200_000
 
 
 class _Instance:
     """One collective on one group, as its members arrive at it."""
 
-    __slots__ = ("members", "tag", "t0", "waiting", "event_path", "arrived", "schedule", "done", "cancelled",
-                 "plan")
-
+    __slots__ = ("members", "tag", "t0", "waiting", "event_path", "arrived", "done", "cancelled", "plan")
 
     def __init__(self, members, tag, t0):
         self.members = members
@@ -77,7 +78,6 @@ class _Instance:
         self.waiting: list[tuple] = []  # (rank, op, link_j, done event), in arrival order
         self.event_path = False
         self.arrived = 0
-        self.schedule: Schedule | None = None
 
 
 class _GuardedNetwork(FlowNetwork):
@@ -115,6 +115,7 @@ class Simulator(ReferenceSimulator):
     def run(self, progress: Callable[[float, int], None] | None = None) -> RunResult:
         self._instances: dict[tuple, _Instance] = {}
         self._not_alone: set[tuple] = set()
+        self._traces: dict[tuple, Trace] = {}
         self._world = tuple(range(self.nranks))
         self.fast_collectives = 0
         self.materialized = 0
@@ -181,23 +182,37 @@ class Simulator(ReferenceSimulator):
         yield from ReferenceSimulator._collective(self, rank, op, tag, link_j)
         done.succeed()
 
-    def _schedule(self, inst: _Instance) -> Schedule:
+    def _ops(self, inst: _Instance) -> tuple:
         by_rank = {rank: op for rank, op, _, _ in inst.waiting}
-        ops = [by_rank[r] for r in inst.members]
+        return tuple(by_rank[r] for r in inst.members)
+
+    def _schedule(self, inst: _Instance, ops: tuple) -> Schedule:
         return Schedule(self, inst.members, ops, [self._lowered(r, op) for r, op in zip(inst.members, ops)],
                         inst.t0, inst.tag, self._slowdown(ops[0]))
 
     def _plan(self, inst: _Instance):
-        op = inst.waiting[0][1]
-        shape = (inst.members, op.op, op.algorithm, op.nbytes, op.root, op.inter_algorithm)
+        ops = self._ops(inst)
+        op = ops[0]
+        # What the steps depend on (members of one collective agree on all of it, validate_programs checks,
+        # but for alltoallv's counts); not the handle, which names each instance.
+        shape = (inst.members, op.op, op.algorithm, op.nbytes, op.root, op.inter_algorithm,
+                 tuple(o.send_nbytes for o in ops) if op.op == "alltoallv" else ())
         if shape in self._not_alone:
             return BUSY
+        trace = self._traces.get(shape)
+        if trace is not None:
+            plan = trace.evaluate(self.net, inst.t0)
+            if plan is not None:
+                return plan
         if (op.op in RING_OPS and op.algorithm == "ring" and len(inst.members) >= VECTOR_MIN_MEMBERS
                 and not self.message_efficiency):
             plan = ring_schedule(self, inst.members, op, inst.t0, self._slowdown(op))
         else:
-            inst.schedule = self._schedule(inst)
-            plan = inst.schedule.run()
+            schedule = self._schedule(inst, ops)
+            record = trace is None and len(self._traces) < MAX_TRACES
+            plan = schedule.run(record=record)
+            if record and not isinstance(plan, str) and schedule.trace.nslots <= MAX_TRACE_MESSAGES:
+                self._traces[shape] = schedule.trace
         if isinstance(plan, str) and plan != BUSY:
             self._not_alone.add(shape)  # its own messages share links: it would fail again
         return plan
@@ -244,7 +259,7 @@ class Simulator(ReferenceSimulator):
                 net.reserved_until_s[link] = -math.inf
                 net.reserved_by[link] = None
         # Fresh generators: the commit's evaluation consumed its own.
-        schedule = inst.schedule = self._schedule(inst)
+        schedule = self._schedule(inst, self._ops(inst))
         schedule.run(stop_s=now)
         (end, step_end, pending, reduced, cur_sends, cur_recvs, sent, posted, link_j, link_bytes, messages,
          next_start) = schedule.state
@@ -284,12 +299,12 @@ class Simulator(ReferenceSimulator):
                     _at(env, delivered, net._delivered_alone, (flow, 1))
                 else:
                     _at(env, delivered, net._deliver_value, message)
-            for peer, delivered, nbytes in cur_recvs[i]:
+            for peer, delivered, nbytes, _ in cur_recvs[i]:
                 if delivered is None or delivered > now:
                     self._waiting.setdefault((peer, rank, tag), deque()).append((nbytes, waiter))
         # Messages delivered by now whose receive is not posted yet.
         for (src, dst), queue in sent.items():
-            for delivered, nbytes in queue:
+            for delivered, nbytes, _ in queue:
                 if delivered <= now:
                     arrived = self._arrived.get((src, dst, tag))
                     if arrived is None:

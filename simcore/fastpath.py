@@ -87,7 +87,8 @@ class Schedule:
         self.tag = tag
         self.slowdown = slowdown
 
-    def run(self, stop_s: float | None = None):
+    def run(self, stop_s: float | None = None, record: bool = False):
+        """``record``: also keep the collective's dataflow as a ``Trace`` (``self.trace``)."""
         sim = self.sim
         members = self.members
         m = len(members)
@@ -115,6 +116,12 @@ class Schedule:
         sent: dict[tuple[int, int], deque] = {}    # delivered or in flight, not yet matched: (delivery_s, nbytes)
         posted: dict[tuple[int, int], deque] = {}  # receives waiting for their send: (member, recv entry)
         heap = [(t0, i) for i in range(m)]
+        # The trace: per step processed, (member, its sends (slot, delivery delay, last-byte delay),
+        # its receive entries, reduction delay); per link, consecutive (slot, slot) uses.
+        entries: list = [] if record else None
+        nslots = 0
+        last_on: dict[int, int] = {}
+        link_pairs: list = []
         push = heapq.heappush
         pop = heapq.heappop
         while heap:
@@ -127,6 +134,7 @@ class Schedule:
                 end[i] = start
                 continue
             sends, recvs = step
+            step_sends = [] if record else None
             if len(sends) > 1 and len({t.peer for t in sends}) < len(sends):
                 return IRREGULAR  # which message a receive matches would depend on delivery order
             finish = start
@@ -134,6 +142,7 @@ class Schedule:
             if keep:
                 cur_sends[i] = []
                 cur_recvs[i] = []
+            step_recvs = [] if record else None
             for t in sends:
                 dst = t.peer
                 nbytes = t.nbytes
@@ -144,6 +153,8 @@ class Schedule:
                 link_j[i] += nbytes * energy_per_byte
                 messages += 1
                 work = None
+                slot = nslots
+                nslots += 1
                 if nbytes and links:
                     # As Simulator._send and FlowNetwork.transfer compute it.
                     work = nbytes / efficiency(src, dst, nbytes) if efficiency else None
@@ -163,9 +174,18 @@ class Schedule:
                             return OVERLAP
                         busy[link] = last_s
                         link_bytes[link] = link_bytes.get(link, 0) + nbytes
+                        if record:
+                            before = last_on.get(link)
+                            if before is not None:
+                                link_pairs.append((before, slot))
+                            last_on[link] = slot
+                    if record:
+                        step_sends.append((slot, duration + latency_s, duration))
                 else:
                     last_s = start
                     delivered = start + latency_s if latency_s > 0 else start
+                    if record:
+                        step_sends.append((slot, latency_s if latency_s > 0 else 0.0, None))
                 if delivered > finish:
                     finish = delivered
                 if keep:
@@ -175,6 +195,7 @@ class Schedule:
                 if waiting:
                     j, entry = waiting.popleft()
                     entry[1] = delivered
+                    entry[3] = slot
                     if delivered > step_end[j]:
                         step_end[j] = delivered
                     pending[j] -= 1
@@ -184,15 +205,15 @@ class Schedule:
                 else:
                     queue = sent.get(key)
                     if queue is None:
-                        sent[key] = deque(((delivered, nbytes),))
+                        sent[key] = deque(((delivered, nbytes, slot),))
                     else:
-                        queue.append((delivered, nbytes))
+                        queue.append((delivered, nbytes, slot))
             for t in recvs:
                 key = (t.peer, src)
-                entry = [t.peer, None, t.nbytes]  # peer, delivery time once matched, bytes
+                entry = [t.peer, None, t.nbytes, -1]  # peer, delivery time and slot once matched, bytes
                 queue = sent.get(key)
                 if queue:
-                    delivered = queue.popleft()[0]
+                    delivered, _, entry[3] = queue.popleft()
                     entry[1] = delivered
                     if delivered > finish:
                         finish = delivered
@@ -205,9 +226,13 @@ class Schedule:
                         waiting.append((i, entry))
                 if keep:
                     cur_recvs[i].append(entry)
+                elif record:
+                    step_recvs.append(entry)
             step_end[i] = finish
             red = sum(t.nbytes for t in recvs if t.reduce) if rspb else 0
             reduced[i] = red
+            if record:
+                entries.append((i, step_sends, step_recvs, red * rspb if red else None))
             if pending[i] == 0:
                 push(heap, (finish + red * rspb if red else finish, i))
         if keep:
@@ -217,7 +242,78 @@ class Schedule:
         if any(e is None for e in end) or any(sent.values()) or any(posted.values()):
             return IRREGULAR
         del index_of
+        if record:
+            self.trace = Trace(m, nslots, [(i, sends, [e[3] for e in recvs], red) for i, sends, recvs, red in entries],
+                               link_pairs, last_on, link_j, link_bytes, messages)
         return Plan(end, link_j, link_bytes, busy, messages)
+
+
+class Trace:
+    """A collective's dataflow, recorded by ``Schedule.run(record=True)``, evaluated again at another start time.
+
+    Its delays (bytes / bottleneck + latency per message, the reduction per
+    step) and which message each receive waits for do not depend on when the
+    collective starts, so the same collective on the same ranks later costs
+    one addition and one comparison per message: the same floats, added in
+    the same order, as ``Schedule.run``.  ``evaluate`` returns None where
+    the collective cannot run alone at that time (a link in use, or two of
+    its messages that now touch on a link), and the engine then evaluates it
+    in full.
+    """
+
+    __slots__ = ("m", "nslots", "entries", "link_pairs", "last_on", "link_j", "link_bytes", "messages", "links")
+
+    def __init__(self, m, nslots, entries, link_pairs, last_on, link_j, link_bytes, messages):
+        self.m = m
+        self.nslots = nslots
+        self.entries = entries
+        self.link_pairs = link_pairs
+        self.last_on = last_on
+        self.link_j = link_j
+        self.link_bytes = link_bytes
+        self.messages = messages
+        self.links = list(last_on)
+
+    def evaluate(self, net, t0: float):
+        for link in self.links:
+            if not link_free(net, link, t0):
+                return None
+        m = self.m
+        start = [t0] * m
+        delivered = [0.0] * self.nslots
+        first = [0.0] * self.nslots
+        last = [0.0] * self.nslots
+        open_steps: list = [None] * m
+        for i, sends, recv_slots, reduce_s in self.entries:
+            step = open_steps[i]
+            if step is not None:
+                finish = start[i]
+                for slot in step[0]:
+                    if delivered[slot] > finish:
+                        finish = delivered[slot]
+                start[i] = finish + step[1] if step[1] is not None else finish
+            s = start[i]
+            own = []
+            for slot, delay_s, duration_s in sends:
+                delivered[slot] = s + delay_s
+                if duration_s is not None:
+                    first[slot] = s
+                    last[slot] = s + duration_s
+                own.append(slot)
+            open_steps[i] = (own + recv_slots, reduce_s)
+        for i in range(m):
+            step = open_steps[i]
+            if step is not None:
+                finish = start[i]
+                for slot in step[0]:
+                    if delivered[slot] > finish:
+                        finish = delivered[slot]
+                start[i] = finish + step[1] if step[1] is not None else finish
+        for a, b in self.link_pairs:
+            if first[b] < last[a]:
+                return None  # rounding at this start time makes two of its messages overlap
+        busy = {link: last[slot] for link, slot in self.last_on.items()}
+        return Plan(start, self.link_j, self.link_bytes, busy, self.messages)
 
 
 def ring_schedule(sim, members: tuple[int, ...], op, t0: float, slowdown: float):
