@@ -107,20 +107,24 @@ _SOURCE_HASH: str | None = None
 _FILE_DIGESTS: dict[tuple[str, int, int], str] = {}
 
 
+def tree_hash(root: Path) -> str:
+    """SHA-256 over the code under ``root``: ``SOURCE_PACKAGES``' .py files and presets, with their paths."""
+    h = hashlib.sha256()
+    for package in SOURCE_PACKAGES:
+        for path in sorted((root / package).rglob("*")):
+            if "__pycache__" in path.parts or not path.is_file():
+                continue
+            if path.suffix == ".py" or (path.suffix in DATA_SUFFIXES and package != "experiments"):
+                h.update(path.relative_to(root).as_posix().encode() + b"\0")
+                h.update(hashlib.sha256(path.read_bytes()).digest())
+    return h.hexdigest()
+
+
 def source_hash() -> str:
-    """SHA-256 over the project's code (``SOURCE_PACKAGES``' .py files and presets); once per process."""
+    """``tree_hash`` of this project's code, computed once per process."""
     global _SOURCE_HASH
     if _SOURCE_HASH is None:
-        root = Path(__file__).resolve().parents[1]
-        h = hashlib.sha256()
-        for package in SOURCE_PACKAGES:
-            for path in sorted((root / package).rglob("*")):
-                if "__pycache__" in path.parts or not path.is_file():
-                    continue
-                if path.suffix == ".py" or (path.suffix in DATA_SUFFIXES and package != "experiments"):
-                    h.update(path.relative_to(root).as_posix().encode() + b"\0")
-                    h.update(hashlib.sha256(path.read_bytes()).digest())
-        _SOURCE_HASH = h.hexdigest()
+        _SOURCE_HASH = tree_hash(Path(__file__).resolve().parents[1])
     return _SOURCE_HASH
 
 
