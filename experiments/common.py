@@ -149,14 +149,14 @@ def jobs_for(backend: str, jobs: int) -> int:
     return 1 if executor_class(backend).real else jobs
 
 
-def progress_text(done: int, total: int, computed: int, elapsed_s: float) -> str:
-    """The ``[k/n ...]`` head of a progress line: wall time so far and, while points
-    remain, an estimate of what is left (the mean time per point computed so far
-    times the points left).  Printed only, never stored."""
+def progress_text(done: int, total: int, elapsed_s: float, per_point_s: float | None = None) -> str:
+    """The ``[k/n ...]`` head of a progress line: the wall time so far and, while points
+    remain and ``per_point_s`` is known, the time left at that pace.  Printed only,
+    never stored."""
     head = f"[{done}/{total} {elapsed_s:.1f} s elapsed"
-    if done >= total or computed <= 0:
+    if done >= total or per_point_s is None:
         return head + "]"
-    left = elapsed_s / computed * (total - done)
+    left = per_point_s * (total - done)
     return head + (f", ~{left:.0f} s left]" if left >= 10 else f", ~{left:.1f} s left]")
 
 
@@ -174,8 +174,8 @@ def run_many(tasks: Sequence[tuple[Callable, tuple]], *, jobs: int,
     (an estimate per task) only orders submission, dearest first, so the long runs
     do not end up last on one worker; results never depend on it or on ``jobs``.
     ``label(i, result)`` is printed to ``stream`` (stderr) as each task finishes,
-    after a ``[k/n 3.1 s elapsed, ~22 s left]`` head (``[k/n reused]`` for a
-    cached point).  A task that raises does not stop the others: at the end
+    after a ``[k/n 3.1 s elapsed, ~22 s left]`` head (the time left at the pace
+    of the points finished so far; ``[k/n reused]`` for a cached point).  A task that raises does not stop the others: at the end
     ``SweepError`` lists every failure.
     """
     stream = sys.stderr if stream is None else stream
@@ -186,12 +186,19 @@ def run_many(tasks: Sequence[tuple[Callable, tuple]], *, jobs: int,
     done = 0
     computed = 0
     start = time.monotonic()
+    first = None  # when the first point of this run finished
 
     def head() -> str:
-        nonlocal done, computed
+        # The pace is measured from the first point finished on, so that starting a
+        # cluster is not counted, and in points per second, so that N workers count.
+        nonlocal done, computed, first
         done += 1
         computed += 1
-        return progress_text(done, total, computed, time.monotonic() - start)
+        now = time.monotonic()
+        if first is None:
+            first = now
+        pace = (now - first) / (computed - 1) if computed > 1 else None
+        return progress_text(done, total, now - start, pace)
 
     def report(i: int, result: Any) -> None:
         text = head()
