@@ -102,9 +102,6 @@ def _decode(value: Any) -> Any:
 
 
 _SOURCE_HASH: str | None = None
-# SHA-256 of a file's bytes by (path, size, mtime): a sweep whose every point
-# names the same profile reads it once.
-_FILE_DIGESTS: dict[tuple[str, int, int], str] = {}
 
 
 def tree_hash(root: Path) -> str:
@@ -140,24 +137,27 @@ def _strings(value: Any):
             yield from _strings(v)
 
 
-def _file_digest(path: Path) -> str | None:
-    """SHA-256 of the file at ``path`` ("large:<size>" past the limit), or None if it is not a file."""
+def _file_digest(path: Path, memo: dict[str, str]) -> str | None:
+    """SHA-256 of the file at ``path`` ("large:<size>" past the limit), or None if it is not a file.
+
+    ``memo`` (by resolved path) spares reading a file again for the next point of
+    the same sweep; it lives as long as one sweep's key computation.
+    """
     try:
-        st = path.stat()
         if not path.is_file():
             return None
-        if st.st_size > MAX_HASHED_FILE_BYTES:
-            return f"large:{st.st_size}"
-        memo = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-        if memo not in _FILE_DIGESTS:
-            _FILE_DIGESTS[memo] = hashlib.sha256(path.read_bytes()).hexdigest()
-        return _FILE_DIGESTS[memo]
+        resolved = str(path.resolve())
+        if resolved not in memo:
+            size = path.stat().st_size
+            memo[resolved] = (f"large:{size}" if size > MAX_HASHED_FILE_BYTES
+                              else hashlib.sha256(path.read_bytes()).hexdigest())
+        return memo[resolved]
     except (OSError, ValueError):
         return None
 
 
 def _named_files(value: Any, bases: Sequence[Path], found: dict[str, list[str]], seen: set[str],
-                 depth: int) -> None:
+                 depth: int, memo: dict[str, str]) -> None:
     """Add to ``found`` the digest of every file a string in ``value`` names.
 
     A relative name is looked up in each of ``bases`` (the working directory,
@@ -176,7 +176,7 @@ def _named_files(value: Any, bases: Sequence[Path], found: dict[str, list[str]],
     for s in strings:
         candidates = [Path(s)] if Path(s).is_absolute() else [base / s for base in folders]
         for path in candidates:
-            digest = _file_digest(path)
+            digest = _file_digest(path, memo)
             if digest is None:
                 continue
             found.setdefault(s, []).append(digest)
@@ -186,21 +186,23 @@ def _named_files(value: Any, bases: Sequence[Path], found: dict[str, list[str]],
                 try:
                     if path.stat().st_size <= MAX_FOLLOWED_FILE_BYTES:
                         inner = parse_yaml(path.read_text(), where=str(path), error=ValueError)
-                        _named_files(inner, [Path("."), path.parent], found, seen, depth + 1)
+                        _named_files(inner, [Path("."), path.parent], found, seen, depth + 1, memo)
                 except (OSError, ValueError, UnicodeDecodeError, RecursionError):
                     pass  # not data we can read: its bytes are in the key already
 
 
-def point_key(fn: Callable, args: Sequence[Any], version: str | None = None) -> str:
+def point_key(fn: Callable, args: Sequence[Any], version: str | None = None,
+              memo: dict[str, str] | None = None) -> str:
     """The content hash of one point.
 
     It covers the function, its arguments, the bytes of every file the
     arguments name (see ``_named_files``), the project's version and its code
     (``source_hash``): a point is computed again when any of them changes.
+    ``memo``: file digests already read for other points of the same sweep.
     """
     canonical = _canonical(list(args))
     files: dict[str, list[str]] = {}
-    _named_files(canonical, [Path(".")], files, set(), 0)
+    _named_files(canonical, [Path(".")], files, set(), 0, {} if memo is None else memo)
     data = {"fn": f"{fn.__module__}.{fn.__qualname__}", "args": canonical,
             "version": version or project_version(), "code": source_hash()}
     if files:
@@ -306,7 +308,8 @@ def run_points(tasks: Sequence[tuple[Callable, tuple]], *, jobs: int, cache_dir:
     order = list(order) if order is not None else list(range(total))
     folder = make_out_dir(cache_dir) if cache_dir is not None else None
     version = project_version()
-    keys = [point_key(fn, args, version) for fn, args in tasks] if folder is not None else [None] * total
+    memo: dict[str, str] = {}
+    keys = [point_key(fn, args, version, memo) for fn, args in tasks] if folder is not None else [None] * total
 
     todo = []
     for i in order:
