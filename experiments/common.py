@@ -13,13 +13,15 @@ import os
 import re
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from executors import executor_class, get_executor
 from executors.real import MODES, TIMINGS, RealOptions
 from experiments.output import make_out_dir
-from experiments.sweep import POINTS_DIR, SchedulerError, SweepError, run_points
+from experiments.sweep import (POINTS_DIR, SLURM_MEMORY_PER_CORE_GB, SchedulerError, SlurmOptions, SweepError,
+                               run_points, slurm_problem)
 from topologies.io import parse_yaml
 from topologies.limits import MAX_MEMORY_ENV, parse_bytes, resolve_max_memory_bytes
 from workloads.scenario import ScenarioError, load_scenario, scenario_from_dict
@@ -147,20 +149,34 @@ def jobs_for(backend: str, jobs: int) -> int:
     return 1 if executor_class(backend).real else jobs
 
 
+def progress_text(done: int, total: int, elapsed_s: float, per_point_s: float | None = None) -> str:
+    """The ``[k/n ...]`` head of a progress line: the wall time so far and, while points
+    remain and ``per_point_s`` is known, the time left at that pace.  Printed only,
+    never stored."""
+    head = f"[{done}/{total} {elapsed_s:.1f} s elapsed"
+    if done >= total or per_point_s is None:
+        return head + "]"
+    left = per_point_s * (total - done)
+    return head + (f", ~{left:.0f} s left]" if left >= 10 else f", ~{left:.1f} s left]")
+
+
 def run_many(tasks: Sequence[tuple[Callable, tuple]], *, jobs: int,
              label: Callable[[int, Any], str] | None = None, cost: Sequence[float] | None = None,
              stream=None, cache_dir: str | Path | None = None, scheduler: str | None = None,
-             cache_if: Callable[[Any], bool] | None = None, reuse: bool = True) -> list[Any]:
+             cache_if: Callable[[Any], bool] | None = None, reuse: bool = True,
+             slurm: SlurmOptions | None = None) -> list[Any]:
     """Run ``fn(*args)`` for every task, ``jobs`` at a time; results in task order.
 
     The points run through ``experiments.sweep``: serially here for ``jobs <= 1``,
-    else on Dask (an embedded LocalCluster, or the cluster at ``scheduler``).
-    With ``cache_dir`` each result is stored as it finishes and a rerun reuses
-    it (``reuse=False``: computes every point again).  ``cost`` (an estimate per task) only orders submission, dearest first,
-    so the long runs do not end up last on one worker; results never depend on
-    it or on ``jobs``.  ``label(i, result)`` is printed to ``stream`` (stderr)
-    as each task finishes, with a ``[k/n]`` counter.  A task that raises does
-    not stop the others: at the end ``SweepError`` lists every failure.
+    else on Dask (an embedded LocalCluster, the cluster at ``scheduler``, or Slurm
+    jobs with ``slurm``).  With ``cache_dir`` each result is stored as it finishes
+    and a rerun reuses it (``reuse=False``: computes every point again).  ``cost``
+    (an estimate per task) only orders submission, dearest first, so the long runs
+    do not end up last on one worker; results never depend on it or on ``jobs``.
+    ``label(i, result)`` is printed to ``stream`` (stderr) as each task finishes,
+    after a ``[k/n 3.1 s elapsed, ~22 s left]`` head (the time left at the pace
+    of the points finished so far; ``[k/n reused]`` for a cached point).  A task that raises does not stop the others: at the end
+    ``SweepError`` lists every failure.
     """
     stream = sys.stderr if stream is None else stream
     total = len(tasks)
@@ -168,22 +184,41 @@ def run_many(tasks: Sequence[tuple[Callable, tuple]], *, jobs: int,
     if cost is not None:
         order.sort(key=lambda i: -cost[i])
     done = 0
+    computed = 0
+    start = time.monotonic()
+    first = None  # when the first point of this run finished
+
+    def head() -> str:
+        # The pace is measured from the first point finished on, so that starting a
+        # cluster is not counted, and in points per second, so that N workers count.
+        nonlocal done, computed, first
+        done += 1
+        computed += 1
+        now = time.monotonic()
+        if first is None:
+            first = now
+        pace = (now - first) / (computed - 1) if computed > 1 else None
+        return progress_text(done, total, now - start, pace)
 
     def report(i: int, result: Any) -> None:
+        text = head()
+        if label is not None:
+            print(f"{text} {label(i, result)}", file=stream, flush=True)
+
+    def report_reused(i: int, result: Any) -> None:
         nonlocal done
         done += 1
         if label is not None:
-            print(f"[{done}/{total}] {label(i, result)}", file=stream, flush=True)
+            print(f"[{done}/{total} reused] {label(i, result)}", file=stream, flush=True)
 
     def report_failure(i: int, why: str) -> None:
-        nonlocal done
-        done += 1
-        print(f"[{done}/{total}] point {i + 1} failed: {why}", file=stream, flush=True)
+        print(f"{head()} point {i + 1} failed: {why}", file=stream, flush=True)
 
     try:
         results, stats = run_points(tasks, jobs=jobs, cache_dir=cache_dir, scheduler=scheduler,
                                     cache_if=cache_if, on_done=report, on_failed=report_failure,
-                                    order=order, stream=stream, reuse=reuse)
+                                    on_reused=report_reused, order=order, stream=stream, reuse=reuse,
+                                    slurm=slurm)
     except KeyboardInterrupt:
         if cache_dir is not None:
             print(f"interrupted: the points that finished are kept in {cache_dir}; "
@@ -197,17 +232,90 @@ def run_many(tasks: Sequence[tuple[Callable, tuple]], *, jobs: int,
     return results
 
 
+_WALLTIME = re.compile(r"\d+:[0-5]\d:[0-5]\d")
+
+
+def _walltime(text: str) -> str:
+    if not _WALLTIME.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"expected HH:MM:SS, got {text!r}")
+    return text
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _memory_size(text: str) -> str:
+    from dask.utils import parse_bytes  # what SLURMCluster reads it with
+
+    try:
+        parse_bytes(text)
+    except (ValueError, TypeError):
+        raise argparse.ArgumentTypeError(f"expected a size such as 16GB or 8GiB, got {text!r}") from None
+    return text
+
+
+# The --slurm-* options and their SlurmOptions field.
+_SLURM_FIELDS = {"slurm_partition": "partition", "slurm_walltime": "walltime", "slurm_cores": "cores",
+                 "slurm_jobs": "jobs", "slurm_memory": "memory"}
+
+
 def add_sweep_options(parser) -> None:
-    """``--scheduler``: run a sweep's points on an existing Dask cluster; ``--fresh``: ignore the cache."""
-    parser.add_argument(
+    """Where a sweep's points run (``--scheduler`` or ``--slurm``), and ``--fresh``: ignore the cache."""
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
         "--scheduler", metavar="tcp://HOST:8786",
         help="run the points on the Dask cluster of this scheduler (default: a local cluster of --jobs "
              "worker processes; --jobs 1 runs them here, one after another)")
+    where.add_argument(
+        "--slurm", action="store_true",
+        help="run the points on Dask workers started as Slurm jobs (dask-jobqueue's SLURMCluster; needs "
+             "sbatch and pip install -e '.[slurm]'); see the --slurm-* options")
+    g = parser.add_argument_group("Slurm (--slurm)")
+    g.add_argument("--slurm-jobs", type=_positive_int, metavar="N",
+                   help="Slurm jobs to submit (default 1); each runs one worker per core")
+    g.add_argument("--slurm-cores", type=_positive_int, metavar="N", help="cores per job (default 1)")
+    g.add_argument("--slurm-walltime", type=_walltime, metavar="HH:MM:SS",
+                   help="time limit of each job (default 01:00:00)")
+    g.add_argument("--slurm-partition", metavar="NAME", help="partition (default: the cluster's default)")
+    g.add_argument("--slurm-memory", type=_memory_size, metavar="SIZE",
+                   help=f"memory per job, e.g. 16GB (default {SLURM_MEMORY_PER_CORE_GB}GB per core)")
     parser.add_argument(
         "--fresh", action="store_true",
         help=f"compute every point again instead of reusing the results stored in OUT/{POINTS_DIR}/ (a point "
-             "is reused when its scenario, backend and the distsim version are the same; after editing a file "
-             "the scenario names, or the code, use --fresh)")
+             "is reused when its scenario, backend, the contents of the files it names, the distsim version "
+             "and its code are the same, so editing any of them recomputes the points it may change on its own)")
+
+
+def slurm_options(args) -> SlurmOptions | None:
+    """The ``SlurmOptions`` of ``--slurm`` and the ``--slurm-*`` options, or None without ``--slurm``."""
+    if not getattr(args, "slurm", False):
+        return None
+    given = {name: getattr(args, option) for option, name in _SLURM_FIELDS.items()
+             if getattr(args, option, None) is not None}
+    return SlurmOptions(**given)
+
+
+def sweep_kwargs(args) -> dict[str, Any]:
+    """``run_many``'s ``scheduler``, ``slurm`` and ``reuse`` from the ``add_sweep_options`` arguments."""
+    return {"scheduler": args.scheduler, "slurm": slurm_options(args), "reuse": not args.fresh}
+
+
+def sweep_options_problem(args) -> str | None:
+    """Why the sweep options cannot work here (a ``--slurm-*`` option without ``--slurm``,
+    no dask-jobqueue, no sbatch), or None."""
+    if not hasattr(args, "fresh"):
+        return None  # a command without sweep options
+    if not args.slurm:
+        stray = [f"--{o.replace('_', '-')}" for o in _SLURM_FIELDS if getattr(args, o) is not None]
+        return f"{', '.join(stray)} needs --slurm" if stray else None
+    return slurm_problem()
 
 
 def report_sweep_failures(exc: SweepError, what: Callable[[int], str]) -> None:
@@ -326,9 +434,11 @@ def _max_memory_bytes(text: str) -> int:
 
 def start_or_report(args, out) -> int | None:
     """What every command checks before any work: the results folder ``out`` (None: not
-    known yet) and the memory limit.  Returns the limit, or None after printing the one
-    problem (the caller exits 2)."""
+    known yet), the sweep options (``--slurm`` needs dask-jobqueue and sbatch) and the
+    memory limit.  Returns the limit, or None after printing the one problem (the
+    caller exits 2)."""
     problem = out_dir_problem(out) if out is not None else None
+    problem = problem or sweep_options_problem(args)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return None

@@ -521,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # simulate_point returns a failure as data: cache successes only, so a rerun retries the rest.
         results = common.run_many(tasks, jobs=args.jobs, label=label, cost=[simulation_cost(r) for r in chosen],
-                                  cache_dir=out / common.POINTS_DIR, scheduler=args.scheduler, reuse=not args.fresh,
+                                  cache_dir=out / common.POINTS_DIR, **common.sweep_kwargs(args),
                                   cache_if=lambda result: "error" not in result)
     except common.SweepError as exc:
         # simulate_point never raises; a failure here is the worker's own (e.g. a lost worker).

@@ -303,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
              for c in configs]
     try:
         results = common.run_many(tasks, jobs=args.jobs, label=label, cost=cost,
-                                  cache_dir=Path(args.out) / common.POINTS_DIR, scheduler=args.scheduler, reuse=not args.fresh)
+                                  cache_dir=Path(args.out) / common.POINTS_DIR, **common.sweep_kwargs(args))
     except common.SweepError as exc:
         # A configuration whose result is not finite (or that cannot finish): say which, not a traceback.
         print("error: a configuration could not run to the end", file=sys.stderr)

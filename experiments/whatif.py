@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         results = common.run_many(
             tasks, jobs=common.jobs_for(args.backend, args.jobs),
             label=lambda i, m: f"{variants[i][1]}  N={m['nranks']}  makespan {m['makespan_s']:.4g} s",
-            cache_dir=out / common.POINTS_DIR, scheduler=args.scheduler, reuse=not args.fresh,
+            cache_dir=out / common.POINTS_DIR, **common.sweep_kwargs(args),
         )
     except common.SweepError as exc:
         # A variant that deadlocks or loses messages: say which, not a worker's traceback.

@@ -236,7 +236,7 @@ def test_whatif_over_mpi_reports_the_real_per_rank_shares_one_run_at_a_time(tmp_
     # The shares come from the measured per-rank table, not zeros or NaN.
     assert table["comm_share"].between(0.0, 1.0).all() and table["comm_share"].gt(0).all()
     # Two real runs side by side would disturb each other: a real backend runs one at a time.
-    assert "[1/2]" in capsys.readouterr().err
+    assert "[1/2 " in capsys.readouterr().err
 
 
 def _runtime_module_imports():

@@ -1,6 +1,7 @@
 """experiments.plan: enumeration, memory filtering, ranking, failures and bad input, on a tiny model."""
 from __future__ import annotations
 
+import re
 
 import pandas as pd
 import pytest
@@ -72,7 +73,7 @@ def test_runs_ranks_and_writes(tiny, tmp_path, capsys):
     printed = capsys.readouterr()
     assert "25 do" in printed.out and "23 do not divide" in printed.out
     assert "simulating 5 of the 25 fitting layouts" in printed.out
-    assert "[5/5]" in printed.err and "step" in printed.err
+    assert re.search(r"^\[5/5 \d+\.\d s elapsed\] .* step ", printed.err, re.M), printed.err
     frame = pd.read_csv(tmp_path / "out" / "plan.csv")
     assert len(frame) == 25
     ok = frame[frame["status"] == "ok"]
