@@ -1,28 +1,43 @@
-"""Simulator speed: ring all-reduce of 100 MB on a ring topology.
+"""Simulator speed: the fast engine against the reference engine, on the same scenarios in one run.
 
-Each of the 2(N-1) steps moves one chunk per rank as a flow of its own, so
-N = 1024 simulates 2 095 104 flows.  Prints one line per N:
+Cases (``--cases``; each engine runs each case in a fresh child process,
+so its peak memory is its own):
 
-    ranks simulated_s wall_s events_per_s
+- ``ring256``, ``ring1024``, ``ring4096``: ring all-reduce of 100 MB on a
+  ring of N ranks.  Each of the 2(N-1) steps moves one chunk per rank as a
+  message of its own: 2N(N-1) messages (2 095 104 at N = 1024).  The
+  simulated time is checked against the closed form
+  2(N-1)a + 2((N-1)/N) n/B (Thakur, Rabenseifner and Gropp 2005).
+- ``contended``: 8 ring all-reduces of 100 MB at once, one per GPU position
+  (stride groups), across 128 servers of 8 ranks: the 8 rings' messages share
+  every server's uplink (twice a rank's link, so each message gets 1/4 of one) in every step.
+- ``gpt128``, ``gpt1024``: one GPT-3 175B training step (tp 8, pp 8, 1F1B,
+  full recompute) on 128 and 1024 A100 GPUs (``benchmarks/transformer_step.py``
+  for the scenario), dp 2 and dp 16.
 
-and checks the simulated time against the closed form
-2(N-1)a + 2((N-1)/N) n/B (Thakur, Rabenseifner and Gropp 2005).
+Prints per case and engine: ranks, messages, the simulated time, the wall
+time to build and simulate, and the peak RSS; then per case the ratio of
+the reference engine's wall time to the fast one's, and whether both gave
+the same simulated time (to 1e-9).
 
-    python benchmarks/sim_speed.py [--ranks 64 256 1024]
+    python benchmarks/sim_speed.py                                  # ring256 ring1024 contended gpt128
+    python benchmarks/sim_speed.py --cases ring4096 gpt1024         # the long ones (the reference takes ~15 min each)
+    python benchmarks/sim_speed.py --cases ring4096 --engines fast  # the fast engine alone
 """
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import resource
 import sys
 import time
-
-from simcore.engine import Simulator
-from topologies import ring
-from workloads.ops import Collective
 
 NBYTES = 100_000_000
 BANDWIDTH_BYTES_PER_S = 12.5e9
 LATENCY_S = 1e-6
+CASES = ("ring256", "ring1024", "ring4096", "contended", "gpt128", "gpt1024")
+DEFAULT_CASES = ("ring256", "ring1024", "contended", "gpt128")
+ENGINES = ("reference", "fast")
 
 
 def closed_form_s(nranks: int) -> float:
@@ -32,27 +47,89 @@ def closed_form_s(nranks: int) -> float:
     return 2 * (p - 1) * (LATENCY_S + block / BANDWIDTH_BYTES_PER_S)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ranks", type=int, nargs="+", default=[64, 256, 1024])
-    args = parser.parse_args(argv)
-    if any(n < 2 for n in args.ranks):
-        parser.error("--ranks: every size must be >= 2")
-    print("ranks simulated_s wall_s events_per_s")
-    ok = True
-    for n in args.ranks:
+def build(case: str):
+    """(topology, programs, simulator keyword arguments, closed-form time or None)."""
+    from topologies import hierarchical, ring
+    from workloads.groups import ProcessGroups
+    from workloads.ops import Collective
+
+    if case.startswith("ring"):
+        n = int(case[4:])
         topo = ring(n, bandwidth_bytes_per_s=BANDWIDTH_BYTES_PER_S, latency_s=LATENCY_S)
         programs = [[Collective("allreduce", NBYTES, algorithm="ring")] for _ in range(n)]
-        wall0 = time.perf_counter()
-        result = Simulator(topo, programs).run()
-        wall_s = time.perf_counter() - wall0
-        simulated_s = result.makespan_s
-        events = result.summary["events"]
-        print(f"{n} {simulated_s:.9f} {wall_s:.3f} {events / wall_s:.0f}", flush=True)
-        expected = closed_form_s(n)
-        if abs(simulated_s - expected) > 1e-9 * expected:
-            print(f"  MISMATCH: closed form gives {expected:.9f} s", file=sys.stderr)
-            ok = False
+        return topo, programs, {}, closed_form_s(n)
+    if case == "contended":
+        servers, per_server = 128, 8
+        n = servers * per_server
+        topo = hierarchical([servers, per_server], bandwidths_bytes_per_s=[BANDWIDTH_BYTES_PER_S * 4,
+                                                                           BANDWIDTH_BYTES_PER_S * 2],
+                            latencies_s=[LATENCY_S, 2 * LATENCY_S])
+        groups = ProcessGroups(n, {"dp": tuple(tuple(range(g, n, per_server)) for g in range(per_server))})
+        programs = [[Collective("allreduce", NBYTES, algorithm="ring", group="dp")] for _ in range(n)]
+        return topo, programs, {"process_groups": groups}, None
+    from benchmarks.transformer_step import CASES as GPT_CASES
+    from benchmarks.transformer_step import scenario_dict
+    from workloads.scenario import scenario_from_dict
+
+    nodes = {"gpt128": 16, "gpt1024": 128}[case]
+    spec = dict(GPT_CASES["1024"], nodes=nodes, global_batch=256 * nodes // 128)
+    scenario = scenario_from_dict(scenario_dict(spec), max_memory_bytes=20 * 2**30)
+    kwargs = {"seed": scenario.seed, "process_groups": scenario.groups, "name": scenario.name}
+    return scenario.topology, scenario.programs(), kwargs, None
+
+
+def run_case(case: str, engine: str, out) -> None:
+    from simcore.engine import Simulator
+    from simcore.reference_engine import ReferenceSimulator
+
+    start = time.perf_counter()
+    topo, programs, kwargs, expected = build(case)
+    load_s = time.perf_counter() - start
+    cls = Simulator if engine == "fast" else ReferenceSimulator
+    start = time.perf_counter()
+    result = cls(topo, programs, **kwargs).run()
+    wall_s = time.perf_counter() - start
+    out.put({"case": case, "engine": engine, "ranks": topo.nranks, "messages": result.summary["messages"],
+             "simulated_s": result.makespan_s, "load_s": load_s, "wall_s": wall_s, "expected_s": expected,
+             # ru_maxrss is in KiB on Linux.
+             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024})
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", nargs="+", choices=CASES, default=list(DEFAULT_CASES), metavar="CASE",
+                        help=f"cases to run (default: {' '.join(DEFAULT_CASES)}; all: {' '.join(CASES)})")
+    parser.add_argument("--engines", nargs="+", choices=ENGINES, default=list(ENGINES),
+                        help="engines to time (default: both, for the ratio)")
+    args = parser.parse_args(argv)
+    from topologies.limits import format_bytes
+
+    # spawn: each child starts small, so its peak RSS is the case's own.
+    context = multiprocessing.get_context("spawn")
+    print("case       engine     ranks   messages    simulated_s   build_s   wall_s   peak_rss", flush=True)
+    ok = True
+    for case in args.cases:
+        rows = {}
+        for engine in args.engines:
+            queue = context.Queue()
+            child = context.Process(target=run_case, args=(case, engine, queue))
+            child.start()
+            row = queue.get()
+            child.join()
+            rows[engine] = row
+            print(f"{case:<10} {engine:<10} {row['ranks']:>5} {row['messages']:>10,}  {row['simulated_s']:.9f}"
+                  f"  {row['load_s']:8.2f} {row['wall_s']:8.2f}  {format_bytes(row['peak_rss_bytes']):>9}",
+                  flush=True)
+            expected = row["expected_s"]
+            if expected is not None and abs(row["simulated_s"] - expected) > 1e-9 * expected:
+                print(f"  MISMATCH: the closed form gives {expected:.9f} s", file=sys.stderr)
+                ok = False
+        if len(rows) == 2:
+            ref, fast = rows["reference"], rows["fast"]
+            same = abs(fast["simulated_s"] - ref["simulated_s"]) <= 1e-9 * abs(ref["simulated_s"])
+            ok = ok and same
+            print(f"{case:<10} ratio      {ref['wall_s'] / fast['wall_s']:.1f}x faster"
+                  f"{'' if same else '  MISMATCH: the engines disagree'}", flush=True)
     return 0 if ok else 1
 
 

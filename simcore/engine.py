@@ -35,6 +35,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections import deque
+from math import inf as _INF
 from typing import Callable
 
 import simpy
@@ -47,12 +48,13 @@ from simcore.reference_engine import (
     NonFiniteResultError,
     ReferenceSimulator,
     SimulationError,
+    _non_finite_compute,
 )
-from simcore.result import RunResult
+from simcore.result import Record, RunResult
 from topologies import Topology
-from workloads.collectives import lower, lower_in_group
+from workloads.collectives import lower, lower_in_group, root_peer
 from workloads.groups import WORLD
-from workloads.ops import Collective
+from workloads.ops import Collective, Compute, Irecv, Isend, Recv, Send, Wait, record_groups
 
 __all__ = ["PROGRESS_EVERY_EVENTS", "DeadlockError", "NonFiniteResultError", "SimulationError", "Simulator",
            "simulate"]
@@ -69,7 +71,7 @@ MAX_TRACE_MESSAGES = 200_000
 class _Instance:
     """One collective on one group, as its members arrive at it."""
 
-    __slots__ = ("members", "tag", "t0", "waiting", "event_path", "arrived", "done", "cancelled", "plan")
+    __slots__ = ("members", "tag", "t0", "waiting", "event_path", "arrived", "done", "plan")
 
     def __init__(self, members, tag, t0):
         self.members = members
@@ -123,6 +125,145 @@ class Simulator(ReferenceSimulator):
 
     def _network(self, env: simpy.Environment) -> FlowNetwork:
         return _GuardedNetwork(env, self.topology.link_bandwidth_bytes_per_s, self._delivered, self)
+
+    # -- rank processes --------------------------------------------------------------
+
+    def _rank(self, rank: int):
+        """``ReferenceSimulator._rank``, but a run of computes costs one event: their
+        records are the same sums of durations the reference's timeouts add up."""
+        env = self.env
+        records = self._records
+        topo = self.topology
+        flops_per_s = topo.rank_flops_per_s[rank]
+        peaks = self._peaks[rank]
+        memory_bytes_per_s = topo.rank_memory_bandwidth_bytes_per_s[rank]
+        efficiency: dict[tuple, float] = {}  # GEMM shape -> fraction of peak, as programs repeat shapes
+        busy_w = topo.rank_busy_power_w[rank]
+        idle_w = topo.rank_idle_power_w[rank] * (1.0 if self.count_idle_energy else 0.0)
+        sampler = self._samplers[rank]
+        handles: dict[str, simpy.Event] = {}
+        stream_tail: simpy.Event | None = None
+        coll_seq = [0] * len(self._group_names)
+        ngroups = len(self._group_names)
+        number = self._group_number
+        aligned = self.aligned
+        program = self.programs[rank]
+        nops = len(program)
+        groups_of = record_groups(program)
+        current = self._current
+        index = -1
+        while index + 1 < nops:
+            index += 1
+            op = program[index]
+            current[rank] = (index, op)
+            if aligned:
+                barrier = self._align(index)
+                if not barrier.processed:
+                    arrived = env.now
+                    yield barrier
+                    self._wait_s[rank] += env.now - arrived
+            elif type(op) is Compute:
+                t = env._now
+                while True:
+                    slowdown = sampler.next()
+                    if op.precision or op.gemm or op.nbytes:
+                        peak = peaks[op.precision]
+                        if op.gemm:
+                            fraction = efficiency.get(op.gemm)
+                            if fraction is None:
+                                fraction = efficiency[op.gemm] = topo.gemm_efficiency(rank, *op.gemm)
+                            peak = peak * fraction
+                        duration = max(op.flops / peak, op.nbytes / memory_bytes_per_s) * slowdown
+                    else:
+                        peak = flops_per_s
+                        duration = op.flops / flops_per_s * slowdown
+                    if not duration < _INF:
+                        if t > env._now:
+                            yield _event_at(env, t)  # fail where the reference does, with what it had done
+                        current[rank] = (index, op)
+                        raise NonFiniteResultError(_non_finite_compute(topo, rank, index, op, duration, peak,
+                                                                       slowdown))
+                    end = t + duration if duration > 0 else t
+                    self._compute_s[rank] += duration
+                    records.append(Record(rank, index, "", "compute", "", -1, op.nbytes, op.flops, t, end,
+                                          busy_w * duration))
+                    t = end
+                    if index + 1 == nops or type(program[index + 1]) is not Compute:
+                        break
+                    index += 1
+                    op = program[index]
+                current[rank] = (index, op)
+                if t > env._now:
+                    yield _event_at(env, t)
+                continue
+            start = env.now
+            link_j = [0.0]
+            if type(op) is Compute:  # aligned: one at a time, as the reference
+                slowdown = sampler.next()
+                if op.precision or op.gemm or op.nbytes:
+                    peak = peaks[op.precision]
+                    if op.gemm:
+                        fraction = efficiency.get(op.gemm)
+                        if fraction is None:
+                            fraction = efficiency[op.gemm] = topo.gemm_efficiency(rank, *op.gemm)
+                        peak = peak * fraction
+                    duration = max(op.flops / peak, op.nbytes / memory_bytes_per_s) * slowdown
+                else:
+                    peak = flops_per_s
+                    duration = op.flops / flops_per_s * slowdown
+                if not duration < _INF:
+                    raise NonFiniteResultError(_non_finite_compute(topo, rank, index, op, duration, peak, slowdown))
+                if duration > 0:
+                    yield env.timeout(duration)
+                self._compute_s[rank] += duration
+                records.append(Record(rank, index, "", "compute", "", -1, op.nbytes, op.flops, start, env.now,
+                                      busy_w * duration))
+                continue
+            if type(op) is Collective:
+                gi = number[op.group]
+                coll_seq[gi] += 1
+                tag = -(ngroups * (coll_seq[gi] - 1) + gi + 1)
+                if not op.blocking:
+                    done = env.event()
+                    handles[op.handle] = done
+                    env.process(self._nonblocking(rank, index, op, tag, stream_tail, done))
+                    stream_tail = done
+                    continue
+                yield from self._collective(rank, op, tag, link_j)
+                peer, nbytes, algorithm = root_peer(op), op.nbytes, op.algorithm
+                self._comm_s[rank] += env.now - start
+            elif type(op) is Send or type(op) is Recv:
+                waiter = [1, None]
+                world_peer, tag = self._p2p_address(rank, op)
+                if type(op) is Send:
+                    self._send(rank, world_peer, op.nbytes, tag, waiter, link_j)
+                else:
+                    self._post_recv(world_peer, rank, op.nbytes, tag, waiter)
+                if waiter[0]:
+                    waiter[1] = env.event()
+                    yield waiter[1]
+                peer, nbytes, algorithm = op.peer, op.nbytes, ""
+                self._comm_s[rank] += env.now - start
+            elif type(op) is Isend or type(op) is Irecv:
+                handles[op.handle] = self._start_p2p(rank, index, op, groups_of[index])
+                continue
+            else:  # Wait
+                pending = [handles[h] for h in op.handles if not handles[h].processed]
+                if pending:
+                    yield env.all_of(pending)
+                peer, nbytes, algorithm = -1, 0, ""
+                self._wait_s[rank] += env.now - start
+            energy = idle_w * (env.now - start) + link_j[0]
+            records.append(Record(rank, index, groups_of[index], op.kind, algorithm, peer, nbytes, 0.0, start,
+                                  env.now, energy))
+        pending = [h for h in handles.values() if not h.processed]
+        if pending:
+            current[rank] = (len(program), Wait(("<end of program>",)))
+            start = env.now
+            yield env.all_of(pending)
+            self._wait_s[rank] += env.now - start
+        current[rank] = None
+        self._end_s[rank] = env.now
 
     # -- collectives ---------------------------------------------------------------
 
@@ -232,7 +373,6 @@ class Simulator(ReferenceSimulator):
             reserved[link] = until
             by[link] = inst
         inst.plan = plan
-        inst.cancelled = [False] * len(inst.members)
         queue = env._queue
         eid = env._eid
         position = {rank: i for i, rank in enumerate(inst.members)}
@@ -241,11 +381,10 @@ class Simulator(ReferenceSimulator):
             i = position[rank]
             link_j[0] = plan.link_j[i]  # a fresh [0.0] per operation
             inst.done[i] = (link_j, done)
-            ev = simpy.Event(env)
-            ev._ok = True
-            ev._value = (inst, i)
-            ev.callbacks.append(_member_done)
-            heapq.heappush(queue, (plan.end_s[i], _NORMAL, next(eid), ev))
+            # The member's own event, due at its end: one event per member.
+            done._ok = True
+            done._value = None
+            heapq.heappush(queue, (plan.end_s[i], _NORMAL, next(eid), done))
 
     def _materialize(self, inst: _Instance, now: float) -> None:
         """``inst``'s members continue message by message from ``now``: the replay
@@ -273,7 +412,11 @@ class Simulator(ReferenceSimulator):
         for i, rank in enumerate(members):
             if end[i] is not None:
                 continue  # finished by now: its resume stands
-            inst.cancelled[i] = True
+            # Its due event will fire with nothing waiting on it; the member waits on a new one.
+            link_j_i, due = inst.done[i]
+            done = self.env.event()
+            done.callbacks, due.callbacks = due.callbacks, []
+            inst.done[i] = (link_j_i, done)
             inst.done[i][0][0] = link_j[i]  # the commit's total, back to what was sent by now
             outstanding = sum(1 for s in cur_sends[i] if s[8] > now)
             outstanding += sum(1 for r in cur_recvs[i] if r[1] is None or r[1] > now)
@@ -348,10 +491,13 @@ class Simulator(ReferenceSimulator):
         done.succeed()
 
 
-def _member_done(event) -> None:
-    inst, i = event._value
-    if not inst.cancelled[i]:
-        inst.done[i][1].succeed()
+def _event_at(env: simpy.Environment, when_s: float) -> simpy.Event:
+    """An event that fires at the absolute time ``when_s``."""
+    ev = simpy.Event(env)
+    ev._ok = True
+    ev._value = None
+    heapq.heappush(env._queue, (when_s, _NORMAL, next(env._eid), ev))
+    return ev
 
 
 def _at(env: simpy.Environment, when_s: float, callback, value) -> None:

@@ -262,11 +262,7 @@ class ReferenceSimulator:
                     duration = op.flops / flops_per_s * slowdown
                 if not duration < _INF:  # inf or NaN: stop here, where the cause is known
                     raise NonFiniteResultError(
-                        f"rank {rank} op {index} (compute) would take {duration} s: {op.flops:.6g} flops at "
-                        f"{peak:.6g} flop/s (node {_name(self.topology.ranks[rank])}) with slowdown "
-                        f"{slowdown:.6g}; a speed near 0 or a flop count or straggler factor near 1e308 "
-                        "overflows float seconds"
-                    )
+                        _non_finite_compute(self.topology, rank, index, op, duration, peak, slowdown))
                 if duration > 0:
                     yield env.timeout(duration)
                 self._compute_s[rank] += duration
@@ -637,6 +633,13 @@ class ReferenceSimulator:
         }
         return RunResult(records=records, summary=summary, per_rank=per_rank, per_link=per_link, per_node=per_node,
                          per_group=group_comm_table(records, self.programs, float(makespan)))
+
+
+def _non_finite_compute(topology, rank, index, op, duration, peak, slowdown) -> str:
+    return (f"rank {rank} op {index} (compute) would take {duration} s: {op.flops:.6g} flops at "
+            f"{peak:.6g} flop/s (node {_name(topology.ranks[rank])}) with slowdown "
+            f"{slowdown:.6g}; a speed near 0 or a flop count or straggler factor near 1e308 "
+            "overflows float seconds")
 
 
 def _name(node) -> str:
