@@ -39,6 +39,14 @@ from workloads.scenario import ScenarioError, scenario_from_dict
 from workloads.stragglers import KINDS, SCOPES, StragglerSpec
 
 DEFAULT_SIZES = (2, 4, 8, 16, 32, 64, 128, 256)
+# Without --sizes, the server-shaped topologies go on to 1024 ranks: their
+# collectives start together and have their links to themselves, so the
+# engine computes each one whole (simcore.fastpath).  On the flat ring and
+# tree, stragglers stagger the all-reduce's start and the tree's messages
+# share links, so each of those runs message by message: 53 s and 176 s for
+# one 1024-rank point on the 2-core machine, too long for the default study.
+DEFAULT_LARGE_SIZES = (512, 1024)
+LARGE_SIZE_TOPOLOGIES = ("hierarchical", "edge_cloud")
 # A 25M-parameter model (ResNet-50 sized; fp32 gradients are 100 MB) whose
 # sample costs 6 * parameters * 512 flops (a transformer over 512 tokens).
 DEFAULT_PARAMETERS = 25_000_000
@@ -98,8 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topologies", nargs="+", default=list(common.STUDY_TOPOLOGIES),
                    choices=common.STUDY_TOPOLOGIES, metavar="KIND",
                    help=f"topologies to study (default: all of {', '.join(common.STUDY_TOPOLOGIES)})")
-    p.add_argument("--sizes", nargs="+", type=int, default=list(DEFAULT_SIZES), metavar="N",
-                   help="numbers of ranks (default: 2 4 8 ... 256)")
+    p.add_argument("--sizes", nargs="+", type=int, default=None, metavar="N",
+                   help="numbers of ranks, for every topology (default: 2 4 8 ... 256, and on to 512 1024 for "
+                        f"{' and '.join(LARGE_SIZE_TOPOLOGIES)})")
     p.add_argument("--mode", choices=("strong", "weak", "both"), default="both",
                    help="strong (fixed global batch), weak (fixed batch per rank) or both (default)")
     w = p.add_argument_group("workload (one data-parallel step)")
@@ -180,7 +189,7 @@ def configurations(args, stragglers: dict[str, Any]) -> list[dict[str, Any]]:
         algorithm = common.DEFAULT_ALGORITHM[topo] if args.algorithm == "auto" else args.algorithm
         for mode in modes:
             for case in cases:
-                for n in args.sizes:
+                for n in sizes_for(args, topo):
                     batch = args.global_batch // n if mode == "strong" else args.batch_per_rank
                     configs.append({
                         "topology": topo, "mode": mode, "stragglers": case, "n": n,
@@ -205,6 +214,13 @@ def configurations(args, stragglers: dict[str, Any]) -> list[dict[str, Any]]:
     return configs
 
 
+def sizes_for(args, topology: str) -> list[int]:
+    """The sizes studied on ``topology``: --sizes, else the defaults."""
+    if args.sizes is not None:
+        return args.sizes
+    return list(DEFAULT_SIZES) + (list(DEFAULT_LARGE_SIZES) if topology in LARGE_SIZE_TOPOLOGIES else [])
+
+
 def _validate(args, parser) -> None:
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
@@ -213,18 +229,19 @@ def _validate(args, parser) -> None:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if not args.flops_per_sample >= 0:
         parser.error(f"--flops-per-sample must be >= 0, got {args.flops_per_sample}")
-    bad = [n for n in args.sizes if n < 2]
-    if bad:
-        parser.error(f"--sizes: every N must be >= 2, got {bad}")
-    args.sizes = sorted(set(args.sizes))
+    if args.sizes is not None:
+        bad = [n for n in args.sizes if n < 2]
+        if bad:
+            parser.error(f"--sizes: every N must be >= 2, got {bad}")
+        args.sizes = sorted(set(args.sizes))
     args.topologies = list(dict.fromkeys(args.topologies))
     for topo in args.topologies:
-        for n in args.sizes:
+        for n in sizes_for(args, topo):
             why = common.check_study_size(topo, n)
             if why:
                 parser.error(f"--sizes: {why}")
     if args.mode in ("strong", "both"):
-        bad = [n for n in args.sizes if args.global_batch % n]
+        bad = sorted({n for topo in args.topologies for n in sizes_for(args, topo) if args.global_batch % n})
         if bad:
             parser.error(f"--global-batch {args.global_batch} is not divisible by N = {bad} (strong scaling "
                          f"splits the global batch evenly)")

@@ -181,3 +181,17 @@ def test_whatif_set_path_rules():
         whatif.set_path(data, "topology.levels.5", 1)
     assert whatif.parse_vary("topology.levels=[2,8],[4, 4]") == ("topology.levels", [[2, 8], [4, 4]])
     assert whatif.parse_vary("x=1e9,2.5e+3,ring,8") == ("x", [1e9, 2500.0, "ring", 8])
+
+
+def test_the_default_scaling_study_goes_to_1024_ranks_on_server_shaped_topologies():
+    parser = scaling.build_parser()
+    args = parser.parse_args([])
+    configs = scaling.configurations(args, {"kind": "none"})
+    largest = {}
+    for c in configs:
+        largest[c["topology"]] = max(largest.get(c["topology"], 0), c["n"])
+    assert largest == {"ring": 256, "tree": 256, "hierarchical": 1024, "edge_cloud": 1024}
+    # --sizes applies to every topology.
+    args = parser.parse_args(["--sizes", "4", "8", "--topologies", "ring", "hierarchical"])
+    assert {(c["topology"], c["n"]) for c in scaling.configurations(args, {"kind": "none"})} == {
+        ("ring", 4), ("ring", 8), ("hierarchical", 4), ("hierarchical", 8)}
