@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+from queue import Empty
 import resource
 import sys
 import time
@@ -67,8 +68,9 @@ def build(case: str):
         groups = ProcessGroups(n, {"dp": tuple(tuple(range(g, n, per_server)) for g in range(per_server))})
         programs = [[Collective("allreduce", NBYTES, algorithm="ring", group="dp")] for _ in range(n)]
         return topo, programs, {"process_groups": groups}, None
-    from benchmarks.transformer_step import CASES as GPT_CASES
-    from benchmarks.transformer_step import scenario_dict
+    # benchmarks/ is on sys.path as this script's folder, in the child processes too.
+    from transformer_step import CASES as GPT_CASES
+    from transformer_step import scenario_dict
     from workloads.scenario import scenario_from_dict
 
     nodes = {"gpt128": 16, "gpt1024": 128}[case]
@@ -114,8 +116,19 @@ def main(argv=None) -> int:
             queue = context.Queue()
             child = context.Process(target=run_case, args=(case, engine, queue))
             child.start()
-            row = queue.get()
+            row = None
+            while row is None:
+                try:
+                    row = queue.get(timeout=1.0)
+                except Empty:
+                    if not child.is_alive():
+                        break
             child.join()
+            if row is None:
+                print(f"{case:<10} {engine:<10} failed: the child process ended with code {child.exitcode}",
+                      flush=True)
+                ok = False
+                continue
             rows[engine] = row
             print(f"{case:<10} {engine:<10} {row['ranks']:>5} {row['messages']:>10,}  {row['simulated_s']:.9f}"
                   f"  {row['load_s']:8.2f} {row['wall_s']:8.2f}  {format_bytes(row['peak_rss_bytes']):>9}",
@@ -124,7 +137,7 @@ def main(argv=None) -> int:
             if expected is not None and abs(row["simulated_s"] - expected) > 1e-9 * expected:
                 print(f"  MISMATCH: the closed form gives {expected:.9f} s", file=sys.stderr)
                 ok = False
-        if len(rows) == 2:
+        if "reference" in rows and "fast" in rows:
             ref, fast = rows["reference"], rows["fast"]
             same = abs(fast["simulated_s"] - ref["simulated_s"]) <= 1e-9 * abs(ref["simulated_s"])
             ok = ok and same
