@@ -162,7 +162,7 @@ class Simulator(ReferenceSimulator):
                     arrived = env.now
                     yield barrier
                     self._wait_s[rank] += env.now - arrived
-            elif type(op) is Compute:
+            if type(op) is Compute:
                 t = env._now
                 while True:
                     slowdown = sampler.next()
@@ -188,7 +188,8 @@ class Simulator(ReferenceSimulator):
                     records.append(Record(rank, index, "", "compute", "", -1, op.nbytes, op.flops, t, end,
                                           busy_w * duration))
                     t = end
-                    if index + 1 == nops or type(program[index + 1]) is not Compute:
+                    # Aligned: every operation waits for its barrier, so one at a time.
+                    if aligned or index + 1 == nops or type(program[index + 1]) is not Compute:
                         break
                     index += 1
                     op = program[index]
@@ -198,27 +199,6 @@ class Simulator(ReferenceSimulator):
                 continue
             start = env.now
             link_j = [0.0]
-            if type(op) is Compute:  # aligned: one at a time, as the reference
-                slowdown = sampler.next()
-                if op.precision or op.gemm or op.nbytes:
-                    peak = peaks[op.precision]
-                    if op.gemm:
-                        fraction = efficiency.get(op.gemm)
-                        if fraction is None:
-                            fraction = efficiency[op.gemm] = topo.gemm_efficiency(rank, *op.gemm)
-                        peak = peak * fraction
-                    duration = max(op.flops / peak, op.nbytes / memory_bytes_per_s) * slowdown
-                else:
-                    peak = flops_per_s
-                    duration = op.flops / flops_per_s * slowdown
-                if not duration < _INF:
-                    raise NonFiniteResultError(_non_finite_compute(topo, rank, index, op, duration, peak, slowdown))
-                if duration > 0:
-                    yield env.timeout(duration)
-                self._compute_s[rank] += duration
-                records.append(Record(rank, index, "", "compute", "", -1, op.nbytes, op.flops, start, env.now,
-                                      busy_w * duration))
-                continue
             if type(op) is Collective:
                 gi = number[op.group]
                 coll_seq[gi] += 1
