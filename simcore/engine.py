@@ -308,7 +308,7 @@ class Simulator(ReferenceSimulator):
         return tuple(by_rank[r] for r in inst.members)
 
     def _schedule(self, inst: _Instance, ops: tuple) -> Schedule:
-        return Schedule(self, inst.members, ops, [self._lowered(r, op) for r, op in zip(inst.members, ops)],
+        return Schedule(self, inst.members, [self._lowered(r, op) for r, op in zip(inst.members, ops)],
                         inst.t0, inst.tag, self._slowdown(ops[0]))
 
     def _plan(self, inst: _Instance):
@@ -438,10 +438,10 @@ class Simulator(ReferenceSimulator):
             if end[i] is not None:
                 continue
             member_link_j, done = inst.done[i]
-            env.process(self._continue(rank, schedule.ops[i], schedule.steps[i], waiters[i], reduced[i],
+            env.process(self._continue(rank, schedule.steps[i], waiters[i], reduced[i],
                                        next_start.get(i), member_link_j, schedule.slowdown, tag, done))
 
-    def _continue(self, rank, op, steps, waiter, reduced, resume_s, link_j, slowdown, tag, done):
+    def _continue(self, rank, steps, waiter, reduced, resume_s, link_j, slowdown, tag, done):
         """The rest of a materialized member's collective, as ``ReferenceSimulator._collective`` runs it."""
         env = self.env
         reduce_s_per_byte = self.reduce_s_per_byte

@@ -78,10 +78,9 @@ class Schedule:
     the engine needs to continue event by event.
     """
 
-    def __init__(self, sim, members, ops, steps, t0, tag, slowdown):
+    def __init__(self, sim, members, steps, t0, tag, slowdown):
         self.sim = sim
         self.members = members
-        self.ops = ops
         self.steps = steps
         self.t0 = t0
         self.tag = tag
@@ -100,7 +99,6 @@ class Schedule:
         slowdown = self.slowdown
         rspb = sim.reduce_s_per_byte
         net = sim.net
-        index_of = {rank: i for i, rank in enumerate(members)}
         busy: dict[int, float] = {}
         link_bytes: dict[int, int] = {}
         link_j = [0.0] * m
@@ -241,7 +239,6 @@ class Schedule:
             return None
         if any(e is None for e in end) or any(sent.values()) or any(posted.values()):
             return IRREGULAR
-        del index_of
         if record:
             self.trace = Trace(m, nslots, [(i, sends, [e[3] for e in recvs], red) for i, sends, recvs, red in entries],
                                link_pairs, last_on, link_j, link_bytes, messages)
@@ -284,14 +281,19 @@ class Trace:
         first = [0.0] * self.nslots
         last = [0.0] * self.nslots
         open_steps: list = [None] * m
+
+        def close(i):
+            # Member i's open step ends at its latest delivery, then waits its reduction.
+            slots, reduce_s = open_steps[i]
+            finish = start[i]
+            for slot in slots:
+                if delivered[slot] > finish:
+                    finish = delivered[slot]
+            start[i] = finish + reduce_s if reduce_s is not None else finish
+
         for i, sends, recv_slots, reduce_s in self.entries:
-            step = open_steps[i]
-            if step is not None:
-                finish = start[i]
-                for slot in step[0]:
-                    if delivered[slot] > finish:
-                        finish = delivered[slot]
-                start[i] = finish + step[1] if step[1] is not None else finish
+            if open_steps[i] is not None:
+                close(i)
             s = start[i]
             own = []
             for slot, delay_s, duration_s in sends:
@@ -302,13 +304,8 @@ class Trace:
                 own.append(slot)
             open_steps[i] = (own + recv_slots, reduce_s)
         for i in range(m):
-            step = open_steps[i]
-            if step is not None:
-                finish = start[i]
-                for slot in step[0]:
-                    if delivered[slot] > finish:
-                        finish = delivered[slot]
-                start[i] = finish + step[1] if step[1] is not None else finish
+            if open_steps[i] is not None:
+                close(i)
         for a, b in self.link_pairs:
             if first[b] < last[a]:
                 return None  # rounding at this start time makes two of its messages overlap
