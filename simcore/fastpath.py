@@ -250,67 +250,76 @@ class Trace:
 
     Its delays (bytes / bottleneck + latency per message, the reduction per
     step) and which message each receive waits for do not depend on when the
-    collective starts, so the same collective on the same ranks later costs
-    one addition and one comparison per message: the same floats, added in
-    the same order, as ``Schedule.run``.  ``evaluate`` returns None where
-    the collective cannot run alone at that time (a link in use, or two of
-    its messages that now touch on a link), and the engine then evaluates it
-    in full.
+    collective starts, so each member's end and each link's last byte are
+    fixed offsets from the start: the recording evaluates them once, from
+    start 0, and the same collective on the same ranks later costs one
+    addition per member and per link.  (The reference adds the delays to the
+    start one by one; the two differ by rounding, a few units in the last
+    place.)  ``evaluate`` returns None where the collective cannot run alone
+    at that time (a link in use), and the engine then evaluates it in full.
     """
 
-    __slots__ = ("m", "nslots", "entries", "link_pairs", "last_on", "link_j", "link_bytes", "messages", "links")
+    __slots__ = ("m", "links", "link_j", "link_bytes", "messages", "end_offsets_s", "busy_offsets_s", "nslots")
 
     def __init__(self, m, nslots, entries, link_pairs, last_on, link_j, link_bytes, messages):
         self.m = m
         self.nslots = nslots
-        self.entries = entries
-        self.link_pairs = link_pairs
-        self.last_on = last_on
         self.link_j = link_j
         self.link_bytes = link_bytes
         self.messages = messages
         self.links = list(last_on)
+        start, first, last = _dataflow(m, nslots, entries, 0.0)
+        # Offsets keep their order at any start (rounding is monotonic), so messages
+        # that follow one another on a link from start 0 do so from any start.
+        if any(first[b] < last[a] for a, b in link_pairs):
+            self.end_offsets_s = None  # two of its messages touch on a link: not offsets, the engine evaluates it in full
+        else:
+            self.end_offsets_s = start
+        self.busy_offsets_s = {link: last[slot] for link, slot in last_on.items()}
 
     def evaluate(self, net, t0: float):
+        if self.end_offsets_s is None:
+            return None
         for link in self.links:
             if not link_free(net, link, t0):
                 return None
-        m = self.m
-        start = [t0] * m
-        delivered = [0.0] * self.nslots
-        first = [0.0] * self.nslots
-        last = [0.0] * self.nslots
-        open_steps: list = [None] * m
+        return Plan([t0 + o for o in self.end_offsets_s], self.link_j, self.link_bytes,
+                    {link: t0 + o for link, o in self.busy_offsets_s.items()}, self.messages)
 
-        def close(i):
-            # Member i's open step ends at its latest delivery, then waits its reduction.
-            slots, reduce_s = open_steps[i]
-            finish = start[i]
-            for slot in slots:
-                if delivered[slot] > finish:
-                    finish = delivered[slot]
-            start[i] = finish + reduce_s if reduce_s is not None else finish
 
-        for i, sends, recv_slots, reduce_s in self.entries:
-            if open_steps[i] is not None:
-                close(i)
-            s = start[i]
-            own = []
-            for slot, delay_s, duration_s in sends:
-                delivered[slot] = s + delay_s
-                if duration_s is not None:
-                    first[slot] = s
-                    last[slot] = s + duration_s
-                own.append(slot)
-            open_steps[i] = (own + recv_slots, reduce_s)
-        for i in range(m):
-            if open_steps[i] is not None:
-                close(i)
-        for a, b in self.link_pairs:
-            if first[b] < last[a]:
-                return None  # rounding at this start time makes two of its messages overlap
-        busy = {link: last[slot] for link, slot in self.last_on.items()}
-        return Plan(start, self.link_j, self.link_bytes, busy, self.messages)
+def _dataflow(m: int, nslots: int, entries, t0: float):
+    """A recorded dataflow from ``t0``: each member's end, each message's first and last byte."""
+    start = [t0] * m
+    delivered = [0.0] * nslots
+    first = [0.0] * nslots
+    last = [0.0] * nslots
+    open_steps: list = [None] * m
+
+    def close(i):
+        # Member i's open step ends at its latest delivery, then waits its reduction.
+        slots, reduce_s = open_steps[i]
+        finish = start[i]
+        for slot in slots:
+            if delivered[slot] > finish:
+                finish = delivered[slot]
+        start[i] = finish + reduce_s if reduce_s is not None else finish
+
+    for i, sends, recv_slots, reduce_s in entries:
+        if open_steps[i] is not None:
+            close(i)
+        s = start[i]
+        own = []
+        for slot, delay_s, duration_s in sends:
+            delivered[slot] = s + delay_s
+            if duration_s is not None:
+                first[slot] = s
+                last[slot] = s + duration_s
+            own.append(slot)
+        open_steps[i] = (own + recv_slots, reduce_s)
+    for i in range(m):
+        if open_steps[i] is not None:
+            close(i)
+    return start, first, last
 
 
 def ring_schedule(sim, members: tuple[int, ...], op, t0: float, slowdown: float):
