@@ -33,14 +33,17 @@ event id), and the network solves rates after all of them (see
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 from collections import deque
 from math import inf as _INF
 from typing import Callable
 
+import numpy as np
 import simpy
 
 from simcore.fastpath import BUSY, RING_OPS, VECTOR_MIN_MEMBERS, Schedule, Trace, ring_schedule
+from simcore.fluid import FluidRings
 from simcore.network import FlowNetwork, _Flow
 from simcore.reference_engine import (
     PROGRESS_EVERY_EVENTS,
@@ -66,12 +69,15 @@ _NORMAL = simpy.events.NORMAL
 # Recorded dataflows kept per run (each collective shape on each group), and the largest kept.
 MAX_TRACES = 4096
 MAX_TRACE_MESSAGES = 200_000
+# Ring collectives that start together and share links run as one fluid model
+# (``simcore.fluid``) from this many members in all; fewer cost less message by message.
+FLUID_MIN_LANES = 32
 
 
 class _Instance:
     """One collective on one group, as its members arrive at it."""
 
-    __slots__ = ("members", "tag", "t0", "waiting", "event_path", "arrived", "done", "plan")
+    __slots__ = ("members", "tag", "t0", "waiting", "event_path", "arrived", "done", "plan", "decided")
 
     def __init__(self, members, tag, t0):
         self.members = members
@@ -80,6 +86,18 @@ class _Instance:
         self.waiting: list[tuple] = []  # (rank, op, link_j, done event), in arrival order
         self.event_path = False
         self.arrived = 0
+        self.decided = False
+
+
+class _Batch:
+    """Ring collectives computed together as one fluid model; it holds their links."""
+
+    __slots__ = ("instances", "fluid", "plan")
+
+    def __init__(self, instances, fluid, plan):
+        self.instances = instances
+        self.fluid = fluid
+        self.plan = plan
 
 
 class _GuardedNetwork(FlowNetwork):
@@ -118,8 +136,12 @@ class Simulator(ReferenceSimulator):
         self._instances: dict[tuple, _Instance] = {}
         self._not_alone: set[tuple] = set()
         self._traces: dict[tuple, Trace] = {}
+        self._deciding: list[_Instance] = []  # created at this instant, not decided yet
+        self._ring_links: dict[tuple, tuple] = {}  # ring members -> (its links, do two of its messages share one)
         self._world = tuple(range(self.nranks))
         self.fast_collectives = 0
+        self.fluid_batches = 0
+        self.fluid_handed_back = 0
         self.materialized = 0
         return super().run(progress)
 
@@ -266,6 +288,7 @@ class Simulator(ReferenceSimulator):
         inst = self._instances.get(key)
         if inst is None:
             inst = self._instances[key] = _Instance(members, tag, env._now)
+            self._deciding.append(inst)
             ev = simpy.Event(env)
             ev._ok = True
             ev._value = key
@@ -282,22 +305,112 @@ class Simulator(ReferenceSimulator):
         yield done
 
     def _decide(self, event) -> None:
-        key = event._value
-        inst = self._instances[key]
-        members = inst.members
-        if len(inst.waiting) == len(members):
+        inst = self._instances.get(event._value)
+        if inst is None or inst.decided:
+            return  # decided with the others that started at this instant
+        pending, self._deciding = self._deciding, []
+        batches = self._fluid_batches(pending)
+        batched = {id(i) for batch in batches for i in batch}
+        for other in pending:
+            if id(other) not in batched:
+                self._decide_one(other)
+        for batch in batches:
+            self._run_batch(batch)
+
+    def _decide_one(self, inst: _Instance) -> None:
+        inst.decided = True
+        if len(inst.waiting) == len(inst.members):
             plan = self._plan(inst)
             if not isinstance(plan, str):
-                del self._instances[key]
+                del self._instances[(inst.members, inst.tag)]
                 self._commit(inst, plan)
                 return
+        self._to_event_path(inst)
+
+    def _to_event_path(self, inst: _Instance) -> None:
+        inst.decided = True
         inst.event_path = True
         inst.arrived = len(inst.waiting)
-        if inst.arrived == len(members):
-            del self._instances[key]
+        if inst.arrived == len(inst.members):
+            del self._instances[(inst.members, inst.tag)]
         for rank, op, link_j, done in inst.waiting:
             self.env.process(self._event_path(rank, op, inst.tag, link_j, done))
         inst.waiting = []
+
+    # -- ring collectives that share links: one fluid model ----------------------------------
+
+    def _ring_candidate(self, inst: _Instance):
+        """(links, self-overlapping) of a complete ring collective the fluid model can run, else None."""
+        if len(inst.waiting) != len(inst.members) or self.message_efficiency:
+            return None
+        op = inst.waiting[0][1]
+        if op.op not in RING_OPS or op.algorithm != "ring":
+            return None
+        members = inst.members
+        cached = self._ring_links.get(members)
+        if cached is None:
+            p = len(members)
+            links = [link for i in range(p) for link in self._route(members[i], members[(i + 1) % p])[0]]
+            cached = self._ring_links[members] = (frozenset(links), len(set(links)) < len(links))
+        return cached
+
+    def _fluid_batches(self, pending: list) -> list[list[_Instance]]:
+        """Sets of ring collectives started at this instant that share links (or a ring whose own
+        messages do), large enough for the fluid model; the others are decided one by one."""
+        candidates = []
+        for inst in pending:
+            if not inst.decided:
+                found = self._ring_candidate(inst)
+                if found is not None:
+                    candidates.append((inst, found[0], found[1]))
+        if not candidates or (len(candidates) == 1 and not candidates[0][2]):
+            return []
+        parent = list(range(len(candidates)))
+
+        def find(x):
+            while parent[x] != x:
+                parent[x] = parent[parent[x]]
+                x = parent[x]
+            return x
+
+        owner: dict[int, int] = {}
+        for c, (_, links, _) in enumerate(candidates):
+            for link in links:
+                o = owner.setdefault(link, c)
+                if o != c:
+                    parent[find(o)] = find(c)
+        groups: dict[int, list[int]] = {}
+        for c in range(len(candidates)):
+            groups.setdefault(find(c), []).append(c)
+        batches = []
+        for group in groups.values():
+            if len(group) == 1 and not candidates[group[0]][2]:
+                continue  # alone: the collective fast path
+            if sum(len(candidates[c][0].members) for c in group) >= FLUID_MIN_LANES:
+                batches.append([candidates[c][0] for c in group])
+        return batches
+
+    def _run_batch(self, batch: list[_Instance]) -> None:
+        for inst in batch:
+            inst.decided = True
+        rings = []
+        for inst in batch:
+            op = inst.waiting[0][1]
+            rings.append((inst.members, op, self._slowdown(op)))
+        fluid = FluidRings(self, rings, batch[0].t0)
+        plan = fluid.run()
+        if isinstance(plan, str):
+            for inst in batch:
+                self._to_event_path(inst)
+            return
+        owner = _Batch(batch, fluid, plan)
+        self.fluid_batches += 1
+        self._reserve(owner, plan)
+        for c, inst in enumerate(batch):
+            del self._instances[(inst.members, inst.tag)]
+            base = fluid.bases[c]
+            self._resume_members(inst, plan.end_s[base:base + len(inst.members)],
+                                 plan.link_j[base:base + len(inst.members)])
 
     def _event_path(self, rank, op, tag, link_j, done):
         yield from ReferenceSimulator._collective(self, rank, op, tag, link_j)
@@ -340,9 +453,13 @@ class Simulator(ReferenceSimulator):
 
     def _commit(self, inst: _Instance, plan) -> None:
         """Every member resumes at its end time; the collective's links are reserved until its last byte."""
-        env = self.env
-        net = self.net
         self.fast_collectives += 1
+        inst.plan = plan
+        self._reserve(inst, plan)
+        self._resume_members(inst, plan.end_s, plan.link_j)
+
+    def _reserve(self, owner, plan) -> None:
+        net = self.net
         self._messages += plan.messages
         bytes_on_link = net.bytes_on_link
         for link, nbytes in plan.link_bytes.items():
@@ -351,24 +468,38 @@ class Simulator(ReferenceSimulator):
         by = net.reserved_by
         for link, until in plan.busy_until_s.items():
             reserved[link] = until
-            by[link] = inst
-        inst.plan = plan
-        queue = env._queue
-        eid = env._eid
+            by[link] = owner
+
+    def _resume_members(self, inst: _Instance, end_s, link_j) -> None:
+        queue = self.env._queue
+        eid = self.env._eid
         position = {rank: i for i, rank in enumerate(inst.members)}
         inst.done = [None] * len(inst.members)
-        for rank, op, link_j, done in inst.waiting:
+        for rank, op, member_link_j, done in inst.waiting:
             i = position[rank]
-            link_j[0] = plan.link_j[i]  # a fresh [0.0] per operation
-            inst.done[i] = (link_j, done)
+            member_link_j[0] = link_j[i]  # a fresh [0.0] per operation
+            inst.done[i] = (member_link_j, done)
             # The member's own event, due at its end: one event per member.
             done._ok = True
             done._value = None
-            heapq.heappush(queue, (plan.end_s[i], _NORMAL, next(eid), done))
+            heapq.heappush(queue, (end_s[i], _NORMAL, next(eid), done))
+
+    def _rewait(self, inst: _Instance, i: int, link_j_now: float):
+        """Member ``i`` no longer ends at its planned time: it waits on a new event, with the link
+        energy of what it has sent by now."""
+        member_link_j, due = inst.done[i]
+        done = self.env.event()
+        done.callbacks, due.callbacks = due.callbacks, []  # the due event fires with nothing waiting on it
+        inst.done[i] = (member_link_j, done)
+        member_link_j[0] = link_j_now
+        return member_link_j, done
 
     def _materialize(self, inst: _Instance, now: float) -> None:
         """``inst``'s members continue message by message from ``now``: the replay
         gives each one's step, its messages in flight and the ones not yet received."""
+        if isinstance(inst, _Batch):
+            self._materialize_batch(inst, now)
+            return
         self.materialized += 1
         env = self.env
         net = self.net
@@ -392,12 +523,7 @@ class Simulator(ReferenceSimulator):
         for i, rank in enumerate(members):
             if end[i] is not None:
                 continue  # finished by now: its resume stands
-            # Its due event will fire with nothing waiting on it; the member waits on a new one.
-            link_j_i, due = inst.done[i]
-            done = self.env.event()
-            done.callbacks, due.callbacks = due.callbacks, []
-            inst.done[i] = (link_j_i, done)
-            inst.done[i][0][0] = link_j[i]  # the commit's total, back to what was sent by now
+            self._rewait(inst, i, link_j[i])
             outstanding = sum(1 for s in cur_sends[i] if s[8] > now)
             outstanding += sum(1 for r in cur_recvs[i] if r[1] is None or r[1] > now)
             if outstanding:
@@ -440,6 +566,78 @@ class Simulator(ReferenceSimulator):
             member_link_j, done = inst.done[i]
             env.process(self._continue(rank, schedule.steps[i], waiters[i], reduced[i],
                                        next_start.get(i), member_link_j, schedule.slowdown, tag, done))
+
+    def _materialize_batch(self, batch: _Batch, now: float) -> None:
+        """The batch's rings continue message by message from ``now``, from the fluid model's state there."""
+        self.materialized += 1
+        self.fluid_handed_back += 1
+        env = self.env
+        net = self.net
+        plan = batch.plan
+        for link in plan.busy_until_s:
+            if net.reserved_by[link] is batch:
+                net.reserved_until_s[link] = -math.inf
+                net.reserved_by[link] = None
+        fluid = batch.fluid
+        fluid.run(stop_s=now)
+        state = fluid.state
+        step, pending, done, active = state["step"], state["pending"], state["done"], state["active"]
+        remaining, history, link_j = state["remaining"], state["history"], state["link_j"]
+        self._messages -= plan.messages - state["messages"]
+        sent_now = np.bincount(fluid.entry_link, weights=state["sent_bytes"][fluid.entry_lane].astype(float),
+                               minlength=len(fluid.links))
+        for link, nbytes in zip(fluid.links.tolist(), sent_now.tolist()):
+            net.bytes_on_link[link] -= plan.link_bytes.get(link, 0) - int(nbytes)
+        hist_base = fluid.hist_base
+        for c, inst in enumerate(batch.instances):
+            members = inst.members
+            p = len(members)
+            base = fluid.bases[c]
+            tag = inst.tag
+            ops = self._ops(inst)
+            slowdown = self._slowdown(ops[0])
+            for i, rank in enumerate(members):
+                j = base + i
+                if done[j]:
+                    continue  # finished by now: its resume stands
+                member_link_j, member_done = self._rewait(inst, i, float(link_j[j]))
+                s = int(step[j])
+                left = base + (i - 1) % p
+                left_rank = members[(i - 1) % p]
+                # The left neighbour's messages for this member's later steps, delivered by now, wait to be received.
+                for later in range(s + 1, min(int(step[left]), int(fluid.nsteps[left]) - 1) + 1):
+                    if history[hist_base[left] + later] <= now:
+                        self._arrived.setdefault((left_rank, rank, tag), deque()).append(
+                            int(fluid.send_nbytes(left, later)))
+                steps = itertools.islice(self._lowered(rank, ops[i]), s + 1, None)
+                own = history[hist_base[j] + s]
+                theirs = history[hist_base[left] + s]
+                resume_s = float(pending[j]) if pending[j] < math.inf else None
+                # With its step's end known (resume_s), what is still in flight goes on with nothing waiting on it.
+                waiter = [int(not own <= now) + int(not theirs <= now), None]
+                nbytes = int(fluid.send_nbytes(j, s))
+                message = (rank, members[(i + 1) % p], tag, nbytes, waiter)
+                if active[j]:
+                    links, cap, latency_s, _ = self._route(rank, members[(i + 1) % p])
+                    flow = _Flow(net._next_fid, links, cap, latency_s, float(remaining[j]), now, message)
+                    net._next_fid += 1
+                    for link in links:
+                        net._flows_on[link][flow.fid] = flow
+                        net._touched[link] = None
+                    if not net._solve_pending:
+                        net._schedule_solve()
+                elif own > now:
+                    _at(env, float(own), net._deliver_value, message)
+                if not theirs <= now:
+                    self._waiting.setdefault((left_rank, rank, tag), deque()).append(
+                        (int(fluid.send_nbytes(left, s)), waiter))
+                if resume_s is not None:
+                    # Its step ends at a known time; the next starts after the reduction.
+                    env.process(self._continue(rank, steps, None, 0, resume_s, member_link_j, slowdown, tag,
+                                               member_done))
+                else:
+                    env.process(self._continue(rank, steps, waiter, int(fluid.reduced_nbytes(np.array([j]), s)[0]),
+                                               None, member_link_j, slowdown, tag, member_done))
 
     def _continue(self, rank, steps, waiter, reduced, resume_s, link_j, slowdown, tag, done):
         """The rest of a materialized member's collective, as ``ReferenceSimulator._collective`` runs it."""

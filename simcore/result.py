@@ -4,9 +4,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+import numpy as np
 import pandas as pd
 
-from workloads.ops import is_nonblocking
+from workloads.ops import Compute, is_nonblocking
 
 
 class Record(NamedTuple):
@@ -38,9 +39,28 @@ RECORD_COLUMNS = Record._fields
 OP_KEYS = ["group", "kind", "algorithm", "nbytes", "flops"]
 
 
+_TEXT_COLUMNS = frozenset(("group", "kind", "algorithm"))
+
+
 def records_frame(records, repeats=None) -> pd.DataFrame:
     """``Record`` s as a DataFrame with ``RECORD_COLUMNS`` (and ``repeat`` when ``repeats`` is given)."""
-    frame = pd.DataFrame.from_records(list(records), columns=list(RECORD_COLUMNS))
+    records = records if isinstance(records, list) else list(records)
+    frame = None
+    if records:
+        # Column by column through numpy: pandas' row-wise inference costs seconds per million records.
+        data = {}
+        for name, values in zip(RECORD_COLUMNS, zip(*records)):
+            if name in _TEXT_COLUMNS:
+                data[name] = np.array(values, dtype=object)
+                continue
+            column = np.array(values)
+            if column.dtype.kind not in "iuf":
+                break  # something unusual (None, a huge integer): pandas infers it as before
+            data[name] = column
+        else:
+            frame = pd.DataFrame(data, copy=False)
+    if frame is None:
+        frame = pd.DataFrame.from_records(records, columns=list(RECORD_COLUMNS))
     if repeats is not None:
         frame["repeat"] = list(repeats)
     return frame
@@ -103,7 +123,7 @@ def group_comm_table(records: pd.DataFrame, programs, makespan_s: float) -> pd.D
     if not len(records):
         return pd.DataFrame(columns=columns)
     background = {(rank, index) for rank, program in enumerate(programs)
-                  for index, op in enumerate(program) if is_nonblocking(op)}
+                  for index, op in enumerate(program) if type(op) is not Compute and is_nonblocking(op)}
     frame = records[records["kind"] != "compute"]
     keep = [(r, i) not in background for r, i in zip(frame["rank"], frame["op_index"])]
     frame = frame[keep]

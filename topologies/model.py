@@ -191,6 +191,22 @@ class Topology:
         for link_id, (u, v) in enumerate(self.links):
             ui, vi = self._node_index[u], self._node_index[v]
             self._adj[ui].append((vi, link_id, self.link_latency_s[link_id]))
+        # A node linked (either way) to one neighbour only ("dead end") lies on no path but its
+        # own: routing walks past it, which on a cluster skips every other rank.
+        neighbours: list[set[int]] = [set() for _ in nodes]
+        for u, v in self.links:
+            ui, vi = self._node_index[u], self._node_index[v]
+            neighbours[ui].add(vi)
+            neighbours[vi].add(ui)
+        dead_end = [len(n) <= 1 for n in neighbours]
+        self._adj_live = [[(v, link_id, w) for v, link_id, w in adj if not dead_end[v]] for adj in self._adj]
+        # Into each dead end: its neighbour -> [(link id, latency)], relaxed only when it is the destination.
+        self._into_dead_end: list[dict[int, list] | None] = [{} if d else None for d in dead_end]
+        for link_id, (u, v) in enumerate(self.links):
+            vi = self._node_index[v]
+            if dead_end[vi]:
+                self._into_dead_end[vi].setdefault(self._node_index[u], []).append(
+                    (link_id, self.link_latency_s[link_id]))
         self._nodes = nodes
         self._routes: dict[tuple[int, int], Route] = {}
 
@@ -366,6 +382,8 @@ class Topology:
         preds: dict[int, list[tuple[int, int]]] = {}  # node -> equal-cost (predecessor, link id)
         settled = set()
         heap = [(0.0, 0, s)]
+        adj = self._adj_live
+        into_t = self._into_dead_end[t] or {}
         while heap:
             lat, hops, u = heapq.heappop(heap)
             if u in settled:
@@ -376,7 +394,7 @@ class Topology:
                 # (hops grow by one per link), so all were popped before t and
                 # preds[t] is complete: stopping here equals full Dijkstra.
                 break
-            for v, link_id, w in self._adj[u]:
+            for v, link_id, w in adj[u]:
                 if v in settled:
                     continue
                 cand = (lat + w, hops + 1)
@@ -387,6 +405,16 @@ class Topology:
                     heapq.heappush(heap, (cand[0], cand[1], v))
                 elif cand == old:
                     preds[v].append((u, link_id))
+            for link_id, w in into_t.get(u, ()):
+                # The destination is a dead end, left out of the adjacency the search walks.
+                cand = (lat + w, hops + 1)
+                old = best.get(t)
+                if old is None or cand < old:
+                    best[t] = cand
+                    preds[t] = [(u, link_id)]
+                    heapq.heappush(heap, (cand[0], cand[1], t))
+                elif cand == old:
+                    preds[t].append((u, link_id))
         links = []
         node = t
         while node != s:

@@ -243,7 +243,11 @@ def record_groups(program) -> list[str]:
     (else ''), so a wait's exposed time is counted against that group."""
     of_handle: dict[str, str] = {}
     out = []
+    append = out.append
     for op in program:
+        if type(op) is Compute:
+            append("")  # most of a training step's operations
+            continue
         if type(op) is Wait:
             groups = {of_handle.get(h, "") for h in op.handles}
             out.append(groups.pop() if len(groups) == 1 else "")
