@@ -42,7 +42,7 @@ from typing import Callable
 import numpy as np
 import simpy
 
-from simcore.fastpath import BUSY, RING_OPS, VECTOR_MIN_MEMBERS, Schedule, Trace, ring_schedule
+from simcore.fastpath import BUSY, RING_OPS, VECTOR_MIN_MEMBERS, Schedule, Trace, link_free, ring_schedule
 from simcore.fluid import FluidRings
 from simcore.network import FlowNetwork, _Flow
 from simcore.reference_engine import (
@@ -77,7 +77,8 @@ FLUID_MIN_LANES = 32
 class _Instance:
     """One collective on one group, as its members arrive at it."""
 
-    __slots__ = ("members", "tag", "t0", "waiting", "event_path", "arrived", "done", "plan", "decided")
+    __slots__ = ("members", "tag", "t0", "waiting", "event_path", "arrived", "done", "plan", "decided", "held",
+                 "arrival_s", "starts", "priors")
 
     def __init__(self, members, tag, t0):
         self.members = members
@@ -87,6 +88,11 @@ class _Instance:
         self.event_path = False
         self.arrived = 0
         self.decided = False
+        self.held = False  # its links are held for it until its last member arrives
+        self.arrival_s: dict[int, float] = {}
+        self.starts = None  # each member's start, where they differ
+        self.priors: list[_Instance] = []  # collectives on the same ring whose links it took over while held
+        self.plan = None
 
 
 class _Batch:
@@ -137,11 +143,14 @@ class Simulator(ReferenceSimulator):
         self._not_alone: set[tuple] = set()
         self._traces: dict[tuple, Trace] = {}
         self._deciding: list[_Instance] = []  # created at this instant, not decided yet
+        self._held: dict[int, _Instance] = {}  # ring collectives waiting for their last member, links held
         self._ring_links: dict[tuple, tuple] = {}  # ring members -> (its links, do two of its messages share one)
         self._world = tuple(range(self.nranks))
         self.fast_collectives = 0
         self.fluid_batches = 0
         self.fluid_handed_back = 0
+        self.held = 0
+        self.held_handed_back = 0
         self.materialized = 0
         return super().run(progress)
 
@@ -302,6 +311,19 @@ class Simulator(ReferenceSimulator):
             return
         done = env.event()
         inst.waiting.append((rank, op, link_j, done))
+        if inst.held:
+            if self._prior_busy(inst, members.index(rank), env._now):
+                # Its own part of the collective before this one still runs: they share its links.
+                inst.waiting.pop()
+                self._materialize_held(inst, env._now)
+                inst.arrived += 1
+                if inst.arrived == len(members):
+                    del self._instances[key]
+                yield from ReferenceSimulator._collective(self, rank, op, tag, link_j)
+                return
+            inst.arrival_s[rank] = env._now
+            if len(inst.waiting) == len(members):
+                self._release_held(inst)
         yield done
 
     def _decide(self, event) -> None:
@@ -325,7 +347,112 @@ class Simulator(ReferenceSimulator):
                 del self._instances[(inst.members, inst.tag)]
                 self._commit(inst, plan)
                 return
+        elif self._hold(inst):
+            return
         self._to_event_path(inst)
+
+    # -- a ring collective whose members arrive at different times --------------------------
+
+    def _hold(self, inst: _Instance) -> bool:
+        """Hold a large ring collective's links from its first member's arrival until its last one's,
+        then compute it whole with each member's own start; False where it cannot be held."""
+        op = inst.waiting[0][1]
+        members = inst.members
+        if (self.message_efficiency or self.aligned or len(members) < FLUID_MIN_LANES or op.op not in RING_OPS
+                or op.algorithm != "ring"):
+            return False
+        links, overlap = self._ring_links_of(members)
+        net = self.net
+        t0 = inst.t0
+        priors = {}
+        for link in links:
+            if link_free(net, link, t0):
+                continue
+            # Held by the collective before this one on the same ring, whose every link carries one member's
+            # messages: each member starts this one after its own part of that one, so they never meet.
+            prior = net.reserved_by[link]
+            if (overlap or type(prior) is not _Instance or prior.held or prior.plan is None
+                    or prior.members != members or any(f.t_end_s is None or f.t_end_s > t0
+                                                       for f in net._flows_on[link].values())):
+                return False
+            priors[id(prior)] = prior
+        inst.priors = list(priors.values())
+        position = {rank: i for i, rank in enumerate(members)}
+        if any(self._prior_busy(inst, position[rank], t0) for rank, _, _, _ in inst.waiting):
+            inst.priors = []
+            return False
+        for link in links:
+            net.reserved_until_s[link] = math.inf
+            net.reserved_by[link] = inst
+        inst.held = True
+        self.held += 1
+        inst.arrival_s = {rank: t0 for rank, _, _, _ in inst.waiting}
+        self._held[id(inst)] = inst
+        return True
+
+    def _prior_busy(self, inst: _Instance, i: int, now: float) -> bool:
+        return any(prior.plan is not None and prior.plan.end_s[i] > now for prior in inst.priors)
+
+    def _unhold(self, inst: _Instance) -> None:
+        net = self.net
+        for link in self._ring_links_of(inst.members)[0]:
+            if net.reserved_by[link] is inst:
+                net.reserved_until_s[link] = -math.inf
+                net.reserved_by[link] = None
+        inst.held = False
+        del self._held[id(inst)]
+
+    def _release_held(self, inst: _Instance) -> None:
+        """Its last member is in: every member's messages, from its own start, as one plan."""
+        self._unhold(inst)
+        del self._instances[(inst.members, inst.tag)]
+        members = inst.members
+        inst.starts = [inst.arrival_s[r] for r in members]
+        op = self._ops(inst)[0]
+        slowdown = self._slowdown(op)
+        if not self._ring_links_of(members)[1]:
+            # Every message alone on its links: the max-plus recursion, in numpy.
+            self._commit(inst, ring_schedule(self, members, op, inst.t0, slowdown, starts=inst.starts))
+            return
+        fluid = FluidRings(self, [(members, op, slowdown)], inst.t0, starts=inst.starts)
+        plan = fluid.run()
+        if isinstance(plan, str):
+            raise SimulationError(f"internal error: a held ring collective cannot be computed ({plan})")
+        self._commit_batch([inst], fluid, plan)
+
+    def _materialize_held(self, inst: _Instance, now: float) -> None:
+        """Another message needs a held collective's links: the members in so far continue message
+        by message from the fluid model's state at ``now``; the others will start as the reference does."""
+        self.materialized += 1
+        self.held_handed_back += 1
+        self._unhold(inst)
+        for prior in inst.priors:
+            if prior.plan is not None and any(t > now for t in prior.plan.busy_until_s.values()):
+                self._materialize(prior, now)
+        inst.event_path = True
+        inst.arrived = len(inst.waiting)
+        members = inst.members
+        op = inst.waiting[0][1]
+        starts = [inst.arrival_s.get(r, math.inf) for r in members]
+        fluid = FluidRings(self, [(members, op, self._slowdown(op))], inst.t0, starts=starts)
+        fluid.run(stop_s=now)
+        by_rank = {rank: (link_j, done) for rank, _, link_j, done in inst.waiting}
+
+        def waits_for(_inst, _i, rank, link_j_now):
+            link_j, done = by_rank[rank]
+            link_j[0] = link_j_now
+            return link_j, done
+
+        self._hand_over(fluid, now, [inst], waits_for)
+        inst.waiting = []
+
+    def _drained(self) -> bool:
+        if not self._held:
+            return False
+        # No event is left, so no member still to come will arrive: what the others sent goes on.
+        for inst in list(self._held.values()):
+            self._materialize_held(inst, self.env.now)
+        return True
 
     def _to_event_path(self, inst: _Instance) -> None:
         inst.decided = True
@@ -346,7 +473,9 @@ class Simulator(ReferenceSimulator):
         op = inst.waiting[0][1]
         if op.op not in RING_OPS or op.algorithm != "ring":
             return None
-        members = inst.members
+        return self._ring_links_of(inst.members)
+
+    def _ring_links_of(self, members):
         cached = self._ring_links.get(members)
         if cached is None:
             p = len(members)
@@ -403,11 +532,15 @@ class Simulator(ReferenceSimulator):
             for inst in batch:
                 self._to_event_path(inst)
             return
+        for inst in batch:
+            del self._instances[(inst.members, inst.tag)]
+        self._commit_batch(batch, fluid, plan)
+
+    def _commit_batch(self, batch: list[_Instance], fluid: FluidRings, plan) -> None:
         owner = _Batch(batch, fluid, plan)
         self.fluid_batches += 1
         self._reserve(owner, plan)
         for c, inst in enumerate(batch):
-            del self._instances[(inst.members, inst.tag)]
             base = fluid.bases[c]
             self._resume_members(inst, plan.end_s[base:base + len(inst.members)],
                                  plan.link_j[base:base + len(inst.members)])
@@ -422,7 +555,7 @@ class Simulator(ReferenceSimulator):
 
     def _schedule(self, inst: _Instance, ops: tuple) -> Schedule:
         return Schedule(self, inst.members, [self._lowered(r, op) for r, op in zip(inst.members, ops)],
-                        inst.t0, inst.tag, self._slowdown(ops[0]))
+                        inst.t0, inst.tag, self._slowdown(ops[0]), inst.starts)
 
     def _plan(self, inst: _Instance):
         ops = self._ops(inst)
@@ -500,10 +633,14 @@ class Simulator(ReferenceSimulator):
         if isinstance(inst, _Batch):
             self._materialize_batch(inst, now)
             return
+        if inst.held:
+            self._materialize_held(inst, now)
+            return
         self.materialized += 1
         env = self.env
         net = self.net
         plan = inst.plan
+        inst.plan = None  # message by message from here on
         for link in plan.busy_until_s:
             if net.reserved_by[link] is inst:
                 net.reserved_until_s[link] = -math.inf
@@ -571,7 +708,6 @@ class Simulator(ReferenceSimulator):
         """The batch's rings continue message by message from ``now``, from the fluid model's state there."""
         self.materialized += 1
         self.fluid_handed_back += 1
-        env = self.env
         net = self.net
         plan = batch.plan
         for link in plan.busy_until_s:
@@ -580,27 +716,40 @@ class Simulator(ReferenceSimulator):
                 net.reserved_by[link] = None
         fluid = batch.fluid
         fluid.run(stop_s=now)
+        # The commit counted every message; those not sent by now will be counted as they are.
+        self._messages -= plan.messages
+        for link, nbytes in plan.link_bytes.items():
+            net.bytes_on_link[link] -= nbytes
+        self._hand_over(fluid, now, batch.instances,
+                        lambda inst, i, rank, link_j_now: self._rewait(inst, i, link_j_now))
+
+    def _hand_over(self, fluid: FluidRings, now: float, instances, waits_for) -> None:
+        """Rings of ``fluid`` (stopped at ``now``) continue message by message: each member's messages in
+        flight, the receive it has posted, the messages delivered for its later steps.  ``waits_for(inst, i,
+        rank, link_j_now)`` gives a member's (link energy list, event to succeed at its end), or None for one
+        with nothing to continue."""
+        env = self.env
+        net = self.net
         state = fluid.state
         step, pending, done, active = state["step"], state["pending"], state["done"], state["active"]
         remaining, history, link_j = state["remaining"], state["history"], state["link_j"]
-        self._messages -= plan.messages - state["messages"]
+        self._messages += state["messages"]
         sent_now = np.bincount(fluid.entry_link, weights=state["sent_bytes"][fluid.entry_lane].astype(float),
                                minlength=len(fluid.links))
         for link, nbytes in zip(fluid.links.tolist(), sent_now.tolist()):
-            net.bytes_on_link[link] -= plan.link_bytes.get(link, 0) - int(nbytes)
+            net.bytes_on_link[link] += int(nbytes)
         hist_base = fluid.hist_base
-        for c, inst in enumerate(batch.instances):
+        for c, inst in enumerate(instances):
             members = inst.members
             p = len(members)
             base = fluid.bases[c]
             tag = inst.tag
-            ops = self._ops(inst)
-            slowdown = self._slowdown(ops[0])
+            op_of = {rank: op for rank, op, _, _ in inst.waiting}
+            slowdown = fluid.slowdown[base]
             for i, rank in enumerate(members):
                 j = base + i
                 if done[j]:
                     continue  # finished by now: its resume stands
-                member_link_j, member_done = self._rewait(inst, i, float(link_j[j]))
                 s = int(step[j])
                 left = base + (i - 1) % p
                 left_rank = members[(i - 1) % p]
@@ -609,16 +758,19 @@ class Simulator(ReferenceSimulator):
                     if history[hist_base[left] + later] <= now:
                         self._arrived.setdefault((left_rank, rank, tag), deque()).append(
                             int(fluid.send_nbytes(left, later)))
-                steps = itertools.islice(self._lowered(rank, ops[i]), s + 1, None)
+                if s < 0:
+                    continue  # not arrived yet: it will start as the reference engine starts it
+                member_link_j, member_done = waits_for(inst, i, rank, float(link_j[j]))
+                steps = itertools.islice(self._lowered(rank, op_of[rank]), s + 1, None)
                 own = history[hist_base[j] + s]
                 theirs = history[hist_base[left] + s]
                 resume_s = float(pending[j]) if pending[j] < math.inf else None
                 # With its step's end known (resume_s), what is still in flight goes on with nothing waiting on it.
                 waiter = [int(not own <= now) + int(not theirs <= now), None]
-                nbytes = int(fluid.send_nbytes(j, s))
-                message = (rank, members[(i + 1) % p], tag, nbytes, waiter)
+                right_rank = members[(i + 1) % p]
+                message = (rank, right_rank, tag, int(fluid.send_nbytes(j, s)), waiter)
                 if active[j]:
-                    links, cap, latency_s, _ = self._route(rank, members[(i + 1) % p])
+                    links, cap, latency_s, _ = self._route(rank, right_rank)
                     flow = _Flow(net._next_fid, links, cap, latency_s, float(remaining[j]), now, message)
                     net._next_fid += 1
                     for link in links:

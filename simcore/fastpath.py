@@ -78,13 +78,14 @@ class Schedule:
     the engine needs to continue event by event.
     """
 
-    def __init__(self, sim, members, steps, t0, tag, slowdown):
+    def __init__(self, sim, members, steps, t0, tag, slowdown, starts=None):
         self.sim = sim
         self.members = members
         self.steps = steps
         self.t0 = t0
         self.tag = tag
         self.slowdown = slowdown
+        self.starts = starts  # each member's start, where they differ (a collective held for its last member)
 
     def run(self, stop_s: float | None = None, record: bool = False):
         """``record``: also keep the collective's dataflow as a ``Trace`` (``self.trace``)."""
@@ -104,7 +105,7 @@ class Schedule:
         link_j = [0.0] * m
         messages = 0
         end = [None] * m
-        step_end = [t0] * m
+        step_end = list(self.starts) if self.starts is not None else [t0] * m
         pending = [0] * m
         reduced = [0] * m
         # The current step of each member: its sends (flows) and receives, kept only for a replay.
@@ -113,7 +114,8 @@ class Schedule:
         cur_recvs: list[list] = [[] for _ in range(m)] if keep else None
         sent: dict[tuple[int, int], deque] = {}    # delivered or in flight, not yet matched: (delivery_s, nbytes)
         posted: dict[tuple[int, int], deque] = {}  # receives waiting for their send: (member, recv entry)
-        heap = [(t0, i) for i in range(m)]
+        heap = [(step_end[i], i) for i in range(m)]
+        heapq.heapify(heap)
         # The trace: per step processed, (member, its sends (slot, delivery delay, last-byte delay),
         # its receive entries, reduction delay); per link, consecutive (slot, slot) uses.
         entries: list = [] if record else None
@@ -322,13 +324,15 @@ def _dataflow(m: int, nslots: int, entries, t0: float):
     return start, first, last
 
 
-def ring_schedule(sim, members: tuple[int, ...], op, t0: float, slowdown: float):
+def ring_schedule(sim, members: tuple[int, ...], op, t0: float, slowdown: float, starts=None):
     """``Schedule(...).run()`` of a ring collective, one numpy step over all members at a time.
 
     The same floats as ``Schedule``: each message's delivery is
     start + (work / bottleneck + latency), each step ends at the later of the
     member's own delivery and its left neighbour's, and a reduce-scatter step
-    adds the reduction time of the block received.
+    adds the reduction time of the block received.  ``starts``: each member's
+    start where they differ (its links were held for it since ``t0``, so
+    they are not checked again).
     """
     net = sim.net
     p = len(members)
@@ -336,9 +340,10 @@ def ring_schedule(sim, members: tuple[int, ...], op, t0: float, slowdown: float)
     all_links = [link for r in routes for link in r[0]]
     if len(set(all_links)) != len(all_links):
         return OVERLAP  # two members' messages would share a link in every step
-    for link in all_links:
-        if not link_free(net, link, t0):
-            return BUSY
+    if starts is None:
+        for link in all_links:
+            if not link_free(net, link, t0):
+                return BUSY
     cap = np.array([r[1] if r[0] else 1.0 for r in routes], dtype=float)
     latency = np.array([r[2] for r in routes], dtype=float)
     energy_per_byte = np.array([r[3] for r in routes], dtype=float)
@@ -347,7 +352,7 @@ def ring_schedule(sim, members: tuple[int, ...], op, t0: float, slowdown: float)
     idx = np.arange(p)
     left = (idx - 1) % p
     rspb = sim.reduce_s_per_byte
-    start = np.full(p, t0, dtype=float)
+    start = np.full(p, t0, dtype=float) if starts is None else np.array(starts, dtype=float)
     link_j = np.zeros(p)
     sent_bytes = np.zeros(p, dtype=np.int64)
     last_s = np.full(p, -np.inf)

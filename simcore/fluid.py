@@ -57,10 +57,12 @@ class FluidRings:
     is member ``i`` of ring ``c``.
     """
 
-    def __init__(self, sim, rings, t0: float):
+    def __init__(self, sim, rings, t0: float, starts=None):
         self.sim = sim
         self.rings = rings
         self.t0 = t0
+        # Each lane's start where they differ (inf: not started by the stop time); the links were held since t0.
+        self.starts = None if starts is None else np.array(starts, dtype=float)
         bases, p_of, pos, size_base, sizes, rs_steps, ag_steps = [], [], [], [], [], [], []
         routes, slowdowns = [], []
         lane = 0
@@ -140,7 +142,7 @@ class FluidRings:
         if stop_s is None:
             if self.history > MAX_HISTORY:
                 return IRREGULAR
-            for link in self.links.tolist():
+            for link in self.links.tolist() if self.starts is None else ():
                 if not link_free(net, link, t0):
                     return BUSY
         rspb = sim.reduce_s_per_byte
@@ -154,7 +156,8 @@ class FluidRings:
         entry_link = self.entry_link
         inf = np.inf
         step = np.full(m, -1, dtype=np.int64)
-        pending = np.full(m, float(t0))    # when the lane's next step starts (inf: not known yet)
+        # When the lane's next step starts (inf: not known yet).
+        pending = np.full(m, float(t0)) if self.starts is None else self.starts.copy()
         done = np.zeros(m, dtype=bool)
         end_s = np.full(m, np.nan)
         active = np.zeros(m, dtype=bool)   # its current send is a flow with bytes left to leave
