@@ -1,11 +1,11 @@
 """Strong and weak scaling of a data-parallel training step.
 
-    python -m experiments.scaling                      # the default study (about 25 s on 2 cores)
+    python -m experiments.scaling                      # the default study (about 40 s on 2 cores)
     python -m experiments.scaling --sizes 2 4 8 --topologies ring --mode weak
 
 One synchronous DDP step (``workloads.training.DataParallelStep``: forward,
 backward in gradient buckets overlapped with their all-reduces, then wait) on
-the ring, tree, hierarchical and edge-cloud topologies, for N = 2 .. 256
+the ring, tree, hierarchical and edge-cloud topologies, for N = 2 .. 1024
 ranks, without and with stragglers.  Strong scaling keeps the global batch
 fixed (batch_per_rank = global_batch / N); weak scaling keeps batch_per_rank.
 
@@ -38,15 +38,11 @@ from workloads.collectives import ALGORITHMS
 from workloads.scenario import ScenarioError, scenario_from_dict
 from workloads.stragglers import KINDS, SCOPES, StragglerSpec
 
-DEFAULT_SIZES = (2, 4, 8, 16, 32, 64, 128, 256)
-# Without --sizes, the server-shaped topologies go on to 1024 ranks: their
-# collectives start together and have their links to themselves, so the
-# engine computes each one whole (simcore.fastpath).  On the flat ring and
-# tree, stragglers stagger the all-reduce's start and the tree's messages
-# share links, so each of those runs message by message: 53 s and 176 s for
-# one 1024-rank point on the 2-core machine, too long for the default study.
-DEFAULT_LARGE_SIZES = (512, 1024)
-LARGE_SIZE_TOPOLOGIES = ("hierarchical", "edge_cloud")
+# Up to 1024 ranks on every topology: the engine computes each bucket's
+# all-reduce whole, even where stragglers or the tree's uneven latencies make
+# its members start it at different times (simcore.engine holds its links
+# until the last one arrives), so a 1024-rank point takes about 0.6 s.
+DEFAULT_SIZES = (2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 # A 25M-parameter model (ResNet-50 sized; fp32 gradients are 100 MB) whose
 # sample costs 6 * parameters * 512 flops (a transformer over 512 tokens).
 DEFAULT_PARAMETERS = 25_000_000
@@ -54,11 +50,7 @@ DEFAULT_BYTES_PER_PARAMETER = 4
 DEFAULT_FLOPS_PER_SAMPLE = 6.0 * DEFAULT_PARAMETERS * 512
 DEFAULT_GLOBAL_BATCH = 2048
 DEFAULT_BATCH_PER_RANK = 32
-# DDP's default 25 MiB buckets: four all-reduces per step.  The flat ring on
-# 256 ranks costs 2(p-1)p, about 130k messages per bucket (~10 us each in the
-# simulator), so a 256-rank ring or tree run takes ~6 s; four buckets times
-# the four runs per size is what the 2-minute budget affords (fewer, larger
-# buckets would be cheaper; a larger model with 25 MiB buckets would not fit).
+# DDP's default 25 MiB buckets: four all-reduces per step.
 DEFAULT_BUCKET_BYTES = 25 * 2**20
 DEFAULT_STRAGGLERS = "lognormal"
 DEFAULT_STRAGGLER_PARAMS = {"lognormal": {"sigma": 0.2}}
@@ -97,18 +89,18 @@ def build_parser() -> argparse.ArgumentParser:
             "speedup = throughput(N)/throughput(N_min) (strong: T(N_min)/T(N)); efficiency = speedup*N_min/N "
             "(weak: T(N_min)/T(N)); comm share = mean over ranks of (comm_s + wait_s)/step time, the part of "
             "the step a rank does not compute. "
-            "Why these defaults: the simulator spends ~10 us per point-to-point message and a flat ring "
-            "all-reduce sends 2(p-1)p of them per bucket (130k at p=256), so the default model is small "
-            "(25M parameters, 4 buckets of 25 MiB) and uses the 'hierarchical' all-reduce (reduce in groups, ring among group leaders, broadcast) "
-            "where the topology has groups; the default study (128 runs) then takes about 25 s on 2 cores."
+            "Defaults: a 25M-parameter model (4 buckets of 25 MiB), the ring all-reduce on the ring and tree "
+            "and the 'hierarchical' one (reduce in groups, ring among group leaders, broadcast) where the "
+            "topology has groups; N = 2 .. 1024 on every topology. A flat ring all-reduce sends 2(p-1)p "
+            "messages per bucket (2.1 million at p=1024); the engine computes each all-reduce whole, so the "
+            "default study (160 runs) takes about 40 s on 2 cores."
         ),
     )
     p.add_argument("--topologies", nargs="+", default=list(common.STUDY_TOPOLOGIES),
                    choices=common.STUDY_TOPOLOGIES, metavar="KIND",
                    help=f"topologies to study (default: all of {', '.join(common.STUDY_TOPOLOGIES)})")
     p.add_argument("--sizes", nargs="+", type=int, default=None, metavar="N",
-                   help="numbers of ranks, for every topology (default: 2 4 8 ... 256, and on to 512 1024 for "
-                        f"{' and '.join(LARGE_SIZE_TOPOLOGIES)})")
+                   help="numbers of ranks, for every topology (default: 2 4 8 ... 1024)")
     p.add_argument("--mode", choices=("strong", "weak", "both"), default="both",
                    help="strong (fixed global batch), weak (fixed batch per rank) or both (default)")
     w = p.add_argument_group("workload (one data-parallel step)")
@@ -216,9 +208,7 @@ def configurations(args, stragglers: dict[str, Any]) -> list[dict[str, Any]]:
 
 def sizes_for(args, topology: str) -> list[int]:
     """The sizes studied on ``topology``: --sizes, else the defaults."""
-    if args.sizes is not None:
-        return args.sizes
-    return list(DEFAULT_SIZES) + (list(DEFAULT_LARGE_SIZES) if topology in LARGE_SIZE_TOPOLOGIES else [])
+    return args.sizes if args.sizes is not None else list(DEFAULT_SIZES)
 
 
 def _validate(args, parser) -> None:

@@ -183,14 +183,15 @@ def test_whatif_set_path_rules():
     assert whatif.parse_vary("x=1e9,2.5e+3,ring,8") == ("x", [1e9, 2500.0, "ring", 8])
 
 
-def test_the_default_scaling_study_goes_to_1024_ranks_on_server_shaped_topologies():
+def test_the_default_scaling_study_goes_to_1024_ranks_on_every_topology():
     parser = scaling.build_parser()
     args = parser.parse_args([])
     configs = scaling.configurations(args, {"kind": "none"})
     largest = {}
     for c in configs:
         largest[c["topology"]] = max(largest.get(c["topology"], 0), c["n"])
-    assert largest == {"ring": 256, "tree": 256, "hierarchical": 1024, "edge_cloud": 1024}
+    assert largest == {"ring": 1024, "tree": 1024, "hierarchical": 1024, "edge_cloud": 1024}
+    assert len(configs) == 4 * 2 * 2 * 10  # topologies x modes x straggler cases x sizes
     # --sizes applies to every topology.
     args = parser.parse_args(["--sizes", "4", "8", "--topologies", "ring", "hierarchical"])
     assert {(c["topology"], c["n"]) for c in scaling.configurations(args, {"kind": "none"})} == {
