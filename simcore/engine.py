@@ -172,6 +172,10 @@ class Simulator(ReferenceSimulator):
         busy_w = topo.rank_busy_power_w[rank]
         idle_w = topo.rank_idle_power_w[rank] * (1.0 if self.count_idle_energy else 0.0)
         sampler = self._samplers[rank]
+        draws = sampler.applies  # else every slowdown is 1.0, drawn from nothing
+        costs: dict[int, tuple] = {}  # id of a Compute of the program -> (its time before slowdown, peak, bytes, flops)
+        compute_s = self._compute_s
+        records_append = records.append
         handles: dict[str, simpy.Event] = {}
         stream_tail: simpy.Event | None = None
         coll_seq = [0] * len(self._group_names)
@@ -196,18 +200,28 @@ class Simulator(ReferenceSimulator):
             if type(op) is Compute:
                 t = env._now
                 while True:
-                    slowdown = sampler.next()
-                    if op.precision or op.gemm or op.nbytes:
-                        peak = peaks[op.precision]
-                        if op.gemm:
-                            fraction = efficiency.get(op.gemm)
-                            if fraction is None:
-                                fraction = efficiency[op.gemm] = topo.gemm_efficiency(rank, *op.gemm)
-                            peak = peak * fraction
-                        duration = max(op.flops / peak, op.nbytes / memory_bytes_per_s) * slowdown
+                    # Programs repeat a few Compute objects (a training step: one per layer kind) thousands of times.
+                    cost = costs.get(id(op))
+                    if cost is None:
+                        if op.precision or op.gemm or op.nbytes:
+                            peak = peaks[op.precision]
+                            if op.gemm:
+                                fraction = efficiency.get(op.gemm)
+                                if fraction is None:
+                                    fraction = efficiency[op.gemm] = topo.gemm_efficiency(rank, *op.gemm)
+                                peak = peak * fraction
+                            base = max(op.flops / peak, op.nbytes / memory_bytes_per_s)
+                        else:
+                            peak = flops_per_s
+                            base = op.flops / flops_per_s
+                        cost = costs[id(op)] = (base, peak, op.nbytes, op.flops)
+                    base, peak, nbytes, flops = cost
+                    if draws:
+                        slowdown = sampler.next()
+                        duration = base * slowdown
                     else:
-                        peak = flops_per_s
-                        duration = op.flops / flops_per_s * slowdown
+                        slowdown = 1.0
+                        duration = base
                     if not duration < _INF:
                         if t > env._now:
                             yield _event_at(env, t)  # fail where the reference does, with what it had done
@@ -215,9 +229,8 @@ class Simulator(ReferenceSimulator):
                         raise NonFiniteResultError(_non_finite_compute(topo, rank, index, op, duration, peak,
                                                                        slowdown))
                     end = t + duration if duration > 0 else t
-                    self._compute_s[rank] += duration
-                    records.append(Record(rank, index, "", "compute", "", -1, op.nbytes, op.flops, t, end,
-                                          busy_w * duration))
+                    compute_s[rank] += duration
+                    records_append((rank, index, "", "compute", "", -1, nbytes, flops, t, end, busy_w * duration))
                     t = end
                     # Aligned: every operation waits for its barrier, so one at a time.
                     if aligned or index + 1 == nops or type(program[index + 1]) is not Compute:
