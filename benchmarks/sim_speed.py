@@ -11,6 +11,11 @@ so its peak memory is its own):
 - ``contended``: 8 ring all-reduces of 100 MB at once, one per GPU position
   (stride groups), across 128 servers of 8 ranks: the 8 rings' messages share
   every server's uplink (twice a rank's link, so each message gets 1/4 of one) in every step.
+- ``ddp1024``: the default scaling study's largest straggler point
+  (``python -m experiments.scaling``: data-parallel training of 1024 ranks on
+  the tree, stragglers on, strong scaling): each bucket's ring all-reduce
+  starts on each rank when its backward pass reaches it, at a different time
+  on every rank, and the ring's messages share the tree's links.
 - ``gpt128``, ``gpt1024``: one GPT-3 175B training step (tp 8, pp 8, 1F1B,
   full recompute) on 128 and 1024 A100 GPUs (``benchmarks/transformer_step.py``
   for the scenario), dp 2 and dp 16.
@@ -21,7 +26,7 @@ the reference engine's wall time to the fast one's, and whether both gave
 the same simulated time (to 1e-9).
 
     python benchmarks/sim_speed.py                                  # ring256 ring1024 contended gpt128
-    python benchmarks/sim_speed.py --cases ring4096 gpt1024         # the long ones (the reference takes ~15 min each)
+    python benchmarks/sim_speed.py --cases ring4096 ddp1024 gpt1024 # the long ones (the reference: ~35 min)
     python benchmarks/sim_speed.py --cases ring4096 --engines fast  # the fast engine alone
 """
 from __future__ import annotations
@@ -36,7 +41,7 @@ import time
 NBYTES = 100_000_000
 BANDWIDTH_BYTES_PER_S = 12.5e9
 LATENCY_S = 1e-6
-CASES = ("ring256", "ring1024", "ring4096", "contended", "gpt128", "gpt1024")
+CASES = ("ring256", "ring1024", "ring4096", "contended", "ddp1024", "gpt128", "gpt1024")
 DEFAULT_CASES = ("ring256", "ring1024", "contended", "gpt128")
 ENGINES = ("reference", "fast")
 
@@ -68,6 +73,19 @@ def build(case: str):
         groups = ProcessGroups(n, {"dp": tuple(tuple(range(g, n, per_server)) for g in range(per_server))})
         programs = [[Collective("allreduce", NBYTES, algorithm="ring", group="dp")] for _ in range(n)]
         return topo, programs, {"process_groups": groups}, None
+    if case == "ddp1024":
+        from experiments.scaling import _straggler_spec, _validate, build_parser, configurations
+        from workloads.scenario import scenario_from_dict
+
+        parser = build_parser()
+        args = parser.parse_args(["--topologies", "tree", "--sizes", "1024", "--mode", "strong",
+                                  "--straggler-cases", "on"])
+        _validate(args, parser)
+        [config] = configurations(args, _straggler_spec(args, parser))
+        scenario = scenario_from_dict(config["scenario"])
+        kwargs = {"seed": scenario.seed, "process_groups": scenario.groups, "name": scenario.name,
+                  "stragglers": scenario.stragglers, "count_idle_energy": scenario.energy.count_idle}
+        return scenario.topology, scenario.programs(), kwargs, None
     # benchmarks/ is on sys.path as this script's folder, in the child processes too.
     from transformer_step import CASES as GPT_CASES
     from transformer_step import scenario_dict

@@ -22,9 +22,22 @@ instant and whose messages have their links to themselves is computed whole,
 in one pass (in numpy for a large ring), its links reserved until its last
 byte has left; its members resume at their end times.  If another message
 needs a reserved link earlier, the collective is replayed up to that instant
-and continues message by message, as the reference engine runs it.  Either
-way the simulated times are the reference engine's (``tests/test_fast_engine.py``
-compares them on random scenarios, ``benchmarks/sim_speed.py`` times both).
+and continues message by message, as the reference engine runs it.
+
+Two more cases skip the per-message work.  Ring collectives that start at one
+instant and share links (several groups' rings through one uplink) are run
+together as a fluid model (``simcore.fluid``): each step of each ring is a
+fluid flow, rates come from max-min progressive filling in numpy, and the
+batch is handed back to message-by-message simulation at the first instant
+anything else touches its links.  A large ring collective whose members
+arrive at different times (stragglers, a previous collective ending unevenly)
+holds its links from the first member's arrival; when the last one arrives it
+is computed whole with each member's own start, unless another message needed
+one of its links first, in which case it is materialized as the reference
+runs it.  The simulated times are the reference engine's up to floating-point
+rounding: ``tests/test_fast_engine.py`` compares every record on random
+scenarios (1e-9 relative; 1e-8 for the fluid batches, whose rates are summed
+in another order), ``benchmarks/sim_speed.py`` times both engines.
 
 Simultaneous events are processed in the order they were scheduled (SimPy's
 event id), and the network solves rates after all of them (see
@@ -40,6 +53,7 @@ from math import inf as _INF
 from typing import Callable
 
 import numpy as np
+import pandas as pd
 import simpy
 
 from simcore.fastpath import BUSY, RING_OPS, VECTOR_MIN_MEMBERS, Schedule, Trace, link_free, ring_schedule
@@ -53,7 +67,7 @@ from simcore.reference_engine import (
     SimulationError,
     _non_finite_compute,
 )
-from simcore.result import Record, RunResult
+from simcore.result import RECORD_COLUMNS, Record, RunResult, record_columns
 from topologies import Topology
 from workloads.collectives import lower, lower_in_group, root_peer
 from workloads.groups import WORLD
@@ -146,6 +160,10 @@ class Simulator(ReferenceSimulator):
         self._held: dict[int, _Instance] = {}  # ring collectives waiting for their last member, links held
         self._ring_links: dict[tuple, tuple] = {}  # ring members -> (its links, do two of its messages share one)
         self._world = tuple(range(self.nranks))
+        self._compute_ints: list[int] = []      # rank, op index of each compute record
+        self._compute_floats: list[float] = []  # start, end, energy
+        self._compute_bytes: list = []          # as the op gives them (int or float), typed like the reference's
+        self._compute_flops: list = []
         self.fast_collectives = 0
         self.fluid_batches = 0
         self.fluid_handed_back = 0
@@ -153,6 +171,39 @@ class Simulator(ReferenceSimulator):
         self.held_handed_back = 0
         self.materialized = 0
         return super().run(progress)
+
+    def _sorted_records(self) -> pd.DataFrame:
+        """The reference's records frame, built from the compute columns and the other records' tuples."""
+        n = len(self._compute_flops)
+        if not n:
+            return super()._sorted_records()
+        compute = self._compute_columns(n)
+        data = record_columns(self._records)
+        if compute is None or (data is None and self._records):
+            # An unusual value (None, a huge integer): pandas infers every column, as in the reference.
+            ints, floats = self._compute_ints, self._compute_floats
+            self._records.extend((ints[2 * i], ints[2 * i + 1], "", "compute", "", -1, self._compute_bytes[i],
+                                  self._compute_flops[i], floats[3 * i], floats[3 * i + 1], floats[3 * i + 2])
+                                 for i in range(n))
+            return super()._sorted_records()
+        if data is not None:
+            data = {k: np.concatenate((data[k], compute[k])) for k in RECORD_COLUMNS}
+        else:
+            data = compute
+        order = np.lexsort((data["op_index"], data["rank"]))  # (rank, op index) is unique per record
+        return pd.DataFrame({k: v[order] for k, v in data.items()}, copy=False)
+
+    def _compute_columns(self, n: int) -> dict[str, np.ndarray] | None:
+        ints = np.array(self._compute_ints, dtype=np.int64).reshape(n, 2)
+        floats = np.array(self._compute_floats, dtype=np.float64).reshape(n, 3)
+        nbytes, flops = np.array(self._compute_bytes), np.array(self._compute_flops)
+        if nbytes.dtype.kind not in "iuf" or flops.dtype.kind not in "iuf":
+            return None
+        text = np.full(n, "", dtype=object)
+        return {"rank": ints[:, 0], "op_index": ints[:, 1], "group": text,
+                "kind": np.full(n, "compute", dtype=object), "algorithm": text,
+                "peer": np.full(n, -1, dtype=np.int64), "nbytes": nbytes, "flops": flops,
+                "start_s": floats[:, 0], "end_s": floats[:, 1], "energy_j": floats[:, 2]}
 
     def _network(self, env: simpy.Environment) -> FlowNetwork:
         return _GuardedNetwork(env, self.topology.link_bandwidth_bytes_per_s, self._delivered, self)
@@ -175,7 +226,11 @@ class Simulator(ReferenceSimulator):
         draws = sampler.applies  # else every slowdown is 1.0, drawn from nothing
         costs: dict[int, tuple] = {}  # id of a Compute of the program -> (its time before slowdown, peak, bytes, flops)
         compute_s = self._compute_s
-        records_append = records.append
+        # Compute records, the bulk of a training step's, kept as columns (see _sorted_records).
+        compute_ints = self._compute_ints.extend
+        compute_floats = self._compute_floats.extend
+        compute_bytes = self._compute_bytes.append
+        compute_flops = self._compute_flops.append
         handles: dict[str, simpy.Event] = {}
         stream_tail: simpy.Event | None = None
         coll_seq = [0] * len(self._group_names)
@@ -230,7 +285,10 @@ class Simulator(ReferenceSimulator):
                                                                        slowdown))
                     end = t + duration if duration > 0 else t
                     compute_s[rank] += duration
-                    records_append((rank, index, "", "compute", "", -1, nbytes, flops, t, end, busy_w * duration))
+                    compute_ints((rank, index))
+                    compute_floats((t, end, busy_w * duration))
+                    compute_bytes(nbytes)
+                    compute_flops(flops)
                     t = end
                     # Aligned: every operation waits for its barrier, so one at a time.
                     if aligned or index + 1 == nops or type(program[index + 1]) is not Compute:

@@ -18,7 +18,9 @@ before then, the engine asks ``Schedule`` to replay the collective up to that
 instant (``stop_s``) and hands its state to the event-driven path: the flows
 in flight, the messages delivered and not yet received, the receives posted.
 Everything before that instant was alone, so the replay is the reference
-engine's history to the bit.
+engine's history to the bit.  (A collective replayed from a recorded
+``Trace`` is the exception: it adds precomputed offsets to its start, which
+differs from the reference's step-by-step sums by rounding.)
 
 ``ring_schedule`` does the same for the ring all-reduce, reduce-scatter and
 all-gather of a large group in numpy, one vector operation per step over all

@@ -565,10 +565,13 @@ class ReferenceSimulator:
             lines.append("messages that arrived but match no receive: " + "; ".join(unreceived))
         return head + "\n  " + "\n  ".join(lines)
 
+    def _sorted_records(self) -> pd.DataFrame:
+        records = records_frame(self._records)
+        return records.sort_values(["rank", "op_index"], kind="stable").reset_index(drop=True)
+
     def _result(self, wall_s: float) -> RunResult:
         topo = self.topology
-        records = records_frame(self._records)
-        records = records.sort_values(["rank", "op_index"], kind="stable").reset_index(drop=True)
+        records = self._sorted_records()
         ends = [e for e in self._end_s if e is not None]
         makespan = max(ends) if ends else self.env.now
         if len(ends) < self.nranks:

@@ -40,27 +40,41 @@ OP_KEYS = ["group", "kind", "algorithm", "nbytes", "flops"]
 
 
 _TEXT_COLUMNS = frozenset(("group", "kind", "algorithm"))
+# Times and energies are floats even where every value happens to be an
+# integer (a simulation's clock starts at the integer 0).
+_FLOAT_COLUMNS = ("start_s", "end_s", "energy_j")
+
+
+def record_columns(records) -> dict[str, np.ndarray] | None:
+    """``Record`` s (or plain tuples in their order) as one numpy array per column, typed as pandas
+    would type them; None where there are none, or where a value is unusual (None, a huge
+    integer) and pandas should infer the column itself."""
+    if not records:
+        return None
+    # Column by column through numpy: pandas' row-wise inference costs seconds per million records.
+    data = {}
+    for name, values in zip(RECORD_COLUMNS, zip(*records)):
+        if name in _TEXT_COLUMNS:
+            data[name] = np.array(values, dtype=object)
+            continue
+        column = np.array(values)
+        if column.dtype.kind not in "iuf":
+            return None
+        data[name] = column.astype(np.float64) if name in _FLOAT_COLUMNS else column
+    return data if len(data) == len(RECORD_COLUMNS) else None
 
 
 def records_frame(records, repeats=None) -> pd.DataFrame:
     """``Record`` s as a DataFrame with ``RECORD_COLUMNS`` (and ``repeat`` when ``repeats`` is given)."""
     records = records if isinstance(records, list) else list(records)
-    frame = None
-    if records:
-        # Column by column through numpy: pandas' row-wise inference costs seconds per million records.
-        data = {}
-        for name, values in zip(RECORD_COLUMNS, zip(*records)):
-            if name in _TEXT_COLUMNS:
-                data[name] = np.array(values, dtype=object)
-                continue
-            column = np.array(values)
-            if column.dtype.kind not in "iuf":
-                break  # something unusual (None, a huge integer): pandas infers it as before
-            data[name] = column
-        else:
-            frame = pd.DataFrame(data, copy=False)
-    if frame is None:
+    data = record_columns(records)
+    if data is not None:
+        frame = pd.DataFrame(data, copy=False)
+    else:
         frame = pd.DataFrame.from_records(records, columns=list(RECORD_COLUMNS))
+        for name in _FLOAT_COLUMNS:
+            if frame[name].dtype.kind in "iu":
+                frame[name] = frame[name].astype(np.float64)
     if repeats is not None:
         frame["repeat"] = list(repeats)
     return frame

@@ -52,6 +52,7 @@ def assert_same_result(fast, ref, where: str, rtol: float = RTOL) -> None:
     assert list(a.columns) == list(b.columns), where
     assert len(a) == len(b), f"{where}: {len(a)} records against {len(b)}"
     for column in a.columns:
+        assert a[column].dtype == b[column].dtype, f"{where}: column {column} is {a[column].dtype}, not {b[column].dtype}"
         x, y = a[column].to_numpy(), b[column].to_numpy()
         if column in FLOAT_COLUMNS:
             scale = max(float(np.nanmax(np.abs(y))) if len(y) else 0.0, 1e-300)
@@ -344,6 +345,24 @@ def test_large_rings_in_numpy_give_the_reference_times(n, op):
             assert_same_result(fast, ref, f"ring {op} on {n}")
         # The first collective of programs_same starts on every rank at 0: numpy ran it.
         assert fast_sim.fast_collectives >= 1
+
+
+@pytest.mark.parametrize("flops", [[1_000_000, 2_000_000], [1_000_000, 2.5e6], [10**30, 3]])
+@pytest.mark.parametrize("communicate", [False, True])
+def test_compute_records_are_typed_as_the_reference_types_them(flops, communicate):
+    # Integer flops stay integers, mixed ones become floats, and one past int64
+    # leaves pandas to infer the column: the fast engine's compute columns
+    # must come out with the reference's dtypes in each case.
+    topo = ring(4, flops_per_s=1e12)
+    programs = [[Compute(f, nbytes=1000 * r) for f in flops] for r in range(4)]
+    if communicate:
+        for program in programs:
+            program.append(Collective("allreduce", 1_000_000))
+    fast, ref = Simulator(topo, programs).run(), ReferenceSimulator(topo, programs).run()
+    assert_same_result(fast, ref, f"computes of {flops} flops")
+    if not communicate:  # (a collective's records carry 0.0 flops)
+        assert str(fast.records["flops"].dtype) == {int: "int64", float: "float64"}.get(
+            type(sum(flops)) if max(flops) < 2**63 else None, "object")
 
 
 def test_fast_path_off_runs_every_message():

@@ -329,7 +329,9 @@ def test_shipped_scenarios_and_the_scaling_study_stay_well_inside_the_default_li
     for config in configurations(args, _straggler_spec(args, parser)):
         s = scenario_from_dict(config["scenario"])
         estimate = topology_memory_bytes(s.topology) + s.workload.size(s.nranks, s.topology.groups()).memory_bytes(s.nranks)
-        assert estimate < DEFAULT_MAX_MEMORY_BYTES / 20, (config["scenario"]["name"], format_bytes(estimate))
+        # The largest points (1024 ranks) are estimated at ~541 MiB, an upper
+        # bound: their measured peak RSS is ~140 MiB, 25 MiB over the imports.
+        assert estimate < DEFAULT_MAX_MEMORY_BYTES / 3, (config["scenario"]["name"], format_bytes(estimate))
 
 
 def test_experiments_take_max_memory(tmp_path, capsys):
