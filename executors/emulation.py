@@ -1,0 +1,406 @@
+"""An emulated network: the scenario's topology built on this machine from namespaces and shaped links.
+
+Every node of the topology (compute rank or switch) becomes a network
+namespace, every link a veth pair between its two nodes' namespaces, each
+end's egress shaped by a token bucket (``tc`` tbf) to the link's bandwidth, so
+each direction of a full-duplex link has the rate of its own.  Every
+namespace forwards.  Routes are installed hop by hop so that a packet from
+rank s to rank d crosses exactly the links of ``topology.route(s, d)``: a
+rank's own traffic through its main table, traffic it forwards for a source s
+through a table of s's own (a policy rule ``from <s's address>``), because
+the simulator's equal-cost choices depend on the source as well as the
+destination.  Real TCP from real MPI or gloo ranks, started inside their
+namespaces (``EmulatedNetwork.exec_prefix``), then meets the bottlenecks and
+multi-hop paths that the simulator modelled.
+
+Propagation latency is not emulated: that needs netem, which this kernel may
+lack (``netem_available``); what the links add besides the rate is measured
+(calibration), not modelled here.
+
+Safety.  Everything is created inside namespaces named
+``distsim-<pid>-<start ticks>-n<node>`` (the creating process and its start
+time in clock ticks since boot), so a run never touches an interface it did
+not create, deleting its namespaces removes all its veths and qdiscs, and
+namespaces whose creator no longer exists can be told apart from a live
+run's: ``cleanup_stale()`` removes them (every build starts with it, and
+``python -m experiments.emulate --cleanup`` runs it).  ``EmulatedNetwork`` is
+a context manager that tears down on exit, on error, on Ctrl-C and, while it
+is built, on SIGTERM; SIGKILL leaves the namespaces to the next cleanup.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from topologies import Topology
+from topologies.limits import format_count
+
+PREFIX = "distsim-"
+NETNS_DIR = Path("/run/netns")
+MAX_NAMESPACES = 64
+# A shaped byte costs CPU in the sending rank, in every namespace that
+# forwards it and in the receiver; beyond about this much per core the
+# machine, not the shaped link, sets the rate.  Measured on the 2-core
+# development machine: one unshaped TCP flow moves 16 Gbit/s between two
+# namespaces and 12.7 Gbit/s through a third that forwards, on both cores.
+MAX_BITS_PER_S_PER_CORE = 5e9
+# A link faster than tbf can pace on a veth is not a shaped link any more.
+MAX_LINK_BITS_PER_S = 10e9
+MIN_LINK_BITS_PER_S = 1e5
+# tbf: a bucket of at least this many bytes (a 64 KiB GSO segment must fit)
+# and a queue of this many seconds at the link's rate, enough that one TCP
+# flow keeps the link busy without the queue adding much delay.
+MIN_BURST_BYTES = 64 * 1024
+BURST_S = 2e-3
+QUEUE_S = 0.05
+COMMAND_TIMEOUT_S = 60.0
+LINK_BASE = (10 << 24) | (128 << 16)  # 10.128.0.0/9: one /30 per link
+
+
+class EmulationError(RuntimeError):
+    """The emulated network cannot be built here, or failed while being built or torn down."""
+
+
+def _ip(value: int) -> str:
+    return ".".join(str((value >> shift) & 255) for shift in (24, 16, 8, 0))
+
+
+@dataclass(frozen=True)
+class LinkEnd:
+    node: int        # node index (topology graph order)
+    interface: str   # its name inside the node's namespace
+    address: str     # its IPv4 address (/30)
+
+
+@dataclass(frozen=True)
+class EmulatedLink:
+    edge: int
+    ends: tuple[LinkEnd, LinkEnd]
+    bits_per_s: float  # tbf rate, each direction
+
+
+@dataclass(frozen=True)
+class EmulationPlan:
+    """What ``EmulatedNetwork`` builds for a topology, computed without touching the machine."""
+
+    topology_name: str
+    node_names: tuple[str, ...]           # the topology's nodes, in graph order
+    namespaces: tuple[str, ...]           # one per node
+    links: tuple[EmulatedLink, ...]
+    rank_node: tuple[int, ...]            # rank -> node index
+    rank_address: tuple[str, ...]         # rank -> the address its traffic comes from and goes to
+    rank_interface: tuple[str, ...]       # rank -> the interface that holds that address
+    # namespace -> its `ip -batch` lines: addresses, links up, routes and rules
+    ip_commands: dict[str, list[str]]
+    tc_commands: dict[str, list[str]]
+    # (src rank, dst rank) -> the node indices the simulator's route visits
+    paths: dict[tuple[int, int], tuple[int, ...]]
+
+    @property
+    def nranks(self) -> int:
+        return len(self.rank_node)
+
+    def describe(self) -> str:
+        return (f"{self.topology_name}: {format_count(len(self.namespaces))} namespaces, "
+                f"{format_count(len(self.links))} shaped links")
+
+
+def _start_ticks(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Field 22 (starttime); the command name (field 2) may hold spaces, so count after its ')'.
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def run_prefix(pid: int | None = None) -> str:
+    """The namespace name prefix of the run of process ``pid`` (this one by default)."""
+    pid = os.getpid() if pid is None else pid
+    return f"{PREFIX}{pid}-{_start_ticks(pid)}-"
+
+
+def plan_emulation(topology: Topology, prefix: str | None = None) -> EmulationPlan:
+    """The namespaces, links, addresses, shaping and routes that emulate ``topology``."""
+    if not isinstance(topology, Topology):
+        raise TypeError(f"topology must be a Topology, got {type(topology).__name__}")
+    prefix = run_prefix() if prefix is None else prefix
+    g = topology.graph
+    if g.number_of_edges() == 0:
+        raise EmulationError(f"topology {topology.name!r} has no links: there is no network to emulate")
+    nodes = list(g.nodes)
+    index = {node: i for i, node in enumerate(nodes)}
+    namespaces = tuple(f"{prefix}n{i}" for i in range(len(nodes)))
+
+    links = []
+    end_of: dict[tuple[int, int], LinkEnd] = {}  # (node, neighbour) -> the node's end of their link
+    first_end: dict[int, LinkEnd] = {}
+    for edge, (u, v, attrs) in enumerate(g.edges(data=True)):
+        base = LINK_BASE + 4 * edge
+        a = LinkEnd(index[u], f"e{edge}a", _ip(base + 1))
+        b = LinkEnd(index[v], f"e{edge}b", _ip(base + 2))
+        links.append(EmulatedLink(edge, (a, b), 8.0 * float(attrs["bandwidth_bytes_per_s"])))
+        end_of[(a.node, b.node)] = a
+        end_of[(b.node, a.node)] = b
+        first_end.setdefault(a.node, a)
+        first_end.setdefault(b.node, b)
+
+    rank_node = tuple(index[node] for node in topology.ranks)
+    rank_end = [first_end[n] for n in rank_node]
+    rank_address = tuple(e.address for e in rank_end)
+
+    ip_commands: dict[str, list[str]] = {ns: ["link set lo up"] for ns in namespaces}
+    tc_commands: dict[str, list[str]] = {ns: [] for ns in namespaces}
+    for link in links:
+        burst = max(MIN_BURST_BYTES, int(link.bits_per_s / 8 * BURST_S))
+        limit = max(2 * burst, int(link.bits_per_s / 8 * QUEUE_S))
+        for end in link.ends:
+            ns = namespaces[end.node]
+            ip_commands[ns] += [f"addr add {end.address}/30 dev {end.interface}", f"link set {end.interface} up"]
+            tc_commands[ns].append(f"qdisc add dev {end.interface} root tbf rate {int(link.bits_per_s)}bit "
+                                   f"burst {burst} limit {limit}")
+
+    paths: dict[tuple[int, int], tuple[int, ...]] = {}
+    own_routes: dict[int, list[str]] = {}
+    transit: dict[int, dict[int, list[str]]] = {}  # node -> source rank -> routes
+    for s in range(topology.nranks):
+        for d in range(topology.nranks):
+            if s == d:
+                continue
+            route = topology.route(s, d)
+            hops = [(index[topology.links[link][0]], index[topology.links[link][1]]) for link in route.links]
+            paths[(s, d)] = (hops[0][0],) + tuple(v for _, v in hops) if hops else (rank_node[s],)
+            for position, (u, v) in enumerate(hops):
+                out = end_of[(u, v)]
+                via = end_of[(v, u)].address
+                if position == 0:
+                    own_routes.setdefault(u, []).append(
+                        f"route add {rank_address[d]}/32 via {via} dev {out.interface} src {rank_address[s]}")
+                else:
+                    transit.setdefault(u, {}).setdefault(s, []).append(
+                        f"route add {rank_address[d]}/32 via {via} dev {out.interface} table {100 + s}")
+    for node, routes in own_routes.items():
+        ip_commands[namespaces[node]] += routes
+    for node, by_source in transit.items():
+        for s, routes in by_source.items():
+            ip_commands[namespaces[node]] += routes + [f"rule add from {rank_address[s]}/32 table {100 + s} pref 100"]
+
+    return EmulationPlan(
+        topology_name=topology.name, node_names=tuple(str(n) for n in nodes), namespaces=namespaces,
+        links=tuple(links), rank_node=rank_node, rank_address=rank_address,
+        rank_interface=tuple(e.interface for e in rank_end), ip_commands=ip_commands,
+        tc_commands=tc_commands, paths=paths)
+
+
+def refusal(plan: EmulationPlan, cores: int | None = None) -> str | None:
+    """Why ``plan`` cannot be emulated on this machine, or None: checked before anything is created."""
+    if os.geteuid() != 0 and not _has_net_admin():
+        return "an emulated network needs root or CAP_NET_ADMIN (to create namespaces and shape links); run as root"
+    for tool in ("ip", "tc"):
+        if shutil.which(tool) is None:
+            return f"an emulated network needs `{tool}` (Debian: apt install iproute2), not found on PATH"
+    return size_refusal(plan, cores)
+
+
+def size_refusal(plan: EmulationPlan, cores: int | None = None) -> str | None:
+    """Why ``plan`` is too large or too fast for this machine to emulate faithfully, or None."""
+    where = f"topology {plan.topology_name!r}"
+    if len(plan.namespaces) > MAX_NAMESPACES:
+        return (f"{where} has {len(plan.namespaces)} nodes: an emulated network holds at most {MAX_NAMESPACES} "
+                "(one namespace per node, and the ranks' processes on this machine's cores)")
+    for link in plan.links:
+        a, b = (plan.node_names[e.node] for e in link.ends)
+        if not MIN_LINK_BITS_PER_S <= link.bits_per_s <= MAX_LINK_BITS_PER_S:
+            return (f"{where}: link {a} - {b} runs at {link.bits_per_s / 1e6:g} Mbit/s; tbf shapes a veth "
+                    f"faithfully between {MIN_LINK_BITS_PER_S / 1e6:g} and {MAX_LINK_BITS_PER_S / 1e6:g} Mbit/s")
+    cores = (os.cpu_count() or 1) if cores is None else cores
+    # What the ranks can inject at once: each rank's links at full rate.
+    rank_nodes = set(plan.rank_node)
+    inject = sum(link.bits_per_s for link in plan.links for end in link.ends if end.node in rank_nodes)
+    budget = cores * MAX_BITS_PER_S_PER_CORE
+    if inject > budget:
+        return (f"{where}: its ranks can send {inject / 1e9:.3g} Gbit/s at once, more than this machine's "
+                f"{cores} cores move through namespaces ({budget / 1e9:.3g} Gbit/s, "
+                f"{MAX_BITS_PER_S_PER_CORE / 1e9:g} per core); scale the link rates down")
+    return None
+
+
+def _has_net_admin() -> bool:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) & (1 << 12))  # CAP_NET_ADMIN
+    except OSError:
+        pass
+    return False
+
+
+def netem_available() -> bool:
+    """Whether this kernel can add delay to a link (the sch_netem module)."""
+    release = os.uname().release
+    for path in (Path(f"/lib/modules/{release}/kernel/net/sched"), Path(f"/usr/lib/modules/{release}/kernel/net/sched")):
+        if any(path.glob("sch_netem.ko*")):
+            return True
+    try:
+        return "sch_netem" in Path("/proc/modules").read_text()
+    except OSError:
+        return False
+
+
+def _run(args: list[str], stdin: str | None = None, what: str = "") -> str:
+    try:
+        done = subprocess.run(args, input=stdin, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise EmulationError(f"{what or ' '.join(args)}: no answer in {COMMAND_TIMEOUT_S:g} s") from None
+    if done.returncode != 0:
+        detail = (done.stderr or done.stdout).strip().splitlines()
+        raise EmulationError(f"{what or ' '.join(args)} failed: {detail[-1] if detail else f'exit code {done.returncode}'}")
+    return done.stdout
+
+
+def list_namespaces(prefix: str = PREFIX) -> list[str]:
+    """Namespaces whose name starts with ``prefix`` (all distsim ones by default)."""
+    try:
+        names = [p.name for p in NETNS_DIR.iterdir()]
+    except OSError:
+        return []
+    return sorted(n for n in names if n.startswith(prefix))
+
+
+def _owner_alive(name: str) -> bool:
+    parts = name[len(PREFIX):].split("-")
+    try:
+        pid, ticks = int(parts[0]), int(parts[1])
+    except (IndexError, ValueError):
+        return False  # not a name we write: stale by definition of our prefix
+    return _start_ticks(pid) == ticks
+
+
+def delete_namespace(name: str) -> None:
+    """Kill what still runs in namespace ``name`` (it is ours), then delete it and all it holds."""
+    pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True,
+                          timeout=COMMAND_TIMEOUT_S).stdout.split()
+    for pid in pids:
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except (ProcessLookupError, ValueError):
+            pass
+    subprocess.run(["ip", "netns", "delete", name], capture_output=True, timeout=COMMAND_TIMEOUT_S)
+
+
+def cleanup_stale(everything: bool = False) -> list[str]:
+    """Delete distsim namespaces whose creating process is gone (all of them with ``everything``)."""
+    removed = []
+    for name in list_namespaces():
+        if everything or not _owner_alive(name):
+            delete_namespace(name)
+            removed.append(name)
+    return removed
+
+
+class EmulatedNetwork:
+    """The emulated network of a ``plan``, built on entry and torn down on exit, error, Ctrl-C or SIGTERM.
+
+        with EmulatedNetwork(plan_emulation(topology)) as net:
+            subprocess.run(net.exec_prefix(rank) + ["python", ...])
+    """
+
+    def __init__(self, plan: EmulationPlan):
+        self.plan = plan
+        self._built = False
+        self._old_sigterm = None
+
+    def __enter__(self) -> "EmulatedNetwork":
+        self.build()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.teardown()
+
+    def exec_prefix(self, rank: int) -> list[str]:
+        """The command prefix that runs a program inside ``rank``'s namespace."""
+        return ["ip", "netns", "exec", self.plan.namespaces[self.plan.rank_node[rank]]]
+
+    def namespace_of(self, rank: int) -> str:
+        return self.plan.namespaces[self.plan.rank_node[rank]]
+
+    def build(self) -> None:
+        reason = refusal(self.plan)
+        if reason:
+            raise EmulationError(reason)
+        cleanup_stale()
+        plan = self.plan
+        self._old_sigterm = signal.getsignal(signal.SIGTERM)
+        if self._old_sigterm is not None and _main_thread():
+            signal.signal(signal.SIGTERM, _terminate)
+        self._built = True  # from here on, whatever exists is torn down
+        try:
+            _run(["ip", "-batch", "-"], "".join(f"netns add {ns}\n" for ns in plan.namespaces), "creating namespaces")
+            for ns in plan.namespaces:
+                # Every namespace forwards; reverse-path filtering would drop a
+                # route's packets that arrive on another link than the reply leaves by.
+                _run(["ip", "netns", "exec", ns, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1",
+                      "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0"],
+                     what=f"enabling forwarding in {ns}")
+            lines = []
+            for link in plan.links:
+                a, b = link.ends
+                lines.append(f"link add {a.interface} netns {plan.namespaces[a.node]} type veth "
+                             f"peer name {b.interface} netns {plan.namespaces[b.node]}\n")
+            _run(["ip", "-batch", "-"], "".join(lines), "creating links")
+            for ns in plan.namespaces:
+                _run(["ip", "-n", ns, "-batch", "-"], "\n".join(plan.ip_commands[ns]) + "\n",
+                     f"addresses and routes in {ns}")
+                if plan.tc_commands[ns]:
+                    _run(["tc", "-n", ns, "-batch", "-"], "\n".join(plan.tc_commands[ns]) + "\n",
+                         f"shaping the links of {ns}")
+        except BaseException:
+            self.teardown()
+            raise
+
+    def teardown(self) -> None:
+        if not self._built:
+            return
+        for ns in self.plan.namespaces:
+            if (NETNS_DIR / ns).exists():
+                delete_namespace(ns)
+        self._built = False
+        if self._old_sigterm is not None and _main_thread():
+            signal.signal(signal.SIGTERM, self._old_sigterm)
+        self._old_sigterm = None
+
+    def route_path(self, src: int, dst: int) -> tuple[int, ...]:
+        """The node indices a packet from rank ``src`` to rank ``dst`` visits, asked of the kernel hop by hop."""
+        plan = self.plan
+        node_of_address = {end.address: end.node for link in plan.links for end in link.ends}
+        src_ip, dst_ip = plan.rank_address[src], plan.rank_address[dst]
+        node, path = plan.rank_node[src], [plan.rank_node[src]]
+        iif = None
+        while node != plan.rank_node[dst]:
+            if len(path) > len(plan.namespaces):
+                raise EmulationError(f"route from rank {src} to rank {dst} loops: {path}")
+            query = ["ip", "-n", plan.namespaces[node], "-o", "route", "get", dst_ip, "from", src_ip]
+            if iif is not None:
+                query += ["iif", iif]
+            words = _run(query, what=f"asking {plan.namespaces[node]} for its route to rank {dst}").split()
+            if "via" not in words:
+                raise EmulationError(f"{plan.namespaces[node]} has no next hop for rank {dst} from rank {src}")
+            via = words[words.index("via") + 1]
+            node = node_of_address[via]
+            iif = next(end.interface for link in plan.links for end in link.ends if end.address == via)
+            path.append(node)
+        return tuple(path)
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def _terminate(signum, frame):
+    # SIGTERM unwinds like Ctrl-C, so every `with EmulatedNetwork` and `finally` runs.
+    raise KeyboardInterrupt(f"signal {signum}")

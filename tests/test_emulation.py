@@ -1,0 +1,247 @@
+"""The emulated network: namespaces, shaped veth links and the simulator's routes, built and torn down.
+
+The tests that build namespaces need root (or CAP_NET_ADMIN) and iproute2,
+as CI has; elsewhere they skip with the reason.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import networkx as nx
+import pytest
+
+from executors import emulation
+from executors.emulation import (
+    EmulatedNetwork,
+    EmulationError,
+    cleanup_stale,
+    list_namespaces,
+    plan_emulation,
+    refusal,
+    run_prefix,
+    size_refusal,
+)
+from topologies import Topology, edge_cloud, fat_tree, hierarchical, ring, switch, tree
+
+
+def _can_build() -> str | None:
+    plan = plan_emulation(ring(2, bandwidth_bytes_per_s=12.5e6), prefix=f"{emulation.PREFIX}probe-")
+    reason = refusal(plan)
+    if reason:
+        return reason
+    probe = f"{run_prefix()}probe"
+    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    if made.returncode != 0:
+        return f"cannot create a network namespace here: {made.stderr.strip()}"
+    subprocess.run(["ip", "netns", "delete", probe], capture_output=True)
+    return None
+
+
+REASON = _can_build()
+needs_namespaces = pytest.mark.skipif(REASON is not None, reason=f"no emulated network here: {REASON}")
+
+
+def _root_links() -> set[str]:
+    out = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+    return {line.split(":")[1].strip() for line in out.splitlines()}
+
+
+def _root_qdiscs() -> str:
+    return subprocess.run(["tc", "qdisc", "show"], capture_output=True, text=True).stdout
+
+
+# -- the plan: pure, no root needed ------------------------------------------------------------
+
+
+def test_plan_gives_each_link_a_subnet_and_each_direction_its_rate():
+    topo = tree(4, bandwidth_bytes_per_s=12.5e6)
+    plan = plan_emulation(topo, prefix="distsim-1-2-")
+    assert len(plan.namespaces) == topo.graph.number_of_nodes() == 7
+    assert len(plan.links) == topo.graph.number_of_edges() == 6
+    addresses = [end.address for link in plan.links for end in link.ends]
+    assert len(set(addresses)) == 12
+    for link in plan.links:
+        assert link.bits_per_s == 100e6
+        for end in link.ends:
+            assert f"qdisc add dev {end.interface} root tbf rate 100000000bit" in " ".join(
+                plan.tc_commands[plan.namespaces[end.node]])
+    # Every ordered pair of ranks has the simulator's path, from its rank's node to the other's.
+    assert len(plan.paths) == 4 * 3
+    for (s, d), path in plan.paths.items():
+        assert path[0] == plan.rank_node[s] and path[-1] == plan.rank_node[d]
+        assert len(path) == len(topo.route(s, d).links) + 1
+
+
+def test_too_many_nodes_too_fast_links_and_no_links_are_refused_with_their_reason():
+    big = tree(64, bandwidth_bytes_per_s=1.25e6)
+    assert "has 127 nodes: an emulated network holds at most 64" in size_refusal(plan_emulation(big, "p-"))
+    fast = switch(4, bandwidth_bytes_per_s=12.5e9)  # 100 Gbit/s
+    assert "runs at 100000 Mbit/s" in size_refusal(plan_emulation(fast, "p-"))
+    many = switch(32, bandwidth_bytes_per_s=125e6)  # 32 ranks x 1 Gbit/s
+    message = size_refusal(plan_emulation(many, "p-"), cores=2)
+    assert "its ranks can send 32 Gbit/s at once" in message and "2 cores" in message
+    assert size_refusal(plan_emulation(switch(8, bandwidth_bytes_per_s=12.5e6), "p-"), cores=2) is None
+    lonely = nx.Graph()
+    lonely.add_node("r0", role="compute", flops_per_s=1e9)
+    with pytest.raises(EmulationError, match="topology 'lonely' has no links"):
+        plan_emulation(Topology(lonely, name="lonely"), "p-")
+
+
+def test_without_root_or_tools_it_refuses_before_creating_anything(monkeypatch):
+    plan = plan_emulation(ring(2), "distsim-never-")
+    monkeypatch.setattr(emulation.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(emulation, "_has_net_admin", lambda: False)
+    assert "needs root or CAP_NET_ADMIN" in refusal(plan)
+    with pytest.raises(EmulationError, match="needs root or CAP_NET_ADMIN"):
+        EmulatedNetwork(plan).build()
+    monkeypatch.setattr(emulation, "_has_net_admin", lambda: True)
+    monkeypatch.setattr(emulation.shutil, "which", lambda tool: None if tool == "tc" else "/usr/sbin/ip")
+    assert "needs `tc`" in refusal(plan)
+    assert list_namespaces("distsim-never-") == []
+
+
+# -- built for real ----------------------------------------------------------------------------
+
+
+@needs_namespaces
+@pytest.mark.parametrize("topo", [
+    tree(8, arity=2, bandwidth_bytes_per_s=12.5e6),
+    fat_tree(4, bandwidth_bytes_per_s=1.25e6),
+    hierarchical([2, 4], bandwidths_bytes_per_s=[125e6, 12.5e6]),
+    ring(6, bandwidth_bytes_per_s=12.5e6),
+    edge_cloud(n_devices=4, n_edge=2, lan_bandwidth_bytes_per_s=125e6, wan_bandwidth_bytes_per_s=12.5e6),
+], ids=lambda t: t.name)
+def test_the_kernel_routes_every_pair_as_the_simulator_does(topo):
+    plan = plan_emulation(topo)
+    with EmulatedNetwork(plan) as net:
+        for (s, d), path in plan.paths.items():
+            assert net.route_path(s, d) == path, (s, d)
+    assert list_namespaces(run_prefix()) == []
+
+
+SENDER = textwrap.dedent("""
+    import socket, sys, time
+    host, nbytes = sys.argv[1], int(sys.argv[2])
+    for attempt in range(200):
+        try:
+            s = socket.create_connection((host, 5599), timeout=10)
+            break
+        except OSError:
+            time.sleep(0.05)
+    s.sendall(b"x" * nbytes)
+    s.close()
+""")
+RECEIVER = textwrap.dedent("""
+    import socket, sys, time
+    nbytes = int(sys.argv[2])
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind((sys.argv[1], 5599))
+    srv.listen(1)
+    conn, _ = srv.accept()
+    got, start = 0, None
+    while got < nbytes:
+        chunk = conn.recv(1 << 20)
+        if not chunk:
+            break
+        start = start or time.perf_counter()
+        got += len(chunk)
+    print(got, time.perf_counter() - start)
+""")
+
+
+def _transfer(net, src: int, dst: int, nbytes: int) -> tuple[int, float]:
+    plan = net.plan
+    receiver = subprocess.Popen(net.exec_prefix(dst) + [sys.executable, "-c", RECEIVER, plan.rank_address[dst],
+                                                        str(nbytes)], stdout=subprocess.PIPE, text=True)
+    try:
+        subprocess.run(net.exec_prefix(src) + [sys.executable, "-c", SENDER, plan.rank_address[dst], str(nbytes)],
+                       check=True, timeout=120)
+        out, _ = receiver.communicate(timeout=120)
+    finally:
+        receiver.kill()
+    got, seconds = out.split()
+    return int(got), float(seconds)
+
+
+@needs_namespaces
+def test_a_shaped_link_moves_16_mib_at_its_rate_within_10_percent():
+    rate_bytes_per_s = 12.5e6  # 100 Mbit/s
+    plan = plan_emulation(ring(2, bandwidth_bytes_per_s=rate_bytes_per_s))
+    with EmulatedNetwork(plan) as net:
+        got, seconds = _transfer(net, 0, 1, 16 << 20)
+    assert got == 16 << 20
+    achieved = got / seconds
+    # TCP/IP headers take 66 of every 1514 bytes on the wire: 95.6% of the rate is payload.
+    assert 0.9 * rate_bytes_per_s <= achieved <= 1.1 * rate_bytes_per_s, achieved
+
+
+@needs_namespaces
+def test_teardown_leaves_nothing_behind_after_an_error_and_a_killed_rank():
+    links, qdiscs = _root_links(), _root_qdiscs()
+    plan = plan_emulation(switch(3, bandwidth_bytes_per_s=12.5e6))
+    with pytest.raises(RuntimeError, match="boom"):
+        with EmulatedNetwork(plan) as net:
+            rank = subprocess.Popen(net.exec_prefix(1) + [sys.executable, "-c", "import time; time.sleep(600)"])
+            time.sleep(0.2)
+            rank.kill()  # a rank dies...
+            rank.wait()
+            stuck = subprocess.Popen(net.exec_prefix(2) + [sys.executable, "-c", "import time; time.sleep(600)"])
+            raise RuntimeError("boom")  # ...and the run fails with another still inside its namespace
+    assert stuck.wait(timeout=10) == -signal.SIGKILL
+    assert list_namespaces(run_prefix()) == []
+    assert _root_links() == links and _root_qdiscs() == qdiscs
+
+
+HOLDER = textwrap.dedent("""
+    import sys, time
+    from executors.emulation import EmulatedNetwork, plan_emulation
+    from topologies import ring
+    with EmulatedNetwork(plan_emulation(ring(3, bandwidth_bytes_per_s=12.5e6))):
+        print("built", flush=True)
+        time.sleep(600)
+""")
+
+
+def _holder() -> subprocess.Popen:
+    child = subprocess.Popen([sys.executable, "-c", HOLDER], stdout=subprocess.PIPE, text=True,
+                             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert child.stdout.readline().strip() == "built"
+    return child
+
+
+@needs_namespaces
+def test_sigterm_tears_down_and_sigkill_leaves_it_to_the_next_cleanup():
+    child = _holder()
+    prefix = run_prefix(child.pid)
+    assert len(list_namespaces(prefix)) == 3
+    child.send_signal(signal.SIGTERM)
+    child.wait(timeout=30)
+    assert list_namespaces(prefix) == []
+
+    child = _holder()
+    prefix = run_prefix(child.pid)
+    child.kill()
+    child.wait(timeout=30)
+    assert len(list_namespaces(prefix)) == 3  # nobody could tear down
+    removed = cleanup_stale()
+    assert set(removed) >= {f"{prefix}n{i}" for i in range(3)}
+    assert list_namespaces(prefix) == []
+
+
+@needs_namespaces
+def test_cleanup_spares_a_live_run():
+    child = _holder()
+    try:
+        prefix = run_prefix(child.pid)
+        cleanup_stale()
+        assert len(list_namespaces(prefix)) == 3
+    finally:
+        child.send_signal(signal.SIGTERM)
+        child.wait(timeout=30)
+    assert list_namespaces(prefix) == []
