@@ -33,6 +33,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -395,6 +396,70 @@ class EmulatedNetwork:
             iif = next(end.interface for link in plan.links for end in link.ends if end.address == via)
             path.append(node)
         return tuple(path)
+
+
+_SENDER = """
+import socket, sys, time
+host, port, nbytes = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+deadline = time.monotonic() + 30
+while True:
+    try:
+        s = socket.create_connection((host, port), timeout=30)
+        break
+    except OSError:
+        if time.monotonic() > deadline:
+            raise
+        time.sleep(0.02)
+s.sendall(bytes(nbytes))
+s.close()
+"""
+_RECEIVER = """
+import socket, sys, time
+host, port, nbytes = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind((host, port))
+srv.listen(1)
+srv.settimeout(60)
+conn, _ = srv.accept()
+conn.settimeout(60)
+got, start = 0, None
+while got < nbytes:
+    chunk = conn.recv(1 << 20)
+    if not chunk:
+        break
+    # From the first byte: the connection's set-up is not the link's rate.
+    start = start or time.perf_counter()
+    got += len(chunk)
+print(got, time.perf_counter() - start)
+"""
+TRANSFER_PORT = 5599
+
+
+def measure_transfer(net: "EmulatedNetwork", src: int, dst: int, nbytes: int,
+                     python: str = sys.executable, timeout_s: float = 300.0) -> float:
+    """Bytes per second one TCP connection moves from rank ``src`` to rank ``dst`` (first byte to last)."""
+    plan = net.plan
+    host = plan.rank_address[dst]
+    args = [host, str(TRANSFER_PORT), str(nbytes)]
+    receiver = subprocess.Popen(net.exec_prefix(dst) + [python, "-c", _RECEIVER] + args,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        sender = subprocess.run(net.exec_prefix(src) + [python, "-c", _SENDER] + args,
+                                capture_output=True, text=True, timeout=timeout_s)
+        out, err = receiver.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise EmulationError(f"a transfer from rank {src} to rank {dst} did not end in {timeout_s:g} s") from None
+    finally:
+        receiver.kill()
+        receiver.wait()
+    if sender.returncode != 0 or receiver.returncode != 0:
+        detail = (sender.stderr or err).strip().splitlines()
+        raise EmulationError(f"a transfer from rank {src} to rank {dst} failed: {detail[-1] if detail else ''}")
+    got, seconds = out.split()
+    if int(got) != nbytes:
+        raise EmulationError(f"a transfer from rank {src} to rank {dst} moved {got} of {nbytes} bytes")
+    return nbytes / float(seconds)
 
 
 def _main_thread() -> bool:

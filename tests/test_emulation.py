@@ -13,6 +13,7 @@ import textwrap
 import time
 
 import networkx as nx
+import pandas as pd
 import pytest
 
 from executors import emulation
@@ -21,11 +22,13 @@ from executors.emulation import (
     EmulationError,
     cleanup_stale,
     list_namespaces,
+    measure_transfer,
     plan_emulation,
     refusal,
     run_prefix,
     size_refusal,
 )
+from experiments import emulate
 from topologies import Topology, edge_cloud, fat_tree, hierarchical, ring, switch, tree
 
 
@@ -124,59 +127,12 @@ def test_the_kernel_routes_every_pair_as_the_simulator_does(topo):
     assert list_namespaces(run_prefix()) == []
 
 
-SENDER = textwrap.dedent("""
-    import socket, sys, time
-    host, nbytes = sys.argv[1], int(sys.argv[2])
-    for attempt in range(200):
-        try:
-            s = socket.create_connection((host, 5599), timeout=10)
-            break
-        except OSError:
-            time.sleep(0.05)
-    s.sendall(b"x" * nbytes)
-    s.close()
-""")
-RECEIVER = textwrap.dedent("""
-    import socket, sys, time
-    nbytes = int(sys.argv[2])
-    srv = socket.socket()
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind((sys.argv[1], 5599))
-    srv.listen(1)
-    conn, _ = srv.accept()
-    got, start = 0, None
-    while got < nbytes:
-        chunk = conn.recv(1 << 20)
-        if not chunk:
-            break
-        start = start or time.perf_counter()
-        got += len(chunk)
-    print(got, time.perf_counter() - start)
-""")
-
-
-def _transfer(net, src: int, dst: int, nbytes: int) -> tuple[int, float]:
-    plan = net.plan
-    receiver = subprocess.Popen(net.exec_prefix(dst) + [sys.executable, "-c", RECEIVER, plan.rank_address[dst],
-                                                        str(nbytes)], stdout=subprocess.PIPE, text=True)
-    try:
-        subprocess.run(net.exec_prefix(src) + [sys.executable, "-c", SENDER, plan.rank_address[dst], str(nbytes)],
-                       check=True, timeout=120)
-        out, _ = receiver.communicate(timeout=120)
-    finally:
-        receiver.kill()
-    got, seconds = out.split()
-    return int(got), float(seconds)
-
-
 @needs_namespaces
 def test_a_shaped_link_moves_16_mib_at_its_rate_within_10_percent():
     rate_bytes_per_s = 12.5e6  # 100 Mbit/s
     plan = plan_emulation(ring(2, bandwidth_bytes_per_s=rate_bytes_per_s))
     with EmulatedNetwork(plan) as net:
-        got, seconds = _transfer(net, 0, 1, 16 << 20)
-    assert got == 16 << 20
-    achieved = got / seconds
+        achieved = measure_transfer(net, 0, 1, 16 << 20)
     # TCP/IP headers take 66 of every 1514 bytes on the wire: 95.6% of the rate is payload.
     assert 0.9 * rate_bytes_per_s <= achieved <= 1.1 * rate_bytes_per_s, achieved
 
@@ -244,4 +200,47 @@ def test_cleanup_spares_a_live_run():
     finally:
         child.send_signal(signal.SIGTERM)
         child.wait(timeout=30)
+    assert list_namespaces(prefix) == []
+
+
+# -- python -m experiments.emulate ---------------------------------------------------------------
+
+SCENARIOS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "scenarios")
+
+
+def test_emulate_plan_only_prints_the_links_and_refuses_what_it_cannot_shape(capsys):
+    allowed = refusal(plan_emulation(tree(8, arity=2, bandwidth_bytes_per_s=12.5e6), "p-")) is None
+    assert emulate.main([os.path.join(SCENARIOS, "emulated_tree8.yaml"), "--plan-only"]) == (0 if allowed else 2)
+    out = capsys.readouterr().out
+    assert "tree: 15 namespaces, 14 shaped links" in out and "s2_0 - s3_0" in out
+    # 12.5 GB/s links: beyond what tbf paces on a veth.
+    assert emulate.main([os.path.join(SCENARIOS, "ring8_allreduce.yaml"), "--plan-only"]) == 2
+    assert "link n0 - n1 runs at 100000 Mbit/s" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        emulate.main(["--all"])
+    assert "--all goes with --cleanup" in capsys.readouterr().err
+
+
+@needs_namespaces
+def test_emulate_checks_routes_and_rates_and_writes_them(tmp_path, capsys):
+    scenario = tmp_path / "s.yaml"
+    scenario.write_text("name: two\ntopology: {builder: switch, n: 2, bandwidth_bytes_per_s: 12.5e+6}\n"
+                        "workload: {kind: collective, op: allreduce, nbytes: 1000}\n")
+    assert emulate.main([str(scenario), "--nbytes", "4MiB", "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "routes: 2 of 2 pairs take the simulator's path" in out
+    rates = pd.read_csv(tmp_path / "out" / "rates.csv")
+    assert list(rates["src"]) == [0, 1] and (rates["nbytes"] == 4 << 20).all()
+    assert rates["fraction"].between(0.85, 1.05).all(), rates
+    assert list_namespaces(run_prefix()) == []
+
+
+@needs_namespaces
+def test_emulate_cleanup_removes_a_killed_runs_namespaces(capsys):
+    child = _holder()
+    prefix = run_prefix(child.pid)
+    child.kill()
+    child.wait(timeout=30)
+    assert emulate.main(["--cleanup"]) == 0
+    assert f"{prefix}n0" in capsys.readouterr().out
     assert list_namespaces(prefix) == []
