@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from executors import executor_class, get_executor
-from executors.real import MODES, TIMINGS, RealOptions
+from executors.real import MODES, NETWORKS, TIMINGS, RealOptions
 from experiments.output import make_out_dir
 from experiments.sweep import (POINTS_DIR, SLURM_MEMORY_PER_CORE_GB, SchedulerError, SlurmOptions, SweepError,
                                run_points, slurm_problem)
@@ -476,12 +476,16 @@ def add_real_options(parser) -> None:
                    help="do not bind each rank to a core of its own (by default ranks are bound when the "
                         "host has a core per rank)")
     g.add_argument("--hostfile", help="MPI hostfile, for a run launched across machines")
+    g.add_argument("--network", default="host", choices=NETWORKS,
+                   help="host (default): the ranks talk over this machine's own paths; emulated: over the "
+                        "scenario's topology built on this machine, a namespace per node and a shaped link per "
+                        "link (root; see python -m experiments.emulate)")
 
 
 def real_options(args):
     """RealOptions from the parsed ``add_real_options`` arguments (ValueError on bad values)."""
     return RealOptions(mode=args.mode, warmup=args.warmup, repeats=args.repeats, timing=args.timing,
-                       timeout_s=args.timeout, check=args.check, pin=not args.no_pin)
+                       timeout_s=args.timeout, check=args.check, pin=not args.no_pin, network=args.network)
 
 
 def make_executor(backend: str, args, progress=None):

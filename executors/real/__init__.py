@@ -16,11 +16,11 @@ The package, one concern a module:
 from executors.real.analysis import aligned_problem, choose_timing
 from executors.real.backend import KERNEL_N, RealBackend
 from executors.real.executor import RealExecutor
-from executors.real.options import MODES, TIMINGS, RealOptions, RealRunError, parse_fault
+from executors.real.options import MODES, NETWORKS, TIMINGS, RealOptions, RealRunError, parse_fault
 from executors.real.runner import run_real
 from executors.real.status import RankStatus, read_status
 
 __all__ = [
-    "KERNEL_N", "MODES", "TIMINGS", "RankStatus", "RealBackend", "RealExecutor", "RealOptions", "RealRunError",
+    "KERNEL_N", "MODES", "NETWORKS", "TIMINGS", "RankStatus", "RealBackend", "RealExecutor", "RealOptions", "RealRunError",
     "aligned_problem", "choose_timing", "parse_fault", "read_status", "run_real",
 ]

@@ -24,6 +24,9 @@ from workloads.ops import Collective
 
 # enough for BLAS to run near peak, small enough to hit a FLOP count closely.
 KERNEL_N = 256
+# Set by the launcher where the library cannot tell which ranks share this machine.
+LOCAL_RANK_ENV = "DISTSIM_LOCAL_RANK"
+LOCAL_SIZE_ENV = "DISTSIM_LOCAL_SIZE"
 
 
 class RealBackend(ABC):
@@ -169,9 +172,13 @@ class RealBackend(ABC):
         if not hasattr(os, "sched_getaffinity"):
             return "not pinned (no CPU affinity on this system)"
         cores = sorted(os.sched_getaffinity(0))
-        if self.local_size > len(cores):
-            return f"not pinned ({self.local_size} ranks on {len(cores)} cores)"
-        core = cores[self.local_rank]
+        # On an emulated network every rank is on this machine, whatever the
+        # library counts as local (MPI across namespaces sees one rank per node).
+        local_rank = int(os.environ.get(LOCAL_RANK_ENV, self.local_rank))
+        local_size = int(os.environ.get(LOCAL_SIZE_ENV, self.local_size))
+        if local_size > len(cores):
+            return f"not pinned ({local_size} ranks on {len(cores)} cores)"
+        core = cores[local_rank]
         os.sched_setaffinity(0, {core})
         return f"core {core}"
 

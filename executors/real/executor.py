@@ -6,6 +6,7 @@ from abc import abstractmethod
 from typing import Any
 
 from executors.base import Executor
+from executors.emulation import EmulatedNetwork, EmulationError, plan_emulation, refusal
 from executors.real.analysis import refuse_aligned
 from executors.real.backend import RealBackend
 from executors.real.launch import launch
@@ -49,6 +50,12 @@ class RealExecutor(Executor):
     def launch_command(cls, nranks: int, module_args: list[str], hostfile: str | None = None) -> list[str]:
         """The command that starts ``nranks`` processes of ``python -m <module_args>``."""
 
+    @classmethod
+    def emulated_launch_command(cls, nranks: int, module_args: list[str], network, run_dir: str) -> list[str]:
+        """The command that starts ``nranks`` processes of ``python -m <module_args>``, rank r inside
+        rank r's namespace of ``network`` (an ``EmulatedNetwork``), talking over its emulated links."""
+        raise RealRunError(f"backend {cls.name!r} cannot run on an emulated network")
+
     @abstractmethod
     def backend(self) -> RealBackend:
         """This process's rank, set up (inside a job only)."""
@@ -78,8 +85,24 @@ class RealExecutor(Executor):
             return run_real(self.job_backend(), scenario, self.options)
         # Refused here, before any process starts (each rank would refuse it too, after start-up).
         refuse_aligned(scenario.programs(), self.options.timing, scenario.groups)
+        if self.options.network == "emulated":
+            return self._run_emulated(scenario)
         return launch(type(self), scenario, self.options, timeout_s=self.launcher_timeout_s,
                       hostfile=self.hostfile)
+
+    def _run_emulated(self, scenario):
+        if self.hostfile is not None:
+            raise RealRunError("an emulated network is built on this machine: it takes no hostfile")
+        try:
+            plan = plan_emulation(scenario.topology)
+            reason = refusal(plan)
+            if reason:
+                raise EmulationError(reason)
+            with EmulatedNetwork(plan) as network:
+                return launch(type(self), scenario, self.options, timeout_s=self.launcher_timeout_s,
+                              network=network)
+        except EmulationError as exc:
+            raise RealRunError(f"emulated network: {exc}") from None
 
 
 __all__ = ["RealExecutor", "RealRunError"]

@@ -98,14 +98,16 @@ def scenario_for_workers(scenario) -> dict:
 
 def launch(executor_class, scenario, options: RealOptions, *, hostfile: str | None = None,
            timeout_s: float | None = None, keep_dir: bool = False,
-           on_start: Callable[[str], None] | None = None):
+           on_start: Callable[[str], None] | None = None, network=None):
     """Run ``scenario`` for real with the backend of ``executor_class`` (a ``RealExecutor``
     subclass, as the registry gives it); return rank 0's RunResult.
 
     ``on_start``, if given, is called with the run folder once the job has
     started: a hook for tests and benchmarks that act on the ranks from
     outside (their pids appear there as ``rank{R}.pid``).  It runs in the
-    launcher's thread, so it must return at once.
+    launcher's thread, so it must return at once.  ``network``: an
+    ``executors.emulation.EmulatedNetwork``, built, whose namespaces the ranks
+    start in (the class's ``emulated_launch_command``).
     """
     backend = executor_class.name
     run_dir = tempfile.mkdtemp(prefix=f"distsim-{backend}-")
@@ -114,7 +116,11 @@ def launch(executor_class, scenario, options: RealOptions, *, hostfile: str | No
         Path(run_dir, "options.json").write_text(json.dumps({**options.to_dict(), "backend": backend}))
         if hostfile and not Path(hostfile).is_file():
             raise RealRunError(f"hostfile {hostfile}: no such file")
-        cmd = executor_class.launch_command(scenario.nranks, ["executors.real.worker", run_dir], hostfile)
+        module_args = ["executors.real.worker", run_dir]
+        if network is None:
+            cmd = executor_class.launch_command(scenario.nranks, module_args, hostfile)
+        else:
+            cmd = executor_class.emulated_launch_command(scenario.nranks, module_args, network, run_dir)
         env = dict(os.environ)
         # N ranks on one machine share its cores: one BLAS thread each unless
         # the user says otherwise.

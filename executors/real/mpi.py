@@ -22,7 +22,7 @@ import sys
 
 import numpy as np
 
-from executors.real.backend import KERNEL_N, RealBackend
+from executors.real.backend import KERNEL_N, LOCAL_RANK_ENV, LOCAL_SIZE_ENV, RealBackend
 from executors.real.executor import RealExecutor
 from executors.real.options import RealRunError
 from workloads.collectives import block_layout, exchange_layouts, scatter_layout
@@ -297,6 +297,26 @@ class MPIExecutor(RealExecutor):
         if hostfile:
             cmd += ["-f", hostfile]
         return cmd + [sys.executable, "-m"] + list(module_args)
+
+    @classmethod
+    def emulated_launch_command(cls, nranks: int, module_args: list[str], network, run_dir: str) -> list[str]:
+        mpiexec = mpiexec_path()
+        if mpiexec is None:
+            raise RealRunError("no mpiexec found on PATH (pip install mpich, or load your cluster's MPI module)")
+        if not _is_hydra(mpiexec):
+            raise RealRunError(f"an emulated network needs MPICH's mpiexec (Hydra), which starts each rank with a "
+                               f"command of its own; {mpiexec} is not")
+        # Every rank is remote to every other (no shared memory: NOLOCAL), and
+        # UCX moves bytes over TCP on the rank's own emulated interface only.
+        cmd = [mpiexec, "-disable-auto-cleanup", "-genv", "MPIR_CVAR_NOLOCAL", "1", "-genv", "UCX_TLS", "tcp",
+               "-genv", "DISTSIM_NETWORK", "emulated", "-genv", LOCAL_SIZE_ENV, str(nranks)]
+        for rank in range(nranks):
+            if rank:
+                cmd.append(":")
+            cmd += ["-n", "1", "-env", "UCX_NET_DEVICES", network.plan.rank_interface[rank],
+                    "-env", LOCAL_RANK_ENV, str(rank)]
+            cmd += network.exec_prefix(rank) + [sys.executable, "-m"] + list(module_args)
+        return cmd
 
     @classmethod
     def slurm_step(cls, nodes: int, ranks_per_node: int, cpus_per_rank: int, module_args: str) -> list[str]:

@@ -6,6 +6,10 @@ from typing import Any
 
 MODES = ("native", "algorithm")
 TIMINGS = ("auto", "aligned", "free")
+# host: the ranks talk over whatever this machine gives them (shared memory,
+# loopback, the cluster's network); emulated: over the scenario's own
+# topology, built on this machine (executors.emulation).
+NETWORKS = ("host", "emulated")
 
 
 class RealRunError(RuntimeError):
@@ -29,12 +33,15 @@ class RealOptions:
     # from outside: no heartbeat), or hits a Python error at that operation,
     # to prove that failures end the run cleanly and name that rank.
     fault: str = ""
+    network: str = "host"
 
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.timing not in TIMINGS:
             raise ValueError(f"timing must be one of {', '.join(TIMINGS)}, got {self.timing!r}")
+        if self.network not in NETWORKS:
+            raise ValueError(f"network must be one of {', '.join(NETWORKS)}, got {self.network!r}")
         if self.warmup < 0 or self.repeats < 1:
             raise ValueError(f"warmup must be >= 0 and repeats >= 1, got {self.warmup} and {self.repeats}")
         if not self.timeout_s > 0:

@@ -38,12 +38,13 @@ from __future__ import annotations
 
 import copy
 import inspect
+import json
 import os
 import socket
 import sys
 from datetime import timedelta
 
-from executors.real.backend import KERNEL_N, RealBackend
+from executors.real.backend import KERNEL_N, LOCAL_RANK_ENV, LOCAL_SIZE_ENV, RealBackend
 from executors.real.executor import RealExecutor
 from workloads.collectives import alltoall_output_layout, block_layout, scatter_layout
 from workloads.groups import ProcessGroups
@@ -138,7 +139,10 @@ class TorchBackend(RealBackend):
         # is ended by the watchdog, which names every stuck rank and its op,
         # rather than by gloo's own timeout in whichever rank waited first.
         timeout = timedelta(seconds=2 * timeout_s + 10)
-        if torch.cuda.is_available() and dist.is_nccl_available():
+        # On an emulated network the bytes must cross its links: gloo over TCP
+        # (NCCL would take NVLink or shared memory between GPUs of this machine).
+        emulated = os.environ.get("DISTSIM_NETWORK") == "emulated"
+        if torch.cuda.is_available() and dist.is_nccl_available() and not emulated:
             device = torch.device(f"cuda:{local_rank}")
             # gather_object and barrier on NCCL use the current device.
             torch.cuda.set_device(device)
@@ -451,6 +455,23 @@ class TorchExecutor(RealExecutor):
     def launch_command(cls, nranks: int, module_args: list[str], hostfile: str | None = None) -> list[str]:
         return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nranks}",
                 "--max-restarts=0", "-m"] + list(module_args)
+
+    @classmethod
+    def emulated_launch_command(cls, nranks: int, module_args: list[str], network, run_dir: str) -> list[str]:
+        # torchrun's agent, in this namespace, is out of the ranks' reach: each
+        # rank starts in its own namespace with what torchrun would give it, and
+        # rank 0 serves the store at its emulated address.
+        plan = network.plan
+        spec = [{"argv": network.exec_prefix(rank) + [sys.executable, "-m"] + list(module_args),
+                 "env": {"RANK": str(rank), "WORLD_SIZE": str(nranks), "LOCAL_RANK": str(rank),
+                         "LOCAL_WORLD_SIZE": str(nranks), "MASTER_ADDR": plan.rank_address[0],
+                         "MASTER_PORT": str(RDZV_PORT), "GLOO_SOCKET_IFNAME": plan.rank_interface[rank],
+                         "DISTSIM_NETWORK": "emulated", LOCAL_RANK_ENV: str(rank), LOCAL_SIZE_ENV: str(nranks)}}
+                for rank in range(nranks)]
+        path = os.path.join(run_dir, "spawn.json")
+        with open(path, "w") as fh:
+            json.dump(spec, fh)
+        return [sys.executable, "-m", "executors.real.spawn", path]
 
     @classmethod
     def slurm_step(cls, nodes: int, ranks_per_node: int, cpus_per_rank: int, module_args: str) -> list[str]:
