@@ -244,3 +244,53 @@ def test_emulate_cleanup_removes_a_killed_runs_namespaces(capsys):
     assert emulate.main(["--cleanup"]) == 0
     assert f"{prefix}n0" in capsys.readouterr().out
     assert list_namespaces(prefix) == []
+
+
+# -- real runs on the emulated network ----------------------------------------------------------
+
+def _real_executor(backend: str, **options):
+    from executors import get_executor
+    from executors.base import executor_class
+    from executors.real import RealOptions
+
+    cls = executor_class(backend)
+    if not cls.is_available():
+        pytest.skip(f"{backend}: {cls.unavailable_reason()}")
+    return get_executor(backend, options=RealOptions(network="emulated", **options))
+
+
+def _two_ranks_allreduce(nbytes: int):
+    from workloads.scenario import scenario_from_dict
+
+    return scenario_from_dict({
+        "name": "emulated-pair", "seed": 0,
+        "topology": {"builder": "switch", "n": 2, "bandwidth_bytes_per_s": 12.5e6, "latency_s": 0},
+        "workload": {"kind": "collective", "op": "allreduce", "algorithm": "ring", "nbytes": nbytes}})
+
+
+@needs_namespaces
+@pytest.mark.parametrize("backend", ["mpi", "torch"])
+def test_a_real_run_on_the_emulated_network_crosses_its_shaped_links(backend):
+    # A ring all-reduce of 4 MiB on 2 ranks sends 2 x 2 MiB each way: 0.3355 s
+    # through a 100 Mbit/s link (the switch's two links in series), where
+    # shared memory or loopback would take milliseconds.
+    scenario = _two_ranks_allreduce(4 << 20)
+    predicted_s = 2 * (2 << 20) / 12.5e6
+    links = _root_links()
+    result = _real_executor(backend, mode="algorithm", warmup=1, repeats=2).run(scenario)
+    assert list_namespaces(run_prefix()) == [] and _root_links() == links
+    times = (result.records["end_s"] - result.records["start_s"]).to_numpy()
+    assert len(times) == 2 * 2
+    assert (times >= 0.95 * predicted_s).all() and (times <= 1.5 * predicted_s).all(), (times, predicted_s)
+
+
+@needs_namespaces
+@pytest.mark.parametrize("backend", ["mpi", "torch"])
+def test_a_rank_that_dies_on_the_emulated_network_is_named_and_nothing_is_left(backend):
+    from executors.real import RealRunError
+
+    links, qdiscs = _root_links(), _root_qdiscs()
+    with pytest.raises(RealRunError, match="rank 1"):
+        _real_executor(backend, fault="exit:1:0", timeout_s=30).run(_two_ranks_allreduce(1 << 20))
+    assert list_namespaces(run_prefix()) == []
+    assert _root_links() == links and _root_qdiscs() == qdiscs
