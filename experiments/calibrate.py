@@ -20,6 +20,15 @@ is the code validation measures):
 
 A scenario that names the profile (``profile: PROFILE.yaml``, or
 ``experiments.validate --profile``) is then simulated on the measured machine.
+
+With ``--network emulated`` the ranks run on an emulated switch of shaped
+links (``--rate``, default 100 Mbit/s; see ``executors.emulation``), and the
+profile measures the transport rather than a machine: the per-message
+overhead and the fraction of the shaped rate that TCP and the library reach
+at each size (ping-pong), how 1, 2 and 4 senders share one receiver's link
+(incast), the compute speed and the collectives as above.  A scenario
+simulated with that profile keeps its own topology (the one its emulated
+network builds), so one profile serves every emulated topology.
 """
 from __future__ import annotations
 
@@ -33,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from executors import backends, get_executor
-from executors.real import RealOptions, RealRunError
+from executors.real import NETWORKS, RealOptions, RealRunError
 from experiments.output import write_profile
 from simcore.fitting import efficiency_curve, fit_collective_efficiency, fit_hockney
 from simcore.fitting import fit_reduce_cost as fit_reduce_cost_through_simulator
@@ -42,6 +51,12 @@ from workloads.ops import DEFAULT_ALGORITHM
 from workloads.scenario import scenario_from_dict, with_profile
 
 DEFAULT_SIZES = (8, 1024, 16384, 131072, 1048576, 8388608, 33554432)
+# On shaped links a size takes n / rate: 16 MiB is 1.3 s at 100 Mbit/s.
+EMULATED_SIZES = (8, 1024, 16384, 131072, 1048576, 4194304, 16777216)
+EMULATED_RATE_MBIT = 100.0
+EMULATED_NRANKS = 5  # rank 0 and four senders for the incast
+INCAST_SENDERS = (1, 2, 4)
+INCAST_NBYTES = 8 << 20
 ROUND_TRIPS = 5
 COMPUTE_FLOPS = (1e8, 1e9, 4e9)
 # Memory moves (compute operations of bytes and no FLOPs, as the transformer's
@@ -65,15 +80,23 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 2)[2])
     p.add_argument("--backend", required=True, choices=backends(real=True), help="real executor to measure")
-    p.add_argument("--nranks", type=int, default=2,
-                   help="processes to launch (default 2; ignored inside an MPI job, which sets its own)")
+    p.add_argument("--nranks", type=int, default=None,
+                   help="processes to launch (default 2, or 5 with --network emulated; ignored inside an MPI job, "
+                        "which sets its own)")
+    p.add_argument("--network", default="host", choices=NETWORKS,
+                   help="host (default): measure this machine (or cluster); emulated: measure TCP and the library "
+                        "on an emulated switch of shaped links, for runs with --network emulated")
+    p.add_argument("--rate", type=float, default=EMULATED_RATE_MBIT, metavar="MBIT",
+                   help=f"with --network emulated: the shaped links' rate in Mbit/s (default {EMULATED_RATE_MBIT:g})")
     p.add_argument("--out", help="profile file to write (default results/profile-<backend>.yaml)")
     p.add_argument("--name", help="profile name (default <backend>-<host>-<N>ranks)")
-    p.add_argument("--sizes", type=int, nargs="+", default=list(DEFAULT_SIZES), metavar="BYTES",
-                   help="ping-pong message sizes (default 8 B .. 32 MiB)")
-    p.add_argument("--repeats", type=int, default=5, help="timed repeats of each measurement (default 5)")
-    p.add_argument("--launches", type=int, default=3,
-                   help="ping-pong launches, the fastest per size kept (default 3; inside a job they share it)")
+    p.add_argument("--sizes", type=int, nargs="+", default=None, metavar="BYTES",
+                   help="ping-pong message sizes (default 8 B .. 32 MiB; 8 B .. 16 MiB with --network emulated)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="timed repeats of each measurement (default 5; 3 with --network emulated)")
+    p.add_argument("--launches", type=int, default=None,
+                   help="ping-pong launches, the fastest per size kept (default 3, 1 with --network emulated; "
+                        "inside a job they share it)")
     p.add_argument("--timeout", type=float, default=120.0, metavar="S",
                    help="a rank stuck this long in one operation ends the run (default 120 s)")
     p.add_argument("--hostfile", help="MPI hostfile, for a run launched across machines")
@@ -81,13 +104,38 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _scenario(nranks: int, programs: list[list[dict]], name: str):
-    # The nominal topology does not matter to a real run; a switch has every size.
-    return scenario_from_dict({"name": name, "topology": {"builder": "switch", "n": max(nranks, 2)},
+def calibration_topology(nranks: int, rate_mbit: float | None = None) -> dict:
+    """The switch the measurements run on: nominal on the host network (a real
+    run there ignores it), the shaped links themselves on an emulated one."""
+    topology = {"builder": "switch", "n": max(nranks, 2)}
+    if rate_mbit is not None:
+        topology.update(bandwidth_bytes_per_s=rate_mbit * 1e6 / 8, latency_s=0.0)
+    return topology
+
+
+def _scenario(nranks: int, programs: list[list[dict]], name: str, topology: dict | None = None):
+    return scenario_from_dict({"name": name, "topology": topology or calibration_topology(nranks),
                                "workload": {"kind": "programs", "ranks": programs}}, where=name)
 
 
-def ping_pong_scenario(nranks: int, sizes, partners, round_trips: int = ROUND_TRIPS):
+def incast_scenario(nranks: int, senders: int, nbytes: int, topology: dict | None = None):
+    """Ranks 1..senders each send ``nbytes`` to rank 0 at once, through rank 0's one link."""
+    programs: list[list[dict]] = [[] for _ in range(nranks)]
+    for sender in range(1, senders + 1):
+        programs[0].append({"kind": "irecv", "peer": sender, "nbytes": nbytes, "handle": f"r{sender}"})
+        programs[sender].append({"kind": "send", "peer": 0, "nbytes": nbytes})
+    programs[0].append({"kind": "wait", "handles": [f"r{sender}" for sender in range(1, senders + 1)]})
+    return _scenario(nranks, programs, f"calibrate-incast-{senders}", topology)
+
+
+def incast_time_s(records) -> float:
+    """Median over repeats of the time from the first send's start to the last send's end."""
+    sends = records[records["kind"] == "send"]
+    spans = sends.groupby("repeat").apply(lambda r: r["end_s"].max() - r["start_s"].min(), include_groups=False)
+    return float(spans.median())
+
+
+def ping_pong_scenario(nranks: int, sizes, partners, round_trips: int = ROUND_TRIPS, topology: dict | None = None):
     programs: list[list[dict]] = [[] for _ in range(nranks)]
     for partner in partners:
         for nbytes in sizes:
@@ -96,19 +144,19 @@ def ping_pong_scenario(nranks: int, sizes, partners, round_trips: int = ROUND_TR
                                 {"kind": "recv", "peer": partner, "nbytes": nbytes}]
                 programs[partner] += [{"kind": "recv", "peer": 0, "nbytes": nbytes},
                                       {"kind": "send", "peer": 0, "nbytes": nbytes}]
-    return _scenario(nranks, programs, "calibrate-ping-pong")
+    return _scenario(nranks, programs, "calibrate-ping-pong", topology)
 
 
-def compute_scenario(nranks: int):
+def compute_scenario(nranks: int, topology: dict | None = None):
     program = [{"kind": "compute", "flops": f} for f in COMPUTE_FLOPS]
     program += [{"kind": "compute", "flops": 0, "nbytes": n, "label": "memory"} for n in MEMORY_NBYTES]
-    return _scenario(nranks, [list(program) for _ in range(nranks)], "calibrate-compute")
+    return _scenario(nranks, [list(program) for _ in range(nranks)], "calibrate-compute", topology)
 
 
-def collectives_scenario(nranks: int):
+def collectives_scenario(nranks: int, topology: dict | None = None):
     program = [{"kind": op, "nbytes": n, "algorithm": algorithm}
                for op, algorithm in COLLECTIVES for n in COLLECTIVE_SIZES]
-    return _scenario(nranks, [list(program) for _ in range(nranks)], "calibrate-collectives")
+    return _scenario(nranks, [list(program) for _ in range(nranks)], "calibrate-collectives", topology)
 
 
 def one_way_times(records, partners, sizes, round_trips: int = ROUND_TRIPS) -> dict[int, list[float]]:
@@ -134,6 +182,22 @@ def one_way_times(records, partners, sizes, round_trips: int = ROUND_TRIPS) -> d
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    emulated = args.network == "emulated"
+    if args.nranks is None:
+        args.nranks = EMULATED_NRANKS if emulated else 2
+    if args.sizes is None:
+        args.sizes = list(EMULATED_SIZES if emulated else DEFAULT_SIZES)
+    if args.repeats is None:
+        args.repeats = 3 if emulated else 5
+    if args.launches is None:
+        args.launches = 1 if emulated else 3
+    if emulated and args.hostfile:
+        print("error: --network emulated runs on this machine; it takes no --hostfile", file=sys.stderr)
+        return 2
+    if emulated and not 0.1 <= args.rate <= 10000:
+        print(f"error: --rate must be between 0.1 and 10000 Mbit/s, got {args.rate:g}", file=sys.stderr)
+        return 2
+    topology = calibration_topology(args.nranks, args.rate) if emulated else None
     if args.nranks < 2:
         print("error: --nranks must be >= 2 (ping-pong needs two ranks)", file=sys.stderr)
         return 2
@@ -144,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 < args.timeout < float("inf"):
         print(f"error: --timeout must be a finite number of seconds > 0, got {args.timeout}", file=sys.stderr)
         return 2
-    options = RealOptions(mode="native", warmup=1, repeats=args.repeats, timing="free", timeout_s=args.timeout)
+    options = RealOptions(mode="native", warmup=1, repeats=args.repeats, timing="free", timeout_s=args.timeout,
+                          network=args.network)
     try:
         executor = get_executor(args.backend, options=options, hostfile=args.hostfile)
     except (ValueError, RuntimeError) as exc:
@@ -161,30 +226,41 @@ def main(argv: list[str] | None = None) -> int:
         return executor.run(scenario)
 
     sizes = sorted(set(args.sizes))
-    partners = sorted({1, nranks - 1})
+    # On the emulated switch every pair of ranks is alike: two shaped links apart.
+    partners = [1] if emulated else sorted({1, nranks - 1})
+    steps = 4 if emulated else 3
     wall0 = time.perf_counter()
+    incast = {}
     try:
-        say(f"[1/3] ping-pong rank 0 <-> {', '.join(map(str, partners))}, {len(sizes)} sizes, "
+        say(f"[1/{steps}] ping-pong rank 0 <-> {', '.join(map(str, partners))}, {len(sizes)} sizes, "
             f"{args.launches} launch(es)")
         # Several launches, the fastest per size: on a shared machine noise only
         # ever slows a run, and a launch can land in a slower state as a whole
         # (seen here: 1 MiB one way in 120 us in some launches, 500 us in others).
-        pings = [run(ping_pong_scenario(nranks, sizes, partners)) for _ in range(args.launches)]
+        pings = [run(ping_pong_scenario(nranks, sizes, partners, topology=topology)) for _ in range(args.launches)]
         ping = pings[0]
-        say("[2/3] compute speed, all ranks at once")
-        compute = run(compute_scenario(nranks), timing="aligned")
+        say(f"[2/{steps}] compute speed, all ranks at once")
+        compute = run(compute_scenario(nranks, topology), timing="aligned")
+        if emulated:
+            senders = [k for k in INCAST_SENDERS if k < nranks]
+            say(f"[3/{steps}] incast: {', '.join(map(str, senders))} sender(s) of {INCAST_NBYTES >> 20} MiB "
+                "each to rank 0 at once")
+            incast = {k: run(incast_scenario(nranks, k, INCAST_NBYTES, topology)) for k in senders}
         coll_algorithm = coll_native = None
         if not args.no_collectives:
-            say(f"[3/3] {len(COLLECTIVES)} collectives x {len(COLLECTIVE_SIZES)} sizes, algorithm and native")
-            coll_algorithm = run(collectives_scenario(nranks), mode="algorithm", timing="aligned")
-            coll_native = run(collectives_scenario(nranks), mode="native", timing="aligned")
+            say(f"[{steps}/{steps}] {len(COLLECTIVES)} collectives x {len(COLLECTIVE_SIZES)} sizes, "
+                "algorithm and native")
+            coll_algorithm = run(collectives_scenario(nranks, topology), mode="algorithm", timing="aligned")
+            coll_native = run(collectives_scenario(nranks, topology), mode="native", timing="aligned")
     except RealRunError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if ping is None:
         return 0  # not rank 0 of an MPI job
-    profile = build_profile(args, nranks, sizes, partners, pings, compute, coll_algorithm, coll_native)
-    out = Path(args.out) if args.out else Path("results") / f"profile-{args.backend}.yaml"
+    profile = build_profile(args, nranks, sizes, partners, pings, compute, coll_algorithm, coll_native,
+                            topology=topology, incast=incast)
+    out = Path(args.out) if args.out else Path("results") / (
+        f"profile-{args.backend}{'-emulated' if emulated else ''}.yaml")
     write_profile(profile, out)
     print(describe(profile))
     print(f"\nmeasured in {time.perf_counter() - wall0:.1f} s; wrote {out}")
@@ -199,14 +275,26 @@ def _quiet(text: str) -> None:
     pass
 
 
-def build_profile(args, nranks, sizes, partners, pings, compute, coll_algorithm, coll_native):
+def build_profile(args, nranks, sizes, partners, pings, compute, coll_algorithm, coll_native,
+                  topology: dict | None = None, incast: dict | None = None):
     hosts = tuple(pings[0].summary.get("rank_hosts", ()))
     per_launch = [one_way_times(ping.records, partners, sizes) for ping in pings]
     times = {partner: [min(launch[partner][i] for launch in per_launch) for i in range(len(sizes))]
              for partner in partners}
     classes = {}
     ping_table = []
-    for partner in partners:
+    emulated = topology is not None
+    if emulated:
+        # The smallest message is all overhead (8 B take 0.6 us of a 100 Mbit/s
+        # link); every size's transfer, beyond it, against the shaped rate.
+        rate = topology["bandwidth_bytes_per_s"]
+        one_way = times[partners[0]]
+        overhead_s = max(one_way[0] - sizes[0] / rate, 0.0)
+        classes["emulated"] = LinkClass(overhead_s, rate, efficiency_curve(sizes, one_way, overhead_s, rate,
+                                                                            tolerance=0.0))
+        ping_table.append({"class": "emulated", "partner": partners[0],
+                           "one_way_s": [[n, t] for n, t in zip(sizes, one_way)]})
+    for partner in partners if not emulated else ():
         link_class = "intra_node" if not hosts or hosts[partner] == hosts[0] else "inter_node"
         if link_class in classes:
             continue
@@ -215,7 +303,7 @@ def build_profile(args, nranks, sizes, partners, pings, compute, coll_algorithm,
         classes[link_class] = LinkClass(latency_s, bandwidth, curve)
         ping_table.append({"class": link_class, "partner": partner,
                            "one_way_s": [[n, t] for n, t in zip(sizes, times[partner])]})
-    if "intra_node" not in classes:
+    if "intra_node" not in classes and not emulated:
         # Every measured pair crossed hosts (one rank per host): the inter-node
         # figures are the best estimate of a host's own.
         classes["intra_node"] = classes["inter_node"]
@@ -233,17 +321,37 @@ def build_profile(args, nranks, sizes, partners, pings, compute, coll_algorithm,
         for f, g in frame.groupby("flops")}}
     if by_nbytes:
         measurements["memory_bytes_per_s_by_size"] = {str(n): b for n, b in by_nbytes.items()}
+    if emulated:
+        name = args.name or f"{args.backend}-emulated-{args.rate:g}mbit"
     profile = MachineProfile(name=name, backend=args.backend, flops_per_s=flops_per_s, link_classes=classes,
-                             rank_hosts=hosts, measurements=measurements,
-                             memory_bandwidth_bytes_per_s=memory_bandwidth)
+                             rank_hosts=() if emulated else hosts, measurements=measurements,
+                             memory_bandwidth_bytes_per_s=memory_bandwidth,
+                             network="emulated" if emulated else "host")
+    if incast:
+        measurements["incast"] = incast_table(profile, nranks, topology, incast)
     if coll_algorithm is not None:
-        gamma = fit_reduce_cost(profile, nranks, coll_algorithm)
+        gamma = fit_reduce_cost(profile, nranks, coll_algorithm, topology)
         measurements["collectives"] = collective_table(coll_algorithm, "algorithm") + collective_table(
             coll_native, "native")
         profile = dataclasses.replace(profile, reduce_s_per_byte=gamma, measurements=measurements)
         profile = dataclasses.replace(profile, collective_efficiency=fit_native_collectives(profile, nranks,
-                                                                                            coll_native))
+                                                                                            coll_native, topology))
     return profile
+
+
+def incast_table(profile, nranks: int, topology: dict, incast: dict) -> list[dict]:
+    """Per number of senders: the measured time, the aggregate fraction of the shaped rate it
+    reached, and the time the simulator predicts with ``profile`` (max-min sharing of rank 0's link)."""
+    rate = topology["bandwidth_bytes_per_s"]
+    rows = []
+    for senders, result in sorted(incast.items()):
+        measured_s = incast_time_s(result.records)
+        scenario = with_profile(incast_scenario(nranks, senders, INCAST_NBYTES, topology), profile)
+        predicted_s = float(get_executor("sim").run(scenario).makespan_s)
+        rows.append({"senders": senders, "nbytes": INCAST_NBYTES, "measured_s": measured_s,
+                     "aggregate_fraction": senders * INCAST_NBYTES / rate / measured_s,
+                     "predicted_s": predicted_s})
+    return rows
 
 
 def collective_table(result, mode: str) -> list[dict]:
@@ -253,16 +361,16 @@ def collective_table(result, mode: str) -> list[dict]:
              "measured_s": float(r.time_s)} for r in table.itertuples()]
 
 
-def fit_reduce_cost(profile, nranks: int, measured) -> float:
+def fit_reduce_cost(profile, nranks: int, measured, topology: dict | None = None) -> float:
     """The reduction cost that makes the simulated collectives match the algorithm-mode measurements."""
-    return fit_reduce_cost_through_simulator(with_profile(collectives_scenario(nranks), profile),
+    return fit_reduce_cost_through_simulator(with_profile(collectives_scenario(nranks, topology), profile),
                                              measured.op_time_s())
 
 
-def fit_native_collectives(profile, nranks: int, measured):
+def fit_native_collectives(profile, nranks: int, measured, topology: dict | None = None):
     """Corrections for the library's own collectives, fitted against each op's default algorithm."""
     real = measured.op_time_s()
-    scenario = with_profile(collectives_scenario(nranks), profile)
+    scenario = with_profile(collectives_scenario(nranks, topology), profile)
     program = scenario.programs()[0]
     # The library picks its own algorithm; the correction is relative to the
     # one the simulator runs when a scenario names none.
@@ -277,6 +385,11 @@ def describe(profile) -> str:
         lines.append(f"  memory         {profile.memory_bandwidth_bytes_per_s / 1e9:.3g} GB/s moved per rank "
                      "(read and write, all ranks busy)")
     for name, c in profile.link_classes.items():
+        if name == "emulated":
+            text = ", ".join(f"{n} B: {e:.3f}" for n, e in c.efficiency)
+            lines.append(f"  emulated       overhead {c.latency_s * 1e6:.3g} us per message; fraction of the "
+                         f"{c.bandwidth_bytes_per_s * 8 / 1e6:g} Mbit/s shaped rate reached: {text}")
+            continue
         curve = f", efficiency curve at {len(c.efficiency)} sizes" if c.efficiency else ""
         lines.append(f"  {name:<14} latency {c.latency_s * 1e6:.3g} us, bandwidth "
                      f"{c.bandwidth_bytes_per_s / 1e9:.3g} GB/s{curve}")
@@ -284,6 +397,10 @@ def describe(profile) -> str:
     for op, points in profile.collective_efficiency.items():
         text = ", ".join(f"{n} B: {e:.2f}" for n, e in points)
         lines.append(f"  native {op:<14} efficiency {text}")
+    for row in profile.measurements.get("incast", []):
+        lines.append(f"  incast {row['senders']} sender(s) x {row['nbytes'] >> 20} MiB: measured "
+                     f"{row['measured_s']:.4f} s ({row['aggregate_fraction']:.1%} of the shaped rate), "
+                     f"predicted {row['predicted_s']:.4f} s")
     for entry in profile.measurements.get("ping_pong", []):
         c = profile.link_classes[entry["class"]]
         lines.append(f"  ping-pong rank 0 <-> {entry['partner']} ({entry['class']}): size, measured, fitted")

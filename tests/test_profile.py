@@ -229,3 +229,61 @@ def test_a_measured_memory_bandwidth_times_the_bytes_a_compute_moves():
     assert times == [pytest.approx(2e-3, rel=REL), pytest.approx(0.02, rel=REL)]
     # Unmeasured, memory moves are free, as before.
     assert math.isinf(profile().topology(2).rank_memory_bandwidth_bytes_per_s[0])
+
+
+# -- emulated profiles: the transport on shaped links, applied to the scenario's own topology --------
+
+def emulated_profile(**changes):
+    base = MachineProfile(
+        name="emu", backend="torch", flops_per_s=2e10, network="emulated",
+        link_classes={"emulated": LinkClass(200e-6, 12.5e6, ((1024, 0.5), (1 << 20, 0.95), (16 << 20, 0.96)))},
+    )
+    return dataclasses.replace(base, **changes)
+
+
+def test_an_emulated_profile_keeps_the_topology_and_sets_overheads_frames_and_compute():
+    from topologies import tree
+
+    topo = tree(4, arity=2, bandwidth_bytes_per_s=25e6, latency_s=1e-3, flops_per_s=1e12)
+    machine = emulated_profile()
+    emulated = machine.emulated_topology(topo)
+    assert list(emulated.graph.nodes) == list(topo.graph.nodes) and list(emulated.links) == list(topo.links)
+    assert emulated.link_bandwidth_bytes_per_s == topo.link_bandwidth_bytes_per_s
+    assert emulated.rank_flops_per_s == (2e10,) * 4
+    for (u, v), latency_s in zip(emulated.links, emulated.link_latency_s):
+        ranks = sum(emulated.graph.nodes[n]["role"] == "compute" for n in (u, v))
+        # Half the overhead per rank end; one stored frame on a switch-to-switch link; the 1 ms is not emulated.
+        assert latency_s == pytest.approx(ranks * 100e-6 if ranks else 1514 / 25e6, rel=REL)
+    # Rank 0 to rank 3 crosses 4 links: the overhead once, two frames between switches.
+    assert emulated.route(0, 3).latency_s == pytest.approx(200e-6 + 2 * 1514 / 25e6, rel=REL)
+    assert emulated.route(0, 1).latency_s == pytest.approx(200e-6, rel=REL)
+    # The shaped rate's fraction at each size, whatever the pair.
+    efficiency = machine.message_efficiency(4)
+    assert efficiency(0, 3, 1 << 20) == efficiency(2, 1, 1 << 20) == 0.95
+
+
+def test_a_scenario_with_an_emulated_profile_is_simulated_on_its_own_links(tmp_path):
+    machine = emulated_profile(measurements={"incast": [{"senders": 2}]})
+    path = write_profile(machine, tmp_path / "emu.yaml")
+    assert load_profile(path) == machine and load_profile(path).network == "emulated"
+    (tmp_path / "s.yaml").write_text("topology: {builder: switch, n: 2, bandwidth_bytes_per_s: 12.5e+6}\n"
+                                     "workload: {kind: collective, op: allreduce, algorithm: ring, nbytes: 16777216}\n"
+                                     "profile: emu.yaml\n")
+    scenario = load_scenario(tmp_path / "s.yaml")
+    assert scenario.topology.name == "switch" and scenario.profile.network == "emulated"
+    # Ring all-reduce of 16 MiB on 2 ranks: two steps of 8 MiB each way, each
+    # after one overhead, at the fraction the curve gives 8 MiB (3/4 of the way
+    # from 1 MiB to 16 MiB in log size: 0.9575).
+    result = simulate(scenario.topology, scenario.programs(),
+                      calibration=Calibration.from_profile(scenario.profile, 2))
+    assert result.makespan_s == pytest.approx(2 * (200e-6 + (8 << 20) / (12.5e6 * 0.9575)), rel=REL)
+    # A scenario that names it keeps it through its dict (as it reaches the ranks of a real run).
+    again = scenario_from_dict(scenario.to_dict())
+    assert again.topology.link_latency_s == scenario.topology.link_latency_s
+
+
+def test_an_emulated_profile_needs_its_link_class_and_a_known_network():
+    with pytest.raises(ValueError, match="link_classes must include emulated"):
+        emulated_profile(link_classes={"intra_node": LinkClass(1e-6, 1e9)})
+    with pytest.raises(ValueError, match="profile.network must be one of host, emulated"):
+        emulated_profile(network="wifi")

@@ -39,9 +39,18 @@ from typing import Any, Sequence
 import networkx as nx
 
 from topologies.io import read_data_file
-from topologies.model import Topology
+from topologies.model import HARDWARE_FIELDS, Topology
 
-LINK_CLASSES = ("intra_node", "inter_node")
+LINK_CLASSES = ("intra_node", "inter_node", "emulated")
+# host: the profile measured a machine, and a scenario simulated on it takes
+# that machine's topology; emulated: it measured what TCP and the library add
+# on shaped links (python -m experiments.calibrate --network emulated), and a
+# scenario keeps its own topology, the one the emulated network builds.
+PROFILE_NETWORKS = ("host", "emulated")
+# One full Ethernet frame (1500 B MTU, its 14 B header, the 4 B FCS, the 8 B
+# preamble and 12 B gap are not on a veth): what each switch namespace
+# stores before it forwards, once per hop beyond the first.
+WIRE_FRAME_BYTES = 1514
 
 
 def _curve(points) -> tuple[tuple[int, float], ...]:
@@ -109,6 +118,7 @@ class MachineProfile:
     # What a rank's copy of memory to memory achieves (both directions
     # counted), as a real run moves a compute operation's bytes; inf: not measured.
     memory_bandwidth_bytes_per_s: float = math.inf
+    network: str = "host"
 
     def __post_init__(self):
         if not 0 < self.flops_per_s < math.inf:
@@ -116,8 +126,11 @@ class MachineProfile:
         if not 0 < self.memory_bandwidth_bytes_per_s <= math.inf:
             raise ValueError(f"compute.memory_bandwidth_bytes_per_s must be > 0, "
                              f"got {self.memory_bandwidth_bytes_per_s!r}")
-        if "intra_node" not in self.link_classes:
-            raise ValueError("link_classes must include intra_node")
+        if self.network not in PROFILE_NETWORKS:
+            raise ValueError(f"profile.network must be one of {', '.join(PROFILE_NETWORKS)}, got {self.network!r}")
+        needed = "emulated" if self.network == "emulated" else "intra_node"
+        if needed not in self.link_classes:
+            raise ValueError(f"link_classes must include {needed}")
         unknown = sorted(set(self.link_classes) - set(LINK_CLASSES))
         if unknown:
             raise ValueError(f"unknown link class(es) {', '.join(unknown)}; known: {', '.join(LINK_CLASSES)}")
@@ -178,8 +191,38 @@ class MachineProfile:
                            latency_s=inter.latency_s / 2)
         return Topology(g, name=f"profile:{self.name}")
 
+    def emulated_topology(self, topology: Topology) -> Topology:
+        """``topology`` as its emulated network behaves, by this (emulated) profile's measurements.
+
+        Links keep their bandwidth (the engine applies the measured fraction
+        of it, ``message_efficiency``); every link at a rank carries half the
+        measured per-message overhead for that rank (a message between two
+        ranks pays it once in all), a link between two forwarding nodes
+        the store-and-forward of one frame; the links' own latencies are
+        not emulated (no netem) and are dropped.  Ranks compute at the
+        measured speed, on this machine's cores.
+        """
+        overhead_s = self.link_classes["emulated"].latency_s
+        g = topology.graph.copy()
+        compute = {n for n, attrs in g.nodes(data=True) if attrs.get("role") == "compute"}
+        for node in compute:
+            attrs = g.nodes[node]
+            for key in HARDWARE_FIELDS:
+                attrs.pop(key, None)
+            attrs["flops_per_s"] = self.flops_per_s
+            if math.isfinite(self.memory_bandwidth_bytes_per_s):
+                attrs["memory_bandwidth_bytes_per_s"] = self.memory_bandwidth_bytes_per_s
+        for u, v, attrs in g.edges(data=True):
+            ends = (u in compute) + (v in compute)
+            attrs["latency_s"] = (ends * overhead_s / 2 if ends
+                                  else WIRE_FRAME_BYTES / attrs["bandwidth_bytes_per_s"])
+        return Topology(g, name=topology.name, params=topology.params)
+
     def message_efficiency(self, nranks: int):
         """``f(src, dst, nbytes) -> factor`` for the engine, or None when every curve is flat."""
+        if self.network == "emulated":
+            emulated = self.link_classes["emulated"]
+            return None if not emulated.efficiency else lambda src, dst, nbytes: emulated.efficiency_at(nbytes)
         if not any(c.efficiency for c in self.link_classes.values()):
             return None
         host_of = self.placement(nranks)
@@ -203,7 +246,8 @@ class MachineProfile:
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "profile": {"name": self.name, "backend": self.backend},
+            "profile": {"name": self.name, "backend": self.backend,
+                        **({"network": self.network} if self.network != "host" else {})},
             "compute": {"flops_per_s": self.flops_per_s, **(
                 {"memory_bandwidth_bytes_per_s": self.memory_bandwidth_bytes_per_s}
                 if math.isfinite(self.memory_bandwidth_bytes_per_s) else {})},
@@ -235,6 +279,7 @@ class MachineProfile:
                 reduce_s_per_byte=float(data.get("reduce_s_per_byte", 0.0)),
                 collective_efficiency=dict(data.get("collective_efficiency", {}) or {}),
                 measurements=dict(data.get("measurements", {}) or {}),
+                network=str(head.get("network", "host")),
             )
         except (TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"{where}: {exc}") from None

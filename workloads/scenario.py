@@ -227,7 +227,8 @@ def scenario_from_dict(data: dict[str, Any], *, base_dir: Path | None = None, wh
                 if not profile_path.is_absolute() and base_dir is not None:
                     profile_path = base_dir / profile_path
                 profile = load_profile(profile_path)
-            topology = profile.topology(topology.nranks, topology.groups())
+            topology = (profile.emulated_topology(topology) if profile.network == "emulated"
+                        else profile.topology(topology.nranks, topology.groups()))
         except ValueError as exc:
             raise ScenarioError(f"{where}: profile: {exc}") from None
     try:
@@ -275,9 +276,14 @@ def with_profile(scenario: Scenario, profile: MachineProfile) -> Scenario:
 
     The simulated executor's ``native_collectives=False`` leaves out the
     profile's corrections for the library's own collectives, for comparison
-    with a real run in algorithm mode.
+    with a real run in algorithm mode.  An emulated profile keeps the
+    scenario's own topology, as its emulated network builds it
+    (``MachineProfile.emulated_topology``).
     """
-    topology = profile.topology(scenario.topology.nranks, scenario.topology.groups())
+    if profile.network == "emulated":
+        topology = profile.emulated_topology(scenario.topology)
+    else:
+        topology = profile.topology(scenario.topology.nranks, scenario.topology.groups())
     return dataclasses.replace(scenario, topology=topology, profile=profile)
 
 
