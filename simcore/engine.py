@@ -49,7 +49,9 @@ import heapq
 import itertools
 import math
 from collections import deque
+from array import array
 from math import inf as _INF
+from operator import itemgetter
 from typing import Callable
 
 import numpy as np
@@ -67,7 +69,7 @@ from simcore.reference_engine import (
     SimulationError,
     _non_finite_compute,
 )
-from simcore.result import RECORD_COLUMNS, Record, RunResult, record_columns
+from simcore.result import RECORD_COLUMNS, RunResult
 from topologies import Topology
 from workloads.collectives import lower, lower_in_group, root_peer
 from workloads.groups import WORLD
@@ -141,6 +143,46 @@ class _GuardedNetwork(FlowNetwork):
         super().transfer(links, min_capacity_bytes_per_s, latency_s, nbytes, message, work_bytes)
 
 
+_TEXT_COLUMNS = frozenset(("group", "kind", "algorithm"))
+# The engine's messages and collectives record validated integers here (rank,
+# op index, peer, bytes) and floats in the rest; the reference's inference
+# types them so too (int64, and float64 for flops, 0.0 in every such record).
+_MESSAGE_DTYPES = {"rank": np.int64, "op_index": np.int64, "peer": np.int64, "nbytes": np.int64,
+                   "flops": np.float64, "start_s": np.float64, "end_s": np.float64, "energy_j": np.float64}
+
+
+def _message_columns(records: list) -> dict | None:
+    """Columns of record tuples, text as (codes, strings); None where a value does not fit its type."""
+    n = len(records)
+    data = {}
+    try:
+        for j, name in enumerate(RECORD_COLUMNS):
+            values = map(itemgetter(j), records)
+            if name in _TEXT_COLUMNS:
+                codes, uniques = pd.factorize(np.fromiter(values, dtype=object, count=n), use_na_sentinel=False)
+                if not all(type(u) is str for u in uniques):
+                    return None
+                data[name] = (codes, np.asarray(uniques, dtype=object))
+            else:
+                data[name] = np.fromiter(values, dtype=_MESSAGE_DTYPES[name], count=n)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return data
+
+
+def _text_column(parts: list, place) -> np.ndarray:
+    """Strings from (codes, strings) parts, concatenated and put in order by ``place``."""
+    index: dict[str, int] = {}
+    remapped = []
+    for codes, strings in parts:
+        lookup = np.array([index.setdefault(s, len(index)) for s in strings], dtype=np.intp)
+        remapped.append(lookup[codes])
+    table = np.empty(len(index), dtype=object)
+    table[:] = list(index)
+    codes = remapped[0] if len(remapped) == 1 else np.concatenate(remapped)
+    return table[place(codes)]
+
+
 class Simulator(ReferenceSimulator):
     """Simulates ``programs[r]`` (a list of operations) on rank ``r`` of ``topology``.
 
@@ -160,8 +202,9 @@ class Simulator(ReferenceSimulator):
         self._held: dict[int, _Instance] = {}  # ring collectives waiting for their last member, links held
         self._ring_links: dict[tuple, tuple] = {}  # ring members -> (its links, do two of its messages share one)
         self._world = tuple(range(self.nranks))
-        self._compute_ints: list[int] = []      # rank, op index of each compute record
-        self._compute_floats: list[float] = []  # start, end, energy
+        # Packed C arrays: numpy takes them without a conversion per value.
+        self._compute_ints = array("q")    # rank, op index of each compute record
+        self._compute_floats = array("d")  # start, end, energy
         self._compute_bytes: list = []          # as the op gives them (int or float), typed like the reference's
         self._compute_flops: list = []
         self.fast_collectives = 0
@@ -173,35 +216,64 @@ class Simulator(ReferenceSimulator):
         return super().run(progress)
 
     def _sorted_records(self) -> pd.DataFrame:
-        """The reference's records frame, built from the compute columns and the other records' tuples."""
-        n = len(self._compute_flops)
-        if not n:
-            return super()._sorted_records()
-        compute = self._compute_columns(n)
-        data = record_columns(self._records)
-        if compute is None or (data is None and self._records):
+        """The reference's records frame, from the compute columns and the other records' tuples.
+
+        Sorting permutes every column; a text column is permuted as small
+        integer codes and turned into strings once, in order (permuting an
+        array of Python strings costs a cache miss per record).
+        """
+        n, m = len(self._compute_flops), len(self._records)
+        compute = self._compute_columns(n) if n else None
+        others = _message_columns(self._records) if m else None
+        if (n and compute is None) or (m and others is None):
             # An unusual value (None, a huge integer): pandas infers every column, as in the reference.
             ints, floats = self._compute_ints, self._compute_floats
             self._records.extend((ints[2 * i], ints[2 * i + 1], "", "compute", "", -1, self._compute_bytes[i],
                                   self._compute_flops[i], floats[3 * i], floats[3 * i + 1], floats[3 * i + 2])
                                  for i in range(n))
+            self._compute_flops = []
             return super()._sorted_records()
-        if data is not None:
-            data = {k: np.concatenate((data[k], compute[k])) for k in RECORD_COLUMNS}
-        else:
-            data = compute
-        order = np.lexsort((data["op_index"], data["rank"]))  # (rank, op index) is unique per record
-        return pd.DataFrame({k: v[order] for k, v in data.items()}, copy=False)
+        parts = [part for part in (others, compute) if part is not None]
+        if not parts:
+            return super()._sorted_records()
 
-    def _compute_columns(self, n: int) -> dict[str, np.ndarray] | None:
-        ints = np.array(self._compute_ints, dtype=np.int64).reshape(n, 2)
-        floats = np.array(self._compute_floats, dtype=np.float64).reshape(n, 3)
+        def joined(name):
+            return parts[0][name] if len(parts) == 1 else np.concatenate([part[name] for part in parts])
+
+        rank, index = joined("rank"), joined("op_index")
+        lengths = np.fromiter(map(len, self.programs), dtype=np.int64, count=self.nranks)
+        if len(rank) == int(lengths.sum()):
+            # Every operation has its record, and (rank, op index) is unique:
+            # record k goes to row first[rank] + index, no sort needed.
+            first = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+            rows = first[rank] + index
+
+            def place(values):
+                out = np.empty_like(values)
+                out[rows] = values
+                return out
+        else:
+            # (rank, op index) is unique per record: one integer key, any sort gives the reference's order.
+            order = np.argsort(rank * (int(index.max()) + 1) + index)
+
+            def place(values):
+                return values[order]
+        columns = {}
+        for name in RECORD_COLUMNS:
+            columns[name] = _text_column([part[name] for part in parts], place) if name in _TEXT_COLUMNS \
+                else place(joined(name))
+        return pd.DataFrame(columns, copy=False)
+
+    def _compute_columns(self, n: int) -> dict | None:
+        ints = np.frombuffer(self._compute_ints, dtype=np.int64).reshape(n, 2)
+        floats = np.frombuffer(self._compute_floats, dtype=np.float64).reshape(n, 3)
         nbytes, flops = np.array(self._compute_bytes), np.array(self._compute_flops)
         if nbytes.dtype.kind not in "iuf" or flops.dtype.kind not in "iuf":
             return None
-        text = np.full(n, "", dtype=object)
-        return {"rank": ints[:, 0], "op_index": ints[:, 1], "group": text,
-                "kind": np.full(n, "compute", dtype=object), "algorithm": text,
+        zeros = np.zeros(n, dtype=np.intp)
+        empty = (zeros, np.array([""], dtype=object))
+        return {"rank": ints[:, 0], "op_index": ints[:, 1], "group": empty,
+                "kind": (zeros, np.array(["compute"], dtype=object)), "algorithm": empty,
                 "peer": np.full(n, -1, dtype=np.int64), "nbytes": nbytes, "flops": flops,
                 "start_s": floats[:, 0], "end_s": floats[:, 1], "energy_j": floats[:, 2]}
 
@@ -336,8 +408,8 @@ class Simulator(ReferenceSimulator):
                 peer, nbytes, algorithm = -1, 0, ""
                 self._wait_s[rank] += env.now - start
             energy = idle_w * (env.now - start) + link_j[0]
-            records.append(Record(rank, index, groups_of[index], op.kind, algorithm, peer, nbytes, 0.0, start,
-                                  env.now, energy))
+            records.append((rank, index, groups_of[index], op.kind, algorithm, peer, nbytes, 0.0, start,
+                            env.now, energy))  # a Record's fields, as a plain tuple
         pending = [h for h in handles.values() if not h.processed]
         if pending:
             current[rank] = (len(program), Wait(("<end of program>",)))
