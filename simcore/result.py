@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from workloads.ops import Compute, is_nonblocking
+from workloads.ops import is_nonblocking
 
 
 class Record(NamedTuple):
@@ -136,10 +136,11 @@ def group_comm_table(records: pd.DataFrame, programs, makespan_s: float) -> pd.D
     columns = ["rank", "group", "comm_s", "share"]
     if not len(records):
         return pd.DataFrame(columns=columns)
-    background = {(rank, index) for rank, program in enumerate(programs)
-                  for index, op in enumerate(program) if type(op) is not Compute and is_nonblocking(op)}
     frame = records[records["kind"] != "compute"]
-    keep = [(r, i) not in background for r, i in zip(frame["rank"], frame["op_index"])]
+    # Looked up per communication record, not per operation of the programs
+    # (a training step's are mostly computes).
+    keep = [not is_nonblocking(programs[r][i])
+            for r, i in zip(frame["rank"].tolist(), frame["op_index"].tolist())]
     frame = frame[keep]
     if not len(frame):
         return pd.DataFrame(columns=columns)
