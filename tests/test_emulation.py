@@ -294,3 +294,29 @@ def test_a_rank_that_dies_on_the_emulated_network_is_named_and_nothing_is_left(b
         _real_executor(backend, fault="exit:1:0", timeout_s=30).run(_two_ranks_allreduce(1 << 20))
     assert list_namespaces(run_prefix()) == []
     assert _root_links() == links and _root_qdiscs() == qdiscs
+
+
+@needs_namespaces
+def test_calibrate_on_an_emulated_switch_writes_a_transport_profile(tmp_path):
+    from executors.base import executor_class
+    from experiments import calibrate
+    from topologies.profile import load_profile
+
+    if not executor_class("torch").is_available():
+        pytest.skip(executor_class("torch").unavailable_reason())
+    out = tmp_path / "emulated.yaml"
+    assert calibrate.main(["--backend", "torch", "--network", "emulated", "--nranks", "3", "--sizes", "8", "65536",
+                           "1048576", "--repeats", "2", "--no-collectives", "--out", str(out)]) == 0
+    profile = load_profile(out)
+    assert profile.network == "emulated" and profile.rank_hosts == ()
+    emulated = profile.link_classes["emulated"]
+    assert emulated.bandwidth_bytes_per_s == 100e6 / 8
+    # The overhead is what 8 bytes took; the fraction of the 100 Mbit/s that 1 MiB reached is
+    # below the rate and above what any working shaping gives (TCP/IP headers alone cost 4.4%).
+    assert 0 < emulated.latency_s < 0.01
+    assert 0.8 < emulated.efficiency_at(1 << 20) < 1.0
+    incast = {row["senders"]: row for row in profile.measurements["incast"]}
+    assert sorted(incast) == [1, 2]
+    for row in incast.values():
+        assert 0.8 < row["aggregate_fraction"] < 1.0
+        assert row["predicted_s"] == pytest.approx(row["measured_s"], rel=0.1)

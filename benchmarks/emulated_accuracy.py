@@ -1,0 +1,179 @@
+"""Prediction against an emulated network: the simulator, calibrated once, on topologies it was not fitted on.
+
+    python -m experiments.calibrate --backend torch --network emulated --out results/profile-emulated.yaml
+    python benchmarks/emulated_accuracy.py --backend torch --profile results/profile-emulated.yaml
+
+Each case builds a topology as an emulated network on this machine (a
+namespace per node, shaped veth links, the simulator's routes; needs root),
+runs its operations there for real, simulates the same scenario with the
+emulated profile, and compares them per operation as ``experiments.validate``
+does (an operation's time is its slowest rank's; measured is the median over
+repeats).  Then it prints, per case and over all, the median and 90th
+percentile of |error| over the operations that move 1 MiB or more, and
+writes every row to ``--out``/accuracy.csv.
+
+Cases (link rates from 100 Mbit/s to 1 Gbit/s):
+
+- ``ring8``: 8 ranks on a ring of 100 Mbit/s links; all-reduce (ring),
+  allgather, reduce-scatter, broadcast, alltoall, reduce at each size;
+- ``incast8``: a switch of 8 at 100 Mbit/s; ranks 1..7 send to rank 0 at once;
+- ``tree8``: a two-level tree, 4 ranks per leaf switch on 400 Mbit/s links,
+  each leaf's uplink 100 Mbit/s (16:1 oversubscribed); the collectives;
+- ``hier8``: 2 servers of 4 ranks, 1 Gbit/s inside a server, 100 Mbit/s
+  between servers; the collectives, a data-parallel group all-reduce per
+  server and across servers;
+- ``edge``: 4 devices on 100 Mbit/s Wi-Fi to 2 edge servers, a 100 Mbit/s WAN
+  to a gateway and a 1 Gbit/s LAN to 2 cloud nodes; broadcast and reduce
+  from a cloud node, allgather.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+MIB = 1 << 20
+MBIT = 1e6 / 8  # bytes per second in one Mbit/s
+COLLECTIVES = (("allreduce", "ring"), ("allgather", "ring"), ("reduce_scatter", "ring"),
+               ("broadcast", "binomial"), ("alltoall", "pairwise"), ("reduce", "binomial"))
+CASES = ("ring8", "incast8", "tree8", "hier8", "edge")
+DEFAULT_SIZES = (1 * MIB, 16 * MIB)
+MIN_NBYTES = 1 * MIB
+
+
+def collectives(sizes, ops=COLLECTIVES, group: str = "") -> list[dict]:
+    program = []
+    for op, algorithm in ops:
+        for nbytes in sizes:
+            entry = {"kind": op, "nbytes": nbytes, "algorithm": algorithm}
+            if group:
+                entry["group"] = group
+            program.append(entry)
+    return program
+
+
+def scenario_dict(case: str, sizes) -> dict:
+    """The case's scenario: its topology and every rank's program."""
+    if case == "ring8":
+        topology = {"builder": "ring", "n": 8, "bandwidth_bytes_per_s": 100 * MBIT, "latency_s": 0}
+        programs = [collectives(sizes) for _ in range(8)]
+        groups = None
+    elif case == "incast8":
+        topology = {"builder": "switch", "n": 8, "bandwidth_bytes_per_s": 100 * MBIT, "latency_s": 0}
+        programs = [[] for _ in range(8)]
+        for nbytes in sizes:
+            for sender in range(1, 8):
+                programs[0].append({"kind": "irecv", "peer": sender, "nbytes": nbytes, "handle": f"r{sender}-{nbytes}"})
+                programs[sender].append({"kind": "send", "peer": 0, "nbytes": nbytes})
+            programs[0].append({"kind": "wait", "handles": [f"r{s}-{nbytes}" for s in range(1, 8)]})
+        groups = None
+    elif case == "tree8":
+        topology = {"builder": "tree", "n": 8, "arity": 4, "bandwidth_bytes_per_s": 400 * MBIT,
+                    "uplink_bandwidth_bytes_per_s": 100 * MBIT, "latency_s": 0}
+        programs = [collectives(sizes) for _ in range(8)]
+        groups = None
+    elif case == "hier8":
+        topology = {"builder": "hierarchical", "levels": [2, 4],
+                    "bandwidths_bytes_per_s": [1000 * MBIT, 100 * MBIT], "latencies_s": [0, 0]}
+        groups = {"server": [[0, 1, 2, 3], [4, 5, 6, 7]], "across": [[0, 4], [1, 5], [2, 6], [3, 7]]}
+        programs = [collectives(sizes)
+                    + collectives(sizes, (("allreduce", "ring"),), group="server")
+                    + collectives(sizes, (("allreduce", "ring"),), group="across") for _ in range(8)]
+    elif case == "edge":
+        topology = {"builder": "edge_cloud", "n_devices": 4, "n_edge": 2, "n_cloud": 2,
+                    "wireless_bandwidth_bytes_per_s": 100 * MBIT, "wireless_latency_s": 0,
+                    "wan_bandwidth_bytes_per_s": 100 * MBIT, "wan_latency_s": 0,
+                    "lan_bandwidth_bytes_per_s": 1000 * MBIT, "lan_latency_s": 0}
+        # Ranks: devices 0-3, edge servers 4-5, cloud nodes 6-7.
+        programs = [[{"kind": "broadcast", "nbytes": n, "algorithm": "binomial", "root": 6} for n in sizes]
+                    + [{"kind": "reduce", "nbytes": n, "algorithm": "binomial", "root": 6} for n in sizes]
+                    + collectives(sizes, (("allgather", "ring"),)) for _ in range(8)]
+        groups = None
+    else:
+        raise ValueError(f"unknown case {case!r}; known: {', '.join(CASES)}")
+    data = {"name": f"emulated-{case}", "seed": 0, "topology": topology,
+            "workload": {"kind": "programs", "ranks": programs}}
+    if groups:
+        data["groups"] = groups
+    return data
+
+
+def run_case(case: str, sizes, backend: str, profile, repeats: int, mode: str, timeout_s: float) -> pd.DataFrame:
+    from executors import get_executor
+    from executors.real import RealOptions, choose_timing
+    from experiments.validate import validation_table
+    from workloads.scenario import scenario_from_dict, with_profile
+
+    scenario = scenario_from_dict(scenario_dict(case, sizes), where=case)
+    timing = choose_timing(scenario.programs(), "auto", scenario.groups)
+    sim = get_executor("sim", aligned=timing == "aligned", native_collectives=mode == "native").run(
+        with_profile(scenario, profile))
+    options = RealOptions(mode=mode, warmup=1, repeats=repeats, timing=timing, timeout_s=timeout_s,
+                          network="emulated")
+    real = get_executor(backend, options=options).run(scenario)
+    table = validation_table(sim.records, real.records, scenario.nranks, scenario.groups)
+    table.insert(0, "case", case)
+    table["timing"] = timing
+    return table
+
+
+def summarize(table: pd.DataFrame) -> pd.DataFrame:
+    ops = table[(table["kind"] != "total") & (table["nbytes"] >= MIN_NBYTES)].dropna(subset=["error_pct"])
+    rows = []
+    for case, part in list(ops.groupby("case", sort=False)) + [("all", ops)]:
+        errors = part["error_pct"].abs().to_numpy()
+        rows.append({"case": case, "operations": len(errors),
+                     "median_abs_error_pct": float(np.median(errors)) if len(errors) else float("nan"),
+                     "p90_abs_error_pct": float(np.percentile(errors, 90)) if len(errors) else float("nan"),
+                     "max_abs_error_pct": float(errors.max()) if len(errors) else float("nan")})
+    return pd.DataFrame(rows)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backend", default="torch", choices=("torch", "mpi"))
+    parser.add_argument("--profile", required=True, help="an emulated profile (calibrate --network emulated)")
+    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES)
+    parser.add_argument("--sizes", nargs="+", type=int, default=list(DEFAULT_SIZES), metavar="BYTES")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--mode", default="algorithm", choices=("algorithm", "native"),
+                        help="algorithm (default): the scenario's own algorithm, step by step; native: the library's")
+    parser.add_argument("--timeout", type=float, default=300.0)
+    parser.add_argument("--out", default="results/emulated-accuracy")
+    args = parser.parse_args(argv)
+    from topologies.profile import load_profile
+
+    profile = load_profile(args.profile)
+    if profile.network != "emulated":
+        print(f"error: {args.profile} is a profile of a machine, not of an emulated network "
+              "(python -m experiments.calibrate --network emulated)", file=sys.stderr)
+        return 2
+    tables = []
+    for case in args.cases:
+        start = time.perf_counter()
+        table = run_case(case, args.sizes, args.backend, profile, args.repeats, args.mode, args.timeout)
+        tables.append(table)
+        rows = table[table["kind"] != "total"]
+        print(f"{case}: {len(rows)} operations in {time.perf_counter() - start:.0f} s", flush=True)
+        for row in rows.itertuples():
+            print(f"  {row.kind:<15} {row.group or 'world':<7} {row.nbytes:>10} B  predicted {row.predicted_s:8.4f} s"
+                  f"  measured {row.measured_s:8.4f} s  error {row.error_pct:+6.1f} %", flush=True)
+    table = pd.concat(tables, ignore_index=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "accuracy.csv", index=False)
+    summary = summarize(table)
+    summary.to_csv(out / "summary.csv", index=False)
+    print()
+    print(f"operations of {MIN_NBYTES >> 20} MiB or more ({args.backend}, {args.mode}, profile {profile.name}):")
+    print(summary.to_string(index=False, float_format=lambda x: f"{x:.1f}"))
+    print(f"wrote accuracy.csv and summary.csv to {out}/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
