@@ -134,12 +134,16 @@ class ReferenceSimulator:
         peaks = []
         for rank, program in enumerate(self.programs):
             known = {"": topo.rank_flops_per_s[rank]}
-            for index, op in enumerate(program):
+            # Each distinct operation object once: programs repeat a few computes many times.
+            for op in {id(op): op for op in program}.values():
                 if type(op) is Compute and op.precision not in known:
                     try:
                         known[op.precision] = topo.peak_flops_per_s(rank, op.precision)
                     except ValueError as exc:
-                        label = f" {op.label!r}" if op.label else ""
+                        index = next(i for i, other in enumerate(program) if type(other) is Compute
+                                     and other.precision == op.precision)
+                        first = program[index]
+                        label = f" {first.label!r}" if first.label else ""
                         raise ValueError(f"rank {rank} op {index} (compute{label}): precision {op.precision!r}: "
                                          f"{exc}") from None
             peaks.append(known)

@@ -311,10 +311,10 @@ def test_calibrate_on_an_emulated_switch_writes_a_transport_profile(tmp_path):
     assert profile.network == "emulated" and profile.rank_hosts == ()
     emulated = profile.link_classes["emulated"]
     assert emulated.bandwidth_bytes_per_s == 100e6 / 8
-    # The overhead is what 8 bytes took; the fraction of the 100 Mbit/s that 1 MiB reached is
-    # below the rate and above what any working shaping gives (TCP/IP headers alone cost 4.4%).
+    # The overhead is what 8 bytes took.  The fraction of the 100 Mbit/s that 1 MiB reached: TCP/IP
+    # headers take 4.4% of it, and tbf's bucket (64 KiB) lets an idle link's first bytes through at once.
     assert 0 < emulated.latency_s < 0.01
-    assert 0.8 < emulated.efficiency_at(1 << 20) < 1.0
+    assert 0.85 < emulated.efficiency_at(1 << 20) < 1.1
     incast = {row["senders"]: row for row in profile.measurements["incast"]}
     assert sorted(incast) == [1, 2]
     for row in incast.values():

@@ -26,45 +26,59 @@ def validate_programs(programs: Sequence[Sequence[Operation]], nranks: int, grou
     if pg.nranks != nranks:
         raise ValueError(f"the groups are declared over {pg.nranks} ranks but the topology has {nranks}")
     server_groups = None if groups is None else tuple(tuple(g) for g in groups)
+    # Programs repeat a few operation objects many times (a training step's
+    # collectives per micro-batch): each object is checked once per group size.
     checked: set = set()
+    checked_ids: set = set()
     # (group name, group id) -> rank -> [(op index, collective)]
     issued: dict[tuple[str, int], dict[int, list]] = {}
     for rank, program in enumerate(programs):
         handles: set[str] = set()
+        members_of: dict[str, tuple] = {}  # this rank's group of each name
+
+        def where(index, op):
+            return f"rank {rank} op {index} ({getattr(op, 'kind', type(op).__name__)})"
+
         for index, op in enumerate(program):
-            if type(op) is Compute:
+            kind = type(op)
+            if kind is Compute:
                 continue  # checked when it was made; most of a training step's operations
-            where = f"rank {rank} op {index} ({getattr(op, 'kind', type(op).__name__)})"
-            if isinstance(op, (Collective, *P2P)):
-                members = _members(pg, op.group, rank, where)
+            if kind is Collective or kind in P2P:
+                members = members_of.get(op.group)
+                if members is None:
+                    members = members_of[op.group] = _members(pg, op.group, rank, where(index, op))
                 size = len(members)
-            if isinstance(op, P2P):
-                on = f" of group {op.group}" if op.group else ""
-                if op.peer >= size:
-                    raise ValueError(f"{where}: peer {op.peer} is not a rank{on} (there are {size})")
-                if op.peer == pg.index(op.group, rank):
-                    raise ValueError(f"{where}: a rank cannot {op.kind} to itself")
-            elif isinstance(op, Collective):
-                key = (op, members if op.algorithm == "hierarchical" else size)
-                if key not in checked:
-                    try:
-                        check_collective(op, size, group_server_groups(members, server_groups)
-                                         if op.algorithm == "hierarchical" else None)
-                    except ValueError as exc:
-                        raise ValueError(f"{where}: {exc}" + (f" (on group {op.group})" if op.group else "")) \
-                            from None
-                    checked.add(key)
+            if kind in P2P:
+                if op.peer >= size or op.peer == pg.index(op.group, rank):
+                    on = f" of group {op.group}" if op.group else ""
+                    if op.peer >= size:
+                        raise ValueError(f"{where(index, op)}: peer {op.peer} is not a rank{on} (there are {size})")
+                    raise ValueError(f"{where(index, op)}: a rank cannot {op.kind} to itself")
+            elif kind is Collective:
+                hierarchical = op.algorithm == "hierarchical"
+                seen = (id(op), members if hierarchical else size)
+                if seen not in checked_ids:
+                    key = (op, members if hierarchical else size)
+                    if key not in checked:
+                        try:
+                            check_collective(op, size, group_server_groups(members, server_groups)
+                                             if hierarchical else None)
+                        except ValueError as exc:
+                            raise ValueError(f"{where(index, op)}: {exc}"
+                                             + (f" (on group {op.group})" if op.group else "")) from None
+                        checked.add(key)
+                    checked_ids.add(seen)
                 issued.setdefault((op.group, pg.group_id(op.group, rank)), {}).setdefault(rank, []).append(
                     (index, op))
-            elif isinstance(op, Wait):
+            elif kind is Wait:
                 missing = [h for h in op.handles if h not in handles]
                 if missing:
-                    raise ValueError(f"{where}: waits for unknown handle(s) {short_names(missing)}")
-            elif not isinstance(op, Compute):
-                raise ValueError(f"{where}: not an operation: {short(op)}")
+                    raise ValueError(f"{where(index, op)}: waits for unknown handle(s) {short_names(missing)}")
+            else:
+                raise ValueError(f"{where(index, op)}: not an operation: {short(op)}")
             if is_nonblocking(op):
                 if op.handle in handles:
-                    raise ValueError(f"{where}: handle {short(op.handle)} is already in use")
+                    raise ValueError(f"{where(index, op)}: handle {short(op.handle)} is already in use")
                 handles.add(op.handle)
     for (name, gid), by_rank in issued.items():
         _check_matching(pg, name, gid, by_rank)
@@ -89,11 +103,18 @@ def _check_matching(pg: ProcessGroups, name: str, gid: int, by_rank: dict[int, l
                 f"{label}: rank {r} issues {counts[r]} collective(s) on it but rank {first} issues "
                 f"{counts[first]}; every member must issue the same collectives (this would deadlock)")
     ops = [by_rank.get(r, []) for r in members]
+    keys: dict[int, tuple] = {}  # id of an op -> what members must agree on
     for k in range(counts[first]):
         ref_index, ref = ops[0][k]
+        ref_key = keys.get(id(ref)) or keys.setdefault(id(ref), _matching_key(ref))
         for i, r in enumerate(members):
             index, op = ops[i][k]
-            if _matching_key(op) != _matching_key(ref):
+            if op is ref:
+                continue
+            key = keys.get(id(op))
+            if key is None:
+                key = keys[id(op)] = _matching_key(op)
+            if key != ref_key:
                 raise ValueError(
                     f"{label}: collective #{k + 1} on it is {_describe(ref)} at rank {first} op {ref_index} but "
                     f"{_describe(op)} at rank {r} op {index}; every member must issue the same collectives")
