@@ -293,9 +293,16 @@ def build_profile(args, nranks, sizes, partners, pings, compute, coll_algorithm,
         # link); every size's transfer, beyond it, against the shaped rate.
         rate = topology["bandwidth_bytes_per_s"]
         one_way = times[partners[0]]
-        overhead_s = max(one_way[0] - sizes[0] / rate, 0.0)
-        classes["emulated"] = LinkClass(overhead_s, rate, efficiency_curve(sizes, one_way, overhead_s, rate,
-                                                                            tolerance=0.0))
+        # The overhead from the sizes whose bytes take under a tenth of their time
+        # (median: the first of them also pays for a cold connection); the
+        # fraction of the rate from those whose bytes take over half of it.
+        small = [t - n / rate for n, t in zip(sizes, one_way) if n / rate <= 0.1 * t]
+        overhead_s = max(float(np.median(small)) if small else one_way[0] - sizes[0] / rate, 0.0)
+        # One fraction for every size, the largest's: a collective's steps follow
+        # one another on a link and find tbf's bucket empty, as a long transfer
+        # does (an isolated smaller message gains the bucket: see executors.emulation).
+        curve = efficiency_curve(sizes[-1:], one_way[-1:], overhead_s, rate, tolerance=0.0)
+        classes["emulated"] = LinkClass(overhead_s, rate, curve)
         ping_table.append({"class": "emulated", "partner": partners[0],
                            "one_way_s": [[n, t] for n, t in zip(sizes, one_way)]})
     for partner in partners if not emulated else ():
