@@ -48,8 +48,9 @@ MAX_NAMESPACES = 64
 # forwards it and in the receiver; beyond about this much per core the
 # machine, not the shaped link, sets the rate.  Measured on the 2-core
 # development machine: one unshaped TCP flow moves 16 Gbit/s between two
-# namespaces and 12.7 Gbit/s through a third that forwards, on both cores.
-MAX_BITS_PER_S_PER_CORE = 5e9
+# namespaces, but 8 gloo ranks all-reducing over 1 Gbit/s links reached 53%
+# of it (4.2 Gbit/s in all, on 2 cores).
+MAX_BITS_PER_S_PER_CORE = 2e9
 # A link faster than tbf can pace on a veth is not a shaped link any more.
 MAX_LINK_BITS_PER_S = 10e9
 MIN_LINK_BITS_PER_S = 1e5
@@ -64,7 +65,11 @@ MIN_LINK_BITS_PER_S = 1e5
 GSO_MAX_BYTES = 16 * 1024
 MIN_BURST_BYTES = 32 * 1024
 BURST_S = 0.25e-3
-QUEUE_S = 0.05
+# A short queue: one link's data and the acknowledgements of a flow the other
+# way share it, and a 50 ms queue held those back enough to slow a ring
+# allgather across a tree's uplinks by 22% (5 ms: 2%), where one flow alone
+# reached 0.958 of the rate with either.
+QUEUE_S = 0.005
 COMMAND_TIMEOUT_S = 60.0
 LINK_BASE = (10 << 24) | (128 << 16)  # 10.128.0.0/9: one /30 per link
 
@@ -353,9 +358,14 @@ class EmulatedNetwork:
             for ns in plan.namespaces:
                 # Every namespace forwards; reverse-path filtering would drop a
                 # route's packets that arrive on another link than the reply leaves by.
+                # A connection idle for a while keeps its window (no slow start
+                # again), as clusters tune it: a collective's peers of distance 4
+                # idle between broadcasts (measured: a 1 MiB binomial broadcast
+                # over a ring of 8 took 0.48 s with it, 0.26 s is the link's time).
                 _run(["ip", "netns", "exec", ns, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1",
-                      "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0"],
-                     what=f"enabling forwarding in {ns}")
+                      "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0",
+                      "net.ipv4.tcp_slow_start_after_idle=0"],
+                     what=f"setting up {ns}")
             lines = []
             for link in plan.links:
                 a, b = link.ends

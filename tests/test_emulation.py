@@ -115,7 +115,7 @@ def test_without_root_or_tools_it_refuses_before_creating_anything(monkeypatch):
 @pytest.mark.parametrize("topo", [
     tree(8, arity=2, bandwidth_bytes_per_s=12.5e6),
     fat_tree(4, bandwidth_bytes_per_s=1.25e6),
-    hierarchical([2, 4], bandwidths_bytes_per_s=[125e6, 12.5e6]),
+    hierarchical([2, 4], bandwidths_bytes_per_s=[50e6, 12.5e6]),
     ring(6, bandwidth_bytes_per_s=12.5e6),
     edge_cloud(n_devices=4, n_edge=2, lan_bandwidth_bytes_per_s=125e6, wan_bandwidth_bytes_per_s=12.5e6),
 ], ids=lambda t: t.name)
