@@ -14,7 +14,7 @@ send and the receive from its left neighbour are both delivered, then the
 reduction time of a reduce-scatter step -- advances one instant at a time
 with a few vector operations per instant, whatever the number of lanes.
 
-``FluidRings.run()`` returns a ``FluidPlan`` (every member's end, link
+``FluidRings.run()`` returns a ``fastpath.Plan`` (every member's end, link
 energy, bytes and last byte per link) or the reason it cannot stand for the
 flow network.  ``run(stop_s)`` stops at an instant and keeps the state the
 engine needs to continue message by message (``simcore.engine``).  The
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from simcore.fastpath import BUSY, IRREGULAR, link_free
+from simcore.fastpath import BUSY, IRREGULAR, Plan, link_free
 from workloads.collectives import block_layout
 
 # Shares within this relative distance of the smallest are one bottleneck level:
@@ -35,19 +35,6 @@ from workloads.collectives import block_layout
 _TIE = 1e-12
 # Delivery times kept (lanes x steps); a larger set runs message by message.
 MAX_HISTORY = 50_000_000
-
-
-class FluidPlan:
-    """Per lane its end and link energy; per link its bytes and the time its last byte leaves."""
-
-    __slots__ = ("end_s", "link_j", "link_bytes", "busy_until_s", "messages")
-
-    def __init__(self, end_s, link_j, link_bytes, busy_until_s, messages):
-        self.end_s = end_s
-        self.link_j = link_j
-        self.link_bytes = link_bytes
-        self.busy_until_s = busy_until_s
-        self.messages = messages
 
 
 class FluidRings:
@@ -134,7 +121,7 @@ class FluidRings:
     # -- the run -----------------------------------------------------------------------------
 
     def run(self, stop_s: float | None = None):
-        """A ``FluidPlan``; with ``stop_s``, None after keeping the state at ``stop_s`` in ``self.state``."""
+        """A ``Plan``; with ``stop_s``, None after keeping the state at ``stop_s`` in ``self.state``."""
         sim = self.sim
         net = sim.net
         m = self.m
@@ -253,7 +240,7 @@ class FluidRings:
         busy = np.full(len(self.links), -inf)
         np.maximum.at(busy, entry_link, last_byte[entry_lane])
         links = self.links.tolist()
-        return FluidPlan(end_s.tolist(), link_j.tolist(),
+        return Plan(end_s.tolist(), link_j.tolist(),
                          {link: int(b) for link, b in zip(links, per_link.tolist()) if b},
                          {link: t for link, t in zip(links, busy.tolist()) if t > -inf}, messages)
 
