@@ -73,7 +73,7 @@ from simcore.result import RECORD_COLUMNS, RunResult
 from topologies import Topology
 from workloads.collectives import lower, lower_in_group, root_peer
 from workloads.groups import WORLD
-from workloads.ops import Collective, Compute, Irecv, Isend, Recv, Send, Wait, record_groups
+from workloads.ops import Collective, Compute, Irecv, Isend, Recv, Send, Wait
 
 __all__ = ["PROGRESS_EVERY_EVENTS", "DeadlockError", "NonFiniteResultError", "SimulationError", "Simulator",
            "simulate"]
@@ -311,7 +311,9 @@ class Simulator(ReferenceSimulator):
         aligned = self.aligned
         program = self.programs[rank]
         nops = len(program)
-        groups_of = record_groups(program)
+        # The group each record carries (workloads.ops.record_groups), found as
+        # the rank reaches each operation rather than in a pass over the program.
+        group_of_handle: dict[str, str] = {}
         current = self._current
         index = -1
         while index + 1 < nops:
@@ -380,11 +382,12 @@ class Simulator(ReferenceSimulator):
                 if not op.blocking:
                     done = env.event()
                     handles[op.handle] = done
+                    group_of_handle[op.handle] = op.group
                     env.process(self._nonblocking(rank, index, op, tag, stream_tail, done))
                     stream_tail = done
                     continue
                 yield from self._collective(rank, op, tag, link_j)
-                peer, nbytes, algorithm = root_peer(op), op.nbytes, op.algorithm
+                peer, nbytes, algorithm, group = root_peer(op), op.nbytes, op.algorithm, op.group
                 self._comm_s[rank] += env.now - start
             elif type(op) is Send or type(op) is Recv:
                 waiter = [1, None]
@@ -396,19 +399,22 @@ class Simulator(ReferenceSimulator):
                 if waiter[0]:
                     waiter[1] = env.event()
                     yield waiter[1]
-                peer, nbytes, algorithm = op.peer, op.nbytes, ""
+                peer, nbytes, algorithm, group = op.peer, op.nbytes, "", op.group
                 self._comm_s[rank] += env.now - start
             elif type(op) is Isend or type(op) is Irecv:
-                handles[op.handle] = self._start_p2p(rank, index, op, groups_of[index])
+                handles[op.handle] = self._start_p2p(rank, index, op, op.group)
+                group_of_handle[op.handle] = op.group
                 continue
             else:  # Wait
                 pending = [handles[h] for h in op.handles if not handles[h].processed]
                 if pending:
                     yield env.all_of(pending)
                 peer, nbytes, algorithm = -1, 0, ""
+                waited = {group_of_handle.get(h, "") for h in op.handles}
+                group = waited.pop() if len(waited) == 1 else ""
                 self._wait_s[rank] += env.now - start
             energy = idle_w * (env.now - start) + link_j[0]
-            records.append((rank, index, groups_of[index], op.kind, algorithm, peer, nbytes, 0.0, start,
+            records.append((rank, index, group, op.kind, algorithm, peer, nbytes, 0.0, start,
                             env.now, energy))  # a Record's fields, as a plain tuple
         pending = [h for h in handles.values() if not h.processed]
         if pending:
