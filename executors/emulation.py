@@ -60,8 +60,7 @@ MIN_LINK_BITS_PER_S = 1e5
 # back-to-back messages get 0.96.  Segments of at most 16 KiB and a bucket of
 # 32 KiB (or 0.25 ms at the link's rate) keep that gain small and still move
 # 1 Gbit/s in one flow on the 2-core machine (0.957 of the rate at 16 MiB;
-# 4 KiB segments got 0.54 there).  The queue holds this many seconds at the
-# link's rate: one TCP flow keeps the link busy without much added delay.
+# 4 KiB segments got 0.54 there).
 GSO_MAX_BYTES = 16 * 1024
 MIN_BURST_BYTES = 32 * 1024
 BURST_S = 0.25e-3
@@ -328,6 +327,7 @@ class EmulatedNetwork:
 
     def __init__(self, plan: EmulationPlan):
         self.plan = plan
+        self._end_of_address = {end.address: end for link in plan.links for end in link.ends}
         self._built = False
         self._old_sigterm = None
 
@@ -340,7 +340,7 @@ class EmulatedNetwork:
 
     def exec_prefix(self, rank: int) -> list[str]:
         """The command prefix that runs a program inside ``rank``'s namespace."""
-        return ["ip", "netns", "exec", self.plan.namespaces[self.plan.rank_node[rank]]]
+        return ["ip", "netns", "exec", self.namespace_of(rank)]
 
     def namespace_of(self, rank: int) -> str:
         return self.plan.namespaces[self.plan.rank_node[rank]]
@@ -398,7 +398,7 @@ class EmulatedNetwork:
     def route_path(self, src: int, dst: int) -> tuple[int, ...]:
         """The node indices a packet from rank ``src`` to rank ``dst`` visits, asked of the kernel hop by hop."""
         plan = self.plan
-        node_of_address = {end.address: end.node for link in plan.links for end in link.ends}
+        end_of_address = self._end_of_address
         src_ip, dst_ip = plan.rank_address[src], plan.rank_address[dst]
         node, path = plan.rank_node[src], [plan.rank_node[src]]
         iif = None
@@ -411,9 +411,8 @@ class EmulatedNetwork:
             words = _run(query, what=f"asking {plan.namespaces[node]} for its route to rank {dst}").split()
             if "via" not in words:
                 raise EmulationError(f"{plan.namespaces[node]} has no next hop for rank {dst} from rank {src}")
-            via = words[words.index("via") + 1]
-            node = node_of_address[via]
-            iif = next(end.interface for link in plan.links for end in link.ends if end.address == via)
+            end = end_of_address[words[words.index("via") + 1]]
+            node, iif = end.node, end.interface
             path.append(node)
         return tuple(path)
 

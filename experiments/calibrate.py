@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from executors import backends, get_executor
+from executors.emulation import MAX_LINK_BITS_PER_S, MIN_LINK_BITS_PER_S
 from executors.real import NETWORKS, RealOptions, RealRunError
 from experiments.output import write_profile
 from simcore.fitting import efficiency_curve, fit_collective_efficiency, fit_hockney
@@ -198,8 +199,10 @@ def main(argv: list[str] | None = None) -> int:
     if emulated and args.hostfile:
         print("error: --network emulated runs on this machine; it takes no --hostfile", file=sys.stderr)
         return 2
-    if emulated and not 0.1 <= args.rate <= 10000:
-        print(f"error: --rate must be between 0.1 and 10000 Mbit/s, got {args.rate:g}", file=sys.stderr)
+    low_mbit, high_mbit = MIN_LINK_BITS_PER_S / 1e6, MAX_LINK_BITS_PER_S / 1e6
+    if emulated and not low_mbit <= args.rate <= high_mbit:
+        print(f"error: --rate must be between {low_mbit:g} and {high_mbit:g} Mbit/s, got {args.rate:g}",
+              file=sys.stderr)
         return 2
     topology = calibration_topology(args.nranks, args.rate) if emulated else None
     if args.nranks < 2:

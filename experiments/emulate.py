@@ -105,10 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     try:
         with EmulatedNetwork(plan) as net:
-            wrong = [(s, d) for (s, d), path in plan.paths.items() if net.route_path(s, d) != path]
+            kernel = {pair: net.route_path(*pair) for pair in plan.paths}
+            wrong = [pair for pair, path in plan.paths.items() if kernel[pair] != path]
             print(f"routes: {len(plan.paths) - len(wrong)} of {len(plan.paths)} pairs take the simulator's path")
             for s, d in wrong[:10]:
-                print(f"  rank {s} -> rank {d}: kernel {net.route_path(s, d)}, simulator {plan.paths[(s, d)]}")
+                print(f"  rank {s} -> rank {d}: kernel {kernel[(s, d)]}, simulator {plan.paths[(s, d)]}")
             failed = bool(wrong)
             if args.nbytes and plan.nranks > 1:
                 topo = scenario.topology

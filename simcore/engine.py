@@ -69,11 +69,11 @@ from simcore.reference_engine import (
     SimulationError,
     _non_finite_compute,
 )
-from simcore.result import RECORD_COLUMNS, RunResult
+from simcore.result import RECORD_COLUMNS, TEXT_COLUMNS, RunResult
 from topologies import Topology
 from workloads.collectives import lower, lower_in_group, root_peer
 from workloads.groups import WORLD
-from workloads.ops import Collective, Compute, Irecv, Isend, Recv, Send, Wait
+from workloads.ops import Collective, Compute, Irecv, Isend, Recv, Send, Wait, wait_group
 
 __all__ = ["PROGRESS_EVERY_EVENTS", "DeadlockError", "NonFiniteResultError", "SimulationError", "Simulator",
            "simulate"]
@@ -143,7 +143,6 @@ class _GuardedNetwork(FlowNetwork):
         super().transfer(links, min_capacity_bytes_per_s, latency_s, nbytes, message, work_bytes)
 
 
-_TEXT_COLUMNS = frozenset(("group", "kind", "algorithm"))
 # The engine's messages and collectives record validated integers here (rank,
 # op index, peer, bytes) and floats in the rest; the reference's inference
 # types them so too (int64, and float64 for flops, 0.0 in every such record).
@@ -158,7 +157,7 @@ def _message_columns(records: list) -> dict | None:
     try:
         for j, name in enumerate(RECORD_COLUMNS):
             values = map(itemgetter(j), records)
-            if name in _TEXT_COLUMNS:
+            if name in TEXT_COLUMNS:
                 codes, uniques = pd.factorize(np.fromiter(values, dtype=object, count=n), use_na_sentinel=False)
                 if not all(type(u) is str for u in uniques):
                     return None
@@ -260,7 +259,7 @@ class Simulator(ReferenceSimulator):
                 return values[order]
         columns = {}
         for name in RECORD_COLUMNS:
-            columns[name] = _text_column([part[name] for part in parts], place) if name in _TEXT_COLUMNS \
+            columns[name] = _text_column([part[name] for part in parts], place) if name in TEXT_COLUMNS \
                 else place(joined(name))
         return pd.DataFrame(columns, copy=False)
 
@@ -410,8 +409,7 @@ class Simulator(ReferenceSimulator):
                 if pending:
                     yield env.all_of(pending)
                 peer, nbytes, algorithm = -1, 0, ""
-                waited = {group_of_handle.get(h, "") for h in op.handles}
-                group = waited.pop() if len(waited) == 1 else ""
+                group = wait_group(op, group_of_handle)
                 self._wait_s[rank] += env.now - start
             energy = idle_w * (env.now - start) + link_j[0]
             records.append((rank, index, group, op.kind, algorithm, peer, nbytes, 0.0, start,

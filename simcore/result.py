@@ -39,7 +39,7 @@ RECORD_COLUMNS = Record._fields
 OP_KEYS = ["group", "kind", "algorithm", "nbytes", "flops"]
 
 
-_TEXT_COLUMNS = frozenset(("group", "kind", "algorithm"))
+TEXT_COLUMNS = frozenset(("group", "kind", "algorithm"))
 # Times and energies are floats even where every value happens to be an
 # integer (a simulation's clock starts at the integer 0).
 _FLOAT_COLUMNS = ("start_s", "end_s", "energy_j")
@@ -54,7 +54,7 @@ def record_columns(records) -> dict[str, np.ndarray] | None:
     # Column by column through numpy: pandas' row-wise inference costs seconds per million records.
     data = {}
     for name, values in zip(RECORD_COLUMNS, zip(*records)):
-        if name in _TEXT_COLUMNS:
+        if name in TEXT_COLUMNS:
             data[name] = np.array(values, dtype=object)
             continue
         column = np.array(values)

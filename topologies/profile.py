@@ -191,6 +191,14 @@ class MachineProfile:
                            latency_s=inter.latency_s / 2)
         return Topology(g, name=f"profile:{self.name}")
 
+    def simulated_topology(self, topology: Topology) -> Topology:
+        """What a scenario on ``topology`` is simulated on with this profile: the measured machine
+        (``topology``'s rank count and groups kept), or for an emulated profile ``topology`` itself
+        as its emulated network behaves."""
+        if self.network == "emulated":
+            return self.emulated_topology(topology)
+        return self.topology(topology.nranks, topology.groups())
+
     def emulated_topology(self, topology: Topology) -> Topology:
         """``topology`` as its emulated network behaves, by this (emulated) profile's measurements.
 

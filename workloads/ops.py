@@ -237,6 +237,12 @@ def op_group(op) -> str:
     return getattr(op, "group", "")
 
 
+def wait_group(op: "Wait", group_of_handle: dict[str, str]) -> str:
+    """The group a ``Wait``'s record carries: that of the operations it waits for when they share one, else ''."""
+    groups = {group_of_handle.get(h, "") for h in op.handles}
+    return groups.pop() if len(groups) == 1 else ""
+
+
 def record_groups(program) -> list[str]:
     """The ``group`` each operation's record carries: its own group, and for a
     ``Wait`` the group of the operations it waits for when they share one
@@ -249,8 +255,7 @@ def record_groups(program) -> list[str]:
             append("")  # most of a training step's operations
             continue
         if type(op) is Wait:
-            groups = {of_handle.get(h, "") for h in op.handles}
-            out.append(groups.pop() if len(groups) == 1 else "")
+            out.append(wait_group(op, of_handle))
             continue
         if is_nonblocking(op):
             of_handle[op.handle] = op.group

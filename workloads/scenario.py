@@ -227,8 +227,7 @@ def scenario_from_dict(data: dict[str, Any], *, base_dir: Path | None = None, wh
                 if not profile_path.is_absolute() and base_dir is not None:
                     profile_path = base_dir / profile_path
                 profile = load_profile(profile_path)
-            topology = (profile.emulated_topology(topology) if profile.network == "emulated"
-                        else profile.topology(topology.nranks, topology.groups()))
+            topology = profile.simulated_topology(topology)
         except ValueError as exc:
             raise ScenarioError(f"{where}: profile: {exc}") from None
     try:
@@ -280,11 +279,7 @@ def with_profile(scenario: Scenario, profile: MachineProfile) -> Scenario:
     scenario's own topology, as its emulated network builds it
     (``MachineProfile.emulated_topology``).
     """
-    if profile.network == "emulated":
-        topology = profile.emulated_topology(scenario.topology)
-    else:
-        topology = profile.topology(scenario.topology.nranks, scenario.topology.groups())
-    return dataclasses.replace(scenario, topology=topology, profile=profile)
+    return dataclasses.replace(scenario, topology=profile.simulated_topology(scenario.topology), profile=profile)
 
 
 def read_scenario_file(path: str | Path) -> dict[str, Any]:

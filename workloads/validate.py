@@ -104,17 +104,19 @@ def _check_matching(pg: ProcessGroups, name: str, gid: int, by_rank: dict[int, l
                 f"{counts[first]}; every member must issue the same collectives (this would deadlock)")
     ops = [by_rank.get(r, []) for r in members]
     keys: dict[int, tuple] = {}  # id of an op -> what members must agree on
+
+    def key_of(op):
+        key = keys.get(id(op))
+        if key is None:
+            key = keys[id(op)] = _matching_key(op)
+        return key
+
     for k in range(counts[first]):
         ref_index, ref = ops[0][k]
-        ref_key = keys.get(id(ref)) or keys.setdefault(id(ref), _matching_key(ref))
+        ref_key = key_of(ref)
         for i, r in enumerate(members):
             index, op = ops[i][k]
-            if op is ref:
-                continue
-            key = keys.get(id(op))
-            if key is None:
-                key = keys[id(op)] = _matching_key(op)
-            if key != ref_key:
+            if op is not ref and key_of(op) != ref_key:
                 raise ValueError(
                     f"{label}: collective #{k + 1} on it is {_describe(ref)} at rank {first} op {ref_index} but "
                     f"{_describe(op)} at rank {r} op {index}; every member must issue the same collectives")

@@ -27,6 +27,8 @@ KERNEL_N = 256
 # Set by the launcher where the library cannot tell which ranks share this machine.
 LOCAL_RANK_ENV = "DISTSIM_LOCAL_RANK"
 LOCAL_SIZE_ENV = "DISTSIM_LOCAL_SIZE"
+# "emulated" where the launcher started the ranks on an emulated network (executors.emulation).
+NETWORK_ENV = "DISTSIM_NETWORK"
 
 
 class RealBackend(ABC):

@@ -22,7 +22,7 @@ import sys
 
 import numpy as np
 
-from executors.real.backend import KERNEL_N, LOCAL_RANK_ENV, LOCAL_SIZE_ENV, RealBackend
+from executors.real.backend import KERNEL_N, LOCAL_RANK_ENV, LOCAL_SIZE_ENV, NETWORK_ENV, RealBackend
 from executors.real.executor import RealExecutor
 from executors.real.options import RealRunError
 from workloads.collectives import block_layout, exchange_layouts, scatter_layout
@@ -309,7 +309,7 @@ class MPIExecutor(RealExecutor):
         # Every rank is remote to every other (no shared memory: NOLOCAL), and
         # UCX moves bytes over TCP on the rank's own emulated interface only.
         cmd = [mpiexec, "-disable-auto-cleanup", "-genv", "MPIR_CVAR_NOLOCAL", "1", "-genv", "UCX_TLS", "tcp",
-               "-genv", "DISTSIM_NETWORK", "emulated", "-genv", LOCAL_SIZE_ENV, str(nranks)]
+               "-genv", NETWORK_ENV, "emulated", "-genv", LOCAL_SIZE_ENV, str(nranks)]
         for rank in range(nranks):
             if rank:
                 cmd.append(":")

@@ -44,7 +44,7 @@ import socket
 import sys
 from datetime import timedelta
 
-from executors.real.backend import KERNEL_N, LOCAL_RANK_ENV, LOCAL_SIZE_ENV, RealBackend
+from executors.real.backend import KERNEL_N, LOCAL_RANK_ENV, LOCAL_SIZE_ENV, NETWORK_ENV, RealBackend
 from executors.real.executor import RealExecutor
 from workloads.collectives import alltoall_output_layout, block_layout, scatter_layout
 from workloads.groups import ProcessGroups
@@ -141,7 +141,7 @@ class TorchBackend(RealBackend):
         timeout = timedelta(seconds=2 * timeout_s + 10)
         # On an emulated network the bytes must cross its links: gloo over TCP
         # (NCCL would take NVLink or shared memory between GPUs of this machine).
-        emulated = os.environ.get("DISTSIM_NETWORK") == "emulated"
+        emulated = os.environ.get(NETWORK_ENV) == "emulated"
         if torch.cuda.is_available() and dist.is_nccl_available() and not emulated:
             device = torch.device(f"cuda:{local_rank}")
             # gather_object and barrier on NCCL use the current device.
@@ -466,7 +466,7 @@ class TorchExecutor(RealExecutor):
                  "env": {"RANK": str(rank), "WORLD_SIZE": str(nranks), "LOCAL_RANK": str(rank),
                          "LOCAL_WORLD_SIZE": str(nranks), "MASTER_ADDR": plan.rank_address[0],
                          "MASTER_PORT": str(RDZV_PORT), "GLOO_SOCKET_IFNAME": plan.rank_interface[rank],
-                         "DISTSIM_NETWORK": "emulated", LOCAL_RANK_ENV: str(rank), LOCAL_SIZE_ENV: str(nranks)}}
+                         NETWORK_ENV: "emulated", LOCAL_RANK_ENV: str(rank), LOCAL_SIZE_ENV: str(nranks)}}
                 for rank in range(nranks)]
         path = os.path.join(run_dir, "spawn.json")
         with open(path, "w") as fh:
