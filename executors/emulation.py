@@ -2,7 +2,7 @@
 
 Every node of the topology (compute rank or switch) becomes a network
 namespace, every link a veth pair between its two nodes' namespaces, each
-end's egress shaped by a token bucket (``tc`` tbf) to the link's bandwidth, so
+end's egress shaped (``tc`` htb, see ``shaping_commands``) to the link's bandwidth, so
 each direction of a full-duplex link has the rate of its own.  Every
 namespace forwards.  Routes are installed hop by hop so that a packet from
 rank s to rank d crosses exactly the links of ``topology.route(s, d)``: a
@@ -51,10 +51,10 @@ MAX_NAMESPACES = 64
 # namespaces, but 8 gloo ranks all-reducing over 1 Gbit/s links reached 53%
 # of it (4.2 Gbit/s in all, on 2 cores).
 MAX_BITS_PER_S_PER_CORE = 2e9
-# A link faster than tbf can pace on a veth is not a shaped link any more.
+# A link faster than the shaper can pace on a veth is not a shaped link any more.
 MAX_LINK_BITS_PER_S = 10e9
 MIN_LINK_BITS_PER_S = 1e5
-# tbf lets a full bucket through at once, so a message on an idle link gains
+# A token bucket lets a full bucket through at once, so a message on an idle link gains
 # bucket / rate: with the kernel's 64 KiB segments (GSO) and a 64 KiB bucket,
 # 1.8 times the rate at 128 KiB, 1.02 at 1 MiB (measured, 100 Mbit/s), where
 # back-to-back messages get 0.96.  Segments of at most 16 KiB and a bucket of
@@ -64,12 +64,11 @@ MIN_LINK_BITS_PER_S = 1e5
 GSO_MAX_BYTES = 16 * 1024
 MIN_BURST_BYTES = 32 * 1024
 BURST_S = 0.25e-3
-# The queue holds 50 ms at the link's rate.  Neither length is right for
-# every pattern (measured, benchmarks/emulated_accuracy.py): with 5 ms, the
-# acknowledgements that wait behind the other direction's data cost a ring
-# allgather across a tree's uplinks 2% instead of 22%, but flows that meet
-# lose packets and a 1 MiB alltoall over a ring of 8 took 0.60 s instead
-# of 0.18 (a lower rto_min on the routes did not help).
+# The data queue holds 50 ms at the link's rate: flows that meet at a link
+# lose few packets (with 5 ms, a 1 MiB alltoall over a ring of 8 took 0.60 s
+# instead of 0.18; a lower rto_min on the routes did not help).  Such a queue
+# cost the other direction's flows 15-23% while their acknowledgements waited
+# in it; they now go first (shaping_commands).
 QUEUE_S = 0.05
 COMMAND_TIMEOUT_S = 60.0
 LINK_BASE = (10 << 24) | (128 << 16)  # 10.128.0.0/9: one /30 per link
@@ -94,7 +93,7 @@ class LinkEnd:
 class EmulatedLink:
     edge: int
     ends: tuple[LinkEnd, LinkEnd]
-    bits_per_s: float  # tbf rate, each direction
+    bits_per_s: float  # shaped rate, each direction
 
 
 @dataclass(frozen=True)
@@ -138,6 +137,34 @@ def run_prefix(pid: int | None = None) -> str:
     return f"{PREFIX}{pid}-{_start_ticks(pid)}-"
 
 
+def shaping_commands(interface: str, bits_per_s: float, burst_bytes: int, limit_bytes: int) -> list[str]:
+    """The ``tc -batch`` lines that shape one link end's egress to ``bits_per_s``.
+
+    One htb class holds the link's rate; inside it, small TCP packets (pure
+    acknowledgements, under 128 bytes) go first and the rest queue behind
+    them in a FIFO of ``limit_bytes``.  With a single FIFO (tbf), the
+    acknowledgements of a flow in one direction wait behind the other
+    direction's data, up to a whole queue's time, and flows that cross a link
+    in both directions lost 15-23% of their rate (measured:
+    benchmarks/emulated_accuracy.py, a ring allgather across a tree's
+    uplinks); a switch port's real queue is as short as that wait is not.
+    """
+    rate = int(bits_per_s)
+    ack_rate = max(rate // 20, 8000)
+    head = f"dev {interface} parent 1"
+    shape = f"burst {burst_bytes} cburst {burst_bytes}"
+    return [f"qdisc add dev {interface} root handle 1: htb default 20",
+            f"class add {head}: classid 1:1 htb rate {rate}bit ceil {rate}bit {shape}",
+            f"class add {head}:1 classid 1:10 htb rate {ack_rate}bit ceil {rate}bit prio 0 {shape} quantum 1514",
+            f"class add {head}:1 classid 1:20 htb rate {rate - ack_rate}bit ceil {rate}bit prio 1 {shape} "
+            f"quantum {GSO_MAX_BYTES}",
+            f"qdisc add {head}:10 pfifo limit 1000",
+            f"qdisc add {head}:20 bfifo limit {limit_bytes}",
+            # IPv4, TCP, total length below 128: an acknowledgement (with SACK blocks) or a tiny message.
+            f"filter add {head}: protocol ip prio 1 u32 match ip protocol 6 0xff "
+            "match u16 0x0000 0xff80 at 2 flowid 1:10"]
+
+
 def plan_emulation(topology: Topology, prefix: str | None = None) -> EmulationPlan:
     """The namespaces, links, addresses, shaping and routes that emulate ``topology``."""
     if not isinstance(topology, Topology):
@@ -177,8 +204,7 @@ def plan_emulation(topology: Topology, prefix: str | None = None) -> EmulationPl
             ip_commands[ns] += [f"addr add {end.address}/30 dev {end.interface}",
                                 f"link set dev {end.interface} gso_max_size {GSO_MAX_BYTES}",
                                 f"link set {end.interface} up"]
-            tc_commands[ns].append(f"qdisc add dev {end.interface} root tbf rate {int(link.bits_per_s)}bit "
-                                   f"burst {burst} limit {limit}")
+            tc_commands[ns] += shaping_commands(end.interface, link.bits_per_s, burst, limit)
 
     paths: dict[tuple[int, int], tuple[int, ...]] = {}
     own_routes: dict[int, list[str]] = {}
@@ -231,7 +257,7 @@ def size_refusal(plan: EmulationPlan, cores: int | None = None) -> str | None:
     for link in plan.links:
         a, b = (plan.node_names[e.node] for e in link.ends)
         if not MIN_LINK_BITS_PER_S <= link.bits_per_s <= MAX_LINK_BITS_PER_S:
-            return (f"{where}: link {a} - {b} runs at {link.bits_per_s / 1e6:g} Mbit/s; tbf shapes a veth "
+            return (f"{where}: link {a} - {b} runs at {link.bits_per_s / 1e6:g} Mbit/s; htb shapes a veth "
                     f"faithfully between {MIN_LINK_BITS_PER_S / 1e6:g} and {MAX_LINK_BITS_PER_S / 1e6:g} Mbit/s")
     cores = (os.cpu_count() or 1) if cores is None else cores
     # What the ranks can inject at once: each rank's links at full rate.

@@ -6,6 +6,7 @@ as CI has; elsewhere they skip with the reason.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -71,8 +72,12 @@ def test_plan_gives_each_link_a_subnet_and_each_direction_its_rate():
     for link in plan.links:
         assert link.bits_per_s == 100e6
         for end in link.ends:
-            assert f"qdisc add dev {end.interface} root tbf rate 100000000bit" in " ".join(
-                plan.tc_commands[plan.namespaces[end.node]])
+            lines = plan.tc_commands[plan.namespaces[end.node]]
+            assert f"qdisc add dev {end.interface} root handle 1: htb default 20" in lines
+            assert any(line.startswith(f"class add dev {end.interface} parent 1: classid 1:1 htb rate 100000000bit "
+                                       "ceil 100000000bit") for line in lines)
+            assert any(line.startswith(f"filter add dev {end.interface} parent 1: ") and "flowid 1:10" in line
+                       for line in lines)
     # Every ordered pair of ranks has the simulator's path, from its rank's node to the other's.
     assert len(plan.paths) == 4 * 3
     for (s, d), path in plan.paths.items():
@@ -135,6 +140,27 @@ def test_a_shaped_link_moves_16_mib_at_its_rate_within_10_percent():
         achieved = measure_transfer(net, 0, 1, 16 << 20)
     # TCP/IP headers take 66 of every 1514 bytes on the wire: 95.6% of the rate is payload.
     assert 0.9 * rate_bytes_per_s <= achieved <= 1.1 * rate_bytes_per_s, achieved
+
+
+def _class_bytes(net, rank: int) -> dict[str, int]:
+    plan = net.plan
+    out = subprocess.run(["tc", "-n", net.namespace_of(rank), "-s", "class", "show", "dev",
+                          plan.rank_interface[rank]], capture_output=True, text=True, check=True).stdout
+    # tc prints no JSON for classes: "class htb 1:10 parent 1:1 ...\n Sent 5 bytes 1 pkt ..."
+    return {handle: int(sent) for handle, sent in re.findall(r"class htb (\S+) .*?\n\s*Sent (\d+) bytes", out)}
+
+
+@needs_namespaces
+def test_acknowledgements_skip_the_data_queue():
+    plan = plan_emulation(ring(2, bandwidth_bytes_per_s=12.5e6))
+    with EmulatedNetwork(plan) as net:
+        measure_transfer(net, 0, 1, 2 << 20)
+        sender, receiver = _class_bytes(net, 0), _class_bytes(net, 1)
+    # The data left the sender through the data class; the receiver's acknowledgements
+    # left through the small-packet class, so they never wait behind data going its way.
+    assert sender["1:20"] >= 2 << 20
+    assert receiver["1:10"] > 0
+    assert receiver["1:20"] < receiver["1:10"]
 
 
 @needs_namespaces
@@ -213,7 +239,7 @@ def test_emulate_plan_only_prints_the_links_and_refuses_what_it_cannot_shape(cap
     assert emulate.main([os.path.join(SCENARIOS, "emulated_tree8.yaml"), "--plan-only"]) == (0 if allowed else 2)
     out = capsys.readouterr().out
     assert "tree: 15 namespaces, 14 shaped links" in out and "s2_0 - s3_0" in out
-    # 12.5 GB/s links: beyond what tbf paces on a veth.
+    # 12.5 GB/s links: beyond what the shaper paces on a veth.
     assert emulate.main([os.path.join(SCENARIOS, "ring8_allreduce.yaml"), "--plan-only"]) == 2
     assert "link n0 - n1 runs at 100000 Mbit/s" in capsys.readouterr().err
     with pytest.raises(SystemExit):
@@ -312,7 +338,7 @@ def test_calibrate_on_an_emulated_switch_writes_a_transport_profile(tmp_path):
     emulated = profile.link_classes["emulated"]
     assert emulated.bandwidth_bytes_per_s == 100e6 / 8
     # The overhead is what 8 bytes took.  The fraction of the 100 Mbit/s that 1 MiB reached: TCP/IP
-    # headers take 4.4% of it, and tbf's bucket (64 KiB) lets an idle link's first bytes through at once.
+    # headers take 4.4% of it, and the bucket (32 KiB) lets an idle link's first bytes through at once.
     assert 0 < emulated.latency_s < 0.01
     assert 0.85 < emulated.efficiency_at(1 << 20) < 1.1
     incast = {row["senders"]: row for row in profile.measurements["incast"]}
