@@ -15,17 +15,23 @@ writes every row to ``--out``/accuracy.csv.
 
 Cases (link rates from 100 Mbit/s to 1 Gbit/s):
 
-- ``ring8``: 8 ranks on a ring of 100 Mbit/s links; all-reduce (ring),
-  allgather, reduce-scatter, broadcast, alltoall, reduce at each size;
+- ``ring8``: 8 ranks on a ring of 100 Mbit/s links; the collectives;
 - ``incast8``: a switch of 8 at 100 Mbit/s; ranks 1..7 send to rank 0 at once;
 - ``tree8``: a two-level tree, 4 ranks per leaf switch on 400 Mbit/s links,
   each leaf's uplink 100 Mbit/s (16:1 oversubscribed); the collectives;
 - ``hier8``: 2 servers of 4 ranks, 400 Mbit/s inside a server, 100 Mbit/s
-  between servers (1 Gbit/s inside is more than 2 cores move for 8 ranks); the collectives, a data-parallel group all-reduce per
-  server and across servers;
+  between servers (1 Gbit/s inside is more than 2 cores move for 8 ranks);
+  the collectives, and an all-reduce on each server's group and on each
+  group across the servers (the groups of a data-parallel layout);
 - ``edge``: 4 devices on 100 Mbit/s Wi-Fi to 2 edge servers, a 100 Mbit/s WAN
   to a gateway and a 1 Gbit/s LAN to 2 cloud nodes; broadcast and reduce
-  from a cloud node, allgather.
+  from a cloud node, allgather;
+- ``dp8``: one data-parallel training step (``DP_STEP``: 16 MiB of
+  gradients in 4 MiB buckets, all-reduced while backward computes) on
+  tree8's topology; its step time counts as one operation.
+
+The collectives are every one with a size (``COLLECTIVES``), each at 1, 16
+and 64 MiB by default (``--sizes``).
 """
 from __future__ import annotations
 
@@ -39,10 +45,17 @@ import pandas as pd
 
 MIB = 1 << 20
 MBIT = 1e6 / 8  # bytes per second in one Mbit/s
+# Every collective that moves a size of its own (alltoallv takes per-rank
+# counts, a barrier none), with its default algorithm.
 COLLECTIVES = (("allreduce", "ring"), ("allgather", "ring"), ("reduce_scatter", "ring"),
-               ("broadcast", "binomial"), ("alltoall", "pairwise"), ("reduce", "binomial"))
-CASES = ("ring8", "incast8", "tree8", "hier8", "edge")
-DEFAULT_SIZES = (1 * MIB, 16 * MIB)
+               ("broadcast", "binomial"), ("alltoall", "pairwise"), ("reduce", "binomial"),
+               ("scatter", "binomial"), ("gather", "binomial"))
+CASES = ("ring8", "incast8", "tree8", "hier8", "edge", "dp8")
+DEFAULT_SIZES = (1 * MIB, 16 * MIB, 64 * MIB)
+# The data-parallel step: 16 MiB of gradients in 4 MiB buckets, each
+# all-reduced while backward computes the next (DDP's overlap).
+DP_STEP = {"kind": "data_parallel", "parameters": 4 << 20, "bytes_per_parameter": 4, "bucket_bytes": 4 * MIB,
+           "batch_per_rank": 1, "flops_per_sample": 3e9, "steps": 1}
 MIN_NBYTES = 1 * MIB
 
 
@@ -84,15 +97,19 @@ def scenario_dict(case: str, sizes) -> dict:
         programs = [collectives(sizes)
                     + collectives(sizes, (("allreduce", "ring"),), group="server")
                     + collectives(sizes, (("allreduce", "ring"),), group="across") for _ in range(8)]
+    elif case == "dp8":
+        topology = {"builder": "tree", "n": 8, "arity": 4, "bandwidth_bytes_per_s": 400 * MBIT,
+                    "uplink_bandwidth_bytes_per_s": 100 * MBIT, "latency_s": 0}
+        data = {"name": f"emulated-{case}", "seed": 0, "topology": topology, "workload": dict(DP_STEP)}
+        return data
     elif case == "edge":
         topology = {"builder": "edge_cloud", "n_devices": 4, "n_edge": 2, "n_cloud": 2,
                     "wireless_bandwidth_bytes_per_s": 100 * MBIT, "wireless_latency_s": 0,
                     "wan_bandwidth_bytes_per_s": 100 * MBIT, "wan_latency_s": 0,
                     "lan_bandwidth_bytes_per_s": 1000 * MBIT, "lan_latency_s": 0}
         # Ranks: devices 0-3, edge servers 4-5, cloud nodes 6-7.
-        programs = [[{"kind": "broadcast", "nbytes": n, "algorithm": "binomial", "root": 6} for n in sizes]
-                    + [{"kind": "reduce", "nbytes": n, "algorithm": "binomial", "root": 6} for n in sizes]
-                    + collectives(sizes, (("allgather", "ring"),)) for _ in range(8)]
+        programs = [[{"kind": op, "nbytes": n, "algorithm": "binomial", "root": 6} for op in ("broadcast", "reduce")
+                     for n in sizes] + collectives(sizes, (("allgather", "ring"),)) for _ in range(8)]
         groups = None
     else:
         raise ValueError(f"unknown case {case!r}; known: {', '.join(CASES)}")
@@ -127,11 +144,14 @@ def run_case(case: str, sizes, backend: str, profile, repeats: int, mode: str, t
 # transfer is measured by the receive that matches it, and sends are left
 # out of the statistics (they stay in accuracy.csv).
 LOCAL_COMPLETION = ("send", "isend")
+# Cases whose whole run is one step: its time (the total row) counts as an operation.
+STEP_CASES = ("dp8",)
 
 
 def summarize(table: pd.DataFrame) -> pd.DataFrame:
-    ops = table[(table["kind"] != "total") & (table["nbytes"] >= MIN_NBYTES)
-                & ~table["kind"].isin(LOCAL_COMPLETION)].dropna(subset=["error_pct"])
+    step = (table["kind"] == "total") & table["case"].isin(STEP_CASES)
+    ops = table[step | ((table["kind"] != "total") & (table["nbytes"] >= MIN_NBYTES)
+                        & ~table["kind"].isin(LOCAL_COMPLETION))].dropna(subset=["error_pct"])
     rows = []
     for case, part in list(ops.groupby("case", sort=False)) + [("all", ops)]:
         errors = part["error_pct"].abs().to_numpy()

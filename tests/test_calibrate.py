@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from executors.real.mpi import MPIExecutor
-from experiments.calibrate import one_way_times, ping_pong_scenario
+from experiments.calibrate import SETTLING_SIZES, one_way_times, ping_pong_scenario
 from topologies.profile import load_profile
 
 needs_mpi = pytest.mark.skipif(not MPIExecutor.is_available(), reason=MPIExecutor.unavailable_reason() or "-")
@@ -13,17 +13,20 @@ def test_one_way_time_is_half_the_median_round_trip_per_size_and_partner():
     sizes, partners, trips = [8, 1024], [1, 2], 3
     scenario = ping_pong_scenario(3, sizes, partners, round_trips=trips)
     program = scenario.programs()[0]
-    assert len(program) == len(partners) * len(sizes) * trips * 2
+    assert SETTLING_SIZES >= 1
+    assert len(program) == len(partners) * (SETTLING_SIZES + len(sizes)) * trips * 2
+    assert [op.nbytes for op in program[:2 * trips * SETTLING_SIZES]] == [sizes[0]] * 2 * trips * SETTLING_SIZES
     # Rank 0's records for two repeats; round trip k of (partner, size) lasts
-    # 10 us * (1 + partner) * (1 + size index) + k us, the same in both repeats.
+    # 10 us * (1 + partner) * (1 + size index) + k us, the same in both repeats;
+    # the untimed trips before each partner's sweep last a second and count for nothing.
     rows = []
     for repeat in (0, 1):
         t = 0.0
         index = 0
         for p_i, partner in enumerate(partners):
-            for s_i, nbytes in enumerate(sizes):
+            for s_i, nbytes in [(-1, sizes[0])] * SETTLING_SIZES + list(enumerate(sizes)):
                 for k in range(trips):
-                    rtt = 10e-6 * (1 + partner) * (1 + s_i) + k * 1e-6
+                    rtt = 1.0 if s_i < 0 else 10e-6 * (1 + partner) * (1 + s_i) + k * 1e-6
                     rows.append((0, index, "send", "", partner, nbytes, 0.0, t, t + rtt / 2, float("nan"), repeat))
                     rows.append((0, index + 1, "recv", "", partner, nbytes, 0.0, t + rtt / 2, t + rtt, float("nan"), repeat))
                     index += 2
