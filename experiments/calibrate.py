@@ -45,7 +45,7 @@ from executors import backends, get_executor
 from executors.emulation import MAX_LINK_BITS_PER_S, MIN_LINK_BITS_PER_S
 from executors.real import NETWORKS, RealOptions, RealRunError
 from experiments.output import write_profile
-from simcore.fitting import efficiency_curve, fit_collective_efficiency, fit_hockney
+from simcore.fitting import efficiency_curve, fit_collective_efficiency, fit_hockney, fit_send_buffering
 from simcore.fitting import fit_reduce_cost as fit_reduce_cost_through_simulator
 from topologies.profile import LinkClass, MachineProfile
 from workloads.ops import DEFAULT_ALGORITHM
@@ -53,7 +53,7 @@ from workloads.scenario import scenario_from_dict, with_profile
 
 DEFAULT_SIZES = (8, 1024, 16384, 131072, 1048576, 8388608, 33554432)
 # On shaped links a size takes n / rate: 16 MiB is 1.3 s at 100 Mbit/s.
-EMULATED_SIZES = (8, 1024, 16384, 131072, 1048576, 4194304, 16777216)
+EMULATED_SIZES = (8, 1024, 16384, 131072, 1048576, 2097152, 4194304, 16777216)
 EMULATED_RATE_MBIT = 100.0
 EMULATED_NRANKS = 5  # rank 0 and four senders for the incast
 INCAST_SENDERS = (1, 2, 4)
@@ -168,8 +168,10 @@ def collectives_scenario(nranks: int, topology: dict | None = None):
     return _scenario(nranks, [list(program) for _ in range(nranks)], "calibrate-collectives", topology)
 
 
-def one_way_times(records, partners, sizes, round_trips: int = ROUND_TRIPS) -> dict[int, list[float]]:
-    """Median one-way time per size for each partner, from rank 0's send/recv records."""
+def one_way_times(records, partners, sizes, round_trips: int = ROUND_TRIPS,
+                  send_only: bool = False) -> dict[int, list[float]]:
+    """Median one-way time per size for each partner, from rank 0's send/recv records
+    (``send_only``: the median time rank 0's send took instead)."""
     rank0 = records[records["rank"] == 0]
     out: dict[int, list[float]] = {}
     per_partner = (SETTLING_SIZES + len(sizes)) * round_trips * 2
@@ -183,7 +185,7 @@ def one_way_times(records, partners, sizes, round_trips: int = ROUND_TRIPS) -> d
                 send = rank0[rank0["op_index"] == send_index]
                 recv = rank0[rank0["op_index"] == recv_index]
                 for (_, a), (_, b) in zip(send.iterrows(), recv.iterrows()):
-                    trips.append((b["end_s"] - a["start_s"]) / 2)
+                    trips.append(a["end_s"] - a["start_s"] if send_only else (b["end_s"] - a["start_s"]) / 2)
             times.append(float(np.median(trips)))
         out[partner] = times
     return out
@@ -290,6 +292,8 @@ def build_profile(args, nranks, sizes, partners, pings, compute, coll_algorithm,
                   topology: dict | None = None, incast: dict | None = None):
     hosts = tuple(pings[0].summary.get("rank_hosts", ()))
     per_launch = [one_way_times(ping.records, partners, sizes) for ping in pings]
+    per_launch_send = [one_way_times(ping.records, partners, sizes, send_only=True) for ping in pings]
+    eager_bytes = send_buffer_bytes = 0
     times = {partner: [min(launch[partner][i] for launch in per_launch) for i in range(len(sizes))]
              for partner in partners}
     classes = {}
@@ -308,8 +312,14 @@ def build_profile(args, nranks, sizes, partners, pings, compute, coll_algorithm,
         # does (an isolated smaller message gains the bucket: see executors.emulation).
         curve = efficiency_curve(sizes[-1:], one_way[-1:], overhead_s, rate, tolerance=0.0)
         classes["emulated"] = LinkClass(overhead_s, rate, curve)
+        # When a send returns: gloo's once its bytes are in the socket's
+        # buffer, MPI's at once below its eager limit and on arrival above it.
+        send_s = [min(launch[partners[0]][i] for launch in per_launch_send) for i in range(len(sizes))]
+        eager_bytes, send_buffer_bytes = fit_send_buffering(sizes, one_way, send_s,
+                                                            rate * classes["emulated"].efficiency_at(sizes[-1]))
         ping_table.append({"class": "emulated", "partner": partners[0],
-                           "one_way_s": [[n, t] for n, t in zip(sizes, one_way)]})
+                           "one_way_s": [[n, t] for n, t in zip(sizes, one_way)],
+                           "send_s": [[n, t] for n, t in zip(sizes, send_s)]})
     for partner in partners if not emulated else ():
         link_class = "intra_node" if not hosts or hosts[partner] == hosts[0] else "inter_node"
         if link_class in classes:
@@ -342,7 +352,8 @@ def build_profile(args, nranks, sizes, partners, pings, compute, coll_algorithm,
     profile = MachineProfile(name=name, backend=args.backend, flops_per_s=flops_per_s, link_classes=classes,
                              rank_hosts=() if emulated else hosts, measurements=measurements,
                              memory_bandwidth_bytes_per_s=memory_bandwidth,
-                             network="emulated" if emulated else "host")
+                             network="emulated" if emulated else "host",
+                             eager_bytes=eager_bytes, send_buffer_bytes=send_buffer_bytes)
     if incast:
         measurements["incast"] = incast_table(profile, nranks, topology, incast)
     if coll_algorithm is not None:
@@ -409,6 +420,9 @@ def describe(profile) -> str:
         curve = f", efficiency curve at {len(c.efficiency)} sizes" if c.efficiency else ""
         lines.append(f"  {name:<14} latency {c.latency_s * 1e6:.3g} us, bandwidth "
                      f"{c.bandwidth_bytes_per_s / 1e9:.3g} GB/s{curve}")
+    if profile.eager_bytes or profile.send_buffer_bytes:
+        lines.append(f"  sends          return at once up to {profile.eager_bytes} B, else with "
+                     f"{profile.send_buffer_bytes} B still to arrive")
     lines.append(f"  reduction      {profile.reduce_s_per_byte * 1e9:.3g} ns per byte")
     for op, points in profile.collective_efficiency.items():
         text = ", ".join(f"{n} B: {e:.2f}" for n, e in points)

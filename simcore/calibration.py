@@ -22,15 +22,28 @@ class Calibration:
     ``message_efficiency(src, dst, nbytes)``: factor on the bandwidth of a
     message between two ranks.  ``collective_efficiency(op, nbytes)``: factor
     on the bandwidth of every step of a collective run natively.
+    ``eager_bytes``, ``send_buffer_bytes``: a send of at most ``eager_bytes``
+    completes as it starts, a larger one once all but its last
+    ``send_buffer_bytes`` have arrived; its receiver still waits for every
+    byte, and messages between two ranks arrive in the order they were sent.
     """
 
     reduce_s_per_byte: float = 0.0
     message_efficiency: Callable[[int, int, int], float] | None = None
     collective_efficiency: Callable[[str, int], float] | None = None
+    eager_bytes: int = 0
+    send_buffer_bytes: int = 0
 
     def __post_init__(self):
         if not 0 <= self.reduce_s_per_byte < float("inf"):
             raise ValueError(f"reduce_s_per_byte must be finite and >= 0, got {self.reduce_s_per_byte!r}")
+        for name in ("eager_bytes", "send_buffer_bytes"):
+            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 0):
+                raise ValueError(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
+
+    @property
+    def buffered_sends(self) -> bool:
+        return bool(self.eager_bytes or self.send_buffer_bytes)
 
     @classmethod
     def from_profile(cls, profile: MachineProfile | None, nranks: int, *, native: bool = True) -> "Calibration":
@@ -40,4 +53,5 @@ class Calibration:
             return cls()
         return cls(reduce_s_per_byte=profile.reduce_s_per_byte,
                    message_efficiency=profile.message_efficiency(nranks),
-                   collective_efficiency=profile.collective_factor(native))
+                   collective_efficiency=profile.collective_factor(native),
+                   eager_bytes=profile.eager_bytes, send_buffer_bytes=profile.send_buffer_bytes)

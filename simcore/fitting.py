@@ -55,6 +55,32 @@ def efficiency_curve(sizes, times_s, latency_s: float, bandwidth_bytes_per_s: fl
     return tuple(sorted(points))
 
 
+# A send that returns within this fraction of its message's one-way time
+# did not wait for its bytes to arrive.
+EAGER_FRACTION = 0.1
+
+
+def fit_send_buffering(sizes: Sequence[int], one_way_s: Sequence[float], send_s: Sequence[float],
+                       bytes_per_s: float) -> tuple[int, int]:
+    """``(eager_bytes, send_buffer_bytes)`` from a ping-pong: each size's one-way time and
+    how long its send took, on a path that moves ``bytes_per_s``.
+
+    The eager limit is the largest size whose send returned at once; the
+    buffer, what the largest size's send left in flight: the bytes its path
+    moves between the send's return and the message's arrival.
+    """
+    if not (len(sizes) == len(one_way_s) == len(send_s)) or not sizes:
+        raise ValueError("fit_send_buffering needs one one-way time and one send time per size")
+    if not bytes_per_s > 0:
+        raise ValueError(f"bytes_per_s must be > 0, got {bytes_per_s!r}")
+    eager = max((int(n) for n, t, s in zip(sizes, one_way_s, send_s) if s <= EAGER_FRACTION * t), default=0)
+    largest = max(range(len(sizes)), key=lambda i: sizes[i])
+    if sizes[largest] <= eager:
+        return eager, 0
+    early_s = max(one_way_s[largest] - send_s[largest], 0.0)
+    return eager, min(int(early_s * bytes_per_s), int(sizes[largest]))
+
+
 def fit_reduce_cost(scenario, measured_s: dict[int, float]) -> float:
     """Seconds per reduced byte that make ``scenario`` (already on its profile's machine) match.
 

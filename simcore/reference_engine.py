@@ -106,6 +106,10 @@ class ReferenceSimulator:
         self.reduce_s_per_byte = float(self.calibration.reduce_s_per_byte)
         self.message_efficiency = self.calibration.message_efficiency
         self.collective_efficiency = self.calibration.collective_efficiency
+        # Sends that complete before their bytes arrive (Calibration.eager_bytes,
+        # send_buffer_bytes): the undelivered messages of each (src, dst), in order.
+        self.buffered_sends = self.calibration.buffered_sends
+        self._unarrived: dict[tuple[int, int], deque] = {}
         # Start every operation index on all ranks together, as a real run
         # timed with a barrier before each operation does (the barrier itself
         # costs nothing here: the real run does not time it either).
@@ -225,7 +229,10 @@ class ReferenceSimulator:
         return False
 
     def _network(self, env: simpy.Environment) -> FlowNetwork:
-        return FlowNetwork(env, self.topology.link_bandwidth_bytes_per_s, self._delivered)
+        return FlowNetwork(env, self.topology.link_bandwidth_bytes_per_s, self._on_delivered())
+
+    def _on_delivered(self):
+        return self._delivered_part if self.buffered_sends else self._delivered
 
     def _rank(self, rank: int):
         env = self.env
@@ -433,7 +440,42 @@ class ReferenceSimulator:
         work = nbytes / self.message_efficiency(src, dst, nbytes) if self.message_efficiency else None
         if slowdown != 1.0:
             work = (nbytes if work is None else work) * slowdown
+        if self.buffered_sends:
+            self._send_buffered(src, dst, nbytes, tag, waiter, links, min_cap, latency_s, work)
+            return
         self.net.transfer(links, min_cap, latency_s, nbytes, (src, dst, tag, nbytes, waiter), work)
+
+    def _send_buffered(self, src, dst, nbytes, tag, waiter, links, min_cap, latency_s, work) -> None:
+        """A send the transport takes before its bytes arrive: its whole message if it is
+        eager or fits the send buffer, else its last ``send_buffer_bytes`` once the rest arrived."""
+        message = [src, dst, tag, nbytes, False]  # the last field: delivered
+        self._unarrived.setdefault((src, dst), deque()).append(message)
+        buffer_bytes = self.calibration.send_buffer_bytes
+        if nbytes <= self.calibration.eager_bytes or nbytes <= buffer_bytes:
+            _release(waiter)
+            self.net.transfer(links, min_cap, latency_s, nbytes, (message, None), work)
+            return
+        head = nbytes - buffer_bytes
+        # The tail leaves as the head arrives and pays no latency of its own: alone
+        # on its path the message arrives when one flow of nbytes would.
+        tail = (links, min_cap, buffer_bytes, None if work is None else work * buffer_bytes / nbytes)
+        self.net.transfer(links, min_cap, latency_s, head, (message, (waiter, tail)),
+                          None if work is None else work * head / nbytes)
+
+    def _delivered_part(self, part: tuple) -> None:
+        message, head = part
+        if head is not None:
+            waiter, (links, min_cap, tail_bytes, tail_work) = head
+            _release(waiter)
+            self.net.transfer(links, min_cap, 0.0, tail_bytes, (message, None), tail_work)
+            return
+        message[4] = True
+        # Bytes between two ranks arrive in the order they were sent (one
+        # connection): a message waits for those sent before it.
+        channel = self._unarrived[(message[0], message[1])]
+        while channel and channel[0][4]:
+            src, dst, tag, nbytes, _ = channel.popleft()
+            self._delivered((src, dst, tag, nbytes, [2, None]))  # its sender was released already
 
     def _delivered(self, message: tuple) -> None:
         src, dst, tag, nbytes, waiter = message

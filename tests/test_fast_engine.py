@@ -15,6 +15,7 @@ is the same on every run.
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -193,6 +194,13 @@ def random_case(seed: int):
                                   message_efficiency=(lambda s, d, nbytes: 0.5 + (s + d) % 3 / 4)
                                   if rng.random() < 0.5 else None)
     aligned = rng.random() < 0.1 and len({len(p) for p in programs}) == 1
+    # Sends that return before their bytes arrive, drawn from a stream of their own
+    # so that the cases above stay what they were.
+    buffering = np.random.default_rng(20_000 + seed)
+    if buffering.random() < 0.15:
+        calibration = dataclasses.replace(calibration or Calibration(),
+                                          eager_bytes=int(buffering.choice([0, 100, 70_000])),
+                                          send_buffer_bytes=int(buffering.choice([0, 1000, 50_000])))
     kwargs = dict(seed=seed, stragglers=stragglers, process_groups=groups, calibration=calibration, aligned=aligned)
     return topo, programs, kwargs
 

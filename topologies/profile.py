@@ -17,7 +17,12 @@ use, collective times) and writes a profile (``experiments.output.write_profile`
   ``latency_s + n / (bandwidth_bytes_per_s * efficiency(n))``, where the
   efficiency curve (1 where one latency-bandwidth line fits) corrects the
   sizes at which the line does not;
-- each byte a lowered collective reduces costs ``reduce_s_per_byte``.
+- each byte a lowered collective reduces costs ``reduce_s_per_byte``;
+- a send completes when the transport has taken its bytes, not when they
+  arrive: at once for a message of at most ``transport.eager_bytes``, else
+  when all but its last ``transport.send_buffer_bytes`` have arrived (gloo
+  over TCP: the socket's buffer; MPI: eager below a threshold, rendezvous
+  above it).  Both 0 (the default): a send completes on delivery.
 
 The scenario's own topology is replaced, except for its rank groups (which
 the hierarchical algorithm uses): a real run on this machine is what the
@@ -119,6 +124,9 @@ class MachineProfile:
     # counted), as a real run moves a compute operation's bytes; inf: not measured.
     memory_bandwidth_bytes_per_s: float = math.inf
     network: str = "host"
+    # What a send leaves to the transport (see the module's docstring).
+    eager_bytes: int = 0
+    send_buffer_bytes: int = 0
 
     def __post_init__(self):
         if not 0 < self.flops_per_s < math.inf:
@@ -136,6 +144,10 @@ class MachineProfile:
             raise ValueError(f"unknown link class(es) {', '.join(unknown)}; known: {', '.join(LINK_CLASSES)}")
         if not 0 <= self.reduce_s_per_byte < math.inf:
             raise ValueError(f"reduce_s_per_byte must be >= 0, got {self.reduce_s_per_byte!r}")
+        for name in ("eager_bytes", "send_buffer_bytes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"transport.{name} must be an integer >= 0, got {value!r}")
         object.__setattr__(self, "collective_efficiency",
                            {str(op): _curve(points) for op, points in self.collective_efficiency.items()})
 
@@ -262,6 +274,8 @@ class MachineProfile:
             "link_classes": {name: c.to_dict() for name, c in self.link_classes.items()},
             "reduce_s_per_byte": self.reduce_s_per_byte,
         }
+        if self.eager_bytes or self.send_buffer_bytes:
+            out["transport"] = {"eager_bytes": self.eager_bytes, "send_buffer_bytes": self.send_buffer_bytes}
         if self.collective_efficiency:
             out["collective_efficiency"] = {op: [[n, e] for n, e in points]
                                             for op, points in self.collective_efficiency.items()}
@@ -288,9 +302,16 @@ class MachineProfile:
                 collective_efficiency=dict(data.get("collective_efficiency", {}) or {}),
                 measurements=dict(data.get("measurements", {}) or {}),
                 network=str(head.get("network", "host")),
+                eager_bytes=_count((data.get("transport") or {}).get("eager_bytes", 0)),
+                send_buffer_bytes=_count((data.get("transport") or {}).get("send_buffer_bytes", 0)),
             )
         except (TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"{where}: {exc}") from None
+
+
+def _count(value) -> int:
+    # YAML may write a whole number as 1.1e6; anything else is left for the check to name.
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 def load_profile(path: str | Path) -> MachineProfile:
