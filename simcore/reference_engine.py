@@ -107,9 +107,9 @@ class ReferenceSimulator:
         self.message_efficiency = self.calibration.message_efficiency
         self.collective_efficiency = self.calibration.collective_efficiency
         # Sends that complete before their bytes arrive (Calibration.eager_bytes,
-        # send_buffer_bytes): the undelivered messages of each (src, dst), in order.
+        # send_buffer_bytes): the messages each (src, dst) has yet to deliver, in order.
         self.buffered_sends = self.calibration.buffered_sends
-        self._unarrived: dict[tuple[int, int], deque] = {}
+        self._channels: dict[tuple[int, int], deque] = {}
         # Start every operation index on all ranks together, as a real run
         # timed with a barrier before each operation does (the barrier itself
         # costs nothing here: the real run does not time it either).
@@ -446,36 +446,50 @@ class ReferenceSimulator:
         self.net.transfer(links, min_cap, latency_s, nbytes, (src, dst, tag, nbytes, waiter), work)
 
     def _send_buffered(self, src, dst, nbytes, tag, waiter, links, min_cap, latency_s, work) -> None:
-        """A send the transport takes before its bytes arrive: its whole message if it is
-        eager or fits the send buffer, else its last ``send_buffer_bytes`` once the rest arrived."""
-        message = [src, dst, tag, nbytes, False]  # the last field: delivered
-        self._unarrived.setdefault((src, dst), deque()).append(message)
-        buffer_bytes = self.calibration.send_buffer_bytes
-        if nbytes <= self.calibration.eager_bytes or nbytes <= buffer_bytes:
+        """A send the transport takes before its bytes arrive.
+
+        It returns at once if its message is eager or fits the send buffer,
+        else once all but the buffer's bytes have arrived.  Messages from one
+        rank to another leave one after the other, as bytes on one connection
+        do, and so arrive in the order they were sent.
+        """
+        calibration = self.calibration
+        buffered = nbytes <= calibration.eager_bytes or nbytes <= calibration.send_buffer_bytes
+        if buffered:
             _release(waiter)
-            self.net.transfer(links, min_cap, latency_s, nbytes, (message, None), work)
+        job = (src, dst, tag, nbytes, None if buffered else waiter, links, min_cap, latency_s, work)
+        channel = self._channels.get((src, dst))
+        if channel is None:
+            channel = self._channels[(src, dst)] = deque()
+        channel.append(job)
+        if len(channel) == 1:
+            self._start_job(job)
+
+    def _start_job(self, job: tuple) -> None:
+        src, dst, tag, nbytes, waiter, links, min_cap, latency_s, work = job
+        if waiter is None:
+            self.net.transfer(links, min_cap, latency_s, nbytes, (job, False), work)
             return
-        head = nbytes - buffer_bytes
-        # The tail leaves as the head arrives and pays no latency of its own: alone
-        # on its path the message arrives when one flow of nbytes would.
-        tail = (links, min_cap, buffer_bytes, None if work is None else work * buffer_bytes / nbytes)
-        self.net.transfer(links, min_cap, latency_s, head, (message, (waiter, tail)),
+        # The sender waits for all but the buffer's bytes; the rest leave as
+        # they arrive and pay no latency of their own, so that alone on its
+        # path the message arrives when one flow of nbytes would.
+        head = nbytes - self.calibration.send_buffer_bytes
+        self.net.transfer(links, min_cap, latency_s, head, (job, True),
                           None if work is None else work * head / nbytes)
 
     def _delivered_part(self, part: tuple) -> None:
-        message, head = part
-        if head is not None:
-            waiter, (links, min_cap, tail_bytes, tail_work) = head
+        job, head = part
+        src, dst, tag, nbytes, waiter, links, min_cap, latency_s, work = job
+        if head:
             _release(waiter)
-            self.net.transfer(links, min_cap, 0.0, tail_bytes, (message, None), tail_work)
+            tail = self.calibration.send_buffer_bytes
+            self.net.transfer(links, min_cap, 0.0, tail, (job, False), None if work is None else work * tail / nbytes)
             return
-        message[4] = True
-        # Bytes between two ranks arrive in the order they were sent (one
-        # connection): a message waits for those sent before it.
-        channel = self._unarrived[(message[0], message[1])]
-        while channel and channel[0][4]:
-            src, dst, tag, nbytes, _ = channel.popleft()
-            self._delivered((src, dst, tag, nbytes, [2, None]))  # its sender was released already
+        channel = self._channels[(src, dst)]
+        channel.popleft()
+        self._delivered((src, dst, tag, nbytes, [2, None]))  # its sender was released already
+        if channel:
+            self._start_job(channel[0])
 
     def _delivered(self, message: tuple) -> None:
         src, dst, tag, nbytes, waiter = message

@@ -65,13 +65,27 @@ def test_a_lone_message_arrives_when_an_unbuffered_one_would(run):
 
 @ENGINES
 def test_messages_between_two_ranks_arrive_in_the_order_they_were_sent(run):
-    # The 10 B message would finish first on its own; it waits for the 1 MB before it,
-    # and each receive gets its own size (no mismatch).
+    # The 10 B message would finish first on a path of its own; it follows the 1 MB
+    # sent before it (1 s, then 10 us), and each receive gets its own size (no mismatch).
     topo = switch(2, bandwidth_bytes_per_s=1e6, latency_s=0.0)
     programs = [[Send(1, MB), Send(1, 10)], [Recv(0, MB), Recv(0, 10)]]
     times = _times(run(topo, programs, calibration=Calibration(eager_bytes=MB)))
     assert times == [(0, "send", 0.0, 0.0), (0, "send", 0.0, 0.0),
-                     (1, "recv", 0.0, 1.00001), (1, "recv", 1.00001, 1.00001)]
+                     (1, "recv", 0.0, 1.0), (1, "recv", 1.0, 1.00001)]
+
+
+@ENGINES
+def test_messages_to_one_rank_leave_one_after_the_other(run):
+    # Rank 1's 1 MB (eager) then 2 MB to rank 0 cross one connection: the first
+    # arrives at 1 s, not at 2 s as two flows sharing the link would have it.
+    topo = switch(2, bandwidth_bytes_per_s=1e6, latency_s=0.0)
+    programs = [[Irecv(1, MB, handle="a"), Irecv(1, 2 * MB, handle="b"), Wait(("a", "b"))],
+                [Send(0, MB), Send(0, 2 * MB)]]
+    records = run(topo, programs, calibration=Calibration(eager_bytes=MB, send_buffer_bytes=MB // 2)).records
+    rank0 = records[records["rank"] == 0].set_index("op_index")
+    assert rank0.loc[0, "end_s"] == pytest.approx(1.0) and rank0.loc[1, "end_s"] == pytest.approx(3.0)
+    # The second send returns once its first 1.5 MB have arrived, after the 1 MB before it.
+    assert records[records["rank"] == 1]["end_s"].tolist() == pytest.approx([0.0, 2.5])
 
 
 @ENGINES

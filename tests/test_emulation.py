@@ -341,6 +341,8 @@ def test_calibrate_on_an_emulated_switch_writes_a_transport_profile(tmp_path):
     # headers take 4.4% of it, and the bucket (32 KiB) lets an idle link's first bytes through at once.
     assert 0 < emulated.latency_s < 0.01
     assert 0.85 < emulated.efficiency_at(1 << 20) < 1.1
+    # gloo's send returns once its bytes are in the socket's buffer: at once for 64 KiB.
+    assert profile.eager_bytes >= 65536
     incast = {row["senders"]: row for row in profile.measurements["incast"]}
     assert sorted(incast) == [1, 2]
     for row in incast.values():
