@@ -6,9 +6,9 @@
     python -m experiments.emulate --cleanup --all            # remove every distsim namespace, live runs' too
 
 The emulated network (``executors.emulation``) is a network namespace per
-node of the scenario's topology, a veth pair per link shaped by tbf to the
-link's bandwidth in each direction, and the simulator's routes installed hop
-by hop.  The check asks the kernel for every pair's path and compares it
+node of the scenario's topology, a veth pair per link shaped by htb to the
+link's bandwidth in each direction (acknowledgements ahead of data), and the
+simulator's routes installed hop by hop.  The check asks the kernel for every pair's path and compares it
 with the simulator's route, then moves ``--nbytes`` over one TCP connection
 from each rank to the next and sets the rate it reached beside the route's
 slowest link.  Needs root (or CAP_NET_ADMIN) and iproute2.  Exit codes: 0
