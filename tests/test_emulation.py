@@ -85,6 +85,16 @@ def test_plan_gives_each_link_a_subnet_and_each_direction_its_rate():
         assert len(path) == len(topo.route(s, d).links) + 1
 
 
+def test_mpi_refuses_ranks_with_several_links_before_building():
+    from executors.real.mpi import MPIExecutor
+    from executors.real.torchdist import TorchExecutor
+
+    ring_plan = plan_emulation(ring(4, bandwidth_bytes_per_s=12.5e6), "p-")
+    assert "rank 0 of ring has 2 (a ring or torus): use --backend torch" in MPIExecutor.emulation_refusal(ring_plan)
+    assert TorchExecutor.emulation_refusal(ring_plan) is None
+    assert MPIExecutor.emulation_refusal(plan_emulation(tree(4, bandwidth_bytes_per_s=12.5e6), "p-")) is None
+
+
 def test_too_many_nodes_too_fast_links_and_no_links_are_refused_with_their_reason():
     big = tree(64, bandwidth_bytes_per_s=1.25e6)
     assert "has 127 nodes: an emulated network holds at most 64" in size_refusal(plan_emulation(big, "p-"))

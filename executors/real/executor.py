@@ -56,6 +56,11 @@ class RealExecutor(Executor):
         rank r's namespace of ``network`` (an ``EmulatedNetwork``), talking over its emulated links."""
         raise RealRunError(f"backend {cls.name!r} cannot run on an emulated network")
 
+    @classmethod
+    def emulation_refusal(cls, plan) -> str | None:
+        """Why this backend cannot run on the emulated network ``plan`` describes, or None."""
+        return None
+
     @abstractmethod
     def backend(self) -> RealBackend:
         """This process's rank, set up (inside a job only)."""
@@ -95,7 +100,7 @@ class RealExecutor(Executor):
             raise RealRunError("an emulated network is built on this machine: it takes no hostfile")
         try:
             plan = plan_emulation(scenario.topology)
-            reason = refusal(plan)
+            reason = type(self).emulation_refusal(plan) or refusal(plan)
             if reason:
                 raise EmulationError(reason)
             with EmulatedNetwork(plan) as network:
