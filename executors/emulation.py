@@ -72,6 +72,7 @@ BURST_S = 0.25e-3
 QUEUE_S = 0.05
 COMMAND_TIMEOUT_S = 60.0
 LINK_BASE = (10 << 24) | (128 << 16)  # 10.128.0.0/9: one /30 per link
+HOST_LINK_BASE = (10 << 24) | (64 << 16)  # 10.64.0.0/16: one /30 per hosted rank
 
 
 class EmulationError(RuntimeError):
@@ -112,6 +113,11 @@ class EmulationPlan:
     tc_commands: dict[str, list[str]]
     # (src rank, dst rank) -> the node indices the simulator's route visits
     paths: dict[tuple[int, int], tuple[int, ...]]
+    # rank -> the namespace its processes run in: its node's, or a host namespace of
+    # its own behind the node (``rank_hosts``); then the node's interface toward it
+    rank_namespace: tuple[int, ...] = ()
+    rank_entry: tuple[str | None, ...] = ()
+    host_links: tuple[tuple[LinkEnd, LinkEnd], ...] = ()  # (host end, node end), unshaped
 
     @property
     def nranks(self) -> int:
@@ -165,8 +171,14 @@ def shaping_commands(interface: str, bits_per_s: float, burst_bytes: int, limit_
             "match u16 0x0000 0xff80 at 2 flowid 1:10"]
 
 
-def plan_emulation(topology: Topology, prefix: str | None = None) -> EmulationPlan:
-    """The namespaces, links, addresses, shaping and routes that emulate ``topology``."""
+def plan_emulation(topology: Topology, prefix: str | None = None, rank_hosts: bool = False) -> EmulationPlan:
+    """The namespaces, links, addresses, shaping and routes that emulate ``topology``.
+
+    ``rank_hosts``: a rank whose node has several links runs in a namespace of
+    its own, joined to its node by one unshaped veth, so that it has a single
+    interface (UCX binds a rank to one); its node forwards its traffic along
+    the same routes.
+    """
     if not isinstance(topology, Topology):
         raise TypeError(f"topology must be a Topology, got {type(topology).__name__}")
     prefix = run_prefix() if prefix is None else prefix
@@ -192,10 +204,33 @@ def plan_emulation(topology: Topology, prefix: str | None = None) -> EmulationPl
 
     rank_node = tuple(index[node] for node in topology.ranks)
     rank_end = [first_end[n] for n in rank_node]
+    degree: dict[int, int] = {}
+    for link in links:
+        for end in link.ends:
+            degree[end.node] = degree.get(end.node, 0) + 1
+    rank_namespace = list(rank_node)
+    rank_entry: list[str | None] = [None] * len(rank_node)
+    host_links = []  # (rank, host end, node end): unshaped
+    if rank_hosts:
+        for rank, node in enumerate(rank_node):
+            if degree.get(node, 0) > 1:
+                base = HOST_LINK_BASE + 4 * rank
+                host = LinkEnd(len(namespaces), f"h{rank}a", _ip(base + 1))
+                entry = LinkEnd(node, f"h{rank}b", _ip(base + 2))
+                namespaces += (f"{prefix}h{rank}",)
+                host_links.append((rank, host, entry))
+                rank_end[rank], rank_namespace[rank], rank_entry[rank] = host, host.node, entry.interface
     rank_address = tuple(e.address for e in rank_end)
+    hosted = {rank for rank, _, _ in host_links}
 
     ip_commands: dict[str, list[str]] = {ns: ["link set lo up"] for ns in namespaces}
     tc_commands: dict[str, list[str]] = {ns: [] for ns in namespaces}
+    for rank, host, entry in host_links:
+        ip_commands[namespaces[host.node]] += [f"addr add {host.address}/30 dev {host.interface}",
+                                               f"link set {host.interface} up",
+                                               f"route add default via {entry.address} dev {host.interface}"]
+        ip_commands[namespaces[entry.node]] += [f"addr add {entry.address}/30 dev {entry.interface}",
+                                                f"link set {entry.interface} up"]
     for link in links:
         burst = max(MIN_BURST_BYTES, int(link.bits_per_s / 8 * BURST_S))
         limit = max(2 * burst, int(link.bits_per_s / 8 * QUEUE_S))
@@ -220,8 +255,9 @@ def plan_emulation(topology: Topology, prefix: str | None = None) -> EmulationPl
                 out = end_of[(u, v)]
                 via = end_of[(v, u)].address
                 if position == 0:
-                    own_routes.setdefault(u, []).append(
-                        f"route add {rank_address[d]}/32 via {via} dev {out.interface} src {rank_address[s]}")
+                    # A hosted rank's packets reach its node already carrying their source.
+                    src = "" if s in hosted else f" src {rank_address[s]}"
+                    own_routes.setdefault(u, []).append(f"route add {rank_address[d]}/32 via {via} dev {out.interface}{src}")
                 else:
                     transit.setdefault(u, {}).setdefault(s, []).append(
                         f"route add {rank_address[d]}/32 via {via} dev {out.interface} table {100 + s}")
@@ -235,7 +271,8 @@ def plan_emulation(topology: Topology, prefix: str | None = None) -> EmulationPl
         topology_name=topology.name, node_names=tuple(str(n) for n in nodes), namespaces=namespaces,
         links=tuple(links), rank_node=rank_node, rank_address=rank_address,
         rank_interface=tuple(e.interface for e in rank_end), ip_commands=ip_commands,
-        tc_commands=tc_commands, paths=paths)
+        tc_commands=tc_commands, paths=paths, rank_namespace=tuple(rank_namespace), rank_entry=tuple(rank_entry),
+        host_links=tuple((host, entry) for _, host, entry in host_links))
 
 
 def refusal(plan: EmulationPlan, cores: int | None = None) -> str | None:
@@ -369,7 +406,7 @@ class EmulatedNetwork:
         return ["ip", "netns", "exec", self.namespace_of(rank)]
 
     def namespace_of(self, rank: int) -> str:
-        return self.plan.namespaces[self.plan.rank_node[rank]]
+        return self.plan.namespaces[self.plan.rank_namespace[rank]]
 
     def build(self) -> None:
         reason = refusal(self.plan)
@@ -395,8 +432,7 @@ class EmulatedNetwork:
                       "net.ipv4.tcp_slow_start_after_idle=0"],
                      what=f"setting up {ns}")
             lines = []
-            for link in plan.links:
-                a, b = link.ends
+            for a, b in [link.ends for link in plan.links] + list(plan.host_links):
                 lines.append(f"link add {a.interface} netns {plan.namespaces[a.node]} type veth "
                              f"peer name {b.interface} netns {plan.namespaces[b.node]}\n")
             _run(["ip", "-batch", "-"], "".join(lines), "creating links")
@@ -427,7 +463,7 @@ class EmulatedNetwork:
         end_of_address = self._end_of_address
         src_ip, dst_ip = plan.rank_address[src], plan.rank_address[dst]
         node, path = plan.rank_node[src], [plan.rank_node[src]]
-        iif = None
+        iif = plan.rank_entry[src] if plan.rank_entry else None  # a hosted rank's packets come in there
         while node != plan.rank_node[dst]:
             if len(path) > len(plan.namespaces):
                 raise EmulationError(f"route from rank {src} to rank {dst} loops: {path}")

@@ -62,6 +62,7 @@ INCAST_SENDERS = (1, 2, 4)
 INCAST_NBYTES = 8 << 20
 ROUND_TRIPS = 5
 SETTLING_SIZES = 1  # untimed sizes before each partner's sweep
+REDUCE_BYTES_MOVED = 3  # per reduced byte: two read, one written
 COMPUTE_FLOPS = (1e8, 1e9, 4e9)
 # Memory moves (compute operations of bytes and no FLOPs, as the transformer's
 # norms and optimizer step are): the largest sets the profile's bandwidth.
@@ -359,7 +360,14 @@ def build_profile(args, nranks, sizes, partners, pings, compute, coll_algorithm,
     if incast:
         measurements["incast"] = incast_table(profile, nranks, topology, incast)
     if coll_algorithm is not None:
-        gamma = fit_reduce_cost(profile, nranks, coll_algorithm, topology)
+        if emulated and math.isfinite(memory_bandwidth):
+            # A reduction adds two buffers into one on this machine's memory.  Fitted
+            # from the collectives instead, it takes up whatever else the shaped links
+            # add (MPI: 16.7 ns per byte, which made a 16 MiB binomial reduce 39% slow
+            # on an 8-rank tree; a numpy add of 16 MiB takes a few ms).
+            gamma = REDUCE_BYTES_MOVED / memory_bandwidth
+        else:
+            gamma = fit_reduce_cost(profile, nranks, coll_algorithm, topology)
         measurements["collectives"] = collective_table(coll_algorithm, "algorithm") + collective_table(
             coll_native, "native")
         profile = dataclasses.replace(profile, reduce_s_per_byte=gamma, measurements=measurements)

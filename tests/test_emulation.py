@@ -85,14 +85,33 @@ def test_plan_gives_each_link_a_subnet_and_each_direction_its_rate():
         assert len(path) == len(topo.route(s, d).links) + 1
 
 
-def test_mpi_refuses_ranks_with_several_links_before_building():
-    from executors.real.mpi import MPIExecutor
-    from executors.real.torchdist import TorchExecutor
+def test_a_rank_on_several_links_can_get_a_namespace_of_its_own():
+    topo = ring(4, bandwidth_bytes_per_s=12.5e6)
+    plain, hosted = plan_emulation(topo, "p-"), plan_emulation(topo, "p-", rank_hosts=True)
+    assert len(hosted.namespaces) == len(plain.namespaces) + 4 and hosted.paths == plain.paths
+    for rank in range(4):
+        ns = hosted.namespaces[hosted.rank_namespace[rank]]
+        assert ns == f"p-h{rank}" and hosted.rank_interface[rank] == f"h{rank}a"
+        assert f"route add default via {_host_gateway(hosted, rank)} dev h{rank}a" in hosted.ip_commands[ns]
+        assert hosted.tc_commands[ns] == []  # the host's own link is not shaped
+    # On a tree every rank has one link: nothing changes.
+    tree_plan = plan_emulation(tree(4, bandwidth_bytes_per_s=12.5e6), "p-", rank_hosts=True)
+    assert tree_plan == plan_emulation(tree(4, bandwidth_bytes_per_s=12.5e6), "p-")
 
-    ring_plan = plan_emulation(ring(4, bandwidth_bytes_per_s=12.5e6), "p-")
-    assert "rank 0 of ring has 2 (a ring or torus): use --backend torch" in MPIExecutor.emulation_refusal(ring_plan)
-    assert TorchExecutor.emulation_refusal(ring_plan) is None
-    assert MPIExecutor.emulation_refusal(plan_emulation(tree(4, bandwidth_bytes_per_s=12.5e6), "p-")) is None
+
+def _host_gateway(plan, rank):
+    return next(entry.address for host, entry in plan.host_links if host.interface == f"h{rank}a")
+
+
+@needs_namespaces
+def test_hosted_ranks_route_every_pair_as_the_simulator_does():
+    plan = plan_emulation(ring(6, bandwidth_bytes_per_s=12.5e6), rank_hosts=True)
+    with EmulatedNetwork(plan) as net:
+        for (s, d), path in plan.paths.items():
+            assert net.route_path(s, d) == path, (s, d)
+        achieved = measure_transfer(net, 0, 3, 4 << 20)
+    assert 0.9 * 12.5e6 <= achieved <= 1.1 * 12.5e6, achieved
+    assert list_namespaces(run_prefix()) == []
 
 
 def test_too_many_nodes_too_fast_links_and_no_links_are_refused_with_their_reason():
@@ -295,28 +314,31 @@ def _real_executor(backend: str, **options):
     return get_executor(backend, options=RealOptions(network="emulated", **options))
 
 
-def _two_ranks_allreduce(nbytes: int):
+def _two_ranks_allreduce(nbytes: int, builder: str = "switch", n: int = 2):
     from workloads.scenario import scenario_from_dict
 
     return scenario_from_dict({
         "name": "emulated-pair", "seed": 0,
-        "topology": {"builder": "switch", "n": 2, "bandwidth_bytes_per_s": 12.5e6, "latency_s": 0},
+        "topology": {"builder": builder, "n": n, "bandwidth_bytes_per_s": 12.5e6, "latency_s": 0},
         "workload": {"kind": "collective", "op": "allreduce", "algorithm": "ring", "nbytes": nbytes}})
 
 
 @needs_namespaces
+@pytest.mark.parametrize("builder, n", [("switch", 2), ("ring", 3)])
 @pytest.mark.parametrize("backend", ["mpi", "torch"])
-def test_a_real_run_on_the_emulated_network_crosses_its_shaped_links(backend):
+def test_a_real_run_on_the_emulated_network_crosses_its_shaped_links(backend, builder, n):
     # A ring all-reduce of 4 MiB on 2 ranks sends 2 x 2 MiB each way: 0.3355 s
     # through a 100 Mbit/s link (the switch's two links in series), where
-    # shared memory or loopback would take milliseconds.
-    scenario = _two_ranks_allreduce(4 << 20)
-    predicted_s = 2 * (2 << 20) / 12.5e6
+    # shared memory or loopback would take milliseconds.  On a ring of 3 (each
+    # rank on two links; MPI's ranks then get a namespace of their own), 4 steps
+    # of 4/3 MiB over one link each: 0.447 s.
+    scenario = _two_ranks_allreduce(4 << 20, builder, n)
+    predicted_s = 2 * (n - 1) * (4 << 20) / n / 12.5e6
     links = _root_links()
     result = _real_executor(backend, mode="algorithm", warmup=1, repeats=2).run(scenario)
     assert list_namespaces(run_prefix()) == [] and _root_links() == links
     times = (result.records["end_s"] - result.records["start_s"]).to_numpy()
-    assert len(times) == 2 * 2
+    assert len(times) == 2 * n
     assert (times >= 0.95 * predicted_s).all() and (times <= 1.5 * predicted_s).all(), (times, predicted_s)
 
 

@@ -40,6 +40,9 @@ class RealExecutor(Executor):
     # A hostfile lists the machines of a launched job; only launchers that read one take it.
     takes_hostfile = False
     hostfile_hint = ""
+    # On an emulated network, give a rank on several links a namespace of its
+    # own with one interface (executors.emulation.plan_emulation's rank_hosts).
+    one_interface_per_rank = False
 
     @classmethod
     def is_available(cls) -> bool:
@@ -55,11 +58,6 @@ class RealExecutor(Executor):
         """The command that starts ``nranks`` processes of ``python -m <module_args>``, rank r inside
         rank r's namespace of ``network`` (an ``EmulatedNetwork``), talking over its emulated links."""
         raise RealRunError(f"backend {cls.name!r} cannot run on an emulated network")
-
-    @classmethod
-    def emulation_refusal(cls, plan) -> str | None:
-        """Why this backend cannot run on the emulated network ``plan`` describes, or None."""
-        return None
 
     @abstractmethod
     def backend(self) -> RealBackend:
@@ -99,8 +97,8 @@ class RealExecutor(Executor):
         if self.hostfile is not None:
             raise RealRunError("an emulated network is built on this machine: it takes no hostfile")
         try:
-            plan = plan_emulation(scenario.topology)
-            reason = type(self).emulation_refusal(plan) or refusal(plan)
+            plan = plan_emulation(scenario.topology, rank_hosts=self.one_interface_per_rank)
+            reason = refusal(plan)
             if reason:
                 raise EmulationError(reason)
             with EmulatedNetwork(plan) as network:
