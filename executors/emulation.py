@@ -11,7 +11,9 @@ through a table of s's own (a policy rule ``from <s's address>``), because
 the simulator's equal-cost choices depend on the source as well as the
 destination.  Real TCP from real MPI or gloo ranks, started inside their
 namespaces (``EmulatedNetwork.exec_prefix``), then meets the bottlenecks and
-multi-hop paths that the simulator modelled.
+multi-hop paths that the simulator modelled.  A backend that binds a rank to
+one interface (MPI over UCX) plans with ``rank_hosts``: a rank on several
+links then runs in a namespace of its own behind its node.
 
 Propagation latency is not emulated: that needs netem, which this kernel may
 lack (``netem_available``); what the links add besides the rate is measured
