@@ -117,9 +117,9 @@ class EmulationPlan:
     paths: dict[tuple[int, int], tuple[int, ...]]
     # rank -> the namespace its processes run in: its node's, or a host namespace of
     # its own behind the node (``rank_hosts``); then the node's interface toward it
-    rank_namespace: tuple[int, ...] = ()
-    rank_entry: tuple[str | None, ...] = ()
-    host_links: tuple[tuple[LinkEnd, LinkEnd], ...] = ()  # (host end, node end), unshaped
+    rank_namespace: tuple[int, ...]
+    rank_entry: tuple[str | None, ...]
+    host_links: tuple[tuple[LinkEnd, LinkEnd], ...]  # (host end, node end), unshaped
 
     @property
     def nranks(self) -> int:
@@ -465,7 +465,7 @@ class EmulatedNetwork:
         end_of_address = self._end_of_address
         src_ip, dst_ip = plan.rank_address[src], plan.rank_address[dst]
         node, path = plan.rank_node[src], [plan.rank_node[src]]
-        iif = plan.rank_entry[src] if plan.rank_entry else None  # a hosted rank's packets come in there
+        iif = plan.rank_entry[src]  # a hosted rank's packets come in there (None: the rank is on its node)
         while node != plan.rank_node[dst]:
             if len(path) > len(plan.namespaces):
                 raise EmulationError(f"route from rank {src} to rank {dst} loops: {path}")

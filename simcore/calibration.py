@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from topologies.profile import MachineProfile
+from topologies.profile import MachineProfile, check_transport_bytes
 
 
 @dataclass(frozen=True)
@@ -37,13 +37,16 @@ class Calibration:
     def __post_init__(self):
         if not 0 <= self.reduce_s_per_byte < float("inf"):
             raise ValueError(f"reduce_s_per_byte must be finite and >= 0, got {self.reduce_s_per_byte!r}")
-        for name in ("eager_bytes", "send_buffer_bytes"):
-            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 0):
-                raise ValueError(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
+        check_transport_bytes(self)
 
     @property
     def buffered_sends(self) -> bool:
         return bool(self.eager_bytes or self.send_buffer_bytes)
+
+    @property
+    def at_once_bytes(self) -> int:
+        """The largest send that completes as it starts: eager, or whole in the send buffer."""
+        return max(self.eager_bytes, self.send_buffer_bytes)
 
     @classmethod
     def from_profile(cls, profile: MachineProfile | None, nranks: int, *, native: bool = True) -> "Calibration":

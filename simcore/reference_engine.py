@@ -453,8 +453,7 @@ class ReferenceSimulator:
         rank to another leave one after the other, as bytes on one connection
         do, and so arrive in the order they were sent.
         """
-        calibration = self.calibration
-        buffered = nbytes <= calibration.eager_bytes or nbytes <= calibration.send_buffer_bytes
+        buffered = nbytes <= self.calibration.at_once_bytes
         if buffered:
             _release(waiter)
         job = (src, dst, tag, nbytes, None if buffered else waiter, links, min_cap, latency_s, work)

@@ -144,10 +144,7 @@ class MachineProfile:
             raise ValueError(f"unknown link class(es) {', '.join(unknown)}; known: {', '.join(LINK_CLASSES)}")
         if not 0 <= self.reduce_s_per_byte < math.inf:
             raise ValueError(f"reduce_s_per_byte must be >= 0, got {self.reduce_s_per_byte!r}")
-        for name in ("eager_bytes", "send_buffer_bytes"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"transport.{name} must be an integer >= 0, got {value!r}")
+        check_transport_bytes(self, "transport.")
         object.__setattr__(self, "collective_efficiency",
                            {str(op): _curve(points) for op, points in self.collective_efficiency.items()})
 
@@ -307,6 +304,14 @@ class MachineProfile:
             )
         except (TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"{where}: {exc}") from None
+
+
+def check_transport_bytes(obj, where: str = "") -> None:
+    """``obj.eager_bytes`` and ``obj.send_buffer_bytes`` are integers >= 0 (a profile's and a Calibration's)."""
+    for name in ("eager_bytes", "send_buffer_bytes"):
+        value = getattr(obj, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{where}{name} must be an integer >= 0, got {value!r}")
 
 
 def _count(value) -> int:
