@@ -47,7 +47,7 @@ from executors import backends, get_executor
 from executors.emulation import MAX_LINK_BITS_PER_S, MIN_LINK_BITS_PER_S
 from executors.real import NETWORKS, RealOptions, RealRunError
 from experiments.output import write_profile
-from simcore.fitting import efficiency_curve, fit_collective_efficiency, fit_hockney, fit_send_buffering
+from simcore.fitting import efficiency_curve, fit_collective_efficiency, fit_hockney, fit_link_burst, fit_send_buffering
 from simcore.fitting import fit_reduce_cost as fit_reduce_cost_through_simulator
 from topologies.profile import LinkClass, MachineProfile
 from workloads.ops import DEFAULT_ALGORITHM
@@ -296,7 +296,7 @@ def build_profile(args, nranks, sizes, partners, pings, compute, coll_algorithm,
     hosts = tuple(pings[0].summary.get("rank_hosts", ()))
     per_launch = [one_way_times(ping.records, partners, sizes) for ping in pings]
     per_launch_send = [one_way_times(ping.records, partners, sizes, send_only=True) for ping in pings]
-    eager_bytes = send_buffer_bytes = 0
+    eager_bytes = send_buffer_bytes = link_burst_bytes = 0
     times = {partner: [min(launch[partner][i] for launch in per_launch) for i in range(len(sizes))]
              for partner in partners}
     classes = {}
@@ -310,11 +310,11 @@ def build_profile(args, nranks, sizes, partners, pings, compute, coll_algorithm,
         # The overhead from the sizes whose bytes take under a tenth of their time.
         small = [t - n / rate for n, t in zip(sizes, one_way) if n / rate <= 0.1 * t]
         overhead_s = max(float(np.median(small)) if small else one_way[0] - sizes[0] / rate, 0.0)
-        # One fraction for every size, the largest's: a collective's steps follow
-        # one another on a link and find the bucket empty, as a long transfer
-        # does (an isolated smaller message gains the bucket: see executors.emulation).
-        curve = efficiency_curve(sizes[-1:], one_way[-1:], overhead_s, rate, tolerance=0.0)
-        classes["emulated"] = LinkClass(overhead_s, rate, curve)
+        # The shaper's bucket (a message on an idle link gains it, one that
+        # follows another on the link does not) and one fraction of the rate
+        # for every size, from the sizes that are mostly transfer.
+        link_burst_bytes, fraction = fit_link_burst(sizes, one_way, overhead_s, rate)
+        classes["emulated"] = LinkClass(overhead_s, rate, ((int(sizes[-1]), fraction),))
         # When a send returns: gloo's once its bytes are in the socket's
         # buffer, MPI's at once below its eager limit and on arrival above it.
         send_s = [min(launch[partners[0]][i] for launch in per_launch_send) for i in range(len(sizes))]
@@ -356,7 +356,8 @@ def build_profile(args, nranks, sizes, partners, pings, compute, coll_algorithm,
                              rank_hosts=() if emulated else hosts, measurements=measurements,
                              memory_bandwidth_bytes_per_s=memory_bandwidth,
                              network="emulated" if emulated else "host",
-                             eager_bytes=eager_bytes, send_buffer_bytes=send_buffer_bytes)
+                             eager_bytes=eager_bytes, send_buffer_bytes=send_buffer_bytes,
+                             link_burst_bytes=link_burst_bytes)
     if incast:
         measurements["incast"] = incast_table(profile, nranks, topology, incast)
     if coll_algorithm is not None:
@@ -433,6 +434,8 @@ def describe(profile) -> str:
     if profile.eager_bytes or profile.send_buffer_bytes:
         lines.append(f"  sends          return at once up to {profile.eager_bytes} B, else with "
                      f"{profile.send_buffer_bytes} B still to arrive")
+    if profile.link_burst_bytes:
+        lines.append(f"  links          let {profile.link_burst_bytes} B through at once when idle (the shaper's bucket)")
     lines.append(f"  reduction      {profile.reduce_s_per_byte * 1e9:.3g} ns per byte")
     for op, points in profile.collective_efficiency.items():
         text = ", ".join(f"{n} B: {e:.2f}" for n, e in points)

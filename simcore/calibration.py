@@ -26,6 +26,8 @@ class Calibration:
     completes as it starts, a larger one once all but its last
     ``send_buffer_bytes`` have arrived; its receiver still waits for every
     byte, and messages between two ranks arrive in the order they were sent.
+    ``link_burst_bytes``: every link is a token bucket of this many bytes
+    (a shaped link's burst: ``simcore.network``); 0, none.
     """
 
     reduce_s_per_byte: float = 0.0
@@ -33,6 +35,7 @@ class Calibration:
     collective_efficiency: Callable[[str, int], float] | None = None
     eager_bytes: int = 0
     send_buffer_bytes: int = 0
+    link_burst_bytes: int = 0
 
     def __post_init__(self):
         if not 0 <= self.reduce_s_per_byte < float("inf"):
@@ -57,4 +60,5 @@ class Calibration:
         return cls(reduce_s_per_byte=profile.reduce_s_per_byte,
                    message_efficiency=profile.message_efficiency(nranks),
                    collective_efficiency=profile.collective_factor(native),
-                   eager_bytes=profile.eager_bytes, send_buffer_bytes=profile.send_buffer_bytes)
+                   eager_bytes=profile.eager_bytes, send_buffer_bytes=profile.send_buffer_bytes,
+                   link_burst_bytes=profile.link_burst_bytes)

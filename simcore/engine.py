@@ -127,8 +127,8 @@ class _GuardedNetwork(FlowNetwork):
     needs one before the collective has left it makes the collective continue
     message by message first."""
 
-    def __init__(self, env, capacities_bytes_per_s, on_delivered, sim):
-        super().__init__(env, capacities_bytes_per_s, on_delivered)
+    def __init__(self, env, capacities_bytes_per_s, on_delivered, sim, burst_bytes=0.0):
+        super().__init__(env, capacities_bytes_per_s, on_delivered, burst_bytes)
         self.sim = sim
         self.reserved_until_s = [-math.inf] * len(self.capacity_bytes_per_s)
         self.reserved_by: list[_Instance | None] = [None] * len(self.capacity_bytes_per_s)
@@ -191,8 +191,8 @@ class Simulator(ReferenceSimulator):
 
     def __init__(self, *args, fast_path: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
-        # The fast paths assume a send completes as its message arrives.
-        self.fast_path = fast_path and not self.buffered_sends
+        # The fast paths assume a send completes as its message arrives, on links without buckets.
+        self.fast_path = fast_path and not self.buffered_sends and not self.calibration.link_burst_bytes
 
     def run(self, progress: Callable[[float, int], None] | None = None) -> RunResult:
         self._instances: dict[tuple, _Instance] = {}
@@ -278,7 +278,8 @@ class Simulator(ReferenceSimulator):
                 "start_s": floats[:, 0], "end_s": floats[:, 1], "energy_j": floats[:, 2]}
 
     def _network(self, env: simpy.Environment) -> FlowNetwork:
-        return _GuardedNetwork(env, self.topology.link_bandwidth_bytes_per_s, self._on_delivered(), self)
+        return _GuardedNetwork(env, self.topology.link_bandwidth_bytes_per_s, self._on_delivered(), self,
+                               self.calibration.link_burst_bytes)
 
     # -- rank processes --------------------------------------------------------------
 

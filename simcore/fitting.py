@@ -144,3 +144,40 @@ def _simulated_op_times(scenario, calibration: Calibration) -> dict[int, float]:
                        process_groups=scenario.groups).run()
     table = op_times(result.records)
     return dict(zip(table["op_index"].astype(int), table["time_s"].astype(float)))
+
+
+def fit_link_burst(sizes: Sequence[int], one_way_s: Sequence[float], overhead_s: float,
+                   bytes_per_s: float) -> tuple[int, float]:
+    """``(burst_bytes, efficiency)`` of a shaped link from a ping-pong's one-way times.
+
+    A message that starts on an idle token-bucket link lets a bucket's bytes
+    through at once (``simcore.network``), so beyond the overhead its time is
+    ``(n / efficiency - burst) / bytes_per_s``: a line in n whose intercept is
+    the bucket, fitted on relative error over the sizes whose transfer is
+    most of their time and at least twice the bucket (a message within
+    it is all overhead).  A negative intercept (a link that loses a start
+    instead of gaining one) fits as no bucket.
+    """
+    if len(sizes) != len(one_way_s) or not sizes:
+        raise ValueError("fit_link_burst needs one one-way time per size")
+    if not bytes_per_s > 0:
+        raise ValueError(f"bytes_per_s must be > 0, got {bytes_per_s!r}")
+    points = [(float(n), float(t)) for n, t in zip(sizes, one_way_s) if n / bytes_per_s >= 10 * overhead_s and t > overhead_s]
+    if not points:
+        raise ValueError("fit_link_burst needs a size whose transfer outweighs the overhead")
+    burst = 0.0
+    for _ in range(5):
+        used = [(n, t) for n, t in points if n >= 2 * burst] or points[-1:]
+        n = np.array([p[0] for p in used])
+        y = (np.array([p[1] for p in used]) - overhead_s) * bytes_per_s
+        if len(used) < 2:
+            return int(burst), float(n[0] / (y[0] + burst))
+        design = np.stack([n, -np.ones_like(n)], axis=1) / y[:, None]
+        (inverse_efficiency, fitted), *_ = np.linalg.lstsq(design, np.ones_like(y), rcond=None)
+        if fitted <= 0:
+            largest = int(np.argmax(n))
+            return 0, float(n[largest] / y[largest])
+        if int(fitted) == int(burst):
+            break
+        burst = float(fitted)
+    return int(burst), float(1.0 / inverse_efficiency)

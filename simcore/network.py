@@ -19,6 +19,16 @@ that meets it (it no longer competes, having finished) or by its delivery.
 Flows that share links get an event when their last byte leaves, which frees
 their share for the others, and their delivery after the latency.
 
+With ``burst_bytes`` > 0 every link is a token bucket, as a shaped link is
+(a Linux htb or tbf shaper, a cloud NIC's burst allowance): an idle link
+fills its bucket at its bandwidth, up to ``burst_bytes``, and a flow that
+starts lets as many bytes through at once as the emptiest bucket on its
+path holds, emptying that much from each.  Flows that start together take
+the buckets in the order they were issued.  A link refills only while no
+flow is on it (one carrying less than its bandwidth does not refill: the
+buckets of a shaped network matter at the start of a message on an idle
+path, where this is exact).
+
 Iteration is over insertion-ordered dicts, never sets, so the order of events,
 and therefore every result, is the same on every run.
 """
@@ -65,7 +75,10 @@ class FlowNetwork:
         env: simpy.Environment,
         capacities_bytes_per_s: Sequence[float],
         on_delivered: Callable[[object], None],
+        burst_bytes: float = 0.0,
     ):
+        if not 0.0 <= burst_bytes < float("inf"):
+            raise ValueError(f"burst_bytes must be finite and >= 0, got {burst_bytes!r}")
         self.env = env
         self.on_delivered = on_delivered
         self._Timeout = simpy.Timeout
@@ -77,6 +90,13 @@ class FlowNetwork:
         self.bytes_on_link = [0.0] * len(self.capacity_bytes_per_s)
         self.flows_started = 0
         self.solves = 0
+        # Token buckets (see the module's docstring): each link's tokens as of
+        # a time, and when the last byte of the last flow that left it left.
+        self.burst_bytes = float(burst_bytes)
+        links = len(self.capacity_bytes_per_s)
+        self._tokens = [self.burst_bytes] * links
+        self._tokens_as_of_s = [0.0] * links
+        self._idle_from_s = [0.0] * links
 
     def transfer(
         self,
@@ -94,22 +114,54 @@ class FlowNetwork:
             bytes_on_link = self.bytes_on_link
             flows_on = self._flows_on
             touched = self._touched
+            work = nbytes if work_bytes is None else work_bytes
+            if self.burst_bytes:
+                work -= self._take_tokens(links, work)
+                if work <= 0.0:
+                    for link in links:
+                        bytes_on_link[link] += nbytes
+                    self._deliver_after(latency_s, message)
+                    return
             fid = self._next_fid
             self._next_fid = fid + 1
-            flow = _Flow(fid, links, min_capacity_bytes_per_s, latency_s, nbytes if work_bytes is None else work_bytes,
-                         self.env._now, message)
+            flow = _Flow(fid, links, min_capacity_bytes_per_s, latency_s, work, self.env._now, message)
             for link in links:
                 bytes_on_link[link] += nbytes
                 flows_on[link][fid] = flow
                 touched[link] = None
             if not self._solve_pending:
                 self._schedule_solve()
-        elif latency_s > 0:
+        else:
+            self._deliver_after(latency_s, message)
+
+    # -- internals -----------------------------------------------------------
+
+    def _deliver_after(self, latency_s: float, message: object) -> None:
+        if latency_s > 0:
             self._Timeout(self.env, latency_s, message).callbacks.append(self._deliver_value)
         else:
             self.on_delivered(message)
 
-    # -- internals -----------------------------------------------------------
+    def _take_tokens(self, links: tuple[int, ...], work_bytes: float) -> float:
+        """The bytes a flow starting now lets through at once, taken from every bucket on its path."""
+        now = self.env._now
+        tokens = self._tokens
+        take = work_bytes
+        for link in links:
+            idle_from = max(self._tokens_as_of_s[link], self._idle_from_s[link])
+            for flow in self._flows_on[link].values():
+                if flow.t_end_s is None or flow.t_end_s > now:
+                    idle_from = now  # busy: no refill
+                    break
+                idle_from = max(idle_from, flow.t_end_s)
+            if idle_from < now:
+                tokens[link] = min(self.burst_bytes, tokens[link] + self.capacity_bytes_per_s[link] * (now - idle_from))
+            self._tokens_as_of_s[link] = now
+            take = min(take, tokens[link])
+        if take > 0.0:
+            for link in links:
+                tokens[link] -= take
+        return take
 
     def _schedule_solve(self) -> None:
         self._solve_pending = True
@@ -143,10 +195,15 @@ class FlowNetwork:
         fid = flow.fid
         flows_on = self._flows_on
         touched = self._touched
+        idle_from = self._idle_from_s
+        end = flow.t_end_s if flow.t_end_s is not None else self.env._now
         for link in flow.links:
             on_link = flows_on[link]
-            if on_link.pop(fid, None) is not None and touch and on_link:
-                touched[link] = None
+            if on_link.pop(fid, None) is not None:
+                if end > idle_from[link]:
+                    idle_from[link] = end
+                if touch and on_link:
+                    touched[link] = None
         if touch and touched and not self._solve_pending:
             self._schedule_solve()
 
@@ -180,9 +237,11 @@ class FlowNetwork:
                             seen.add(other)
                             stack.append(other)
                 if finished:
+                    idle_from = self._idle_from_s
                     for flow in finished:
                         for other in flow.links:
-                            flows_on[other].pop(flow.fid, None)
+                            if flows_on[other].pop(flow.fid, None) is not None and flow.t_end_s > idle_from[other]:
+                                idle_from[other] = flow.t_end_s
             if not component:
                 continue
             if len(component) == 1:

@@ -229,7 +229,8 @@ class ReferenceSimulator:
         return False
 
     def _network(self, env: simpy.Environment) -> FlowNetwork:
-        return FlowNetwork(env, self.topology.link_bandwidth_bytes_per_s, self._on_delivered())
+        return FlowNetwork(env, self.topology.link_bandwidth_bytes_per_s, self._on_delivered(),
+                           self.calibration.link_burst_bytes)
 
     def _on_delivered(self):
         return self._delivered_part if self.buffered_sends else self._delivered

@@ -201,6 +201,10 @@ def random_case(seed: int):
         calibration = dataclasses.replace(calibration or Calibration(),
                                           eager_bytes=int(buffering.choice([0, 100, 70_000])),
                                           send_buffer_bytes=int(buffering.choice([0, 1000, 50_000])))
+    # Links that are token buckets, drawn after the buffering (whose cases stay what they were).
+    if buffering.random() < 0.1:
+        calibration = dataclasses.replace(calibration or Calibration(),
+                                          link_burst_bytes=int(buffering.choice([100, 5000, 70_000])))
     kwargs = dict(seed=seed, stragglers=stragglers, process_groups=groups, calibration=calibration, aligned=aligned)
     return topo, programs, kwargs
 

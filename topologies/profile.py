@@ -22,7 +22,10 @@ use, collective times) and writes a profile (``experiments.output.write_profile`
   arrive: at once for a message of at most ``transport.eager_bytes``, else
   when all but its last ``transport.send_buffer_bytes`` have arrived (gloo
   over TCP: the socket's buffer; MPI: eager below a threshold, rendezvous
-  above it).  Both 0 (the default): a send completes on delivery.
+  above it).  Both 0 (the default): a send completes on delivery;
+- each link is a token bucket of ``transport.link_burst_bytes``: a message
+  that starts on an idle path lets that many bytes through at once (the
+  shaper of an emulated link; ``simcore.network``).  0 (the default): none.
 
 The scenario's own topology is replaced, except for its rank groups (which
 the hierarchical algorithm uses): a real run on this machine is what the
@@ -127,6 +130,7 @@ class MachineProfile:
     # What a send leaves to the transport (see the module's docstring).
     eager_bytes: int = 0
     send_buffer_bytes: int = 0
+    link_burst_bytes: int = 0
 
     def __post_init__(self):
         if not 0 < self.flops_per_s < math.inf:
@@ -271,8 +275,9 @@ class MachineProfile:
             "link_classes": {name: c.to_dict() for name, c in self.link_classes.items()},
             "reduce_s_per_byte": self.reduce_s_per_byte,
         }
-        if self.eager_bytes or self.send_buffer_bytes:
-            out["transport"] = {"eager_bytes": self.eager_bytes, "send_buffer_bytes": self.send_buffer_bytes}
+        transport = {name: getattr(self, name) for name in TRANSPORT_FIELDS if getattr(self, name)}
+        if transport:
+            out["transport"] = transport
         if self.collective_efficiency:
             out["collective_efficiency"] = {op: [[n, e] for n, e in points]
                                             for op, points in self.collective_efficiency.items()}
@@ -299,16 +304,18 @@ class MachineProfile:
                 collective_efficiency=dict(data.get("collective_efficiency", {}) or {}),
                 measurements=dict(data.get("measurements", {}) or {}),
                 network=str(head.get("network", "host")),
-                eager_bytes=_count((data.get("transport") or {}).get("eager_bytes", 0)),
-                send_buffer_bytes=_count((data.get("transport") or {}).get("send_buffer_bytes", 0)),
+                **{name: _count((data.get("transport") or {}).get(name, 0)) for name in TRANSPORT_FIELDS},
             )
         except (TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"{where}: {exc}") from None
 
 
+TRANSPORT_FIELDS = ("eager_bytes", "send_buffer_bytes", "link_burst_bytes")
+
+
 def check_transport_bytes(obj, where: str = "") -> None:
-    """``obj.eager_bytes`` and ``obj.send_buffer_bytes`` are integers >= 0 (a profile's and a Calibration's)."""
-    for name in ("eager_bytes", "send_buffer_bytes"):
+    """The ``TRANSPORT_FIELDS`` of ``obj`` are integers >= 0 (a profile's and a Calibration's)."""
+    for name in TRANSPORT_FIELDS:
         value = getattr(obj, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{where}{name} must be an integer >= 0, got {value!r}")
