@@ -72,6 +72,14 @@ BURST_S = 0.25e-3
 # cost the other direction's flows 15-23% while their acknowledgements waited
 # in it; they now go first (shaping_commands).
 QUEUE_S = 0.05
+# Each pair of ranks whose route crosses a link end has a class of its own there,
+# up to this many per link end (beyond, they share one FIFO): htb shares the
+# link's rate equally among the classes that have data, as the simulator shares
+# a link among its flows.  With one FIFO, a 16 MiB pairwise alltoall over a ring
+# of 8 (up to 4 flows per link, each step waiting for its slowest) took 30%
+# longer than predicted with MPI.
+PAIR_CLASSES = 256
+PAIR_CLASS_BASE = 0x100
 COMMAND_TIMEOUT_S = 60.0
 LINK_BASE = (10 << 24) | (128 << 16)  # 10.128.0.0/9: one /30 per link
 HOST_LINK_BASE = (10 << 24) | (64 << 16)  # 10.64.0.0/16: one /30 per hosted rank
@@ -145,32 +153,46 @@ def run_prefix(pid: int | None = None) -> str:
     return f"{PREFIX}{pid}-{_start_ticks(pid)}-"
 
 
-def shaping_commands(interface: str, bits_per_s: float, burst_bytes: int, limit_bytes: int) -> list[str]:
+def shaping_commands(interface: str, bits_per_s: float, burst_bytes: int, limit_bytes: int,
+                     pairs: tuple[tuple[str, str], ...] = ()) -> list[str]:
     """The ``tc -batch`` lines that shape one link end's egress to ``bits_per_s``.
 
     One htb class holds the link's rate; inside it, small TCP packets (pure
-    acknowledgements, under 128 bytes) go first and the rest queue behind
-    them in a FIFO of ``limit_bytes``.  With a single FIFO (tbf), the
-    acknowledgements of a flow in one direction wait behind the other
-    direction's data, up to a whole queue's time, and flows that cross a link
-    in both directions lost 15-23% of their rate (measured:
-    benchmarks/emulated_accuracy.py, a ring allgather across a tree's
-    uplinks); a switch port's real queue is as short as that wait is not.
+    acknowledgements, under 128 bytes) go first, and the data of each
+    (source, destination) address pair in ``pairs`` queues in a FIFO of
+    ``limit_bytes`` of its own, the pairs sharing the rate equally (htb
+    classes of one priority and quantum); other traffic has one more such
+    class.  With a single FIFO (tbf), the acknowledgements of a flow in one
+    direction wait behind the other direction's data, up to a whole queue's
+    time, and flows that cross a link in both directions lost 15-23% of their
+    rate (measured: benchmarks/emulated_accuracy.py, a ring allgather across
+    a tree's uplinks); a switch port's real queue is as short as that wait is
+    not.  With one data FIFO for all pairs, TCP flows that meet share it
+    unevenly (the one that started first keeps more), where the simulator
+    shares a link max-min fairly: see PAIR_CLASSES.
     """
     rate = int(bits_per_s)
     ack_rate = max(rate // 20, 8000)
+    data_rate = max((rate - ack_rate) // (len(pairs) + 1), 8000)
     head = f"dev {interface} parent 1"
     shape = f"burst {burst_bytes} cburst {burst_bytes}"
-    return [f"qdisc add dev {interface} root handle 1: htb default 20",
-            f"class add {head}: classid 1:1 htb rate {rate}bit ceil {rate}bit {shape}",
-            f"class add {head}:1 classid 1:10 htb rate {ack_rate}bit ceil {rate}bit prio 0 {shape} quantum 1514",
-            f"class add {head}:1 classid 1:20 htb rate {rate - ack_rate}bit ceil {rate}bit prio 1 {shape} "
-            f"quantum {GSO_MAX_BYTES}",
-            f"qdisc add {head}:10 pfifo limit 1000",
-            f"qdisc add {head}:20 bfifo limit {limit_bytes}",
-            # IPv4, TCP, total length below 128: an acknowledgement (with SACK blocks) or a tiny message.
-            f"filter add {head}: protocol ip prio 1 u32 match ip protocol 6 0xff "
-            "match u16 0x0000 0xff80 at 2 flowid 1:10"]
+    data = f"ceil {rate}bit prio 1 {shape} quantum {GSO_MAX_BYTES}"
+    lines = [f"qdisc add dev {interface} root handle 1: htb default 20",
+             f"class add {head}: classid 1:1 htb rate {rate}bit ceil {rate}bit {shape}",
+             f"class add {head}:1 classid 1:10 htb rate {ack_rate}bit ceil {rate}bit prio 0 {shape} quantum 1514",
+             f"class add {head}:1 classid 1:20 htb rate {data_rate}bit {data}",
+             f"qdisc add {head}:10 pfifo limit 1000",
+             f"qdisc add {head}:20 bfifo limit {limit_bytes}",
+             # IPv4, TCP, total length below 128: an acknowledgement (with SACK blocks) or a tiny message.
+             f"filter add {head}: protocol ip prio 1 u32 match ip protocol 6 0xff "
+             "match u16 0x0000 0xff80 at 2 flowid 1:10"]
+    for i, (src, dst) in enumerate(pairs):
+        classid = f"1:{PAIR_CLASS_BASE + i:x}"
+        lines += [f"class add {head}:1 classid {classid} htb rate {data_rate}bit {data}",
+                  f"qdisc add {head}:{PAIR_CLASS_BASE + i:x} bfifo limit {limit_bytes}",
+                  f"filter add {head}: protocol ip prio 2 u32 match ip src {src}/32 match ip dst {dst}/32 "
+                  f"flowid {classid}"]
+    return lines
 
 
 def plan_emulation(topology: Topology, prefix: str | None = None, rank_hosts: bool = False) -> EmulationPlan:
@@ -234,16 +256,13 @@ def plan_emulation(topology: Topology, prefix: str | None = None, rank_hosts: bo
         ip_commands[namespaces[entry.node]] += [f"addr add {entry.address}/30 dev {entry.interface}",
                                                 f"link set {entry.interface} up"]
     for link in links:
-        burst = max(MIN_BURST_BYTES, int(link.bits_per_s / 8 * BURST_S))
-        limit = max(2 * burst, int(link.bits_per_s / 8 * QUEUE_S))
         for end in link.ends:
-            ns = namespaces[end.node]
-            ip_commands[ns] += [f"addr add {end.address}/30 dev {end.interface}",
-                                f"link set dev {end.interface} gso_max_size {GSO_MAX_BYTES}",
-                                f"link set {end.interface} up"]
-            tc_commands[ns] += shaping_commands(end.interface, link.bits_per_s, burst, limit)
+            ip_commands[namespaces[end.node]] += [f"addr add {end.address}/30 dev {end.interface}",
+                                                  f"link set dev {end.interface} gso_max_size {GSO_MAX_BYTES}",
+                                                  f"link set {end.interface} up"]
 
     paths: dict[tuple[int, int], tuple[int, ...]] = {}
+    pairs_out: dict[tuple[int, int], list[tuple[str, str]]] = {}  # (node, neighbour) -> pairs that leave there
     own_routes: dict[int, list[str]] = {}
     transit: dict[int, dict[int, list[str]]] = {}  # node -> source rank -> routes
     for s in range(topology.nranks):
@@ -255,6 +274,7 @@ def plan_emulation(topology: Topology, prefix: str | None = None, rank_hosts: bo
             paths[(s, d)] = (hops[0][0],) + tuple(v for _, v in hops) if hops else (rank_node[s],)
             for position, (u, v) in enumerate(hops):
                 out = end_of[(u, v)]
+                pairs_out.setdefault((u, v), []).append((rank_address[s], rank_address[d]))
                 via = end_of[(v, u)].address
                 if position == 0:
                     # A hosted rank's packets reach its node already carrying their source.
@@ -265,6 +285,13 @@ def plan_emulation(topology: Topology, prefix: str | None = None, rank_hosts: bo
                         f"route add {rank_address[d]}/32 via {via} dev {out.interface} table {100 + s}")
     for node, routes in own_routes.items():
         ip_commands[namespaces[node]] += routes
+    for link in links:
+        burst = max(MIN_BURST_BYTES, int(link.bits_per_s / 8 * BURST_S))
+        limit = max(2 * burst, int(link.bits_per_s / 8 * QUEUE_S))
+        for end, other in (link.ends, link.ends[::-1]):
+            pairs = pairs_out.get((end.node, other.node), [])
+            tc_commands[namespaces[end.node]] += shaping_commands(
+                end.interface, link.bits_per_s, burst, limit, tuple(pairs) if len(pairs) <= PAIR_CLASSES else ())
     for node, by_source in transit.items():
         for s, routes in by_source.items():
             ip_commands[namespaces[node]] += routes + [f"rule add from {rank_address[s]}/32 table {100 + s} pref 100"]

@@ -85,6 +85,38 @@ def test_plan_gives_each_link_a_subnet_and_each_direction_its_rate():
         assert len(path) == len(topo.route(s, d).links) + 1
 
 
+def test_each_pair_of_ranks_has_a_class_of_its_own_where_its_route_leaves_a_node(monkeypatch):
+    # A ring of 6: a link end carries the pairs whose simulator route leaves by it, each
+    # to a class of its own that shares the link's rate with the others.
+    topo = ring(6, bandwidth_bytes_per_s=12.5e6)
+    plan = plan_emulation(topo, "p-")
+    expected: dict[str, set] = {}
+    for (s, d), path in plan.paths.items():
+        for u, v in zip(path, path[1:]):
+            link = next(link for link in plan.links if {e.node for e in link.ends} == {u, v})
+            end = next(e for e in link.ends if e.node == u)
+            expected.setdefault(end.interface, set()).add((plan.rank_address[s], plan.rank_address[d]))
+    for link in plan.links:
+        for end in link.ends:
+            lines = plan.tc_commands[plan.namespaces[end.node]]
+            filters = [re.search(r"dev (\S+) .* match ip src (\S+)/32 match ip dst (\S+)/32 flowid 1:(\w+)", line)
+                       for line in lines if "match ip src" in line]
+            mine = [(f.group(2), f.group(3)) for f in filters if f.group(1) == end.interface]
+            assert set(mine) == expected[end.interface] and len(mine) == len(set(mine))
+            classes = [f.group(4) for f in filters if f.group(1) == end.interface]
+            for classid in classes:
+                assert any(line.startswith(f"class add dev {end.interface} parent 1:1 classid 1:{classid} htb rate ")
+                           and "ceil 100000000bit prio 1" in line for line in lines)
+    # More pairs than PAIR_CLASSES at a link end: they share its one data queue.
+    monkeypatch.setattr(emulation, "PAIR_CLASSES", 2)
+    crowded = plan_emulation(topo, "p-")
+    for link in crowded.links:
+        for end in link.ends:
+            lines = crowded.tc_commands[crowded.namespaces[end.node]]
+            pairs = [line for line in lines if f"dev {end.interface} " in line and "match ip src" in line]
+            assert len(pairs) == (len(expected[end.interface]) if len(expected[end.interface]) <= 2 else 0)
+
+
 def test_a_rank_on_several_links_can_get_a_namespace_of_its_own():
     topo = ring(4, bandwidth_bytes_per_s=12.5e6)
     plain, hosted = plan_emulation(topo, "p-"), plan_emulation(topo, "p-", rank_hosts=True)
@@ -185,11 +217,12 @@ def test_acknowledgements_skip_the_data_queue():
     with EmulatedNetwork(plan) as net:
         measure_transfer(net, 0, 1, 2 << 20)
         sender, receiver = _class_bytes(net, 0), _class_bytes(net, 1)
-    # The data left the sender through the data class; the receiver's acknowledgements
-    # left through the small-packet class, so they never wait behind data going its way.
-    assert sender["1:20"] >= 2 << 20
+    # The data left the sender through its pair's class (nothing through the class of
+    # other traffic); the receiver's acknowledgements left through the small-packet
+    # class, so they never wait behind data going its way.
+    assert sender["1:100"] >= 2 << 20 and sender["1:20"] < 4096
     assert receiver["1:10"] > 0
-    assert receiver["1:20"] < receiver["1:10"]
+    assert receiver["1:100"] < receiver["1:10"]
 
 
 @needs_namespaces
