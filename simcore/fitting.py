@@ -154,30 +154,36 @@ def fit_link_burst(sizes: Sequence[int], one_way_s: Sequence[float], overhead_s:
     through at once (``simcore.network``), so beyond the overhead its time is
     ``(n / efficiency - burst) / bytes_per_s``: a line in n whose intercept is
     the bucket, fitted on relative error over the sizes whose transfer is
-    most of their time and at least twice the bucket (a message within
-    it is all overhead).  A negative intercept (a link that loses a start
-    instead of gaining one) fits as no bucket.
+    most of their time and that are at least twice the bucket (a message
+    within it is all overhead, one a few times it gains only part of it):
+    first on the sizes from a sixteenth of the largest up, which no plausible
+    bucket bends, then on those at least twice the bucket fitted.  A negative
+    intercept (a link that loses time at a start instead of gaining it) fits
+    as no bucket, and so do fewer than two usable sizes.
     """
     if len(sizes) != len(one_way_s) or not sizes:
         raise ValueError("fit_link_burst needs one one-way time per size")
     if not bytes_per_s > 0:
         raise ValueError(f"bytes_per_s must be > 0, got {bytes_per_s!r}")
-    points = [(float(n), float(t)) for n, t in zip(sizes, one_way_s) if n / bytes_per_s >= 10 * overhead_s and t > overhead_s]
+    points = sorted((float(n), float(t)) for n, t in zip(sizes, one_way_s)
+                    if n / bytes_per_s >= 10 * overhead_s and t > overhead_s)
     if not points:
         raise ValueError("fit_link_burst needs a size whose transfer outweighs the overhead")
-    burst = 0.0
+    largest_n, largest_t = points[-1]
+    no_bucket = (0, largest_n / ((largest_t - overhead_s) * bytes_per_s))
+    least_n = largest_n / 16
+    burst = None
     for _ in range(5):
-        used = [(n, t) for n, t in points if n >= 2 * burst] or points[-1:]
+        used = [(n, t) for n, t in points if n >= least_n]
+        if len(used) < 2:
+            return no_bucket
         n = np.array([p[0] for p in used])
         y = (np.array([p[1] for p in used]) - overhead_s) * bytes_per_s
-        if len(used) < 2:
-            return int(burst), float(n[0] / (y[0] + burst))
         design = np.stack([n, -np.ones_like(n)], axis=1) / y[:, None]
         (inverse_efficiency, fitted), *_ = np.linalg.lstsq(design, np.ones_like(y), rcond=None)
         if fitted <= 0:
-            largest = int(np.argmax(n))
-            return 0, float(n[largest] / y[largest])
-        if int(fitted) == int(burst):
+            return no_bucket
+        if burst is not None and int(fitted) == int(burst):
             break
-        burst = float(fitted)
+        burst, least_n = float(fitted), 2 * float(fitted)
     return int(burst), float(1.0 / inverse_efficiency)
