@@ -413,3 +413,30 @@ def test_calibrate_on_an_emulated_switch_writes_a_transport_profile(tmp_path):
     for row in incast.values():
         assert 0.8 < row["aggregate_fraction"] < 1.0
         assert row["predicted_s"] == pytest.approx(row["measured_s"], rel=0.1)
+
+
+def test_mpi_on_an_emulated_network_uses_tcp_on_each_ranks_own_interface(monkeypatch):
+    # No namespaces needed: the command mpiexec would run.
+    from executors.real import mpi
+
+    if mpi.mpiexec_path() is None or not mpi._is_hydra(mpi.mpiexec_path()):
+        pytest.skip("no MPICH mpiexec (Hydra) on PATH: pip install mpich")
+
+    class Network:
+        def __init__(self, plan):
+            self.plan = plan
+
+        def exec_prefix(self, rank):
+            return ["ip", "netns", "exec", self.plan.namespaces[self.plan.rank_namespace[rank]]]
+
+    plan = plan_emulation(ring(4, bandwidth_bytes_per_s=12.5e6), "p-", rank_hosts=True)
+    for cores, throttled in ((8, False), (2, True)):
+        monkeypatch.setattr(mpi.os, "cpu_count", lambda: cores)
+        cmd = mpi.MPIExecutor.emulated_launch_command(4, ["executors.real.worker"], Network(plan), "/tmp")
+        pairs = {(cmd[i + 1], cmd[i + 2]) for i, word in enumerate(cmd) if word == "-genv"}
+        # TCP only, no shared memory, and no rendezvous by TCP put (it stalled transfers for seconds).
+        assert {("MPIR_CVAR_NOLOCAL", "1"), ("UCX_TLS", "tcp"), ("UCX_TCP_PUT_ENABLE", "n")} <= pairs
+        assert (("MPIR_CVAR_CH4_PROGRESS_THROTTLE", "1") in pairs) == throttled
+        devices = [cmd[i + 2] for i, word in enumerate(cmd) if word == "-env" and cmd[i + 1] == "UCX_NET_DEVICES"]
+        assert devices == [f"h{rank}a" for rank in range(4)]
+        assert cmd.count(":") == 3
