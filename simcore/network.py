@@ -195,15 +195,17 @@ class FlowNetwork:
         fid = flow.fid
         flows_on = self._flows_on
         touched = self._touched
-        idle_from = self._idle_from_s
-        end = flow.t_end_s if flow.t_end_s is not None else self.env._now
+        if self.burst_bytes:
+            # The buckets refill from when the flow's last byte left.
+            idle_from = self._idle_from_s
+            end = flow.t_end_s
+            for link in flow.links:
+                if fid in flows_on[link] and end > idle_from[link]:
+                    idle_from[link] = end
         for link in flow.links:
             on_link = flows_on[link]
-            if on_link.pop(fid, None) is not None:
-                if end > idle_from[link]:
-                    idle_from[link] = end
-                if touch and on_link:
-                    touched[link] = None
+            if on_link.pop(fid, None) is not None and touch and on_link:
+                touched[link] = None
         if touch and touched and not self._solve_pending:
             self._schedule_solve()
 
@@ -241,7 +243,7 @@ class FlowNetwork:
                     for flow in finished:
                         for other in flow.links:
                             if flows_on[other].pop(flow.fid, None) is not None and flow.t_end_s > idle_from[other]:
-                                idle_from[other] = flow.t_end_s
+                                idle_from[other] = flow.t_end_s  # (read only where links have buckets)
             if not component:
                 continue
             if len(component) == 1:
