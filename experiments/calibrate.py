@@ -24,9 +24,10 @@ A scenario that names the profile (``profile: PROFILE.yaml``, or
 With ``--network emulated`` the ranks run on an emulated switch of shaped
 links (``--rate``, default 100 Mbit/s; see ``executors.emulation``), and the
 profile measures the transport rather than a machine: the per-message
-overhead and the fraction of the shaped rate that TCP and the library reach
-at each size (ping-pong), when a send returns (at once up to an eager size,
-else with a buffer's worth still to arrive: ``transport`` in the profile),
+overhead, the fraction of the shaped rate that TCP and the library reach and
+the bytes an idle link lets through at once (the shaper's bucket), from a
+ping-pong; when a send returns (at once up to an eager size, else with a
+buffer's worth still to arrive); both go to ``transport`` in the profile;
 how 1, 2 and 4 senders share one receiver's link (incast), the compute speed
 and the collectives as above.  A scenario
 simulated with that profile keeps its own topology (the one its emulated
