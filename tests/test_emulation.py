@@ -301,6 +301,8 @@ def test_emulate_plan_only_prints_the_links_and_refuses_what_it_cannot_shape(cap
     assert emulate.main([os.path.join(SCENARIOS, "emulated_tree8.yaml"), "--plan-only"]) == (0 if allowed else 2)
     out = capsys.readouterr().out
     assert "tree: 15 namespaces, 14 shaped links" in out and "s2_0 - s3_0" in out
+    # The top links carry the 16 pairs between the halves each way; a rank's link its 7.
+    assert re.search(r"s2_0 - s3_0 .* 16 / 16\n", out) and re.search(r"n0 - s1_0 .* 7 / 7\n", out)
     # 12.5 GB/s links: beyond what the shaper paces on a veth.
     assert emulate.main([os.path.join(SCENARIOS, "ring8_allreduce.yaml"), "--plan-only"]) == 2
     assert "link n0 - n1 runs at 100000 Mbit/s" in capsys.readouterr().err
