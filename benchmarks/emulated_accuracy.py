@@ -120,23 +120,34 @@ def scenario_dict(case: str, sizes) -> dict:
     return data
 
 
-def run_case(case: str, sizes, backend: str, profile, repeats: int, mode: str, timeout_s: float) -> pd.DataFrame:
+def run_case(case: str, sizes, backend: str, profile, repeats: int, mode: str, timeout_s: float,
+             measured: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The case's table: run for real and simulated, or, given the rows a run ``measured``
+    (its accuracy.csv), only simulated again against them."""
     from executors import get_executor
     from executors.real import RealOptions, choose_timing
-    from experiments.validate import validation_table
+    from experiments.validate import repredicted, validation_table
     from workloads.scenario import scenario_from_dict, with_profile
 
     scenario = scenario_from_dict(scenario_dict(case, sizes), where=case)
     timing = choose_timing(scenario.programs(), "auto", scenario.groups)
     sim = get_executor("sim", aligned=timing == "aligned", native_collectives=mode == "native").run(
         with_profile(scenario, profile))
-    options = RealOptions(mode=mode, warmup=1, repeats=repeats, timing=timing, timeout_s=timeout_s,
-                          network="emulated")
-    real = get_executor(backend, options=options).run(scenario)
-    table = validation_table(sim.records, real.records, scenario.nranks, scenario.groups)
+    if measured is not None:
+        table = repredicted(measured.drop(columns=["case", "timing"]), sim.records, scenario.nranks, scenario.groups)
+    else:
+        options = RealOptions(mode=mode, warmup=1, repeats=repeats, timing=timing, timeout_s=timeout_s,
+                              network="emulated")
+        real = get_executor(backend, options=options).run(scenario)
+        table = validation_table(sim.records, real.records, scenario.nranks, scenario.groups)
     table.insert(0, "case", case)
     table["timing"] = timing
     return table
+
+
+def measured_sizes(rows: pd.DataFrame) -> list[int]:
+    """The sizes a run of a case used (``--sizes``), read back from its rows."""
+    return sorted({int(n) for n in rows.loc[rows["kind"] != "total", "nbytes"] if n > 0})
 
 
 # A send ends, in gloo and MPI, once its bytes are in the kernel's buffers
@@ -173,6 +184,10 @@ def main(argv=None) -> int:
                         help="algorithm (default): the scenario's own algorithm, step by step; native: the library's")
     parser.add_argument("--timeout", type=float, default=300.0)
     parser.add_argument("--out", default="results/emulated-accuracy")
+    parser.add_argument("--measured", metavar="CSV",
+                        help="an earlier run's accuracy.csv: simulate its cases again (with --profile and this "
+                             "version of the model) against its measurements, without running anything; its "
+                             "sizes are read from it")
     args = parser.parse_args(argv)
     from topologies.profile import load_profile
 
@@ -181,10 +196,25 @@ def main(argv=None) -> int:
         print(f"error: {args.profile} is a profile of a machine, not of an emulated network "
               "(python -m experiments.calibrate --network emulated)", file=sys.stderr)
         return 2
+    measured = None
+    if args.measured:
+        try:
+            measured = pd.read_csv(args.measured)
+        except (OSError, ValueError) as exc:
+            print(f"error: --measured {args.measured}: {exc}", file=sys.stderr)
+            return 2
+        missing = {"case", "timing", "kind", "nbytes", "measured_s"} - set(measured.columns)
+        if missing:
+            print(f"error: --measured {args.measured}: not an accuracy.csv (no {', '.join(sorted(missing))} column)",
+                  file=sys.stderr)
+            return 2
+        args.cases = [case for case in args.cases if case in set(measured["case"])]
     tables = []
     for case in args.cases:
         start = time.perf_counter()
-        table = run_case(case, args.sizes, args.backend, profile, args.repeats, args.mode, args.timeout)
+        rows = None if measured is None else measured[measured["case"] == case]
+        sizes = args.sizes if rows is None else measured_sizes(rows)
+        table = run_case(case, sizes, args.backend, profile, args.repeats, args.mode, args.timeout, rows)
         tables.append(table)
         rows = table[table["kind"] != "total"]
         print(f"{case}: {len(rows)} operations in {time.perf_counter() - start:.0f} s", flush=True)

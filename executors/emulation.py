@@ -66,11 +66,13 @@ MIN_LINK_BITS_PER_S = 1e5
 GSO_MAX_BYTES = 16 * 1024
 MIN_BURST_BYTES = 32 * 1024
 BURST_S = 0.25e-3
-# The data queue holds 50 ms at the link's rate: flows that meet at a link
-# lose few packets (with 5 ms, a 1 MiB alltoall over a ring of 8 took 0.60 s
-# instead of 0.18; a lower rto_min on the routes did not help).  Such a queue
-# cost the other direction's flows 15-23% while their acknowledgements waited
-# in it; they now go first (shaping_commands).
+# Each data queue (one per pair of ranks: PAIR_CLASSES) holds 50 ms at the
+# link's rate, so a link end with k pairs sending holds up to k x 50 ms: flows
+# that meet at a link lose few packets (with 5 ms in one FIFO, a 1 MiB
+# alltoall over a ring of 8 took 0.60 s instead of 0.18; a lower rto_min on
+# the routes did not help).  Such a queue cost the other direction's flows
+# 15-23% while their acknowledgements waited in it; they now go first
+# (shaping_commands).
 QUEUE_S = 0.05
 # Each pair of ranks whose route crosses a link end has a class of its own there,
 # up to this many per link end (beyond, they share one FIFO): htb shares the

@@ -181,6 +181,32 @@ def validation_table(sim_records: pd.DataFrame, real_records: pd.DataFrame, nran
     return out
 
 
+def repredicted(table: pd.DataFrame, sim_records: pd.DataFrame, nranks: int,
+                groups: ProcessGroups | None = None) -> pd.DataFrame:
+    """``table`` (a ``validation_table``, as written and read back) with its predictions
+    taken from ``sim_records`` and its errors recomputed; the measurements stay."""
+    sim = row_times(sim_records)
+    sim = sim[sim["repeat"] == sim["repeat"].min()] if len(sim) else sim
+    predicted = {tuple(key): t for key, t in zip(sim[GROUP_KEYS].itertuples(index=False), sim["time_s"])}
+    out = table.copy()
+    for column in ("group", "algorithm"):
+        out[column] = out[column].fillna("").astype(str)  # a CSV reads "" back as NaN
+    out["nbytes"] = out["nbytes"].astype("int64")
+    out["flops"] = out["flops"].astype(float)
+    span = makespans(sim_records)
+    for i, row in out.iterrows():
+        if row["kind"] == "total":
+            predicted_s = float(span.iloc[0]) if len(span) else math.nan
+        else:
+            predicted_s = predicted.get(tuple(row[GROUP_KEYS]), math.nan)
+            n = group_size(groups, row["group"], nranks)
+            out.loc[i, ["predicted_algbw_GBps", "predicted_busbw_GBps"]] = bandwidths_GBps(
+                row["kind"], row["nbytes"], predicted_s, n)
+        out.loc[i, "predicted_s"] = predicted_s
+        out.loc[i, "error_pct"] = error_pct(predicted_s, row["measured_s"])
+    return out
+
+
 def median_abs_error_pct(table: pd.DataFrame) -> float:
     """Median of |error_pct| over the operation rows (the total row left out)."""
     errors = table.loc[table["kind"] != "total", "error_pct"].abs().dropna()

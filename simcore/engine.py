@@ -133,14 +133,14 @@ class _GuardedNetwork(FlowNetwork):
         self.reserved_until_s = [-math.inf] * len(self.capacity_bytes_per_s)
         self.reserved_by: list[_Instance | None] = [None] * len(self.capacity_bytes_per_s)
 
-    def transfer(self, links, min_capacity_bytes_per_s, latency_s, nbytes, message, work_bytes=None):
+    def transfer(self, links, min_capacity_bytes_per_s, latency_s, nbytes, message, work_bytes=None, take_burst=True):
         if nbytes:
             now = self.env._now
             reserved = self.reserved_until_s
             for link in links:
                 if reserved[link] > now:
                     self.sim._materialize(self.reserved_by[link], now)
-        super().transfer(links, min_capacity_bytes_per_s, latency_s, nbytes, message, work_bytes)
+        super().transfer(links, min_capacity_bytes_per_s, latency_s, nbytes, message, work_bytes, take_burst)
 
 
 # The engine's messages and collectives record validated integers here (rank,

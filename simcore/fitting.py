@@ -159,7 +159,8 @@ def fit_link_burst(sizes: Sequence[int], one_way_s: Sequence[float], overhead_s:
     first on the sizes from a sixteenth of the largest up, which no plausible
     bucket bends, then on those at least twice the bucket fitted.  A negative
     intercept (a link that loses time at a start instead of gaining it) fits
-    as no bucket, and so do fewer than two usable sizes.
+    as no bucket, and so do fewer than two usable sizes; a bucket so large
+    that fewer than two sizes are twice it keeps the first fit.
     """
     if len(sizes) != len(one_way_s) or not sizes:
         raise ValueError("fit_link_burst needs one one-way time per size")
@@ -172,18 +173,19 @@ def fit_link_burst(sizes: Sequence[int], one_way_s: Sequence[float], overhead_s:
     largest_n, largest_t = points[-1]
     no_bucket = (0, largest_n / ((largest_t - overhead_s) * bytes_per_s))
     least_n = largest_n / 16
-    burst = None
+    fit = None  # (burst, efficiency)
     for _ in range(5):
         used = [(n, t) for n, t in points if n >= least_n]
         if len(used) < 2:
-            return no_bucket
+            break  # a bucket too large for the sizes above it: keep the fit before
         n = np.array([p[0] for p in used])
         y = (np.array([p[1] for p in used]) - overhead_s) * bytes_per_s
         design = np.stack([n, -np.ones_like(n)], axis=1) / y[:, None]
         (inverse_efficiency, fitted), *_ = np.linalg.lstsq(design, np.ones_like(y), rcond=None)
         if fitted <= 0:
             return no_bucket
-        if burst is not None and int(fitted) == int(burst):
+        settled = fit is not None and round(fitted) == fit[0]
+        fit, least_n = (round(float(fitted)), float(1.0 / inverse_efficiency)), 2 * float(fitted)
+        if settled:
             break
-        burst, least_n = float(fitted), 2 * float(fitted)
-    return int(burst), float(1.0 / inverse_efficiency)
+    return fit if fit is not None else no_bucket

@@ -22,12 +22,14 @@ their share for the others, and their delivery after the latency.
 With ``burst_bytes`` > 0 every link is a token bucket, as a shaped link is
 (a Linux htb or tbf shaper, a cloud NIC's burst allowance): an idle link
 fills its bucket at its bandwidth, up to ``burst_bytes``, and a flow that
-starts lets as many bytes through at once as the emptiest bucket on its
-path holds, emptying that much from each.  Flows that start together take
-the buckets in the order they were issued.  A link refills only while no
-flow is on it (one carrying less than its bandwidth does not refill: the
-buckets of a shaped network matter at the start of a message on an idle
-path, where this is exact).
+starts lets through at once what its share of the emptiest bucket on its
+path holds, emptying that much from each: the flows that start on a link at
+one instant share its bucket equally, whatever order they were issued in
+(so both engines, which may issue them in different orders, agree).  A link
+refills only while no flow is on it (one carrying less than its bandwidth
+does not refill: the buckets of a shaped network matter at the start of a
+message on an idle path, where this is exact).  A transfer that continues a
+message already under way (``take_burst=False``) takes nothing.
 
 Iteration is over insertion-ordered dicts, never sets, so the order of events,
 and therefore every result, is the same on every run.
@@ -97,6 +99,7 @@ class FlowNetwork:
         self._tokens = [self.burst_bytes] * links
         self._tokens_as_of_s = [0.0] * links
         self._idle_from_s = [0.0] * links
+        self._starting: dict[int, _Flow] = {}  # flows issued since the last solve that take the buckets
 
     def transfer(
         self,
@@ -106,29 +109,27 @@ class FlowNetwork:
         nbytes: int,
         message: object,
         work_bytes: float | None = None,
+        take_burst: bool = True,
     ) -> None:
         """``work_bytes`` (default ``nbytes``) is what the bandwidth must move: a
-        calibrated machine moves n bytes as if they were n / efficiency(n)."""
+        calibrated machine moves n bytes as if they were n / efficiency(n).
+        ``take_burst=False``: the transfer continues a message whose start took
+        the buckets (see the module's docstring)."""
         self.flows_started += 1
         if nbytes and links:
             bytes_on_link = self.bytes_on_link
             flows_on = self._flows_on
             touched = self._touched
-            work = nbytes if work_bytes is None else work_bytes
-            if self.burst_bytes:
-                work -= self._take_tokens(links, work)
-                if work <= 0.0:
-                    for link in links:
-                        bytes_on_link[link] += nbytes
-                    self._deliver_after(latency_s, message)
-                    return
             fid = self._next_fid
             self._next_fid = fid + 1
-            flow = _Flow(fid, links, min_capacity_bytes_per_s, latency_s, work, self.env._now, message)
+            flow = _Flow(fid, links, min_capacity_bytes_per_s, latency_s, nbytes if work_bytes is None else work_bytes,
+                         self.env._now, message)
             for link in links:
                 bytes_on_link[link] += nbytes
                 flows_on[link][fid] = flow
                 touched[link] = None
+            if self.burst_bytes and take_burst:
+                self._starting[fid] = flow
             if not self._solve_pending:
                 self._schedule_solve()
         else:
@@ -142,26 +143,47 @@ class FlowNetwork:
         else:
             self.on_delivered(message)
 
-    def _take_tokens(self, links: tuple[int, ...], work_bytes: float) -> float:
-        """The bytes a flow starting now lets through at once, taken from every bucket on its path."""
-        now = self.env._now
+    def _grant_bursts(self, now: float) -> None:
+        """The flows that start now pass their share of the buckets on their paths at once; one
+        that passes whole is delivered after its latency, having taken no bandwidth."""
+        starting, self._starting = self._starting, {}
+        flows_on = self._flows_on
         tokens = self._tokens
-        take = work_bytes
-        for link in links:
-            idle_from = max(self._tokens_as_of_s[link], self._idle_from_s[link])
-            for flow in self._flows_on[link].values():
-                if flow.t_end_s is None or flow.t_end_s > now:
-                    idle_from = now  # busy: no refill
-                    break
-                idle_from = max(idle_from, flow.t_end_s)
-            if idle_from < now:
-                tokens[link] = min(self.burst_bytes, tokens[link] + self.capacity_bytes_per_s[link] * (now - idle_from))
-            self._tokens_as_of_s[link] = now
-            take = min(take, tokens[link])
-        if take > 0.0:
-            for link in links:
+        sharers: dict[int, int] = {}  # link -> flows starting on it now
+        for flow in starting.values():
+            for link in flow.links:
+                if link in sharers:
+                    sharers[link] += 1
+                    continue
+                sharers[link] = 1
+                idle_from = max(self._tokens_as_of_s[link], self._idle_from_s[link])
+                for fid, other in flows_on[link].items():
+                    if fid in starting:
+                        continue
+                    if other.t_end_s is None or other.t_end_s > now:
+                        idle_from = now  # busy: no refill
+                        break
+                    idle_from = max(idle_from, other.t_end_s)
+                if idle_from < now:
+                    tokens[link] = min(self.burst_bytes,
+                                       tokens[link] + self.capacity_bytes_per_s[link] * (now - idle_from))
+                self._tokens_as_of_s[link] = now
+        shares = {link: tokens[link] / count for link, count in sharers.items()}
+        for flow in starting.values():
+            take = min(flow.remaining_bytes, min(shares[link] for link in flow.links))
+            if take <= 0.0:
+                continue
+            for link in flow.links:
                 tokens[link] -= take
-        return take
+            flow.remaining_bytes -= take
+            if flow.remaining_bytes <= 0.0:
+                flow.t_end_s = now
+                for link in flow.links:
+                    on_link = flows_on[link]
+                    on_link.pop(flow.fid, None)
+                    if on_link:
+                        self._touched[link] = None
+                self._deliver_after(flow.latency_s, flow.message)
 
     def _schedule_solve(self) -> None:
         self._solve_pending = True
@@ -213,6 +235,8 @@ class FlowNetwork:
         self._solve_pending = False
         self.solves += 1
         now = self.env._now
+        if self._starting:
+            self._grant_bursts(now)
         flows_on = self._flows_on
         touched, self._touched = self._touched, {}
         seen: set[int] = set()
@@ -242,8 +266,9 @@ class FlowNetwork:
                     idle_from = self._idle_from_s
                     for flow in finished:
                         for other in flow.links:
-                            if flows_on[other].pop(flow.fid, None) is not None and flow.t_end_s > idle_from[other]:
-                                idle_from[other] = flow.t_end_s  # (read only where links have buckets)
+                            if flows_on[other].pop(flow.fid, None) is not None and self.burst_bytes \
+                                    and flow.t_end_s > idle_from[other]:
+                                idle_from[other] = flow.t_end_s
             if not component:
                 continue
             if len(component) == 1:

@@ -483,7 +483,9 @@ class ReferenceSimulator:
         if head:
             _release(waiter)
             tail = self.calibration.send_buffer_bytes
-            self.net.transfer(links, min_cap, 0.0, tail, (job, False), None if work is None else work * tail / nbytes)
+            # The tail continues the message: no bucket refilled while the head's last bytes crossed.
+            self.net.transfer(links, min_cap, 0.0, tail, (job, False), None if work is None else work * tail / nbytes,
+                              take_burst=False)
             return
         channel = self._channels[(src, dst)]
         channel.popleft()

@@ -56,14 +56,30 @@ def test_an_idle_link_refills_at_its_rate_up_to_the_bucket(run):
 
 
 @ENGINES
-def test_messages_that_start_together_take_the_bucket_in_the_order_they_were_sent(run):
-    # Rank 0's link: the first message takes its bucket (0.75 MB left), the second
-    # none (1 MB); they share the link at 0.5 MB/s until the first ends at 1.5 s,
-    # then the second's last 0.25 MB go alone.
+def test_messages_that_start_together_share_the_bucket(run):
+    # Rank 0's link: each message passes half its bucket (0.125 MB) at once, then
+    # they share the link at 0.5 MB/s: 0.875 MB each, 1.75 s.
     programs = [[Isend(1, MB, handle="a"), Isend(2, MB, handle="b"), Wait(("a", "b"))], [Recv(0, MB)], [Recv(0, MB)]]
     # (A non-blocking send's record ends when its message has arrived.)
-    assert _ends(run, programs, n=3) == [(0, "isend", 1.5), (0, "isend", 1.75), (0, "wait", 1.75),
-                                         (1, "recv", 1.5), (2, "recv", 1.75)]
+    assert _ends(run, programs, n=3) == [(0, "isend", 1.75), (0, "isend", 1.75), (0, "wait", 1.75),
+                                         (1, "recv", 1.75), (2, "recv", 1.75)]
+
+
+def test_the_share_does_not_depend_on_which_rank_issues_first():
+    # Two senders to one receiver start at 1 s, one after two computes, one after one:
+    # the fast engine (which merges computes) and the reference issue them in different
+    # orders; the receiver's bucket is halved between them either way.  Each passes
+    # 0.125 MB, then they share rank 2's link: 0.875 MB each at 0.5 MB/s, 1.75 s.
+    topo = switch(3, bandwidth_bytes_per_s=1e6, latency_s=0.0, flops_per_s=1e6)
+    programs = [[Compute(flops=0.5e6), Compute(flops=0.5e6), Send(2, MB)], [Compute(flops=1e6), Send(2, MB)],
+                [Recv(0, MB), Recv(1, MB)]]
+    ends = [_ends_of(engine(topo, programs, calibration=BUCKET)) for engine in (simulate, simulate_reference)]
+    assert ends[0] == ends[1]
+    assert [e for e in ends[0] if e[1] == "send"] == [(0, "send", 2.75), (1, "send", 2.75)]
+
+
+def _ends_of(result):
+    return [(r.rank, r.kind, round(r.end_s, 9)) for r in result.records.itertuples()]
 
 
 @ENGINES
@@ -88,11 +104,28 @@ def test_buckets_and_buffered_sends_together(run):
     calibration = dataclasses.replace(BUCKET, eager_bytes=MB)
     assert _ends(run, [[Send(1, MB)], [Recv(0, MB)]], calibration=calibration) == [
         (0, "send", 0.0), (1, "recv", 0.75)]
+    # A send that returns with half its message to go: the message arrives when one flow
+    # would (0.75 s of transfer plus 0.1 s of latency), the part sent after the return
+    # gaining nothing from the links' idling while the first part's last bytes crossed.
+    calibration = dataclasses.replace(BUCKET, send_buffer_bytes=MB // 2)
+    assert _ends(run, [[Send(1, MB)], [Recv(0, MB)]], calibration=calibration, latency_s=0.05) == [
+        (0, "send", 0.35), (1, "recv", 0.85)]
+
+
+@ENGINES
+def test_a_link_refills_from_when_the_last_byte_left_not_from_the_delivery(run):
+    # 0.1 s of latency (two links): rank 0's message leaves at 0.75 s and arrives at
+    # 0.85 s; rank 2 sends to rank 1 at 0.8 s, so rank 1's link has been idle 0.05 s
+    # (0.05 MB back): its message takes 0.95 s and arrives 0.1 s later.
+    programs = [[Send(1, MB)], [Recv(0, MB), Recv(2, MB)], [Compute(flops=0.8e6), Send(1, MB)]]
+    assert _ends(run, programs, n=3, latency_s=0.05) == [(0, "send", 0.85), (1, "recv", 0.85), (1, "recv", 1.85),
+                                                         (2, "compute", 0.8), (2, "send", 1.85)]
 
 
 def test_a_negative_or_fractional_bucket_is_refused():
-    with pytest.raises(ValueError, match="link_burst_bytes must be an integer >= 0"):
-        Calibration(link_burst_bytes=-1)
+    for bad in (-1, 0.5, True):
+        with pytest.raises(ValueError, match="link_burst_bytes must be an integer >= 0"):
+            Calibration(link_burst_bytes=bad)
     with pytest.raises(ValueError, match="burst_bytes must be finite and >= 0"):
         FlowNetwork(simpy.Environment(), [1e6], lambda message: None, burst_bytes=float("inf"))
 
@@ -123,6 +156,9 @@ def test_fit_reads_the_bucket_and_the_rate_from_a_ping_pong():
     fitted_bucket, fitted_fraction = fit_link_burst(sizes, times, overhead_s, rate)
     assert fitted_bucket == pytest.approx(bucket, abs=2)
     assert fitted_fraction == pytest.approx(fraction, rel=1e-9)
+    # A bucket of 3 MB: only 4 and 16 MiB are twice it, and they give it.
+    large = [overhead_s + max(n / fraction - 3e6, 0.0) / rate for n in sizes]
+    assert fit_link_burst(sizes, large, overhead_s, rate) == (3_000_000, pytest.approx(fraction, rel=1e-9))
     # One usable size: no bucket to see.
     assert fit_link_burst([8, 16 * MB], [overhead_s, one_way(16 * MB)], overhead_s, rate)[0] == 0
     # A link that loses time at a message's start has no bucket.
