@@ -190,7 +190,7 @@ def repredicted(table: pd.DataFrame, sim_records: pd.DataFrame, nranks: int,
     predicted = {tuple(key): t for key, t in zip(sim[GROUP_KEYS].itertuples(index=False), sim["time_s"])}
     out = table.copy()
     for column in ("group", "algorithm"):
-        out[column] = out[column].fillna("").astype(str)  # a CSV reads "" back as NaN
+        out[column] = [value if isinstance(value, str) else "" for value in out[column]]  # a CSV reads "" as NaN
     out["nbytes"] = out["nbytes"].astype("int64")
     out["flops"] = out["flops"].astype(float)
     span = makespans(sim_records)

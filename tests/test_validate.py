@@ -103,6 +103,22 @@ def test_table_statistics_are_exact():
     assert validate.median_abs_error_pct(table) == pytest.approx(50.0)
 
 
+def test_a_written_table_is_predicted_again_from_new_records(tmp_path):
+    # Written and read back, then re-predicted from the same records: the same table;
+    # from records twice as slow: predictions doubled, measurements untouched.
+    table = validate.validation_table(SIM, REAL, nranks=2)
+    table.to_csv(tmp_path / "t.csv", index=False)
+    back = pd.read_csv(tmp_path / "t.csv")
+    again = validate.repredicted(back, SIM, nranks=2)
+    pd.testing.assert_frame_equal(again, table, check_dtype=False)
+    slow = SIM.assign(start_s=SIM["start_s"] * 2, end_s=SIM["end_s"] * 2)
+    doubled = validate.repredicted(back, slow, nranks=2)
+    assert doubled["predicted_s"].tolist() == pytest.approx((table["predicted_s"] * 2).tolist())
+    assert doubled["measured_s"].tolist() == table["measured_s"].tolist()
+    assert row(doubled, "allreduce")["error_pct"] == pytest.approx(0.0)
+    assert row(doubled, "allreduce")["predicted_algbw_GBps"] == pytest.approx(1e6 / 1.0 / 1e9)
+
+
 def test_busbw_factors_follow_nccl_tests():
     n = 8
     assert validate.busbw_factor("allreduce", n) == pytest.approx(2 * 7 / 8)
