@@ -263,12 +263,16 @@ class FlowNetwork:
                             seen.add(other)
                             stack.append(other)
                 if finished:
-                    idle_from = self._idle_from_s
+                    if self.burst_bytes:
+                        # The buckets refill from when the flow's last byte left.
+                        idle_from = self._idle_from_s
+                        for flow in finished:
+                            for other in flow.links:
+                                if flow.fid in flows_on[other] and flow.t_end_s > idle_from[other]:
+                                    idle_from[other] = flow.t_end_s
                     for flow in finished:
                         for other in flow.links:
-                            if flows_on[other].pop(flow.fid, None) is not None and self.burst_bytes \
-                                    and flow.t_end_s > idle_from[other]:
-                                idle_from[other] = flow.t_end_s
+                            flows_on[other].pop(flow.fid, None)
             if not component:
                 continue
             if len(component) == 1:
