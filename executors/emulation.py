@@ -130,6 +130,8 @@ class EmulationPlan:
     rank_namespace: tuple[int, ...]
     rank_entry: tuple[str | None, ...]
     host_links: tuple[tuple[LinkEnd, LinkEnd], ...]  # (host end, node end), unshaped
+    # (node, neighbour) -> the (source, destination) rank addresses whose route leaves node there
+    link_pairs: dict[tuple[int, int], tuple[tuple[str, str], ...]]
 
     @property
     def nranks(self) -> int:
@@ -189,11 +191,11 @@ def shaping_commands(interface: str, bits_per_s: float, burst_bytes: int, limit_
              f"filter add {head}: protocol ip prio 1 u32 match ip protocol 6 0xff "
              "match u16 0x0000 0xff80 at 2 flowid 1:10"]
     for i, (src, dst) in enumerate(pairs):
-        classid = f"1:{PAIR_CLASS_BASE + i:x}"
-        lines += [f"class add {head}:1 classid {classid} htb rate {data_rate}bit {data}",
-                  f"qdisc add {head}:{PAIR_CLASS_BASE + i:x} bfifo limit {limit_bytes}",
+        minor = f"{PAIR_CLASS_BASE + i:x}"  # htb class ids are hexadecimal
+        lines += [f"class add {head}:1 classid 1:{minor} htb rate {data_rate}bit {data}",
+                  f"qdisc add {head}:{minor} bfifo limit {limit_bytes}",
                   f"filter add {head}: protocol ip prio 2 u32 match ip src {src}/32 match ip dst {dst}/32 "
-                  f"flowid {classid}"]
+                  f"flowid 1:{minor}"]
     return lines
 
 
@@ -291,9 +293,9 @@ def plan_emulation(topology: Topology, prefix: str | None = None, rank_hosts: bo
         burst = max(MIN_BURST_BYTES, int(link.bits_per_s / 8 * BURST_S))
         limit = max(2 * burst, int(link.bits_per_s / 8 * QUEUE_S))
         for end, other in (link.ends, link.ends[::-1]):
-            pairs = pairs_out.get((end.node, other.node), [])
+            pairs = tuple(pairs_out.get((end.node, other.node), ()))
             tc_commands[namespaces[end.node]] += shaping_commands(
-                end.interface, link.bits_per_s, burst, limit, tuple(pairs) if len(pairs) <= PAIR_CLASSES else ())
+                end.interface, link.bits_per_s, burst, limit, pairs if len(pairs) <= PAIR_CLASSES else ())
     for node, by_source in transit.items():
         for s, routes in by_source.items():
             ip_commands[namespaces[node]] += routes + [f"rule add from {rank_address[s]}/32 table {100 + s} pref 100"]
@@ -303,7 +305,8 @@ def plan_emulation(topology: Topology, prefix: str | None = None, rank_hosts: bo
         links=tuple(links), rank_node=rank_node, rank_address=rank_address,
         rank_interface=tuple(e.interface for e in rank_end), ip_commands=ip_commands,
         tc_commands=tc_commands, paths=paths, rank_namespace=tuple(rank_namespace), rank_entry=tuple(rank_entry),
-        host_links=tuple((host, entry) for _, host, entry in host_links))
+        host_links=tuple((host, entry) for _, host, entry in host_links),
+        link_pairs={hop: tuple(pairs) for hop, pairs in pairs_out.items()})
 
 
 def refusal(plan: EmulationPlan, cores: int | None = None) -> str | None:

@@ -84,15 +84,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(plan.describe())
     rows = []
-    crossing: dict[tuple[int, int], int] = {}  # (node, neighbour) -> rank pairs whose route goes that way
-    for path in plan.paths.values():
-        for hop in zip(path, path[1:]):
-            crossing[hop] = crossing.get(hop, 0) + 1
     for link in plan.links:
         a, b = link.ends
         rows.append({"link": f"{plan.node_names[a.node]} - {plan.node_names[b.node]}",
                      "mbit": link.bits_per_s / 1e6, "ends": f"{a.address} {b.address}",
-                     "pairs": f"{crossing.get((a.node, b.node), 0)} / {crossing.get((b.node, a.node), 0)}"})
+                     "pairs": f"{len(plan.link_pairs.get((a.node, b.node), ()))} / "
+                              f"{len(plan.link_pairs.get((b.node, a.node), ()))}"})
     print(format_table(rows, (("link", "link", ""), ("mbit", "Mbit/s each way", ".6g"), ("ends", "addresses", ""),
                               ("pairs", "rank pairs each way", ""))))
     print(f"each rank pair has a class of its own on each link it crosses (up to {PAIR_CLASSES} per direction; "

@@ -185,6 +185,14 @@ class FlowNetwork:
                         self._touched[link] = None
                 self._deliver_after(flow.latency_s, flow.message)
 
+    def _note_left(self, flow: _Flow) -> None:
+        """Before ``flow`` leaves its links: their buckets refill from when its last byte left."""
+        idle_from = self._idle_from_s
+        end = flow.t_end_s
+        for link in flow.links:
+            if flow.fid in self._flows_on[link] and end > idle_from[link]:
+                idle_from[link] = end
+
     def _schedule_solve(self) -> None:
         self._solve_pending = True
         ev = simpy.Event(self.env)
@@ -218,12 +226,7 @@ class FlowNetwork:
         flows_on = self._flows_on
         touched = self._touched
         if self.burst_bytes:
-            # The buckets refill from when the flow's last byte left.
-            idle_from = self._idle_from_s
-            end = flow.t_end_s
-            for link in flow.links:
-                if fid in flows_on[link] and end > idle_from[link]:
-                    idle_from[link] = end
+            self._note_left(flow)
         for link in flow.links:
             on_link = flows_on[link]
             if on_link.pop(fid, None) is not None and touch and on_link:
@@ -264,12 +267,8 @@ class FlowNetwork:
                             stack.append(other)
                 if finished:
                     if self.burst_bytes:
-                        # The buckets refill from when the flow's last byte left.
-                        idle_from = self._idle_from_s
                         for flow in finished:
-                            for other in flow.links:
-                                if flow.fid in flows_on[other] and flow.t_end_s > idle_from[other]:
-                                    idle_from[other] = flow.t_end_s
+                            self._note_left(flow)
                     for flow in finished:
                         for other in flow.links:
                             flows_on[other].pop(flow.fid, None)
