@@ -1,4 +1,5 @@
-"""Simulator speed: the fast engine against the reference engine, on the same scenarios in one run.
+"""Simulator speed: the engine with its fast paths (``fast``) against the same interpreter with none
+(``reference``), on the same scenarios in one run.
 
 Cases (``--cases``; each engine runs each case in a fresh child process,
 so its peak memory is its own):
@@ -99,15 +100,13 @@ def build(case: str):
 
 
 def run_case(case: str, engine: str, out) -> None:
-    from simcore.engine import Simulator
-    from simcore.reference_engine import ReferenceSimulator
+    from simcore.engine import FAST_PATHS, REFERENCE, Simulator
 
     start = time.perf_counter()
     topo, programs, kwargs, expected = build(case)
     load_s = time.perf_counter() - start
-    cls = Simulator if engine == "fast" else ReferenceSimulator
     start = time.perf_counter()
-    result = cls(topo, programs, **kwargs).run()
+    result = Simulator(topo, programs, fast_paths=FAST_PATHS if engine == "fast" else REFERENCE, **kwargs).run()
     wall_s = time.perf_counter() - start
     out.put({"case": case, "engine": engine, "ranks": topo.nranks, "messages": result.summary["messages"],
              "simulated_s": result.makespan_s, "load_s": load_s, "wall_s": wall_s, "expected_s": expected,

@@ -60,16 +60,6 @@ class Plan:
         self.messages = messages
 
 
-def link_free(net, link: int, t0: float) -> bool:
-    """No flow of the network competes on ``link`` at ``t0`` and no other collective holds it."""
-    if net.reserved_until_s[link] > t0:
-        return False
-    for flow in net._flows_on[link].values():
-        if flow.t_end_s is None or flow.t_end_s > t0:
-            return False
-    return True
-
-
 class Schedule:
     """One collective evaluated with every message alone on its path.
 
@@ -96,8 +86,7 @@ class Schedule:
         m = len(members)
         t0 = self.t0
         steps = self.steps
-        cache = sim._route_cache
-        route = sim._route
+        route = sim.messages.route
         efficiency = sim.message_efficiency
         slowdown = self.slowdown
         rspb = sim.reduce_s_per_byte
@@ -148,10 +137,7 @@ class Schedule:
             for t in sends:
                 dst = t.peer
                 nbytes = t.nbytes
-                cached = cache.get((src, dst))
-                if cached is None:
-                    cached = route(src, dst)
-                links, cap, latency_s, energy_per_byte = cached
+                links, cap, latency_s, energy_per_byte = route(src, dst)
                 link_j[i] += nbytes * energy_per_byte
                 messages += 1
                 work = None
@@ -170,7 +156,7 @@ class Schedule:
                         until = busy.get(link)
                         if until is None:
                             # (A replay skips this: it was checked at t0, and the network has moved on.)
-                            if not keep and not link_free(net, link, t0):
+                            if not keep and not net.link_free(link, t0):
                                 return BUSY
                         elif until > start:
                             return OVERLAP
@@ -285,7 +271,7 @@ class Trace:
         if self.end_offsets_s is None:
             return None
         for link in self.links:
-            if not link_free(net, link, t0):
+            if not net.link_free(link, t0):
                 return None
         return Plan([t0 + o for o in self.end_offsets_s], self.link_j, self.link_bytes,
                     {link: t0 + o for link, o in self.busy_offsets_s.items()}, self.messages)
@@ -338,13 +324,13 @@ def ring_schedule(sim, members: tuple[int, ...], op, t0: float, slowdown: float,
     """
     net = sim.net
     p = len(members)
-    routes = [sim._route(members[i], members[(i + 1) % p]) for i in range(p)]
+    routes = [sim.messages.route(members[i], members[(i + 1) % p]) for i in range(p)]
     all_links = [link for r in routes for link in r[0]]
     if len(set(all_links)) != len(all_links):
         return OVERLAP  # two members' messages would share a link in every step
     if starts is None:
         for link in all_links:
-            if not link_free(net, link, t0):
+            if not net.link_free(link, t0):
                 return BUSY
     cap = np.array([r[1] if r[0] else 1.0 for r in routes], dtype=float)
     latency = np.array([r[2] for r in routes], dtype=float)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from simcore.fastpath import BUSY, IRREGULAR, Plan, link_free
+from simcore.fastpath import BUSY, IRREGULAR, Plan
 from workloads.collectives import block_layout
 
 # Shares within this relative distance of the smallest are one bottleneck level:
@@ -65,7 +65,7 @@ class FluidRings:
                 size_base.append(base)
                 rs_steps.append(p - 1 if "rs" in phases else 0)
                 ag_steps.append(p - 1 if "ag" in phases else 0)
-                routes.append(sim._route(members[i], members[(i + 1) % p]))
+                routes.append(sim.messages.route(members[i], members[(i + 1) % p]))
                 slowdowns.append(slowdown)
             lane += p
         self.bases = bases
@@ -130,7 +130,7 @@ class FluidRings:
             if self.history > MAX_HISTORY:
                 return IRREGULAR
             for link in self.links.tolist() if self.starts is None else ():
-                if not link_free(net, link, t0):
+                if not net.link_free(link, t0):
                     return BUSY
         rspb = sim.reduce_s_per_byte
         latency = self.latency

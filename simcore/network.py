@@ -41,11 +41,10 @@ from typing import Callable, Sequence
 
 import simpy
 
-# Below simpy.events.NORMAL (1) and URGENT (0): runs after everything else at an instant.
-_SOLVE_PRIORITY = 2
+from simcore.clock import LAST_AT_INSTANT, call_at, call_at_end_of_instant, now as clock_now
 
 
-class _Flow:
+class Flow:
     __slots__ = ("fid", "links", "min_capacity_bytes_per_s", "latency_s", "remaining_bytes", "rate_bytes_per_s", "t_last_s", "t_end_s",
                  "version", "alone", "message")
 
@@ -85,7 +84,7 @@ class FlowNetwork:
         self.on_delivered = on_delivered
         self._Timeout = simpy.Timeout
         self.capacity_bytes_per_s = [float(c) for c in capacities_bytes_per_s]
-        self._flows_on: list[dict[int, _Flow]] = [dict() for _ in self.capacity_bytes_per_s]
+        self._flows_on: list[dict[int, Flow]] = [dict() for _ in self.capacity_bytes_per_s]
         self._touched: dict[int, None] = {}
         self._solve_pending = False
         self._next_fid = 0
@@ -99,7 +98,21 @@ class FlowNetwork:
         self._tokens = [self.burst_bytes] * links
         self._tokens_as_of_s = [0.0] * links
         self._idle_from_s = [0.0] * links
-        self._starting: dict[int, _Flow] = {}  # flows issued since the last solve that take the buckets
+        self._starting: dict[int, Flow] = {}  # flows issued since the last solve that take the buckets
+        # Links a fast path computed ahead (simcore.collective_path): until when each is reserved, by whom,
+        # and what to call when a transfer needs one before then.  None until a fast path reserves links.
+        self.reserved_until_s: list[float] | None = None
+        self.reserved_by: list | None = None
+        self._on_reserved: Callable[[object, float], None] | None = None
+
+    def enable_reservations(self, on_reserved: Callable[[object, float], None]) -> None:
+        """Links may be reserved (``reserved_until_s``, ``reserved_by``); a transfer that needs one before
+        its reservation ends first calls ``on_reserved(owner, now)``, which must hand the owner's traffic
+        back to the network and clear its reservations."""
+        links = len(self.capacity_bytes_per_s)
+        self.reserved_until_s = [-float("inf")] * links
+        self.reserved_by = [None] * links
+        self._on_reserved = on_reserved
 
     def transfer(
         self,
@@ -115,6 +128,12 @@ class FlowNetwork:
         calibrated machine moves n bytes as if they were n / efficiency(n).
         ``take_burst=False``: the transfer continues a message whose start took
         the buckets (see the module's docstring)."""
+        reserved = self.reserved_until_s
+        if nbytes and reserved is not None:
+            now = clock_now(self.env)
+            for link in links:
+                if reserved[link] > now:
+                    self._on_reserved(self.reserved_by[link], now)
         self.flows_started += 1
         if nbytes and links:
             bytes_on_link = self.bytes_on_link
@@ -122,8 +141,8 @@ class FlowNetwork:
             touched = self._touched
             fid = self._next_fid
             self._next_fid = fid + 1
-            flow = _Flow(fid, links, min_capacity_bytes_per_s, latency_s, nbytes if work_bytes is None else work_bytes,
-                         self.env._now, message)
+            flow = Flow(fid, links, min_capacity_bytes_per_s, latency_s, nbytes if work_bytes is None else work_bytes,
+                         clock_now(self.env), message)
             for link in links:
                 bytes_on_link[link] += nbytes
                 flows_on[link][fid] = flow
@@ -134,6 +153,53 @@ class FlowNetwork:
                 self._schedule_solve()
         else:
             self._deliver_after(latency_s, message)
+
+    # -- what fast paths ask of the network ------------------------------------
+
+    def link_quiet(self, link: int, t0: float) -> bool:
+        """No flow on ``link`` still has bytes to send at ``t0`` (lingering ones only wait for delivery)."""
+        for flow in self._flows_on[link].values():
+            if flow.t_end_s is None or flow.t_end_s > t0:
+                return False
+        return True
+
+    def link_free(self, link: int, t0: float) -> bool:
+        """No flow competes on ``link`` at ``t0`` and no fast path holds it."""
+        if self.reserved_until_s is not None and self.reserved_until_s[link] > t0:
+            return False
+        return self.link_quiet(link, t0)
+
+    def continue_alone(self, links, min_capacity_bytes_per_s: float, latency_s: float, work_bytes: float,
+                       start_s: float, last_byte_s: float, delivered_s: float, message) -> None:
+        """A flow a fast path computed alone on its path since ``start_s`` goes on from now as the network's:
+        its last byte leaves at ``last_byte_s`` and it is delivered at ``delivered_s`` (the fast path's
+        floats) unless another flow comes to share its links first."""
+        flow = Flow(self._next_fid, links, min_capacity_bytes_per_s, latency_s, work_bytes, start_s, message)
+        self._next_fid += 1
+        flow.rate_bytes_per_s = min_capacity_bytes_per_s
+        flow.t_end_s = last_byte_s
+        flow.alone = True
+        flow.version = 1
+        for link in links:
+            self._flows_on[link][flow.fid] = flow
+        call_at(self.env, delivered_s, self._delivered_alone, (flow, 1))
+
+    def deliver_at(self, delivered_s: float, message) -> None:
+        """A message whose last byte has left is delivered at ``delivered_s``."""
+        call_at(self.env, delivered_s, self._deliver_value, message)
+
+    def resume(self, links, min_capacity_bytes_per_s: float, latency_s: float, remaining_bytes: float,
+               message) -> None:
+        """A message under way (its bytes counted on its links already) goes on from now with
+        ``remaining_bytes``, sharing its links as any flow does."""
+        flow = Flow(self._next_fid, links, min_capacity_bytes_per_s, latency_s, remaining_bytes,
+                    clock_now(self.env), message)
+        self._next_fid += 1
+        for link in links:
+            self._flows_on[link][flow.fid] = flow
+            self._touched[link] = None
+        if not self._solve_pending:
+            self._schedule_solve()
 
     # -- internals -----------------------------------------------------------
 
@@ -185,7 +251,7 @@ class FlowNetwork:
                         self._touched[link] = None
                 self._deliver_after(flow.latency_s, flow.message)
 
-    def _note_left(self, flow: _Flow) -> None:
+    def _note_left(self, flow: Flow) -> None:
         """Before ``flow`` leaves its links: their buckets refill from when its last byte left."""
         idle_from = self._idle_from_s
         end = flow.t_end_s
@@ -195,14 +261,10 @@ class FlowNetwork:
 
     def _schedule_solve(self) -> None:
         self._solve_pending = True
-        ev = simpy.Event(self.env)
-        ev._ok = True
-        ev._value = None
-        ev.callbacks.append(self._solve)
-        self.env.schedule(ev, _SOLVE_PRIORITY, 0)
+        call_at_end_of_instant(self.env, LAST_AT_INSTANT, self._solve)
 
     def _last_byte_left(self, event) -> None:
-        flow, version = event._value
+        flow, version = event.value
         if flow.version != version:
             return  # superseded by a later rate change
         self._detach(flow, touch=True)
@@ -212,16 +274,16 @@ class FlowNetwork:
             self.on_delivered(flow.message)
 
     def _deliver_value(self, event) -> None:
-        self.on_delivered(event._value)
+        self.on_delivered(event.value)
 
     def _delivered_alone(self, event) -> None:
-        flow, version = event._value
+        flow, version = event.value
         if flow.version != version:
             return
         self._detach(flow, touch=False)
         self.on_delivered(flow.message)
 
-    def _detach(self, flow: _Flow, touch: bool) -> None:
+    def _detach(self, flow: Flow, touch: bool) -> None:
         fid = flow.fid
         flows_on = self._flows_on
         touched = self._touched
@@ -237,7 +299,7 @@ class FlowNetwork:
     def _solve(self, _event) -> None:
         self._solve_pending = False
         self.solves += 1
-        now = self.env._now
+        now = clock_now(self.env)
         if self._starting:
             self._grant_bursts(now)
         flows_on = self._flows_on
@@ -247,7 +309,7 @@ class FlowNetwork:
             if start in seen or not flows_on[start]:
                 continue
             seen.add(start)
-            component: dict[int, _Flow] = {}
+            component: dict[int, Flow] = {}
             stack = [start]
             while stack:
                 link = stack.pop()
@@ -280,7 +342,7 @@ class FlowNetwork:
             else:
                 self._progressive_filling(component, now)
 
-    def _progressive_filling(self, component: dict[int, _Flow], now: float) -> None:
+    def _progressive_filling(self, component: dict[int, Flow], now: float) -> None:
         flows_on = self._flows_on
         capacity = self.capacity_bytes_per_s
         spare: dict[int, float] = {}
@@ -309,7 +371,7 @@ class FlowNetwork:
                     if unfixed[other] and other != link:
                         heapq.heappush(heap, (spare[other] / unfixed[other], other))
 
-    def _set_rate(self, flow: _Flow, rate_bytes_per_s: float, now: float, alone: bool) -> None:
+    def _set_rate(self, flow: Flow, rate_bytes_per_s: float, now: float, alone: bool) -> None:
         if rate_bytes_per_s == flow.rate_bytes_per_s and alone == flow.alone:
             # Unchanged.  (A flow that was alone and now shares at the same
             # rate still needs a new event: its lone delivery would never free

@@ -6,19 +6,20 @@ their messages share its link.  Every case is on a switch of 1 MB/s links
 without latency, where the times are fractions of a second.
 """
 import dataclasses
+import functools
 
 import pytest
 
 from simcore.calibration import Calibration
-from simcore.engine import SimulationError, simulate
+from simcore.engine import REFERENCE, SimulationError, simulate
 from simcore.fitting import fit_send_buffering
-from simcore.reference_engine import simulate_reference
 from topologies import switch
 from topologies.profile import LinkClass, MachineProfile
 from workloads.ops import Collective, Irecv, Isend, Recv, Send, Wait
 
 MB = 1_000_000
-ENGINES = pytest.mark.parametrize("run", [simulate, simulate_reference], ids=["fast", "reference"])
+ENGINES = pytest.mark.parametrize("run", [simulate, functools.partial(simulate, fast_paths=REFERENCE)],
+                                  ids=["fast", "reference"])
 
 
 def _times(result):

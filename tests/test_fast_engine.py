@@ -1,9 +1,10 @@
-"""The fast engine (``simcore.engine.Simulator``) against the reference engine.
+"""The engine's fast paths against the same interpreter with every fast path off.
 
-The reference (``simcore.reference_engine.ReferenceSimulator``) runs every
-message as a flow of its own; the fast engine computes a collective whose
-messages have their links to themselves in one pass, and hands it back to
-the message-by-message path when another message needs one of its links.
+The reference (``Simulator(..., fast_paths=REFERENCE)``) runs every
+operation one event at a time and every message as a flow of its own; the
+fast paths merge runs of computes and compute a collective whose messages
+have their links to themselves in one pass, handing it back to the
+message-by-message path when another message needs one of its links.
 Both must give the same records: every time, byte count and energy within
 1e-9 relative (the fast path adds the same floats in the same order, so in
 practice they are equal), on hundreds of random small scenarios with shared
@@ -23,10 +24,9 @@ import pandas as pd
 import pytest
 
 from simcore.calibration import Calibration
-from simcore import engine
-from simcore.engine import SimulationError, Simulator
+from simcore import collective_path
+from simcore.engine import FAST_PATHS, REFERENCE, SimulationError, Simulator
 from simcore.fastpath import VECTOR_MIN_MEMBERS
-from simcore.reference_engine import ReferenceSimulator
 from topologies import fully_connected, hierarchical, ring, switch, torus, tree
 from workloads.collectives import ALGORITHMS
 from workloads.groups import ProcessGroups
@@ -46,6 +46,10 @@ N_CASES = 300
 N_RING_CASES = 200
 
 FLOAT_COLUMNS = ("start_s", "end_s", "energy_j", "flops")
+
+
+def ReferenceSimulator(topology, programs, **kwargs) -> Simulator:
+    return Simulator(topology, programs, fast_paths=REFERENCE, **kwargs)
 
 
 def assert_same_result(fast, ref, where: str, rtol: float = RTOL) -> None:
@@ -228,9 +232,9 @@ def test_random_scenarios_give_the_reference_records():
         if ref_error is not None:
             assert str(fast_error) == str(ref_error), where
         assert_same_result(fast, ref, where)
-        fast_total += fast_sim.fast_collectives
-        materialized_total += fast_sim.materialized
-        event_path += fast_sim._messages > 0
+        fast_total += fast_sim.counters()["fast_collectives"]
+        materialized_total += fast_sim.counters()["materialized"]
+        event_path += fast_sim.messages.count > 0
     # The cases exercise all three paths: whole collectives, collectives handed
     # back to the event path mid-way, and plain message-by-message runs.
     assert fast_total > 200, fast_total
@@ -301,7 +305,7 @@ def random_ring_case(seed: int):
 def test_rings_sharing_links_give_the_reference_records(monkeypatch):
     # Every set of ring collectives that start together and share links runs as one fluid model here,
     # however small (the engine's threshold is for speed, not for what it computes).
-    monkeypatch.setattr(engine, "FLUID_MIN_LANES", 2)
+    monkeypatch.setattr(collective_path, "FLUID_MIN_LANES", 2)
     batches = handed_back = held = held_handed_back = 0
     for case in range(N_RING_CASES):
         topo, programs, kwargs = random_ring_case(case)
@@ -310,10 +314,10 @@ def test_rings_sharing_links_give_the_reference_records(monkeypatch):
         where = f"ring case {case} ({topo.name}, {topo.nranks} ranks)"
         assert type(fast_error) is type(ref_error), f"{where}: {fast_error!r} against {ref_error!r}"
         assert_same_result(fast, ref, where, RTOL_FLUID)
-        batches += fast_sim.fluid_batches
-        handed_back += fast_sim.fluid_handed_back
-        held += fast_sim.held
-        held_handed_back += fast_sim.held_handed_back
+        batches += fast_sim.counters()["fluid_batches"]
+        handed_back += fast_sim.counters()["fluid_handed_back"]
+        held += fast_sim.counters()["held"]
+        held_handed_back += fast_sim.counters()["held_handed_back"]
     # All four ways: together as one fluid model, handed back mid-way, held for their last member,
     # and handed back while held (counts of this fixed set of cases: 84, 47, 313, 103).
     assert batches > 60, batches
@@ -336,8 +340,8 @@ def test_a_collective_interrupted_by_a_message_continues_as_the_reference():
     fast_sim = Simulator(topo, programs, process_groups=groups)
     fast = fast_sim.run()
     ref = ReferenceSimulator(topo, programs, process_groups=groups).run()
-    assert fast_sim.fast_collectives == 1
-    assert fast_sim.materialized == 1
+    assert fast_sim.counters()["fast_collectives"] == 1
+    assert fast_sim.counters()["materialized"] == 1
     assert_same_result(fast, ref, "interrupted all-reduce")
 
 
@@ -356,7 +360,7 @@ def test_large_rings_in_numpy_give_the_reference_times(n, op):
             ref = ReferenceSimulator(topo, progs, calibration=calibration).run()
             assert_same_result(fast, ref, f"ring {op} on {n}")
         # The first collective of programs_same starts on every rank at 0: numpy ran it.
-        assert fast_sim.fast_collectives >= 1
+        assert fast_sim.counters()["fast_collectives"] >= 1
 
 
 @pytest.mark.parametrize("flops", [[1_000_000, 2_000_000], [1_000_000, 2.5e6], [10**30, 3]])
@@ -380,9 +384,9 @@ def test_compute_records_are_typed_as_the_reference_types_them(flops, communicat
 def test_fast_path_off_runs_every_message():
     topo = ring(8)
     programs = [[Collective("allreduce", 1_000_000)] for _ in range(8)]
-    sim = Simulator(topo, programs, fast_path=False)
+    sim = Simulator(topo, programs, fast_paths=REFERENCE)
     result = sim.run()
-    assert sim.fast_collectives == 0
+    assert sim.counters()["fast_collectives"] == 0
     assert_same_result(result, ReferenceSimulator(topo, programs).run(), "fast path off")
 
 

@@ -7,22 +7,23 @@ and the receiver's) with buckets of 0.25 MB, where the times are fractions
 of a second.
 """
 import dataclasses
+import functools
 
 import pytest
 import simpy
 
 from simcore.calibration import Calibration
-from simcore.engine import simulate
+from simcore.engine import REFERENCE, simulate
 from simcore.fitting import fit_link_burst
 from simcore.network import FlowNetwork
-from simcore.reference_engine import simulate_reference
 from topologies import switch
 from topologies.profile import LinkClass, MachineProfile
 from workloads.ops import Compute, Irecv, Isend, Recv, Send, Wait
 
 MB = 1_000_000
 BUCKET = Calibration(link_burst_bytes=MB // 4)
-ENGINES = pytest.mark.parametrize("run", [simulate, simulate_reference], ids=["fast", "reference"])
+ENGINES = pytest.mark.parametrize("run", [simulate, functools.partial(simulate, fast_paths=REFERENCE)],
+                                  ids=["fast", "reference"])
 
 
 def _ends(run, programs, n=2, calibration=BUCKET, latency_s=0.0):
@@ -73,7 +74,7 @@ def test_the_share_does_not_depend_on_which_rank_issues_first():
     topo = switch(3, bandwidth_bytes_per_s=1e6, latency_s=0.0, flops_per_s=1e6)
     programs = [[Compute(flops=0.5e6), Compute(flops=0.5e6), Send(2, MB)], [Compute(flops=1e6), Send(2, MB)],
                 [Recv(0, MB), Recv(1, MB)]]
-    ends = [_ends_of(engine(topo, programs, calibration=BUCKET)) for engine in (simulate, simulate_reference)]
+    ends = [_ends_of(engine(topo, programs, calibration=BUCKET)) for engine in (simulate, functools.partial(simulate, fast_paths=REFERENCE))]
     assert ends[0] == ends[1]
     assert [e for e in ends[0] if e[1] == "send"] == [(0, "send", 2.75), (1, "send", 2.75)]
 

@@ -1,20 +1,19 @@
 """A progress callback reports a long run without changing it."""
 import pandas as pd
 
-from simcore import reference_engine
-from simcore.engine import Simulator
+from simcore import engine
+from simcore.engine import REFERENCE, Simulator
 from topologies import ring
 from workloads.ops import Collective
 
 
 def test_progress_reports_increasing_time_and_leaves_the_result_unchanged(monkeypatch):
-    # The run loop (ReferenceSimulator.run, which Simulator inherits) reads it there.
-    monkeypatch.setattr(reference_engine, "PROGRESS_EVERY_EVENTS", 100)
+    monkeypatch.setattr(engine, "PROGRESS_EVERY_EVENTS", 100)
     topo = ring(16, bandwidth_bytes_per_s=1e9, latency_s=1e-6)
     programs = [[Collective("allreduce", 16_000_000)] for _ in range(16)]
     calls = []
     # Message by message (the fast path would run the whole all-reduce in one go).
-    with_progress = Simulator(topo, programs, fast_path=False).run(
+    with_progress = Simulator(topo, programs, fast_paths=REFERENCE).run(
         progress=lambda t, events: calls.append((t, events)))
     plain = Simulator(topo, programs).run()
     pd.testing.assert_frame_equal(with_progress.records, plain.records)

@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 
 from topologies.limits import is_finite_number, short, short_name, short_names
 
@@ -108,40 +107,3 @@ class StragglerSpec:
             if not isinstance(value, (int, float)) or not is_finite_number(value):
                 raise ValueError(f"stragglers.{short_name(name)} must be a finite number, got {short(value)}")
         return cls(kind=kind, params=data, scope=scope, ranks=tuple(ranks))
-
-
-def rank_streams(seed: int, nranks: int) -> list[np.random.Generator]:
-    """One independent generator per rank, spawned from the scenario seed."""
-    root = np.random.SeedSequence(seed)
-    return [np.random.default_rng(child) for child in root.spawn(nranks)]
-
-
-class SlowdownSampler:
-    """Draws slowdown factors for one rank from its own stream."""
-
-    def __init__(self, spec: StragglerSpec, rank: int, rng: np.random.Generator):
-        self.spec = spec
-        self.rng = rng
-        self.applies = spec.active and (not spec.ranks or rank in spec.ranks)
-        self._node_factor = self._draw() if self.applies and spec.scope == "node" else 1.0
-
-    def next(self) -> float:
-        if not self.applies:
-            return 1.0
-        if self.spec.scope == "node":
-            return self._node_factor
-        return self._draw()
-
-    def _draw(self) -> float:
-        p, rng, kind = self.spec.params, self.rng, self.spec.kind
-        if kind == "fixed":
-            return p["factor"]
-        if kind == "lognormal":
-            return float(np.exp(rng.normal(p["mu"], p["sigma"])))
-        if kind == "shifted_exponential":
-            return p["shift"] + float(rng.exponential(p["scale"]))
-        if kind == "pareto":
-            return p["scale"] * (1.0 + float(rng.pareto(p["alpha"])))
-        if kind == "slow_with_probability":
-            return p["factor"] if rng.random() < p["p"] else 1.0
-        return 1.0
