@@ -241,6 +241,11 @@ def test_random_scenarios_give_the_reference_records():
     assert materialized_total > 20, materialized_total
 
 
+def test_an_unknown_fast_path_is_refused_with_the_known_ones():
+    with pytest.raises(ValueError, match="unknown fast path 'warp'; known: merged_computes, alone_collectives"):
+        Simulator(ring(4), [[Compute(1.0)]] * 4, fast_paths=("warp",))
+
+
 def random_ring_case(seed: int):
     """Ring all-reduces, reduce-scatters and all-gathers on several groups at once, on topologies where
     their messages share links, some interrupted by point-to-point traffic or started in the background."""
@@ -301,6 +306,31 @@ def random_ring_case(seed: int):
     if rng.random() < 0.3:
         stragglers = StragglerSpec(kind="lognormal", params={"mu": 0.0, "sigma": 0.3}, scope="operation")
     return topo, programs, dict(seed=seed, process_groups=groups, calibration=calibration, stragglers=stragglers)
+
+# What shows that a fast path ran: the counter it raises (merged computes: fewer events).
+RAN = {"alone_collectives": "fast_collectives", "fluid_rings": "fluid_batches", "held_rings": "held"}
+
+
+@pytest.mark.parametrize("path", FAST_PATHS)
+def test_each_fast_path_alone_gives_the_reference_records(path, monkeypatch):
+    # Every strategy stands on its own: with only it switched on, the records are the reference's.
+    monkeypatch.setattr(collective_path, "FLUID_MIN_LANES", 2)
+    ran = 0
+    for make, cases, rtol in ((random_case, range(0, N_CASES, 5), RTOL),
+                              (random_ring_case, range(0, N_RING_CASES, 5), RTOL_FLUID)):
+        for case in cases:
+            topo, programs, kwargs = make(case)
+            _, ref, ref_error = _run(ReferenceSimulator, topo, programs, kwargs)
+            sim, alone, error = _run(lambda *a, **k: Simulator(*a, fast_paths=(path,), **k), topo, programs, kwargs)
+            where = f"{make.__name__} {case} with {path} alone"
+            assert type(error) is type(ref_error), f"{where}: {error!r} against {ref_error!r}"
+            assert_same_result(alone, ref, where, rtol)
+            if path in RAN:
+                ran += sim.counters()[RAN[path]]
+            else:
+                ran += alone.summary["events"] < ref.summary["events"]
+    assert ran > 0, ran  # (merged computes also run on every shipped transformer scenario, below)
+
 
 def test_rings_sharing_links_give_the_reference_records(monkeypatch):
     # Every set of ring collectives that start together and share links runs as one fluid model here,
