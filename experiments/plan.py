@@ -17,7 +17,7 @@ Four steps:
    dividing the GPUs, pp x v not dividing the layers, the global batch not a
    multiple of micro-batch x dp, ep not dividing dp, interleaved with pp < 2
    or micro-batches not a multiple of pp, ...) is dropped and counted.
-2. The memory model (``workloads.transformer_memory``) gives each layout's
+2. The memory model (``workloads.transformer.memory``) gives each layout's
    peak bytes per GPU (its fullest pipeline stage); a layout over the GPU's
    memory is not simulated, but stays in the CSV with ``fits=False`` and the
    reason.
@@ -61,8 +61,8 @@ from topologies.hardware import cluster_presets, load_cluster_preset
 from topologies.model import TopologyError
 from workloads.scenario import scenario_from_dict
 from workloads.transformer import (TransformerTraining, hardware_flops_per_step, ideal_bubble_fraction)
-from workloads.transformer_memory import GIB, check_fits, memory_per_stage
-from workloads.transformer_spec import (PRECISION_BYTES, RECOMPUTE, SCHEDULES, ModelSpec, load_model,
+from workloads.transformer.memory import GIB, check_fits, memory_per_stage
+from workloads.transformer.spec import (PRECISION_BYTES, RECOMPUTE, SCHEDULES, ModelSpec, load_model,
                                         model_presets)
 
 # Layout fields, in the order of the CSV's columns and of the tie-break.
@@ -170,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, metavar="NAME|FILE",
                    help=f"model preset ({', '.join(model_presets())}) or a model file (YAML/JSON of "
-                        "workloads.transformer_spec.ModelSpec's fields)")
+                        "workloads.transformer.spec.ModelSpec's fields)")
     p.add_argument("--cluster", required=True, metavar="NAME|FILE",
                    help=f"cluster preset ({', '.join(cluster_presets())}) or a cluster preset file "
                         "(keywords of the gpu_cluster builder, e.g. another gpus_per_node or node_type)")

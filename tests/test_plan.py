@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from experiments import plan
-from workloads.transformer_memory import check_fits, memory_per_stage
-from workloads.transformer_spec import ModelSpec, ParallelSpec, TrainingSpec
+from workloads.transformer.memory import check_fits, memory_per_stage
+from workloads.transformer.spec import ModelSpec, ParallelSpec, TrainingSpec
 
 TINY = "name: tiny\nlayers: 4\nhidden: 64\nheads: 8\nseq_len: 32\nvocab: 128\n"
 # Every search below is one schedule, one ZeRO stage, no recompute, no SP, unless it says otherwise.

@@ -23,8 +23,8 @@ from workloads.transformer import (
     TransformerTraining, attention_score_flops, format_training_report, ideal_bubble_fraction, layer_forward_flops, logits_forward_flops,
     model_flops_per_step, narayanan_flops_per_step, schedule_order, training_report,
 )
-from workloads.transformer_memory import check_fits
-from workloads.transformer_spec import TrainingSpec, active_parameters, load_model, total_parameters
+from workloads.transformer.memory import check_fits
+from workloads.transformer.spec import TrainingSpec, active_parameters, load_model, total_parameters
 from workloads.validate import validate_programs
 
 SCENARIO = "experiments/scenarios/gpt_tiny_3d.yaml"

@@ -4,14 +4,11 @@ from fractions import Fraction
 
 import pytest
 
-from workloads.transformer_memory import (
+from workloads.transformer.memory import (
     GIB,
     check_fits,
     check_layout,
     embedding_activation_terms,
-    in_flight_chunks,
-    in_flight_first_chunk,
-    in_flight_last_chunk,
     layer_activation_bytes,
     layer_activation_terms,
     memory_per_rank,
@@ -20,7 +17,8 @@ from workloads.transformer_memory import (
     output_activation_terms,
     stage_parameters,
 )
-from workloads.transformer_spec import (
+from workloads.transformer.schedule import in_flight_chunks, in_flight_first_chunk, in_flight_last_chunk
+from workloads.transformer.spec import (
     ModelSpec,
     ParallelSpec,
     TrainingSpec,

@@ -1,8 +1,9 @@
 """What a transformer training job is: the model's shape, the training setup and the parallel layout.
 
-Plain, validated, frozen dataclasses shared by the FLOP accounting, the
-memory model and the lowering to per-rank programs (``workloads.transformer``),
-and by ``experiments.plan``.  Symbols in comments follow Narayanan et al.
+Plain, validated, frozen dataclasses shared by the FLOP accounting
+(``flops``), the memory model (``memory``), the lowering to per-rank programs
+(``lowering``), the workload that holds them (``workload``) and
+``experiments.plan``.  Symbols in comments follow Narayanan et al.
 (2021) and Korthikanti et al. (2022): ``s`` sequence length, ``b`` micro-batch
 size, ``h`` hidden size, ``a`` attention heads, ``L`` layers, ``V``
 vocabulary, ``t`` tensor-parallel size, ``p`` pipeline stages, ``d``
@@ -21,8 +22,10 @@ from typing import Any, Mapping
 from topologies.io import read_data_file
 from topologies.limits import MAX_INT, short, short_names
 
-MODELS_DIR = Path(__file__).resolve().parent / "models"
+MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 PRECISION_BYTES = {"fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2, "fp8": 1}
+# Megatron-LM's vocabulary-parallel cross entropy works on fp32 logits, whatever the training precision.
+LOGIT_BYTES = 4
 SCHEDULES = ("gpipe", "1f1b", "interleaved")
 RECOMPUTE = ("none", "selective", "full")
 OPTIMIZERS = ("adam",)

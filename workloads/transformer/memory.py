@@ -11,8 +11,9 @@ the paper line by line (Calculon's style):
   experts;
 - how many micro-batches' activations a pipeline stage holds at its peak:
   the schedules of Huang et al. (GPipe, 2019) and Narayanan et al. (2021,
-  1F1B and interleaved 1F1B, as Megatron-LM runs them), plus the input
-  embedding's and the output layer's activations (Korthikanti sec. 4.3).
+  1F1B and interleaved 1F1B, as Megatron-LM runs them; counted in
+  ``schedule``), plus the input embedding's and the output layer's
+  activations (Korthikanti sec. 4.3).
 
 Symbols: ``s`` sequence length, ``b`` micro-batch size, ``h`` hidden size,
 ``a`` attention heads, ``kv`` = kv_heads x head_dim (the width of K and V),
@@ -35,20 +36,14 @@ from typing import Any, Iterable
 
 from topologies.limits import format_bytes
 from workloads.groups import DEFAULT_ORDER, Layout
-from workloads.transformer_spec import (
-    PRECISION_BYTES,
-    ModelSpec,
-    ParallelSpec,
-    TrainingSpec,
-    block_parameters,
-)
+from workloads.transformer.schedule import in_flight_chunks, in_flight_first_chunk, in_flight_last_chunk
+from workloads.transformer.spec import (LOGIT_BYTES, PRECISION_BYTES, ModelSpec, ParallelSpec, TrainingSpec,
+                                        block_parameters)
 
 GIB = 2**30
 # Dropout masks are one byte per element in PyTorch (a bool tensor), whatever
 # the training precision (Korthikanti sec. 4.1).
 MASK_BYTES = 1
-# Megatron-LM keeps the vocab-parallel cross-entropy's softmax in fp32.
-LOGITS_BYTES = 4
 
 
 # ---------------------------------------------------------------------------
@@ -273,74 +268,8 @@ def output_activation_terms(model: ModelSpec, parallel: ParallelSpec, training: 
     return {
         "output: final layer-norm input": x * s * b * h / r,
         "output: output GEMM input": x * s * b * h / r,
-        "output: logits (fp32, for the cross-entropy)": LOGITS_BYTES * s * b * math.ceil(model.vocab / t),
+        "output: logits (fp32, for the cross-entropy)": LOGIT_BYTES * s * b * math.ceil(model.vocab / t),
     }
-
-
-# ---------------------------------------------------------------------------
-# Pipeline: micro-batches in flight
-
-
-def in_flight_chunks(schedule: str, *, stages: int, microbatches: int, stage: int, virtual_stages: int = 1) -> int:
-    """How many (micro-batch, model chunk) forwards pipeline ``stage`` holds at its peak.
-
-    A model chunk is L/(p v) layers (v = 1 but for ``interleaved``); the
-    stage holds that many chunks' activations at once.
-
-    - ``gpipe``: every forward before any backward: m (also for p = 1: the
-      schedule as named; 1F1B with p = 1 is plain gradient accumulation, 1).
-    - ``1f1b`` (Narayanan et al. 2021; Megatron-LM's
-      ``forward_backward_pipelining_without_interleaving``): stage i runs
-      min(p - i - 1, m) warm-up forwards, then one forward before each
-      backward: min(p - i, m); the first stage holds p.
-    - ``interleaved`` (Megatron-LM's ``..._with_interleaving``): warm-up
-      W_i = min(2 (p - i - 1) + (v - 1) p, m v) forwards, then one more in
-      the steady state: min(W_i + 1, m v) chunks; when m = p Megatron-LM runs
-      every forward first (m v).  For the first stage that is p v + p - 1
-      chunks of L/(p v) layers: L (1 + (p - 1)/(p v)) layers' activations,
-      Korthikanti's sec. 4.2.3 factor.  Megatron-LM's chunk order needs m to
-      be a multiple of p.
-    """
-    p, m, v, i = stages, microbatches, virtual_stages, stage
-    if not 0 <= i < p:
-        raise ValueError(f"stage {i} is not one of the {p} pipeline stages")
-    if schedule == "gpipe":
-        return m
-    if schedule == "1f1b":
-        return min(p - i, m)
-    if schedule != "interleaved":
-        raise ValueError(f"unknown schedule {schedule!r}")
-    if m == p:
-        return m * v
-    warmup = min(2 * (p - i - 1) + (v - 1) * p, m * v)
-    return min(warmup + 1, m * v)
-
-
-def in_flight_first_chunk(schedule: str, *, stages: int, microbatches: int, virtual_stages: int = 1) -> int:
-    """At most how many micro-batches' first model chunk (the embedding's) the first stage holds at once.
-
-    GPipe m; 1F1B min(p, m); interleaved: the first stage's forwards go
-    through its chunks in groups of p micro-batches and its backwards begin
-    with the last chunk, so chunk 0 of two groups is held before the first
-    of them goes back: min(m, 2p) (and no more than the chunks in flight).
-    """
-    p, m, v = stages, microbatches, virtual_stages
-    total = in_flight_chunks(schedule, stages=p, microbatches=m, stage=0, virtual_stages=v)
-    if schedule != "interleaved":
-        return total
-    return min(m, 2 * p, total)
-
-
-def in_flight_last_chunk(schedule: str, *, stages: int, microbatches: int, virtual_stages: int = 1) -> int:
-    """At most how many micro-batches' last model chunk (the output layer's) the last stage holds at once.
-
-    GPipe m; 1F1B 1 (the last stage runs each backward right after its
-    forward); interleaved 1, but m when m = p (every forward first).
-    """
-    p, m = stages, microbatches
-    if schedule == "gpipe" or (schedule == "interleaved" and m == p):
-        return m
-    return min(1, m)
 
 
 # ---------------------------------------------------------------------------
