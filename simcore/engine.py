@@ -61,7 +61,7 @@ from workloads.collectives import lower, lower_in_group, root_peer
 from workloads.groups import WORLD, ProcessGroups
 from workloads.ops import Collective, Compute, Irecv, Isend, Operation, Recv, Send, Wait, wait_group
 from workloads.stragglers import StragglerSpec
-from workloads.validate import validate_programs
+from workloads.validate import Programs, validated
 
 __all__ = ["FAST_PATHS", "PROGRESS_EVERY_EVENTS", "REFERENCE", "DeadlockError", "NonFiniteResultError",
            "SimulationError", "Simulator", "simulate"]
@@ -92,7 +92,8 @@ class Simulator:
         fast_paths: Iterable[str] = FAST_PATHS,
     ):
         self.topology = topology
-        self.programs = [list(p) for p in programs]
+        # A scenario's programs are kept as they are (checked already, see below); others are copied.
+        self.programs = programs if isinstance(programs, Programs) else [list(p) for p in programs]
         self.seed = int(seed)
         self.stragglers = stragglers or StragglerSpec()
         self.count_idle_energy = count_idle_energy
@@ -122,7 +123,8 @@ class Simulator:
         self.world = tuple(range(self.nranks))
         self.groups = topology.groups()
         self.process_groups = process_groups or ProcessGroups(self.nranks)
-        validate_programs(self.programs, self.nranks, self.groups, self.process_groups)
+        # Checked once: a scenario's programs (workloads.validate.Programs) were checked as it loaded.
+        self.programs = validated(self.programs, self.nranks, self.groups, self.process_groups)
         # Tags: a user's tag t on the group named names[i] is t * G + i; the
         # k-th collective (k >= 1) a rank starts on it is -(G * (k - 1) + i + 1).
         # Groups of one name are disjoint, so (src, dst, tag) never mixes them.

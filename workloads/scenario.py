@@ -37,7 +37,7 @@ from topologies.profile import MachineProfile, load_profile
 from workloads import workload_from_dict
 from workloads.groups import ProcessGroups, groups_from_dict
 from workloads.stragglers import StragglerSpec
-from workloads.validate import validate_programs
+from workloads.validate import Programs, validated
 
 _KEYS = ("name", "seed", "topology", "groups", "workload", "stragglers", "energy", "description", "profile")
 # The one mapping whose keys may be integers: ranks of a `programs` workload.
@@ -90,8 +90,21 @@ class Scenario:
     def nranks(self) -> int:
         return self.topology.nranks
 
-    def programs(self):
-        return self.workload.programs(self.topology.nranks, self.topology.groups())
+    def programs(self) -> Programs:
+        """The workload lowered to per-rank programs and validated, once per scenario object: every
+        caller (the load's check, the executor, the engine) gets the same ``Programs``."""
+        lowered = self.__dict__.get("_programs")
+        if lowered is None:
+            lowered = validated(self.workload.programs(self.topology.nranks, self.topology.groups()),
+                                self.topology.nranks, self.topology.groups(), self.groups)
+            object.__setattr__(self, "_programs", lowered)
+        return lowered
+
+    def __getstate__(self):
+        # A copy or a pickle (a sweep's point sent to a worker) lowers again where it runs.
+        state = dict(self.__dict__)
+        state.pop("_programs", None)
+        return state
 
     def to_dict(self) -> dict[str, Any]:
         """The scenario as plain data, from its fields (``scenario_from_dict`` reads it back).
@@ -267,7 +280,7 @@ def _check_memory(topology: Topology, workload, limit: int) -> None:
 
 
 def _check_programs(scenario: Scenario) -> None:
-    validate_programs(scenario.programs(), scenario.nranks, scenario.topology.groups(), scenario.groups)
+    scenario.programs()  # lowered and validated once, here, and kept for the run
 
 
 def with_profile(scenario: Scenario, profile: MachineProfile) -> Scenario:

@@ -10,6 +10,29 @@ from workloads.groups import WORLD, ProcessGroups
 from workloads.ops import P2P, Collective, Compute, Operation, Wait, is_nonblocking
 
 
+class Programs(list):
+    """Per-rank programs that passed ``validate_programs`` for the ranks, servers and process groups
+    they were checked for: the engine and the executors take them without checking again.  A
+    scenario lowers its workload once and hands every caller this same object: read it, do not
+    change it (a changed program would not be checked again)."""
+
+    def __init__(self, programs, checked_for: tuple):
+        super().__init__(programs)
+        self.checked_for = checked_for
+
+
+def validated(programs: Sequence[Sequence[Operation]], nranks: int, groups=None,
+              process_groups: ProcessGroups | None = None) -> Programs:
+    """``programs`` checked (``validate_programs``) once: programs already checked for the same
+    ranks, servers and groups are returned as they are."""
+    pg = process_groups if process_groups is not None else ProcessGroups(nranks)
+    key = (nranks, None if groups is None else tuple(tuple(g) for g in groups), pg)
+    if isinstance(programs, Programs) and programs.checked_for == key:
+        return programs
+    validate_programs(programs, nranks, groups, pg)
+    return Programs(programs, key)
+
+
 def validate_programs(programs: Sequence[Sequence[Operation]], nranks: int, groups=None,
                       process_groups: ProcessGroups | None = None) -> None:
     """Raise ValueError naming the rank, the op index (or the group) and what is wrong.
