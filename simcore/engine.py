@@ -245,25 +245,15 @@ class Simulator:
 
     def _rank(self, rank: int):
         env = self.env
-        log = self._log
-        add_record = log.add
-        add_compute = log.add_compute
-        cost_of = self._compute_cost(rank)
-        # Programs repeat a few Compute objects (a training step: one per layer kind) thousands of times.
-        costs: dict[int, tuple] = {}
+        add_record = self._log.add
+        computes = self._compute_runner(rank)
         idle_w = self.topology.rank_idle_power_w[rank] * (1.0 if self.count_idle_energy else 0.0)
-        busy_w = self.topology.rank_busy_power_w[rank]
-        sampler = self._samplers[rank]
-        draws = sampler.applies  # else every slowdown is 1.0, drawn from nothing
-        compute_s = self._compute_s
         handles: dict[str, simpy.Event] = {}
         stream_tail: simpy.Event | None = None
         coll_seq = [0] * len(self._group_names)
         ngroups = len(self._group_names)
         number = self._group_number
         aligned = self.aligned
-        # Aligned: every operation waits for its barrier, so one compute at a time.
-        merge = self.merge_computes and not aligned
         program = self.programs[rank]
         nops = len(program)
         # The group each record carries (workloads.ops.record_groups), found as
@@ -283,31 +273,12 @@ class Simulator:
                     yield barrier
                     self._wait_s[rank] += env.now - arrived
             if type(op) is Compute:
-                t = clock_now(env)
-                while True:
-                    cost = costs.get(id(op))
-                    if cost is None:
-                        cost = costs[id(op)] = cost_of(op)
-                    base, peak, nbytes, flops = cost
-                    slowdown = sampler.next() if draws else 1.0
-                    duration = base * slowdown if draws else base
-                    if not duration < _INF:  # inf or NaN: stop here, where the cause is known
-                        if t > clock_now(env):
-                            yield event_at(env, t)  # with what the computes before it had done
-                        current[rank] = (index, op)
-                        raise NonFiniteResultError(non_finite_compute(self.topology, rank, index, op, duration,
-                                                                      peak, slowdown))
-                    end = t + duration if duration > 0 else t
-                    compute_s[rank] += duration
-                    add_compute(rank, index, t, end, busy_w * duration, nbytes, flops)
-                    t = end
-                    if not merge or index + 1 == nops or type(program[index + 1]) is not Compute:
-                        break
-                    index += 1
-                    op = program[index]
-                current[rank] = (index, op)
-                if t > clock_now(env):
-                    yield event_at(env, t)
+                index, end_s, failure = computes(index, clock_now(env))
+                current[rank] = (index, program[index])
+                if end_s > clock_now(env):
+                    yield event_at(env, end_s)
+                if failure:  # inf or NaN: stop here, where the cause is known, with what came before done
+                    raise NonFiniteResultError(failure)
                 continue
             start = env.now
             # The link energy of the bytes this operation sends, kept per
@@ -365,6 +336,44 @@ class Simulator:
             self._wait_s[rank] += env.now - start
         current[rank] = None
         self._end_s[rank] = env.now
+
+    def _compute_runner(self, rank: int):
+        """``run(index, t)``: the compute at ``index`` of ``rank``'s program, started at ``t``, recorded, and
+        with merged computes the ones right after it too; gives (the last one's index, its end, and ''
+        or why its time is not finite)."""
+        add_compute = self._log.add_compute
+        cost_of = self._compute_cost(rank)
+        # Programs repeat a few Compute objects (a training step: one per layer kind) thousands of times.
+        costs: dict[int, tuple] = {}
+        busy_w = self.topology.rank_busy_power_w[rank]
+        sampler = self._samplers[rank]
+        draws = sampler.applies  # else every slowdown is 1.0, drawn from nothing
+        compute_s = self._compute_s
+        # Aligned: every operation waits for its barrier, so one compute at a time.
+        merge = self.merge_computes and not self.aligned
+        program = self.programs[rank]
+        last = len(program) - 1
+
+        def run(index: int, t: float) -> tuple[int, float, str]:
+            while True:
+                op = program[index]
+                cost = costs.get(id(op))
+                if cost is None:
+                    cost = costs[id(op)] = cost_of(op)
+                base, peak, nbytes, flops = cost
+                slowdown = sampler.next() if draws else 1.0
+                duration = base * slowdown if draws else base
+                if not duration < _INF:
+                    return index, t, non_finite_compute(self.topology, rank, index, op, duration, peak, slowdown)
+                end = t + duration if duration > 0 else t
+                compute_s[rank] += duration
+                add_compute(rank, index, t, end, busy_w * duration, nbytes, flops)
+                t = end
+                if not merge or index == last or type(program[index + 1]) is not Compute:
+                    return index, t, ""
+                index += 1
+
+        return run
 
     def _compute_cost(self, rank: int):
         """``cost(op)`` of a Compute on ``rank``: (its time before slowdown, the peak it runs at, bytes, flops)."""
