@@ -41,10 +41,11 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
-from executors import backends, get_executor
+from executors import backends, executor_class, get_executor
 from executors.emulation import MAX_LINK_BITS_PER_S, MIN_LINK_BITS_PER_S
 from executors.real import NETWORKS, RealOptions, RealRunError
 from experiments.output import write_profile
@@ -195,36 +196,26 @@ def one_way_times(records, partners, sizes, round_trips: int = ROUND_TRIPS,
     return out
 
 
+@dataclasses.dataclass
+class Measured:
+    """The real runs of one calibration: rank 0's results (None on the other ranks of a job)."""
+
+    pings: list  # one ping-pong per launch
+    compute: Any
+    incast: dict[int, Any]  # senders -> the incast run (emulated network only)
+    coll_algorithm: Any = None  # the collectives lowered to point-to-point steps
+    coll_native: Any = None  # the library's own collectives
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _fill_defaults(args)
+    problem = _problem(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     emulated = args.network == "emulated"
-    if args.nranks is None:
-        args.nranks = EMULATED_NRANKS if emulated else 2
-    if args.sizes is None:
-        args.sizes = list(EMULATED_SIZES if emulated else DEFAULT_SIZES)
-    if args.repeats is None:
-        args.repeats = 3 if emulated else 5
-    if args.launches is None:
-        args.launches = 1 if emulated else 3
-    if emulated and args.hostfile:
-        print("error: --network emulated runs on this machine; it takes no --hostfile", file=sys.stderr)
-        return 2
-    low_mbit, high_mbit = MIN_LINK_BITS_PER_S / 1e6, MAX_LINK_BITS_PER_S / 1e6
-    if emulated and not low_mbit <= args.rate <= high_mbit:
-        print(f"error: --rate must be between {low_mbit:g} and {high_mbit:g} Mbit/s, got {args.rate:g}",
-              file=sys.stderr)
-        return 2
     topology = calibration_topology(args.nranks, args.rate) if emulated else None
-    if args.nranks < 2:
-        print("error: --nranks must be >= 2 (ping-pong needs two ranks)", file=sys.stderr)
-        return 2
-    if args.repeats < 1 or args.launches < 1 or any(n < 0 for n in args.sizes) or len(set(args.sizes)) < 2:
-        print("error: --repeats and --launches must be >= 1 and --sizes at least two distinct sizes >= 0",
-              file=sys.stderr)
-        return 2
-    if not 0 < args.timeout < float("inf"):
-        print(f"error: --timeout must be a finite number of seconds > 0, got {args.timeout}", file=sys.stderr)
-        return 2
     options = RealOptions(mode="native", warmup=1, repeats=args.repeats, timing="free", timeout_s=args.timeout,
                           network=args.network)
     try:
@@ -234,54 +225,88 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # Inside a job (mpiexec, srun, torchrun) the job sets the rank count and only rank 0 reports.
     nranks = executor.job_size() or args.nranks
-    if executor.job_rank() != 0:
-        global say
-        say = _quiet
-
-    def run(scenario, **changes):
-        executor.options = dataclasses.replace(options, **changes)
-        return executor.run(scenario)
-
+    report = say if executor.job_rank() == 0 else _quiet
     sizes = sorted(set(args.sizes))
     # On the emulated switch every pair of ranks is alike: two shaped links apart.
     partners = [1] if emulated else sorted({1, nranks - 1})
-    steps = 4 if emulated else 3
     wall0 = time.perf_counter()
-    incast = {}
     try:
-        say(f"[1/{steps}] ping-pong rank 0 <-> {', '.join(map(str, partners))}, {len(sizes)} sizes, "
-            f"{args.launches} launch(es)")
-        # Several launches, the fastest per size: on a shared machine noise only
-        # ever slows a run, and a launch can land in a slower state as a whole
-        # (seen here: 1 MiB one way in 120 us in some launches, 500 us in others).
-        pings = [run(ping_pong_scenario(nranks, sizes, partners, topology=topology)) for _ in range(args.launches)]
-        ping = pings[0]
-        say(f"[2/{steps}] compute speed, all ranks at once")
-        compute = run(compute_scenario(nranks, topology), timing="aligned")
-        if emulated:
-            senders = [k for k in INCAST_SENDERS if k < nranks]
-            say(f"[3/{steps}] incast: {', '.join(map(str, senders))} sender(s) of {INCAST_NBYTES >> 20} MiB "
-                "each to rank 0 at once")
-            incast = {k: run(incast_scenario(nranks, k, INCAST_NBYTES, topology)) for k in senders}
-        coll_algorithm = coll_native = None
-        if not args.no_collectives:
-            say(f"[{steps}/{steps}] {len(COLLECTIVES)} collectives x {len(COLLECTIVE_SIZES)} sizes, "
-                "algorithm and native")
-            coll_algorithm = run(collectives_scenario(nranks, topology), mode="algorithm", timing="aligned")
-            coll_native = run(collectives_scenario(nranks, topology), mode="native", timing="aligned")
+        measured = measure(args, options, nranks, sizes, partners, topology, say=report)
     except RealRunError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    if ping is None:
+    if measured.pings[0] is None:
         return 0  # not rank 0 of an MPI job
-    profile = build_profile(args, nranks, sizes, partners, pings, compute, coll_algorithm, coll_native,
-                            topology=topology, incast=incast)
+    profile = build_profile(args, nranks, sizes, partners, measured.pings, measured.compute, measured.coll_algorithm,
+                            measured.coll_native, topology=topology, incast=measured.incast)
     out = Path(args.out) if args.out else Path("results") / (
         f"profile-{args.backend}{'-emulated' if emulated else ''}.yaml")
     write_profile(profile, out)
     print(describe(profile))
     print(f"\nmeasured in {time.perf_counter() - wall0:.1f} s; wrote {out}")
     return 0
+
+
+def _fill_defaults(args: argparse.Namespace) -> None:
+    """The defaults that depend on the network: an emulated one is slow and needs five ranks."""
+    emulated = args.network == "emulated"
+    if args.nranks is None:
+        args.nranks = EMULATED_NRANKS if emulated else 2
+    if args.sizes is None:
+        args.sizes = list(EMULATED_SIZES if emulated else DEFAULT_SIZES)
+    if args.repeats is None:
+        args.repeats = 3 if emulated else 5
+    if args.launches is None:
+        args.launches = 1 if emulated else 3
+
+
+def _problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the command line, or None."""
+    emulated = args.network == "emulated"
+    if emulated and args.hostfile:
+        return "--network emulated runs on this machine; it takes no --hostfile"
+    low_mbit, high_mbit = MIN_LINK_BITS_PER_S / 1e6, MAX_LINK_BITS_PER_S / 1e6
+    if emulated and not low_mbit <= args.rate <= high_mbit:
+        return f"--rate must be between {low_mbit:g} and {high_mbit:g} Mbit/s, got {args.rate:g}"
+    if args.nranks < 2:
+        return "--nranks must be >= 2 (ping-pong needs two ranks)"
+    if args.repeats < 1 or args.launches < 1 or any(n < 0 for n in args.sizes) or len(set(args.sizes)) < 2:
+        return "--repeats and --launches must be >= 1 and --sizes at least two distinct sizes >= 0"
+    if not 0 < args.timeout < float("inf"):
+        return f"--timeout must be a finite number of seconds > 0, got {args.timeout}"
+    return None
+
+
+def measure(args: argparse.Namespace, options: RealOptions, nranks: int, sizes: list[int], partners: list[int],
+            topology: dict | None, *, say: Callable[[str], None]) -> Measured:
+    """Run the calibration's scenarios for real, each with ``options`` changed where it asks;
+    ``say`` reports each step as it starts."""
+    backend = executor_class(args.backend)
+
+    def run(scenario, **changes):
+        return backend(options=dataclasses.replace(options, **changes), hostfile=args.hostfile).run(scenario)
+
+    emulated = topology is not None
+    steps = 4 if emulated else 3
+    say(f"[1/{steps}] ping-pong rank 0 <-> {', '.join(map(str, partners))}, {len(sizes)} sizes, "
+        f"{args.launches} launch(es)")
+    # Several launches, the fastest per size: on a shared machine noise only
+    # ever slows a run, and a launch can land in a slower state as a whole
+    # (seen here: 1 MiB one way in 120 us in some launches, 500 us in others).
+    pings = [run(ping_pong_scenario(nranks, sizes, partners, topology=topology)) for _ in range(args.launches)]
+    say(f"[2/{steps}] compute speed, all ranks at once")
+    measured = Measured(pings, run(compute_scenario(nranks, topology), timing="aligned"), {})
+    if emulated:
+        senders = [k for k in INCAST_SENDERS if k < nranks]
+        say(f"[3/{steps}] incast: {', '.join(map(str, senders))} sender(s) of {INCAST_NBYTES >> 20} MiB "
+            "each to rank 0 at once")
+        measured.incast = {k: run(incast_scenario(nranks, k, INCAST_NBYTES, topology)) for k in senders}
+    if not args.no_collectives:
+        say(f"[{steps}/{steps}] {len(COLLECTIVES)} collectives x {len(COLLECTIVE_SIZES)} sizes, "
+            "algorithm and native")
+        measured.coll_algorithm = run(collectives_scenario(nranks, topology), mode="algorithm", timing="aligned")
+        measured.coll_native = run(collectives_scenario(nranks, topology), mode="native", timing="aligned")
+    return measured
 
 
 def say(text: str) -> None:
@@ -337,18 +362,10 @@ def build_profile(args, nranks, sizes, partners, pings, compute, coll_algorithm,
         # Every measured pair crossed hosts (one rank per host): the inter-node
         # figures are the best estimate of a host's own.
         classes["intra_node"] = classes["inter_node"]
-    records = compute.records
-    frame = records[records["flops"] > 0]
-    largest = frame[frame["flops"] == frame["flops"].max()]
-    flops_per_s = float(np.median(largest["flops"] / (largest["end_s"] - largest["start_s"])))
-    moves = records[(records["flops"] == 0) & (records["nbytes"] > 0)]
-    by_nbytes = {int(n): float(np.median(g["nbytes"] / (g["end_s"] - g["start_s"])))
-                 for n, g in moves.groupby("nbytes")}
+    flops_per_s, by_flops, by_nbytes = compute_speeds(compute.records)
     memory_bandwidth = by_nbytes[max(by_nbytes)] if by_nbytes else math.inf
     name = args.name or f"{args.backend}-{hosts[0] if hosts else 'host'}-{nranks}ranks"
-    measurements = {"ping_pong": ping_table, "compute_flops_per_s_by_size": {
-        str(int(f)): float(np.median(g["flops"] / (g["end_s"] - g["start_s"])))
-        for f, g in frame.groupby("flops")}}
+    measurements = {"ping_pong": ping_table, "compute_flops_per_s_by_size": by_flops}
     if by_nbytes:
         measurements["memory_bytes_per_s_by_size"] = {str(n): b for n, b in by_nbytes.items()}
     if emulated:
@@ -362,20 +379,40 @@ def build_profile(args, nranks, sizes, partners, pings, compute, coll_algorithm,
     if incast:
         measurements["incast"] = incast_table(profile, nranks, topology, incast)
     if coll_algorithm is not None:
-        if emulated and math.isfinite(memory_bandwidth):
-            # A reduction adds two buffers into one on this machine's memory.  Fitted
-            # from the collectives instead, it takes up whatever else the shaped links
-            # add (MPI: 16.7 ns per byte, which made a 16 MiB binomial reduce 39% slow
-            # on an 8-rank tree; a numpy add of 16 MiB takes a few ms).
-            gamma = REDUCE_BYTES_MOVED / memory_bandwidth
-        else:
-            gamma = fit_reduce_cost(profile, nranks, coll_algorithm, topology)
-        measurements["collectives"] = collective_table(coll_algorithm, "algorithm") + collective_table(
-            coll_native, "native")
-        profile = dataclasses.replace(profile, reduce_s_per_byte=gamma, measurements=measurements)
-        profile = dataclasses.replace(profile, collective_efficiency=fit_native_collectives(profile, nranks,
-                                                                                            coll_native, topology))
+        profile = with_collectives(profile, nranks, coll_algorithm, coll_native, topology)
     return profile
+
+
+def compute_speeds(records) -> tuple[float, dict[str, float], dict[int, float]]:
+    """From the compute run's records: the FLOP/s of the largest product (the profile's speed),
+    the FLOP/s of each product size, and the bytes per second of each memory move size."""
+    frame = records[records["flops"] > 0]
+    largest = frame[frame["flops"] == frame["flops"].max()]
+    flops_per_s = float(np.median(largest["flops"] / (largest["end_s"] - largest["start_s"])))
+    moves = records[(records["flops"] == 0) & (records["nbytes"] > 0)]
+    by_nbytes = {int(n): float(np.median(g["nbytes"] / (g["end_s"] - g["start_s"])))
+                 for n, g in moves.groupby("nbytes")}
+    by_flops = {str(int(f)): float(np.median(g["flops"] / (g["end_s"] - g["start_s"])))
+                for f, g in frame.groupby("flops")}
+    return flops_per_s, by_flops, by_nbytes
+
+
+def with_collectives(profile, nranks: int, coll_algorithm, coll_native, topology: dict | None):
+    """``profile`` with the collectives measured: their table, the time to reduce a byte, and
+    the library's own collectives' efficiency."""
+    if topology is not None and math.isfinite(profile.memory_bandwidth_bytes_per_s):
+        # A reduction adds two buffers into one on this machine's memory.  Fitted
+        # from the collectives instead, it takes up whatever else the shaped links
+        # add (MPI: 16.7 ns per byte, which made a 16 MiB binomial reduce 39% slow
+        # on an 8-rank tree; a numpy add of 16 MiB takes a few ms).
+        gamma = REDUCE_BYTES_MOVED / profile.memory_bandwidth_bytes_per_s
+    else:
+        gamma = fit_reduce_cost(profile, nranks, coll_algorithm, topology)
+    measurements = {**profile.measurements, "collectives": collective_table(coll_algorithm, "algorithm")
+                    + collective_table(coll_native, "native")}
+    profile = dataclasses.replace(profile, reduce_s_per_byte=gamma, measurements=measurements)
+    return dataclasses.replace(profile, collective_efficiency=fit_native_collectives(profile, nranks,
+                                                                                     coll_native, topology))
 
 
 def incast_table(profile, nranks: int, topology: dict, incast: dict) -> list[dict]:

@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 
 from executors.real import RealOptions
-from executors.real.launch import RankView, blame, failure_message, frozen_after_s
+from executors.real.blame import RankView, blame, failure_message, frozen_after_s
 from executors.real.mpi import MPIExecutor
 from executors.real.torchdist import TorchExecutor
 

@@ -10,6 +10,9 @@ The package, one concern a module:
 - ``stream``: the communication stream of non-blocking collectives;
 - ``executor``: ``RealExecutor``, inside a job or launching one;
 - ``launch`` and ``worker``: a launched job, watched until it ends;
+- ``watch``: the ranks of a launched job as the launcher sees them;
+- ``procs``: their processes, read and ended from outside (/proc, pidfds);
+- ``blame``: which rank made a failed run fail, and the message that says so;
 - ``mpi`` and ``torchdist``: the backends, reached through the registry
   (``executors.executor_class('mpi')``), never imported by name elsewhere.
 """

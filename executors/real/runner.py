@@ -51,6 +51,7 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -147,6 +148,18 @@ def rank_times(frame: pd.DataFrame, programs, hosts) -> pd.DataFrame:
     table.insert(0, "node", [str(h) for h in hosts] if len(hosts) == len(programs) else "")
     table["energy_j"] = math.nan
     return table.reset_index().rename(columns={"index": "rank"})
+
+
+@dataclass
+class _Repeat:
+    """One run of a rank's program in progress: what its operations share."""
+
+    base: float  # the repeat's first barrier on the backend's clock: records count from it
+    stream: Stream | None
+    rows: list[Record] = field(default_factory=list)
+    handles: dict[str, int] = field(default_factory=dict)  # handle -> op index of its collective
+    # handle -> (op index, op, view, request, buffer, start) of an isend or irecv in flight
+    in_flight: dict[str, tuple] = field(default_factory=dict)
 
 
 class RankRunner:
@@ -250,96 +263,16 @@ class RankRunner:
 
     def _run_once(self) -> list[Record]:
         b = self.b
-        aligned = self.timing == "aligned"
         self.current, self.current_since = (-1, "barrier"), time.monotonic()
         b.barrier()
         base = b.now_s()
-        rows: list[Record] = []
         stream = Stream(self, self.stream_backend, base) if self.stream_backend is not None else None
-        handles: dict[str, int] = {}  # handle -> op index of its collective
-        # handle -> (op index, op, view, request, buffer, start) of an isend or irecv in flight
-        in_flight: dict[str, tuple] = {}
+        repeat = _Repeat(base, stream)
         try:
             for index, op in enumerate(self.program):
-                kind = op.kind
-                t = type(op)
-                # The communicator of the op's group (the world's is the backend itself).
-                view = b.group_view(op.group) if t is not Compute and t is not Wait else b
-                if self.options.check and t is Collective:
-                    b.fill(self._buffers(index, op)[0], self._in_group(op.group)[0] + 1)
-                if aligned:
-                    self.current, self.current_since = (index, "barrier"), time.monotonic()
-                    b.barrier()
-                self._enter(index, kind)
-                if t is Collective and not op.blocking:
-                    handles[op.handle] = index
-                    if stream is not None:
-                        stream.submit(index, op, self._own_buffers[index],
-                                      self.stream_backend.group_view(op.group))
-                        continue
-                if t is Isend or t is Irecv:
-                    buf = self._take(op.nbytes)
-                    start = b.now_s()
-                    post = view.post_send if t is Isend else view.post_recv
-                    in_flight[op.handle] = (index, op, view, post(buf, op.peer, op.tag), buf, start)
-                    self.current = None
-                    continue
-                native = None
-                if t is Collective and self.options.mode == "native":
-                    native = self._native.get(index)
-                    if native is None:
-                        buf, _, out = self._buffers(index, op)
-                        native = self._native[index] = view.prepare_collective(op, buf[: op.nbytes], out, True)
-                start = b.now_s()
-                peer, nbytes, flops, algorithm = -1, 0, 0.0, ""
-                if t is Compute:
-                    # Sized by FLOPs alone (nbytes, gemm and precision are the
-                    # simulator's roofline), or by bytes where it has no FLOPs;
-                    # the record keeps both so that predicted and measured rows
-                    # join on the same key.
-                    if op.flops:
-                        self._compute(op.flops)
-                    else:
-                        self._move(op.nbytes)
-                    flops, nbytes = op.flops, op.nbytes
-                elif t is Send:
-                    view.send(self.buf[: op.nbytes], op.peer, op.tag)
-                    peer, nbytes = op.peer, op.nbytes
-                elif t is Recv:
-                    view.recv(self.buf[: op.nbytes], op.peer, op.tag)
-                    peer, nbytes = op.peer, op.nbytes
-                elif t is Collective:
-                    # Without a communication stream a non-blocking collective
-                    # runs here, at issue: its record is still its own time.
-                    peer, nbytes, algorithm = root_peer(op), op.nbytes, op.algorithm
-                    if native is not None:
-                        native()
-                    else:
-                        self._algorithm(op, view, *self._buffers(index, op))
-                elif t is Wait:
-                    for handle in op.handles:
-                        entry = in_flight.pop(handle, None)
-                        if entry is not None:
-                            rows.append(self._complete(entry, base))
-                        elif stream is not None and handle in handles:
-                            stream.wait([handles[handle]])
-                b.synchronize()
-                end = b.now_s()
-                self.current = None
-                if self.options.check and t is Collective:
-                    self._check(op, view, *self._buffers(index, op)[::2])
-                rows.append(Record(self.rank, index, self.record_groups[index], kind, algorithm, peer, nbytes, flops,
-                                   start - base, end - base, math.nan))
-            if stream is not None or in_flight:
-                # The program ends when its communication stream is drained
-                # and its isends and irecvs are complete.
-                self._enter(len(self.program), "wait")
-                for entry in list(in_flight.values()):
-                    rows.append(self._complete(entry, base))
-                in_flight.clear()
-                if stream is not None:
-                    stream.wait(list(handles.values()))
-                self.current = None
+                self._run_op(index, op, repeat)
+            if stream is not None or repeat.in_flight:
+                self._drain(repeat)
         except BaseException:
             if stream is not None:
                 # Do not wait for a stream that may be stuck: the error must
@@ -348,8 +281,97 @@ class RankRunner:
             raise
         if stream is not None:
             stream.close()
-            rows.extend(stream.rows)
-        return rows
+            repeat.rows.extend(stream.rows)
+        return repeat.rows
+
+    def _run_op(self, index: int, op, repeat: _Repeat) -> None:
+        """Run the operation at ``index``: a blocking one is timed and recorded now; a
+        non-blocking one starts, and its record comes with its wait."""
+        b = self.b
+        t = type(op)
+        # The communicator of the op's group (the world's is the backend itself).
+        view = b.group_view(op.group) if t is not Compute and t is not Wait else b
+        if self.options.check and t is Collective:
+            b.fill(self._buffers(index, op)[0], self._in_group(op.group)[0] + 1)
+        if self.timing == "aligned":
+            self.current, self.current_since = (index, "barrier"), time.monotonic()
+            b.barrier()
+        self._enter(index, op.kind)
+        if t is Collective and not op.blocking:
+            repeat.handles[op.handle] = index
+            if repeat.stream is not None:
+                repeat.stream.submit(index, op, self._own_buffers[index], self.stream_backend.group_view(op.group))
+                return
+        if t is Isend or t is Irecv:
+            buf = self._take(op.nbytes)
+            start = b.now_s()
+            post = view.post_send if t is Isend else view.post_recv
+            repeat.in_flight[op.handle] = (index, op, view, post(buf, op.peer, op.tag), buf, start)
+            self.current = None
+            return
+        native = None
+        if t is Collective and self.options.mode == "native":
+            native = self._native.get(index)
+            if native is None:
+                buf, _, out = self._buffers(index, op)
+                native = self._native[index] = view.prepare_collective(op, buf[: op.nbytes], out, True)
+        repeat.rows.append(self._timed(index, op, view, native, repeat))
+
+    def _timed(self, index: int, op, view: RealBackend, native, repeat: _Repeat) -> Record:
+        """Run the operation at ``index`` on ``view`` (``native``: its prepared library call)
+        until it is complete; its record."""
+        b = self.b
+        t = type(op)
+        start = b.now_s()
+        peer, nbytes, flops, algorithm = -1, 0, 0.0, ""
+        if t is Compute:
+            # Sized by FLOPs alone (nbytes, gemm and precision are the
+            # simulator's roofline), or by bytes where it has no FLOPs;
+            # the record keeps both so that predicted and measured rows
+            # join on the same key.
+            if op.flops:
+                self._compute(op.flops)
+            else:
+                self._move(op.nbytes)
+            flops, nbytes = op.flops, op.nbytes
+        elif t is Send:
+            view.send(self.buf[: op.nbytes], op.peer, op.tag)
+            peer, nbytes = op.peer, op.nbytes
+        elif t is Recv:
+            view.recv(self.buf[: op.nbytes], op.peer, op.tag)
+            peer, nbytes = op.peer, op.nbytes
+        elif t is Collective:
+            # Without a communication stream a non-blocking collective
+            # runs here, at issue: its record is still its own time.
+            peer, nbytes, algorithm = root_peer(op), op.nbytes, op.algorithm
+            if native is not None:
+                native()
+            else:
+                self.run_algorithm(op, view, *self._buffers(index, op))
+        elif t is Wait:
+            for handle in op.handles:
+                entry = repeat.in_flight.pop(handle, None)
+                if entry is not None:
+                    repeat.rows.append(self._complete(entry, repeat.base))
+                elif repeat.stream is not None and handle in repeat.handles:
+                    repeat.stream.wait([repeat.handles[handle]])
+        b.synchronize()
+        end = b.now_s()
+        self.current = None
+        if self.options.check and t is Collective:
+            self.check_result(op, view, *self._buffers(index, op)[::2])
+        return Record(self.rank, index, self.record_groups[index], op.kind, algorithm, peer, nbytes, flops,
+                      start - repeat.base, end - repeat.base, math.nan)
+
+    def _drain(self, repeat: _Repeat) -> None:
+        """The program ends when its communication stream is drained and its isends and irecvs are complete."""
+        self._enter(len(self.program), "wait")
+        for entry in list(repeat.in_flight.values()):
+            repeat.rows.append(self._complete(entry, repeat.base))
+        repeat.in_flight.clear()
+        if repeat.stream is not None:
+            repeat.stream.wait(list(repeat.handles.values()))
+        self.current = None
 
     def _complete(self, entry: tuple, base: float) -> Record:
         """Wait for an isend or irecv; its record ends when this rank sees it complete."""
@@ -401,9 +423,12 @@ class RankRunner:
         if left:
             copy_(self._move_dst[:left], self._move_src[:left])
 
-    def _algorithm(self, op: Collective, b: RealBackend, buf, scratch, out) -> None:
-        """The lowered steps of ``op`` on ``b``, the view of its group: peers are group ranks,
-        on the group's own communicator for steps."""
+    def run_algorithm(self, op: Collective, b: RealBackend, buf, scratch, out) -> None:
+        """Run ``op`` as the lowered steps of its algorithm (algorithm mode) on ``b``, the view of
+        its group: peers are group ranks, on the group's own communicator for steps.  ``buf``,
+        ``scratch`` and ``out``: the op's buffer, what steps reduce into, its output.  The rank's
+        main thread and its communication stream (``executors.real.stream``) both run collectives
+        this way."""
         rank, size = b.rank, b.size
         alltoall = op.op in ("alltoall", "alltoallv")
         if alltoall:
@@ -431,7 +456,10 @@ class RankRunner:
 
     # -- result checks (check=True): every rank started with bytes group rank + 1 -------
 
-    def _check(self, op: Collective, view: RealBackend, buf, out) -> None:
+    def check_result(self, op: Collective, view: RealBackend, buf, out) -> None:
+        """Raise ``RealRunError`` unless ``buf`` and ``out`` hold what ``op`` leaves on this rank of
+        ``view`` (its group) when every rank started with bytes of its group rank + 1
+        (``SEMANTICS[op.op].expected``): for ``check=True``, on the main thread and the stream alike."""
         data = {"buffer": self.b.to_numpy(buf[: op.nbytes]), "output": None}
         for expect in SEMANTICS[op.op].expected(op, view.rank, view.size):
             if data[expect.where] is None:

@@ -68,11 +68,11 @@ class Stream:
                     if native is not None:
                         native()
                     else:
-                        runner._algorithm(op, view, buf, scratch, out)
+                        runner.run_algorithm(op, view, buf, scratch, out)
                     b.synchronize()
                     end = b.now_s()
                     if runner.options.check:
-                        runner._check(op, view, buf, out)
+                        runner.check_result(op, view, buf, out)
                     self.rows.append(Record(runner.rank, index, op.group, op.kind, op.algorithm, root_peer(op),
                                             op.nbytes, 0.0, start - self.base, end - self.base, math.nan))
             except BaseException as exc:  # re-raised in the main thread at its wait
