@@ -53,6 +53,63 @@ def test_every_import_points_down_the_layers_and_none_hides_in_a_function():
     assert problems == []
 
 
+# Documented public names that start with an underscore: os._exit, and namedtuple's methods.
+PUBLIC_UNDERSCORED = {"_exit", "_fields", "_replace", "_asdict", "_make", "_field_defaults"}
+# The one module that may reach past SimPy's public API (an absolute-time event, the event counter).
+SIMPY_INTERNALS = Path("simcore/clock.py")
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def _private_uses(path: Path):
+    """(line, what) for each private name ``path`` reaches in another module: ``from m import _x``,
+    or ``obj._x`` on an object other than ``self``/``cls`` where this module defines no ``_x``
+    (a class's own private state, used by its other instances, is defined where it is used)."""
+    tree = ast.parse(path.read_text(), str(path))
+    defined = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            defined.add(node.name)
+        elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store) \
+                and isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"):
+            defined.add(node.attr)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            defined.add(node.id)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and _private(node.value):
+            defined.add(node.value)  # __slots__ entries
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            for alias in node.names:
+                if _private(alias.name):
+                    yield node.lineno, f"imports {node.module}.{alias.name}"
+        elif isinstance(node, ast.Attribute) and _private(node.attr) and node.attr not in PUBLIC_UNDERSCORED:
+            if isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"):
+                continue
+            if node.attr not in defined:
+                yield node.lineno, f"uses .{node.attr} of another module's object"
+
+
+def test_no_module_reaches_into_another_modules_private_names():
+    problems = []
+    for package in LAYERS:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            if path.relative_to(ROOT) == SIMPY_INTERNALS:
+                continue
+            problems += [f"{path.relative_to(ROOT)}:{line}: {what}" for line, what in _private_uses(path)]
+    assert problems == []
+
+
+def test_the_private_name_check_finds_what_it_is_for(tmp_path):
+    source = tmp_path / "probe.py"
+    source.write_text("from simcore.network import _hidden\n"
+                      "class A:\n    def f(self, other, env):\n        self._mine = other._mine\n"
+                      "        return env._queue, self._x\n")
+    assert [what for _, what in _private_uses(source)] == [
+        "imports simcore.network._hidden", "uses ._queue of another module's object"]
+
+
 def test_experiments_name_no_launcher_variable():
     for path in sorted((ROOT / "experiments").rglob("*.py")):
         text = path.read_text()

@@ -12,6 +12,7 @@ and roots are group ranks, as on an MPI sub-communicator.
 """
 from __future__ import annotations
 
+import copy
 import os
 import socket
 import time
@@ -134,6 +135,12 @@ class RealBackend(ABC):
         """This rank's view of its group of ``name`` (None if it is in none); called on every rank."""
         raise NotImplementedError(f"{self.name}: this backend runs on the world only, not on process groups "
                                   f"(group {name!r})")
+
+    def _copy_for_group(self) -> "RealBackend":
+        """A shallow copy of this backend, to become its view of one group: it opens no groups of its own."""
+        view = copy.copy(self)
+        view._views = None
+        return view
 
     def group_view(self, name: str) -> "RealBackend":
         """This rank's view of its group of ``name`` (``open_groups`` first; the world is this backend)."""

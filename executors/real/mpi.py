@@ -13,7 +13,6 @@ imports without it.
 """
 from __future__ import annotations
 
-import copy
 import functools
 import os
 import shutil
@@ -102,13 +101,12 @@ class MPIBackend(RealBackend):
         comm = self.world.Split(color, key)
         if comm == MPI.COMM_NULL:
             return None
-        view = copy.copy(self)
+        view = self._copy_for_group()
         view.world = comm
         # The group's lowered steps get a communicator of their own, as the world's do.
         view.steps = comm.Dup()
         view.rank, view.size = comm.Get_rank(), comm.Get_size()
         view._stream = None
-        view._views = None
         return view
 
     @property

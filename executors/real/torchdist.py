@@ -181,11 +181,11 @@ class TorchBackend(RealBackend):
             group, steps = self._new_group(members), self._new_group(members)
             if self.rank not in members:
                 continue
-            view = copy.copy(self)
+            view = self._copy_for_group()
             view.group, view.steps = group, steps
             view.members = tuple(members)
             view.rank, view.size = members.index(self.rank), len(members)
-            view._pads, view._stream, view._views = {}, None, None
+            view._pads, view._stream = {}, None
             if self.cuda:
                 # NCCL communicators start lazily (see __init__); members only, in group order.
                 for pg in (group, steps):
