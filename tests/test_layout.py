@@ -110,6 +110,45 @@ def test_the_private_name_check_finds_what_it_is_for(tmp_path):
         "imports simcore.network._hidden", "uses ._queue of another module's object"]
 
 
+# workloads/ in three floors: the operation vocabulary and programs; the workload families, each
+# lowering to programs; the scenario that assembles a topology, groups and a workload.
+WORKLOAD_VOCABULARY = {"ops", "groups", "collectives", "validate", "stragglers"}
+WORKLOAD_FAMILIES = {"base", "training", "parameter_server", "federated", "pipeline", "offload", "transformer"}
+WORKLOAD_ASSEMBLY = {"scenario", "__init__"}
+
+
+def _workload_module(name: str) -> str:
+    """'workloads.transformer.spec' -> 'transformer'; 'workloads' -> '__init__'."""
+    parts = name.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def test_workloads_floors_import_only_downwards():
+    floors = [WORKLOAD_VOCABULARY, WORKLOAD_FAMILIES, WORKLOAD_ASSEMBLY]
+    floor_of = {module: i for i, floor in enumerate(floors) for module in floor}
+    problems = []
+    for path in sorted((ROOT / "workloads").rglob("*.py")):
+        rel = path.relative_to(ROOT / "workloads")
+        own = rel.parts[0] if len(rel.parts) > 1 else rel.stem
+        assert own in floor_of, f"workloads/{rel} is on no floor: add it to one above"
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module \
+                    and node.module.split(".")[0] == "workloads":
+                names = [node.module + "." + a.name for a in node.names] if node.module == "workloads" \
+                    else [node.module]
+                for name in names:
+                    other = _workload_module(name)
+                    if other == own or other not in floor_of:
+                        continue
+                    up = floor_of[other] > floor_of[own]
+                    # A family builds on the vocabulary and on base, never on another family.
+                    sideways = floor_of[own] == 1 == floor_of[other] and "base" not in (own, other)
+                    if up or sideways:
+                        problems.append(f"workloads/{rel}:{node.lineno}: {own} imports {other}")
+    assert problems == []
+
+
 def test_experiments_name_no_launcher_variable():
     for path in sorted((ROOT / "experiments").rglob("*.py")):
         text = path.read_text()
