@@ -56,21 +56,20 @@ def closed_form_s(nranks: int) -> float:
 
 def build(case: str):
     """(topology, programs, simulator keyword arguments, closed-form time or None)."""
-    from topologies import hierarchical, ring
+    from topologies import LinkSpec, hierarchical, ring
     from workloads.groups import ProcessGroups
     from workloads.ops import Collective
 
     if case.startswith("ring"):
         n = int(case[4:])
-        topo = ring(n, bandwidth_bytes_per_s=BANDWIDTH_BYTES_PER_S, latency_s=LATENCY_S)
+        topo = ring(n, link=LinkSpec(BANDWIDTH_BYTES_PER_S, latency_s=LATENCY_S))
         programs = [[Collective("allreduce", NBYTES, algorithm="ring")] for _ in range(n)]
         return topo, programs, {}, closed_form_s(n)
     if case == "contended":
         servers, per_server = 128, 8
         n = servers * per_server
-        topo = hierarchical([servers, per_server], bandwidths_bytes_per_s=[BANDWIDTH_BYTES_PER_S * 4,
-                                                                           BANDWIDTH_BYTES_PER_S * 2],
-                            latencies_s=[LATENCY_S, 2 * LATENCY_S])
+        topo = hierarchical([servers, per_server], links=[LinkSpec(BANDWIDTH_BYTES_PER_S * 4, latency_s=LATENCY_S),
+                                                          LinkSpec(BANDWIDTH_BYTES_PER_S * 2, latency_s=2 * LATENCY_S)])
         groups = ProcessGroups(n, {"dp": tuple(tuple(range(g, n, per_server)) for g in range(per_server))})
         programs = [[Collective("allreduce", NBYTES, algorithm="ring", group="dp")] for _ in range(n)]
         return topo, programs, {"process_groups": groups}, None

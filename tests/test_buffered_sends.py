@@ -13,7 +13,7 @@ import pytest
 from simcore.calibration import Calibration
 from simcore.engine import REFERENCE, SimulationError, simulate
 from simcore.fitting import fit_send_buffering
-from topologies import switch
+from topologies import LinkSpec, switch
 from topologies.profile import LinkClass, MachineProfile
 from workloads.ops import Collective, Irecv, Isend, Recv, Send, Wait
 
@@ -27,7 +27,7 @@ def _times(result):
 
 
 def _two_sends(run, calibration):
-    topo = switch(3, bandwidth_bytes_per_s=1e6, latency_s=0.0)
+    topo = switch(3, link=LinkSpec(1e6, latency_s=0.0))
     programs = [[Send(1, MB), Send(2, MB)], [Recv(0, MB)], [Recv(0, MB)]]
     return _times(run(topo, programs, calibration=calibration))
 
@@ -55,7 +55,7 @@ def test_a_send_larger_than_the_buffer_returns_when_only_the_buffer_is_left(run)
 
 @ENGINES
 def test_a_lone_message_arrives_when_an_unbuffered_one_would(run):
-    topo = switch(2, bandwidth_bytes_per_s=1e6, latency_s=1e-3)
+    topo = switch(2, link=LinkSpec(1e6, latency_s=1e-3))
     programs = [[Send(1, 3 * MB)], [Recv(0, 3 * MB)]]
     plain = run(topo, programs).records
     buffered = run(topo, programs, calibration=Calibration(send_buffer_bytes=MB)).records
@@ -68,7 +68,7 @@ def test_a_lone_message_arrives_when_an_unbuffered_one_would(run):
 def test_messages_between_two_ranks_arrive_in_the_order_they_were_sent(run):
     # The 10 B message would finish first on a path of its own; it follows the 1 MB
     # sent before it (1 s, then 10 us), and each receive gets its own size (no mismatch).
-    topo = switch(2, bandwidth_bytes_per_s=1e6, latency_s=0.0)
+    topo = switch(2, link=LinkSpec(1e6, latency_s=0.0))
     programs = [[Send(1, MB), Send(1, 10)], [Recv(0, MB), Recv(0, 10)]]
     times = _times(run(topo, programs, calibration=Calibration(eager_bytes=MB)))
     assert times == [(0, "send", 0.0, 0.0), (0, "send", 0.0, 0.0),
@@ -79,7 +79,7 @@ def test_messages_between_two_ranks_arrive_in_the_order_they_were_sent(run):
 def test_messages_to_one_rank_leave_one_after_the_other(run):
     # Rank 1's 1 MB (eager) then 2 MB to rank 0 cross one connection: the first
     # arrives at 1 s, not at 2 s as two flows sharing the link would have it.
-    topo = switch(2, bandwidth_bytes_per_s=1e6, latency_s=0.0)
+    topo = switch(2, link=LinkSpec(1e6, latency_s=0.0))
     programs = [[Irecv(1, MB, handle="a"), Irecv(1, 2 * MB, handle="b"), Wait(("a", "b"))],
                 [Send(0, MB), Send(0, 2 * MB)]]
     records = run(topo, programs, calibration=Calibration(eager_bytes=MB, send_buffer_bytes=MB // 2)).records
@@ -91,7 +91,7 @@ def test_messages_to_one_rank_leave_one_after_the_other(run):
 
 @ENGINES
 def test_nonblocking_sends_complete_at_once_and_waits_see_it(run):
-    topo = switch(3, bandwidth_bytes_per_s=1e6, latency_s=0.0)
+    topo = switch(3, link=LinkSpec(1e6, latency_s=0.0))
     programs = [[Isend(1, MB, handle="a"), Isend(2, MB, handle="b"), Wait(("a", "b"))],
                 [Irecv(0, MB, handle="r"), Wait(("r",))], [Recv(0, MB)]]
     records = run(topo, programs, calibration=Calibration(eager_bytes=MB)).records
@@ -105,7 +105,7 @@ def test_a_binomial_broadcast_root_sends_to_its_children_at_once(run):
     # Root 0 of 4: eager sends to 2 then 1, then 2 sends to 3.  Rank 0's link
     # carries both of its messages at 0.5 MB/s: both arrive at 2 s, and 2's
     # message to 3 takes 1 s more.  Without buffering: 1 s, then 1 s for both pairs.
-    topo = switch(4, bandwidth_bytes_per_s=1e6, latency_s=0.0)
+    topo = switch(4, link=LinkSpec(1e6, latency_s=0.0))
     programs = [[Collective("broadcast", MB, algorithm="binomial")] for _ in range(4)]
     assert run(topo, programs).records["end_s"].max() == pytest.approx(2.0)
     buffered = run(topo, programs, calibration=Calibration(eager_bytes=MB)).records
@@ -113,7 +113,7 @@ def test_a_binomial_broadcast_root_sends_to_its_children_at_once(run):
 
 
 def test_a_receive_that_never_comes_is_still_reported():
-    topo = switch(2, bandwidth_bytes_per_s=1e6, latency_s=0.0)
+    topo = switch(2, link=LinkSpec(1e6, latency_s=0.0))
     with pytest.raises(SimulationError, match="never received|not received|unreceived"):
         simulate(topo, [[Send(1, 10)], []], calibration=Calibration(eager_bytes=MB))
 

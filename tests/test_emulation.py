@@ -30,11 +30,11 @@ from executors.emulation import (
     size_refusal,
 )
 from experiments import emulate
-from topologies import Topology, edge_cloud, fat_tree, hierarchical, ring, switch, tree
+from topologies import LinkSpec, Topology, edge_cloud, fat_tree, hierarchical, ring, switch, tree
 
 
 def _can_build() -> str | None:
-    plan = plan_emulation(ring(2, bandwidth_bytes_per_s=12.5e6), prefix=f"{emulation.PREFIX}probe-")
+    plan = plan_emulation(ring(2, link=LinkSpec(12.5e6)), prefix=f"{emulation.PREFIX}probe-")
     reason = refusal(plan)
     if reason:
         return reason
@@ -63,7 +63,7 @@ def _root_qdiscs() -> str:
 
 
 def test_plan_gives_each_link_a_subnet_and_each_direction_its_rate():
-    topo = tree(4, bandwidth_bytes_per_s=12.5e6)
+    topo = tree(4, link=LinkSpec(12.5e6))
     plan = plan_emulation(topo, prefix="distsim-1-2-")
     assert len(plan.namespaces) == topo.graph.number_of_nodes() == 7
     assert len(plan.links) == topo.graph.number_of_edges() == 6
@@ -88,7 +88,7 @@ def test_plan_gives_each_link_a_subnet_and_each_direction_its_rate():
 def test_each_pair_of_ranks_has_a_class_of_its_own_where_its_route_leaves_a_node(monkeypatch):
     # A ring of 6: a link end carries the pairs whose simulator route leaves by it, each
     # to a class of its own that shares the link's rate with the others.
-    topo = ring(6, bandwidth_bytes_per_s=12.5e6)
+    topo = ring(6, link=LinkSpec(12.5e6))
     plan = plan_emulation(topo, "p-")
     expected: dict[str, set] = {}
     for (s, d), path in plan.paths.items():
@@ -118,7 +118,7 @@ def test_each_pair_of_ranks_has_a_class_of_its_own_where_its_route_leaves_a_node
 
 
 def test_a_rank_on_several_links_can_get_a_namespace_of_its_own():
-    topo = ring(4, bandwidth_bytes_per_s=12.5e6)
+    topo = ring(4, link=LinkSpec(12.5e6))
     plain, hosted = plan_emulation(topo, "p-"), plan_emulation(topo, "p-", rank_hosts=True)
     assert len(hosted.namespaces) == len(plain.namespaces) + 4 and hosted.paths == plain.paths
     for rank in range(4):
@@ -127,8 +127,8 @@ def test_a_rank_on_several_links_can_get_a_namespace_of_its_own():
         assert f"route add default via {_host_gateway(hosted, rank)} dev h{rank}a" in hosted.ip_commands[ns]
         assert hosted.tc_commands[ns] == []  # the host's own link is not shaped
     # On a tree every rank has one link: nothing changes.
-    tree_plan = plan_emulation(tree(4, bandwidth_bytes_per_s=12.5e6), "p-", rank_hosts=True)
-    assert tree_plan == plan_emulation(tree(4, bandwidth_bytes_per_s=12.5e6), "p-")
+    tree_plan = plan_emulation(tree(4, link=LinkSpec(12.5e6)), "p-", rank_hosts=True)
+    assert tree_plan == plan_emulation(tree(4, link=LinkSpec(12.5e6)), "p-")
 
 
 def _host_gateway(plan, rank):
@@ -137,7 +137,7 @@ def _host_gateway(plan, rank):
 
 @needs_namespaces
 def test_hosted_ranks_route_every_pair_as_the_simulator_does():
-    plan = plan_emulation(ring(6, bandwidth_bytes_per_s=12.5e6), rank_hosts=True)
+    plan = plan_emulation(ring(6, link=LinkSpec(12.5e6)), rank_hosts=True)
     with EmulatedNetwork(plan) as net:
         for (s, d), path in plan.paths.items():
             assert net.route_path(s, d) == path, (s, d)
@@ -147,14 +147,14 @@ def test_hosted_ranks_route_every_pair_as_the_simulator_does():
 
 
 def test_too_many_nodes_too_fast_links_and_no_links_are_refused_with_their_reason():
-    big = tree(64, bandwidth_bytes_per_s=1.25e6)
+    big = tree(64, link=LinkSpec(1.25e6))
     assert "has 127 nodes: an emulated network holds at most 64" in size_refusal(plan_emulation(big, "p-"))
-    fast = switch(4, bandwidth_bytes_per_s=12.5e9)  # 100 Gbit/s
+    fast = switch(4, link=LinkSpec(12.5e9))  # 100 Gbit/s
     assert "runs at 100000 Mbit/s" in size_refusal(plan_emulation(fast, "p-"))
-    many = switch(32, bandwidth_bytes_per_s=125e6)  # 32 ranks x 1 Gbit/s
+    many = switch(32, link=LinkSpec(125e6))  # 32 ranks x 1 Gbit/s
     message = size_refusal(plan_emulation(many, "p-"), cores=2)
     assert "its ranks can send 32 Gbit/s at once" in message and "2 cores" in message
-    assert size_refusal(plan_emulation(switch(8, bandwidth_bytes_per_s=12.5e6), "p-"), cores=2) is None
+    assert size_refusal(plan_emulation(switch(8, link=LinkSpec(12.5e6)), "p-"), cores=2) is None
     lonely = nx.Graph()
     lonely.add_node("r0", role="compute", flops_per_s=1e9)
     with pytest.raises(EmulationError, match="topology 'lonely' has no links"):
@@ -179,11 +179,11 @@ def test_without_root_or_tools_it_refuses_before_creating_anything(monkeypatch):
 
 @needs_namespaces
 @pytest.mark.parametrize("topo", [
-    tree(8, arity=2, bandwidth_bytes_per_s=12.5e6),
-    fat_tree(4, bandwidth_bytes_per_s=1.25e6),
-    hierarchical([2, 4], bandwidths_bytes_per_s=[50e6, 12.5e6]),
-    ring(6, bandwidth_bytes_per_s=12.5e6),
-    edge_cloud(n_devices=4, n_edge=2, lan_bandwidth_bytes_per_s=125e6, wan_bandwidth_bytes_per_s=12.5e6),
+    tree(8, arity=2, link=LinkSpec(12.5e6)),
+    fat_tree(4, link=LinkSpec(1.25e6)),
+    hierarchical([2, 4], links=[LinkSpec(50e6), LinkSpec(12.5e6)]),
+    ring(6, link=LinkSpec(12.5e6)),
+    edge_cloud(n_devices=4, n_edge=2, lan=LinkSpec(125e6), wan=LinkSpec(12.5e6)),
 ], ids=lambda t: t.name)
 def test_the_kernel_routes_every_pair_as_the_simulator_does(topo):
     plan = plan_emulation(topo)
@@ -196,7 +196,7 @@ def test_the_kernel_routes_every_pair_as_the_simulator_does(topo):
 @needs_namespaces
 def test_a_shaped_link_moves_16_mib_at_its_rate_within_10_percent():
     rate_bytes_per_s = 12.5e6  # 100 Mbit/s
-    plan = plan_emulation(ring(2, bandwidth_bytes_per_s=rate_bytes_per_s))
+    plan = plan_emulation(ring(2, link=LinkSpec(rate_bytes_per_s)))
     with EmulatedNetwork(plan) as net:
         achieved = measure_transfer(net, 0, 1, 16 << 20)
     # TCP/IP headers take 66 of every 1514 bytes on the wire: 95.6% of the rate is payload.
@@ -213,7 +213,7 @@ def _class_bytes(net, rank: int) -> dict[str, int]:
 
 @needs_namespaces
 def test_acknowledgements_skip_the_data_queue():
-    plan = plan_emulation(ring(2, bandwidth_bytes_per_s=12.5e6))
+    plan = plan_emulation(ring(2, link=LinkSpec(12.5e6)))
     with EmulatedNetwork(plan) as net:
         measure_transfer(net, 0, 1, 2 << 20)
         sender, receiver = _class_bytes(net, 0), _class_bytes(net, 1)
@@ -228,7 +228,7 @@ def test_acknowledgements_skip_the_data_queue():
 @needs_namespaces
 def test_teardown_leaves_nothing_behind_after_an_error_and_a_killed_rank():
     links, qdiscs = _root_links(), _root_qdiscs()
-    plan = plan_emulation(switch(3, bandwidth_bytes_per_s=12.5e6))
+    plan = plan_emulation(switch(3, link=LinkSpec(12.5e6)))
     with pytest.raises(RuntimeError, match="boom"):
         with EmulatedNetwork(plan) as net:
             rank = subprocess.Popen(net.exec_prefix(1) + [sys.executable, "-c", "import time; time.sleep(600)"])
@@ -297,7 +297,7 @@ SCENARIOS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file_
 
 
 def test_emulate_plan_only_prints_the_links_and_refuses_what_it_cannot_shape(capsys):
-    allowed = refusal(plan_emulation(tree(8, arity=2, bandwidth_bytes_per_s=12.5e6), "p-")) is None
+    allowed = refusal(plan_emulation(tree(8, arity=2, link=LinkSpec(12.5e6)), "p-")) is None
     assert emulate.main([os.path.join(SCENARIOS, "emulated_tree8.yaml"), "--plan-only"]) == (0 if allowed else 2)
     out = capsys.readouterr().out
     assert "tree: 15 namespaces, 14 shaped links" in out and "s2_0 - s3_0" in out
@@ -431,7 +431,7 @@ def test_mpi_on_an_emulated_network_uses_tcp_on_each_ranks_own_interface(monkeyp
         def exec_prefix(self, rank):
             return ["ip", "netns", "exec", self.plan.namespaces[self.plan.rank_namespace[rank]]]
 
-    plan = plan_emulation(ring(4, bandwidth_bytes_per_s=12.5e6), "p-", rank_hosts=True)
+    plan = plan_emulation(ring(4, link=LinkSpec(12.5e6)), "p-", rank_hosts=True)
     for cores, throttled in ((8, False), (2, True)):
         monkeypatch.setattr(mpi.os, "cpu_count", lambda: cores)
         cmd = mpi.MPIExecutor.emulated_launch_command(4, ["executors.real.worker"], Network(plan), "/tmp")

@@ -23,7 +23,7 @@ import pytest
 
 from simcore.engine import DeadlockError, SimulationError, Simulator, simulate
 from simcore.result import RunResult
-from topologies import Topology, fully_connected, switch
+from topologies import LinkSpec, NodeSpec, Topology, fully_connected, switch
 from workloads.collectives import ALGORITHMS
 from workloads.ops import Collective, Compute, Recv, Send, Wait
 from workloads.stragglers import StragglerSpec
@@ -56,7 +56,7 @@ def is_pow2(p: int) -> bool:
 
 
 def contention_free(p: int) -> Topology:
-    return fully_connected(p, bandwidth_bytes_per_s=BANDWIDTH, latency_s=ALPHA)
+    return fully_connected(p, link=LinkSpec(BANDWIDTH, latency_s=ALPHA))
 
 
 def run_collective(p: int, op: str, algorithm: str, nbytes: int = N, root: int = 0, topology=None) -> RunResult:
@@ -499,7 +499,7 @@ def test_linear_scatter_and_gather_share_the_roots_link_on_a_switch(op, p):
     # each: every equal block finishes together, (p-1)/p n beta after the
     # start, and arrives two hops' latency later.  The binomial tree serializes
     # less on that link but pays ceil(lg p) latencies.
-    topo = switch(p, bandwidth_bytes_per_s=BANDWIDTH, latency_s=ALPHA)
+    topo = switch(p, link=LinkSpec(BANDWIDTH, latency_s=ALPHA))
     result = run_collective(p, op, "linear", root=1 % p, topology=topo)
     expected = 2 * ALPHA + ((p - 1) / p) * N * BETA
     assert collective_ends(result) == pytest.approx([expected] * p, rel=REL)
@@ -766,7 +766,7 @@ DP = DataParallelStep(
 
 
 def dp_run(seed: int, stragglers: StragglerSpec | None, p: int = 4) -> RunResult:
-    topo = fully_connected(p, bandwidth_bytes_per_s=BANDWIDTH, latency_s=ALPHA, flops_per_s=1e12)
+    topo = fully_connected(p, link=LinkSpec(BANDWIDTH, latency_s=ALPHA), node=NodeSpec(flops_per_s=1e12))
     return Simulator(topo, DP.programs(p), seed=seed, stragglers=stragglers).run()
 
 
@@ -842,8 +842,8 @@ def test_fixed_factor_doubles_compute_time_exactly():
 def test_rank_streams_do_not_depend_on_rank_count():
     # A rank's draws come from its own stream: rank 1's slowdowns with 2 ranks
     # equal those with 4 ranks.
-    topo2 = fully_connected(2, bandwidth_bytes_per_s=BANDWIDTH, latency_s=ALPHA, flops_per_s=1e12)
-    topo4 = fully_connected(4, bandwidth_bytes_per_s=BANDWIDTH, latency_s=ALPHA, flops_per_s=1e12)
+    topo2 = fully_connected(2, link=LinkSpec(BANDWIDTH, latency_s=ALPHA), node=NodeSpec(flops_per_s=1e12))
+    topo4 = fully_connected(4, link=LinkSpec(BANDWIDTH, latency_s=ALPHA), node=NodeSpec(flops_per_s=1e12))
     prog = [Compute(1e9), Compute(1e9), Compute(1e9)]
     r2 = simulate(topo2, [prog] * 2, seed=11, stragglers=LOGNORMAL)
     r4 = simulate(topo4, [prog] * 4, seed=11, stragglers=LOGNORMAL)
@@ -908,7 +908,7 @@ F = 1e12  # flop/s
 
 
 def dp_topology(p: int = 2) -> Topology:
-    return fully_connected(p, bandwidth_bytes_per_s=BANDWIDTH, latency_s=ALPHA, flops_per_s=F)
+    return fully_connected(p, link=LinkSpec(BANDWIDTH, latency_s=ALPHA), node=NodeSpec(flops_per_s=F))
 
 
 def ring_allreduce_s(nbytes: int, p: int = 2) -> float:
@@ -965,7 +965,7 @@ def test_dp_comm_bound_buckets_queue_on_one_stream():
     # Slow network: all-reduces (each > backward slice) run back to back on the
     # stream, starting after the first slice.
     w, fwd, bwd = dp_case(bucket_bytes=1_000_000, flops_per_sample=1.5e8)
-    topo = fully_connected(2, bandwidth_bytes_per_s=1e8, latency_s=ALPHA, flops_per_s=F)
+    topo = fully_connected(2, link=LinkSpec(1e8, latency_s=ALPHA), node=NodeSpec(flops_per_s=F))
     result = simulate(topo, w.programs(2))
     ar = 2 * ALPHA + 1_000_000 / 1e8  # p = 2: 2(a + (n/2) b)
     assert ar > bwd / 4
@@ -1017,7 +1017,7 @@ def test_time_accounting_with_uneven_ranks():
 
 
 def test_deadlock_names_ranks_and_what_they_wait_for():
-    topo = fully_connected(3, bandwidth_bytes_per_s=BANDWIDTH, latency_s=ALPHA, flops_per_s=1e9)
+    topo = fully_connected(3, link=LinkSpec(BANDWIDTH, latency_s=ALPHA), node=NodeSpec(flops_per_s=1e9))
     programs = [
         [Compute(1e6), Recv(peer=1, nbytes=100), Send(peer=1, nbytes=100)],
         [Compute(2e6), Recv(peer=0, nbytes=200, tag=5), Send(peer=0, nbytes=200, tag=5)],
@@ -1060,7 +1060,7 @@ def test_a_rank_missing_from_a_collective_is_refused_before_the_run():
 
 @pytest.mark.parametrize("recv_first", [True, False])
 def test_size_mismatch_names_the_ranks(recv_first):
-    topo = fully_connected(2, bandwidth_bytes_per_s=BANDWIDTH, latency_s=ALPHA, flops_per_s=1e9)
+    topo = fully_connected(2, link=LinkSpec(BANDWIDTH, latency_s=ALPHA), node=NodeSpec(flops_per_s=1e9))
     delay = [Compute(1e6)]
     send = [Send(peer=1, nbytes=100)]
     recv = [Recv(peer=0, nbytes=200)]

@@ -6,13 +6,14 @@ import sys
 import pytest
 
 from simcore.engine import DeadlockError, SimulationError, simulate
-from topologies import switch
+from topologies import LinkSpec, NodeSpec, switch
 from workloads.ops import Collective, Compute, Recv, Send, Wait
 
 
 def quiet_switch(n, **kw):
-    return switch(n, bandwidth_bytes_per_s=1e9, latency_s=0.0, energy_per_byte_j=1e-9, idle_power_w=0.0,
-                  busy_power_w=0.0, switch_idle_power_w=0.0, switch_busy_power_w=0.0, **kw)
+    return switch(n, link=LinkSpec(1e9, latency_s=0.0, energy_per_byte_j=1e-9),
+                  node=NodeSpec(idle_power_w=0.0, busy_power_w=0.0),
+                  switch=NodeSpec(idle_power_w=0.0, busy_power_w=0.0), **kw)
 
 
 def test_a_background_collectives_bytes_are_charged_once():
@@ -30,8 +31,9 @@ def test_a_background_collectives_bytes_are_charged_once():
 
 
 def test_records_charge_no_idle_power_when_idle_is_not_counted():
-    topo = switch(2, bandwidth_bytes_per_s=1e9, latency_s=0.0, energy_per_byte_j=0.0, idle_power_w=50.0,
-                  busy_power_w=200.0, flops_per_s=1e9, switch_idle_power_w=0.0, switch_busy_power_w=0.0)
+    topo = switch(2, link=LinkSpec(1e9, latency_s=0.0, energy_per_byte_j=0.0),
+                  node=NodeSpec(flops_per_s=1e9, idle_power_w=50.0, busy_power_w=200.0),
+                  switch=NodeSpec(idle_power_w=0.0, busy_power_w=0.0))
     programs = [[Compute(1e9), Send(1, 10**6)], [Recv(0, 10**6)]]
     counted = simulate(topo, programs)
     busy_only = simulate(topo, programs, count_idle_energy=False)
@@ -88,7 +90,7 @@ def test_same_seed_same_records_across_processes_with_different_hash_seeds():
 def test_aligned_simulation_starts_each_operation_index_together():
     from topologies import fully_connected
 
-    topo = fully_connected(2, bandwidth_bytes_per_s=1e9, latency_s=1e-6, flops_per_s=1e9)
+    topo = fully_connected(2, link=LinkSpec(1e9, latency_s=1e-6), node=NodeSpec(flops_per_s=1e9))
     # Rank 1 computes twice as long; free running, its late arrival is part of
     # rank 0's all-reduce; aligned, the all-reduce starts on both together.
     programs = [[Compute(1e6), Collective("allreduce", 2000)], [Compute(2e6), Collective("allreduce", 2000)]]

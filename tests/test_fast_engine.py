@@ -27,7 +27,7 @@ from simcore.calibration import Calibration
 from simcore import collective_path
 from simcore.engine import FAST_PATHS, REFERENCE, SimulationError, Simulator
 from simcore.fastpath import VECTOR_MIN_MEMBERS
-from topologies import fully_connected, hierarchical, ring, switch, torus, tree
+from topologies import LinkSpec, NodeSpec, fully_connected, hierarchical, ring, switch, torus, tree
 from workloads.collectives import ALGORITHMS
 from workloads.groups import ProcessGroups
 from workloads.ops import Collective, Compute, Irecv, Isend, Recv, Send, Wait
@@ -86,20 +86,19 @@ def _topology(rng, n: int):
     lat = float(rng.choice([0.0, 1e-6, 5e-5]))
     kind = rng.choice(["ring", "switch", "tree", "fully_connected", "hierarchical", "torus"])
     if kind == "ring":
-        return ring(n, bandwidth_bytes_per_s=bw, latency_s=lat)
+        return ring(n, link=LinkSpec(bw, latency_s=lat))
     if kind == "switch":
-        return switch(n, bandwidth_bytes_per_s=bw, latency_s=lat)
+        return switch(n, link=LinkSpec(bw, latency_s=lat))
     if kind == "tree":
         # Slow uplinks: collectives across subtrees contend.
-        return tree(n, arity=2, bandwidth_bytes_per_s=bw, uplink_bandwidth_bytes_per_s=bw / float(rng.choice([1, 4])),
-                    latency_s=lat)
+        return tree(n, arity=2, link=LinkSpec(bw, latency_s=lat), uplink=LinkSpec(bw / float(rng.choice([1, 4]))))
     if kind == "fully_connected":
-        return fully_connected(n, bandwidth_bytes_per_s=bw, latency_s=lat)
+        return fully_connected(n, link=LinkSpec(bw, latency_s=lat))
     if kind == "torus" and n in (4, 6, 8):
-        return torus({4: (2, 2), 6: (2, 3), 8: (2, 4)}[n], bandwidth_bytes_per_s=bw, latency_s=lat)
+        return torus({4: (2, 2), 6: (2, 3), 8: (2, 4)}[n], link=LinkSpec(bw, latency_s=lat))
     if n % 2 == 0:
-        return hierarchical([n // 2, 2], bandwidths_bytes_per_s=[bw * 4, bw], latencies_s=[lat, lat * 2])
-    return switch(n, bandwidth_bytes_per_s=bw, latency_s=lat)
+        return hierarchical([n // 2, 2], links=[LinkSpec(bw * 4, latency_s=lat), LinkSpec(bw, latency_s=lat * 2)])
+    return switch(n, link=LinkSpec(bw, latency_s=lat))
 
 
 def _families(rng, n: int) -> dict[str, tuple[tuple[int, ...], ...]]:
@@ -255,15 +254,15 @@ def random_ring_case(seed: int):
     lat = float(rng.choice([0.0, 1e-6, 5e-5]))
     kind = str(rng.choice(["ring", "tree", "hierarchical", "switch"]))
     if kind == "ring":
-        topo = ring(n, bandwidth_bytes_per_s=bw, latency_s=lat, flops_per_s=1e9)
+        topo = ring(n, link=LinkSpec(bw, latency_s=lat), node=NodeSpec(flops_per_s=1e9))
     elif kind == "tree":
-        topo = tree(n, arity=2, bandwidth_bytes_per_s=bw, uplink_bandwidth_bytes_per_s=bw / float(rng.choice([1, 4])),
-                    latency_s=lat, flops_per_s=1e9)
+        topo = tree(n, arity=2, link=LinkSpec(bw, latency_s=lat), uplink=LinkSpec(bw / float(rng.choice([1, 4]))),
+                    node=NodeSpec(flops_per_s=1e9))
     elif kind == "hierarchical":
-        topo = hierarchical([n // 2, 2], bandwidths_bytes_per_s=[bw * float(rng.choice([0.5, 4])), bw],
-                            latencies_s=[lat, lat * 2], flops_per_s=1e9)
+        topo = hierarchical([n // 2, 2], links=[LinkSpec(bw * float(rng.choice([0.5, 4])), latency_s=lat),
+                                                LinkSpec(bw, latency_s=lat * 2)], node=NodeSpec(flops_per_s=1e9))
     else:
-        topo = switch(n, bandwidth_bytes_per_s=bw, latency_s=lat, flops_per_s=1e9)
+        topo = switch(n, link=LinkSpec(bw, latency_s=lat), node=NodeSpec(flops_per_s=1e9))
     ranks = list(range(n))
     families = {"stride": tuple(tuple(ranks[i::n // 2]) for i in range(n // 2)),
                 "halves": (tuple(ranks[: n // 2]), tuple(ranks[n // 2:])),
@@ -361,12 +360,12 @@ def test_a_collective_interrupted_by_a_message_continues_as_the_reference():
     # ring's link 4->0 in the middle of it: the all-reduce's messages on that
     # link start sharing it then.
     n = 5
-    topo = ring(n, bandwidth_bytes_per_s=1e9, latency_s=1e-6)
+    topo = ring(n, link=LinkSpec(1e9, latency_s=1e-6))
     groups = ProcessGroups(n, {"four": ((0, 1, 2, 3), (4,))})
     programs = [[Collective("allreduce", 4_000_000, algorithm="ring", group="four")] for _ in range(n)]
     programs[4] = [Compute(2.5e6), Send(0, 3_000_000)]
     programs[0].append(Recv(4, 3_000_000))
-    topo = ring(n, bandwidth_bytes_per_s=1e9, latency_s=1e-6, flops_per_s=1e9)
+    topo = ring(n, link=LinkSpec(1e9, latency_s=1e-6), node=NodeSpec(flops_per_s=1e9))
     fast_sim = Simulator(topo, programs, process_groups=groups)
     fast = fast_sim.run()
     ref = ReferenceSimulator(topo, programs, process_groups=groups).run()
@@ -378,7 +377,7 @@ def test_a_collective_interrupted_by_a_message_continues_as_the_reference():
 @pytest.mark.parametrize("n", [VECTOR_MIN_MEMBERS, 64, 100])
 @pytest.mark.parametrize("op", ["allreduce", "reduce_scatter", "allgather"])
 def test_large_rings_in_numpy_give_the_reference_times(n, op):
-    topo = ring(n, bandwidth_bytes_per_s=12.5e9, latency_s=1e-6)
+    topo = ring(n, link=LinkSpec(12.5e9, latency_s=1e-6))
     programs = [[Compute(1e6 * (r % 3)), Collective(op, 10_000_019, algorithm="ring"),
                  Collective(op, 77, algorithm="ring")] for r in range(n)]
     for calibration in (None, Calibration(reduce_s_per_byte=3e-11, collective_efficiency=lambda op, b: 0.7)):
@@ -399,7 +398,7 @@ def test_compute_records_are_typed_as_the_reference_types_them(flops, communicat
     # Integer flops stay integers, mixed ones become floats, and one past int64
     # leaves pandas to infer the column: the fast engine's compute columns
     # must come out with the reference's dtypes in each case.
-    topo = ring(4, flops_per_s=1e12)
+    topo = ring(4, node=NodeSpec(flops_per_s=1e12))
     programs = [[Compute(f, nbytes=1000 * r) for f in flops] for r in range(4)]
     if communicate:
         for program in programs:

@@ -13,7 +13,7 @@ import pytest
 
 from executors import get_executor
 from simcore.engine import DeadlockError, Simulator, simulate
-from topologies import fully_connected, hierarchical, switch
+from topologies import LinkSpec, NodeSpec, fully_connected, hierarchical, switch
 from workloads.collectives import ALGORITHMS, group_server_groups, lower_in_group
 from workloads.groups import Layout, ProcessGroups, groups_from_dict
 from workloads.ops import Collective, Compute, Irecv, Isend, Recv, Send, Wait, op_to_dict, record_groups
@@ -28,7 +28,7 @@ B_OUT, A_OUT = 2e9, 5e-6
 
 
 def two_level(b_out=B_OUT, a_out=A_OUT, levels=(4, 4)):
-    return hierarchical(list(levels), bandwidths_bytes_per_s=[B_IN, b_out], latencies_s=[A_IN, a_out])
+    return hierarchical(list(levels), links=[LinkSpec(B_IN, latency_s=A_IN), LinkSpec(b_out, latency_s=a_out)])
 
 
 def ring_allreduce_s(p, n, alpha, rate):
@@ -447,7 +447,7 @@ def test_a_reversed_group_broadcasts_from_its_first_member():
     # Group [3, 2, 1, 0]: group rank 0 is world rank 3.  Binomial broadcast on
     # 4: 0 -> 2, 0 -> 1, then 2 -> 3, in group ranks; world 3 -> 1, 3 -> 2, 1 -> 0.
     pg = groups_from_dict({"rev": [3, 2, 1, 0]}, 4)
-    topo = fully_connected(4, bandwidth_bytes_per_s=1e9, latency_s=1e-6)
+    topo = fully_connected(4, link=LinkSpec(1e9, latency_s=1e-6))
     op = Collective("broadcast", MB, "binomial", root=0, group="rev")
     result = simulate(topo, [[op]] * 4, process_groups=pg)
     assert link_bytes(result) == {"n3->n1": MB, "n3->n2": MB, "n1->n0": MB}
@@ -464,7 +464,7 @@ def test_a_reversed_group_broadcasts_from_its_first_member():
 
 def test_a_groups_ring_follows_its_order():
     pg = groups_from_dict({"g": [0, 2, 1, 3]}, 4)
-    topo = fully_connected(4, bandwidth_bytes_per_s=1e9, latency_s=1e-6)
+    topo = fully_connected(4, link=LinkSpec(1e9, latency_s=1e-6))
     result = simulate(topo, [[Collective("allreduce", 4 * MB, "ring", group="g")]] * 4, process_groups=pg)
     # 2 (p-1) blocks of n/p go to the next member: 6 MB on each ring link.
     assert link_bytes(result) == {"n0->n2": 6 * MB, "n2->n1": 6 * MB, "n1->n3": 6 * MB, "n3->n0": 6 * MB}
@@ -475,7 +475,7 @@ def test_a_scatter_on_a_group_gives_each_member_its_block_by_group_rank():
     # Linear scatter from group root 1 (world 2) of group [1, 2, 3]: 3 MB cut
     # into 1 MB blocks; group ranks 2 and 0 are world 3 and 1.
     pg = groups_from_dict({"g": [1, 2, 3]}, 4)
-    topo = fully_connected(4, bandwidth_bytes_per_s=1e9, latency_s=1e-6)
+    topo = fully_connected(4, link=LinkSpec(1e9, latency_s=1e-6))
     op = Collective("scatter", 3 * MB, "linear", root=1, group="g")
     result = simulate(topo, [[], [op], [op], [op]], process_groups=pg)
     assert link_bytes(result) == {"n2->n3": MB, "n2->n1": MB}
@@ -524,7 +524,7 @@ def test_hierarchical_allreduce_on_a_group_uses_its_part_of_each_server():
 
 
 def pair():
-    return fully_connected(2, bandwidth_bytes_per_s=1e9, latency_s=1e-6, flops_per_s=1e9)
+    return fully_connected(2, link=LinkSpec(1e9, latency_s=1e-6), node=NodeSpec(flops_per_s=1e9))
 
 
 @pytest.mark.parametrize("compute_flops", [0, 400_000, 2_000_000])
@@ -548,7 +548,7 @@ def test_isend_overlaps_compute_and_the_wait_takes_what_is_left(compute_flops):
 
 def test_two_isends_to_different_peers_share_the_senders_link():
     # On a star the sender's one link carries both flows at B/2 each.
-    topo = switch(3, bandwidth_bytes_per_s=1e9, latency_s=1e-6)
+    topo = switch(3, link=LinkSpec(1e9, latency_s=1e-6))
     programs = [[Isend(peer=1, nbytes=MB, handle="a"), Isend(peer=2, nbytes=MB, handle="b"), Wait(("a", "b"))],
                 [Recv(peer=0, nbytes=MB)], [Recv(peer=0, nbytes=MB)]]
     result = simulate(topo, programs)
@@ -603,7 +603,7 @@ def test_a_program_ends_only_when_its_unwaited_messages_complete():
 
 def test_isend_and_irecv_on_a_group_use_group_ranks():
     pg = groups_from_dict({"g": [[3, 1], [0, 2]]}, 4)
-    topo = fully_connected(4, bandwidth_bytes_per_s=1e9, latency_s=1e-6)
+    topo = fully_connected(4, link=LinkSpec(1e9, latency_s=1e-6))
     programs = [[], [Irecv(peer=0, nbytes=MB, handle="r", group="g"), Wait(("r",))], [],
                 [Isend(peer=1, nbytes=MB, handle="s", group="g"), Wait(("s",))]]
     result = simulate(topo, programs, process_groups=pg)

@@ -16,10 +16,11 @@ import yaml
 
 from simcore.engine import Simulator, simulate
 from topologies import (
-    NodeType, Topology, TopologyError, cluster_presets, gpu_cluster, hierarchical, load_cluster_preset,
-    load_node_type, node_types, ring, switch, topology_from_dict,
+    LinkSpec, NodeSpec, NodeType, Topology, TopologyError, cluster_presets, gpu_cluster, hierarchical,
+    load_cluster_preset, load_node_type, node_types, ring, switch, topology_from_dict,
 )
-from topologies.builders import BUILDER_SIZES, BUILDERS, GPU_CLUSTER_DEFAULTS
+from topologies.builders import BUILDER_SIZES, BUILDER_SPEC_KEYS, BUILDERS
+from topologies.gpu_cluster import GPU_CLUSTER_DEFAULTS
 from topologies.hardware import CLUSTER_KEYS
 from topologies.io import parse_yaml, topology_memory_bytes
 from topologies.limits import topology_bytes
@@ -84,8 +85,10 @@ def test_cluster_presets_published_figures():
 
 
 def test_cluster_keys_are_gpu_cluster_keywords():
-    params = inspect.signature(gpu_cluster).parameters
-    assert set(CLUSTER_KEYS) <= set(params)
+    # A preset holds what a scenario file may write: shape keywords and the specs' flat keys.
+    file_keys = set(inspect.signature(gpu_cluster).parameters)
+    file_keys |= {key for group in BUILDER_SPEC_KEYS["gpu_cluster"] for key in group.keys}
+    assert set(CLUSTER_KEYS) <= file_keys
     assert set(GPU_CLUSTER_DEFAULTS) <= set(CLUSTER_KEYS)
 
 
@@ -106,7 +109,7 @@ def test_a_copied_file_loads_by_path(tmp_path):
     kind = load_node_type(str(_write(tmp_path, GOOD)))
     assert kind.name == "my_gpu" and kind.flops_per_s == 100e12 and kind.memory_bytes is None
     assert kind.efficiency(1, 1, 1) == 1.0  # no table: every product reaches the peak
-    t = ring(3, node_type=kind)
+    t = ring(3, node=NodeSpec(node_type=kind))
     assert t.rank_flops_per_s == (100e12,) * 3 and t.rank_memory_bytes == (math.inf,) * 3
 
 
@@ -153,7 +156,7 @@ def _one_node(**attrs) -> Topology:
 
 
 def test_node_type_fills_the_node_attributes():
-    t = switch(2, node_type="h100_sxm")
+    t = switch(2, node=NodeSpec(node_type="h100_sxm"))
     assert t.rank_flops_per_s == (989e12, 989e12)
     assert t.rank_memory_bytes == (80 * GiB,) * 2
     assert t.rank_memory_bandwidth_bytes_per_s == (3.35e12,) * 2
@@ -162,19 +165,23 @@ def test_node_type_fills_the_node_attributes():
     assert t.graph.nodes["n0"]["node_type"] == "h100_sxm"
     assert t.params["node_type"] == "h100_sxm" and t.params["flops_per_s"] == 989e12
     # An explicit power wins over the node type's.
-    assert switch(2, node_type="h100_sxm", busy_power_w=500).rank_busy_power_w == (500.0, 500.0)
+    assert switch(2, node=NodeSpec(busy_power_w=500, node_type="h100_sxm")).rank_busy_power_w == (500.0, 500.0)
 
 
 def test_hierarchical_takes_a_node_type():
-    t = hierarchical((2, 4), node_type="a100_80gb")
+    t = hierarchical((2, 4), node=NodeSpec(node_type="a100_80gb"))
     assert t.rank_flops_per_s == (312e12,) * 8 and t.groups() == ((0, 1, 2, 3), (4, 5, 6, 7))
 
 
 def test_node_type_and_flops_per_s_together_are_refused():
     with pytest.raises(TopologyError, match="ring: flops_per_s comes from node_type 'h100_sxm'"):
-        ring(4, node_type="h100_sxm", flops_per_s=1e12)
+        topology_from_dict({"builder": "ring", "n": 4, "node_type": "h100_sxm", "flops_per_s": 1e12})
     with pytest.raises(TopologyError, match="ring: unknown node type 'b200'"):
-        ring(4, node_type="b200")
+        topology_from_dict({"builder": "ring", "n": 4, "node_type": "b200"})
+    with pytest.raises(TopologyError, match="^flops_per_s comes from node_type 'h100_sxm'"):
+        NodeSpec(flops_per_s=1e12, node_type="h100_sxm")
+    with pytest.raises(TopologyError, match="^unknown node type 'b200'"):
+        NodeSpec(node_type="b200")
 
 
 def test_nodes_without_hardware_keep_todays_figures():
@@ -218,13 +225,13 @@ def test_hardware_on_a_switch_is_refused():
 
 
 def test_peak_of_an_unknown_precision_names_node_and_precision():
-    t = switch(2, node_type="a100_80gb")
+    t = switch(2, node=NodeSpec(node_type="a100_80gb"))
     with pytest.raises(ValueError, match=r"rank 1 \(node n1, node type a100_80gb\) has no peak for precision 'fp8'"):
         t.peak_flops_per_s(1, "fp8")
 
 
 def test_gemm_efficiency_interpolates_in_log_size_and_clamps():
-    t = switch(2, node_type="h100_sxm")
+    t = switch(2, node=NodeSpec(node_type="h100_sxm"))
     assert t.gemm_efficiency(0, 128, 8192, 8192) == 0.30  # the smallest dimension keys the table
     assert t.gemm_efficiency(0, 8192, 8192, 2048) == 0.75
     assert t.gemm_efficiency(0, 256, 4096, 4096) == pytest.approx(0.45, rel=1e-12)  # halfway 128..512 in log
@@ -288,7 +295,7 @@ def test_gpu_cluster_rail_optimized_routes():
 
 def test_gpu_cluster_inside_a_server_even_with_equal_latencies():
     # Equal latencies: the NVSwitch path has fewer hops than any through NICs.
-    t = gpu_cluster(2, scale_up_latency_s=0, scale_out_latency_s=0, fabric_latency_s=0)
+    t = gpu_cluster(2, scale_up=LinkSpec(latency_s=0), scale_out=LinkSpec(latency_s=0), fabric_latency_s=0)
     assert _path(t, 2, 5) == ["n2", "nvswitch0", "n5"]
 
 
@@ -317,7 +324,7 @@ def test_gpu_cluster_scenario_form_and_overrides():
 ])
 def test_gpu_cluster_validates_at_the_edge(kwargs, message):
     with pytest.raises(TopologyError) as info:
-        gpu_cluster(**kwargs)
+        topology_from_dict({"builder": "gpu_cluster", **kwargs})
     assert message in str(info.value)
 
 
@@ -346,8 +353,8 @@ def _exchange_across(t: Topology, nbytes: int, gpus: int) -> float:
 def test_oversubscription_divides_a_cross_leaf_flow_rate(oversubscription):
     # One server per leaf: 8 flows leave each leaf over uplinks of 8 x 50 GB/s / oversubscription,
     # so each gets 50 GB/s / oversubscription (zero latencies: bandwidth alone).
-    t = gpu_cluster(2, nics_per_leaf=8, oversubscription=oversubscription, scale_up_latency_s=0,
-                    scale_out_latency_s=0, fabric_latency_s=0)
+    t = gpu_cluster(2, nics_per_leaf=8, oversubscription=oversubscription, scale_up=LinkSpec(latency_s=0),
+                    scale_out=LinkSpec(latency_s=0), fabric_latency_s=0)
     assert _path(t, 0, 8) == ["n0", "nic0", "leaf0", "spine0", "leaf1", "nic8", "n8"]
     nbytes = 50 * 2**20
     assert _exchange_across(t, nbytes, 8) == pytest.approx(nbytes / (50e9 / oversubscription), rel=1e-9)
@@ -374,7 +381,7 @@ def _compute_s(t: Topology, op: Compute, **kwargs) -> float:
     return float(result.records.iloc[0]["end_s"])
 
 
-H100 = switch(2, node_type="h100_sxm")
+H100 = switch(2, node=NodeSpec(node_type="h100_sxm"))
 
 
 def test_plain_compute_is_flops_over_flops_per_s_exactly():
@@ -395,7 +402,7 @@ def test_roofline_compute_bound():
 def test_roofline_memory_bound():
     nbytes = 6_700_000_000_000  # 2 s at 3.35 TB/s, far more than the FLOP time
     assert _compute_s(H100, Compute(1e9, nbytes=nbytes)) == pytest.approx(2.0, rel=1e-12)
-    h200 = switch(2, node_type="h200")
+    h200 = switch(2, node=NodeSpec(node_type="h200"))
     assert _compute_s(h200, Compute(1e9, nbytes=nbytes)) == pytest.approx(nbytes / 4.8e12, rel=1e-12)
 
 
@@ -426,7 +433,7 @@ def test_compute_records_carry_nbytes():
 
 
 def test_unknown_precision_is_refused_before_the_run():
-    a100 = switch(2, node_type="a100_80gb")
+    a100 = switch(2, node=NodeSpec(node_type="a100_80gb"))
     programs = [[Compute(1e12), Compute(1e12, label="attn", precision="fp8")], []]
     with pytest.raises(ValueError, match=r"rank 0 op 1 \(compute 'attn'\): precision 'fp8': .*has no peak"):
         Simulator(a100, programs)

@@ -16,7 +16,7 @@ from simcore.calibration import Calibration
 from simcore.engine import REFERENCE, simulate
 from simcore.fitting import fit_link_burst
 from simcore.network import FlowNetwork
-from topologies import switch
+from topologies import LinkSpec, NodeSpec, switch
 from topologies.profile import LinkClass, MachineProfile
 from workloads.ops import Compute, Irecv, Isend, Recv, Send, Wait
 
@@ -27,7 +27,7 @@ ENGINES = pytest.mark.parametrize("run", [simulate, functools.partial(simulate, 
 
 
 def _ends(run, programs, n=2, calibration=BUCKET, latency_s=0.0):
-    topo = switch(n, bandwidth_bytes_per_s=1e6, latency_s=latency_s, flops_per_s=1e6)
+    topo = switch(n, link=LinkSpec(1e6, latency_s=latency_s), node=NodeSpec(flops_per_s=1e6))
     records = run(topo, programs, calibration=calibration).records
     return [(r.rank, r.kind, round(r.end_s, 9)) for r in records.itertuples()]
 
@@ -71,7 +71,7 @@ def test_the_share_does_not_depend_on_which_rank_issues_first():
     # the fast engine (which merges computes) and the reference issue them in different
     # orders; the receiver's bucket is halved between them either way.  Each passes
     # 0.125 MB, then they share rank 2's link: 0.875 MB each at 0.5 MB/s, 1.75 s.
-    topo = switch(3, bandwidth_bytes_per_s=1e6, latency_s=0.0, flops_per_s=1e6)
+    topo = switch(3, link=LinkSpec(1e6, latency_s=0.0), node=NodeSpec(flops_per_s=1e6))
     programs = [[Compute(flops=0.5e6), Compute(flops=0.5e6), Send(2, MB)], [Compute(flops=1e6), Send(2, MB)],
                 [Recv(0, MB), Recv(1, MB)]]
     ends = [_ends_of(engine(topo, programs, calibration=BUCKET)) for engine in (simulate, functools.partial(simulate, fast_paths=REFERENCE))]

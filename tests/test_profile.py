@@ -242,9 +242,9 @@ def emulated_profile(**changes):
 
 
 def test_an_emulated_profile_keeps_the_topology_and_sets_overheads_frames_and_compute():
-    from topologies import tree
+    from topologies import LinkSpec, NodeSpec, tree
 
-    topo = tree(4, arity=2, bandwidth_bytes_per_s=25e6, latency_s=1e-3, flops_per_s=1e12)
+    topo = tree(4, arity=2, link=LinkSpec(25e6, latency_s=1e-3), node=NodeSpec(flops_per_s=1e12))
     machine = emulated_profile()
     emulated = machine.emulated_topology(topo)
     assert list(emulated.graph.nodes) == list(topo.graph.nodes) and list(emulated.links) == list(topo.links)

@@ -3,13 +3,13 @@ import pandas as pd
 
 from simcore import engine
 from simcore.engine import REFERENCE, Simulator
-from topologies import ring
+from topologies import LinkSpec, ring
 from workloads.ops import Collective
 
 
 def test_progress_reports_increasing_time_and_leaves_the_result_unchanged(monkeypatch):
     monkeypatch.setattr(engine, "PROGRESS_EVERY_EVENTS", 100)
-    topo = ring(16, bandwidth_bytes_per_s=1e9, latency_s=1e-6)
+    topo = ring(16, link=LinkSpec(1e9, latency_s=1e-6))
     programs = [[Collective("allreduce", 16_000_000)] for _ in range(16)]
     calls = []
     # Message by message (the fast path would run the whole all-reduce in one go).

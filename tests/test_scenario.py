@@ -9,7 +9,7 @@ import yaml
 
 from executors.simulated import SimulatedExecutor
 from simcore.engine import simulate
-from topologies import fully_connected
+from topologies import LinkSpec, NodeSpec, fully_connected
 from workloads.base import CollectiveWorkload, ProgramsWorkload
 from workloads.ops import Collective, Compute, Recv, Send, Wait
 from workloads.scenario import Scenario, ScenarioError, load_scenario, scenario_from_dict
@@ -198,7 +198,7 @@ def test_topology_path_relative_to_the_scenario(tmp_path):
 
 
 def roundtrip_cases():
-    topo = fully_connected(4, bandwidth_bytes_per_s=1e9, latency_s=1e-6)
+    topo = fully_connected(4, link=LinkSpec(1e9, latency_s=1e-6))
     programs = (
         (Compute(1e6, label="x"), Send(peer=1, nbytes=10, tag=3), Collective("allreduce", 64, blocking=False, handle="h")),
         (Recv(peer=0, nbytes=10, tag=3), Collective("allreduce", 64, blocking=False, handle="h")),
@@ -263,7 +263,7 @@ def test_executor_runs_the_scenario_as_given():
 
 
 def test_unwaited_nonblocking_collective_completes_before_rank_ends():
-    topo = fully_connected(2, bandwidth_bytes_per_s=1e9, latency_s=1e-6, flops_per_s=1e9)
+    topo = fully_connected(2, link=LinkSpec(1e9, latency_s=1e-6), node=NodeSpec(flops_per_s=1e9))
     nbytes = 2_000_000
     ar = 2 * (1e-6 + (nbytes / 2) / 1e9)  # ring all-reduce on 2 ranks
     programs = [[Collective("allreduce", nbytes, blocking=False, handle="g"), Compute(1e5)] for _ in range(2)]
@@ -285,7 +285,7 @@ def test_unwaited_nonblocking_collective_completes_before_rank_ends():
 
 
 def test_nonblocking_collectives_run_in_issue_order_on_one_stream():
-    topo = fully_connected(2, bandwidth_bytes_per_s=1e9, latency_s=1e-6, flops_per_s=1e9)
+    topo = fully_connected(2, link=LinkSpec(1e9, latency_s=1e-6), node=NodeSpec(flops_per_s=1e9))
     ar = 2 * (1e-6 + 500_000 / 1e9)
     program = [
         Collective("allreduce", 1_000_000, blocking=False, handle="a"),

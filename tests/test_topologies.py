@@ -1,7 +1,9 @@
 """Topologies: builder shapes, routing, validation, files and round trips."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import pickle
 from pathlib import Path
 
 import networkx as nx
@@ -10,12 +12,15 @@ import yaml
 
 from topologies import (
     BUILDERS,
+    LinkSpec,
+    NodeSpec,
     Route,
     Topology,
     TopologyError,
     edge_cloud,
     fat_tree,
     fully_connected,
+    gpu_cluster,
     hierarchical,
     load_topology,
     ring,
@@ -101,8 +106,8 @@ def test_defaults_and_overrides():
     assert t.graph.nodes["s0"] == {"role": "switch", "flops_per_s": 0.0, "idle_power_w": 150.0, "busy_power_w": 150.0}
     assert set(t.link_bandwidth_bytes_per_s) == {12.5e9}
     assert set(t.link_latency_s) == {2e-6} and set(t.link_energy_per_byte_j) == {1e-11}
-    t = ring(3, bandwidth_bytes_per_s=1e9, latency_s=5e-6, energy_per_byte_j=0.0, flops_per_s=1e9,
-             idle_power_w=0, busy_power_w=1)
+    t = ring(3, link=LinkSpec(1e9, latency_s=5e-6, energy_per_byte_j=0.0),
+             node=NodeSpec(flops_per_s=1e9, idle_power_w=0, busy_power_w=1))
     assert t.link_bandwidth_bytes_per_s == (1e9,) * 6 and t.link_latency_s == (5e-6,) * 6
     assert t.rank_flops_per_s == (1e9,) * 3 and t.rank_busy_power_w == (1.0,) * 3
 
@@ -115,7 +120,7 @@ def test_links_are_directed_pairs_in_edge_order():
 
 
 def test_tree_uplinks_and_shape():
-    t = tree(4, arity=2, bandwidth_bytes_per_s=1e9, uplink_bandwidth_bytes_per_s=4e9)
+    t = tree(4, arity=2, link=LinkSpec(1e9), uplink=LinkSpec(4e9))
     assert [t.graph.nodes[s]["role"] for s in ("s1_0", "s1_1", "s2_0")] == ["switch"] * 3
     assert set(t.graph["s1_0"]) == {"n0", "n1", "s2_0"}
     assert t.graph["n0"]["s1_0"]["bandwidth_bytes_per_s"] == 1e9
@@ -146,7 +151,7 @@ def test_fat_tree_wiring():
 
 
 def test_hierarchical_groups_and_levels():
-    t = hierarchical((2, 4), bandwidths_bytes_per_s=(100e9, 10e9), latencies_s=(1e-6, 4e-6))
+    t = hierarchical((2, 4), links=[LinkSpec(100e9, latency_s=1e-6), LinkSpec(10e9, latency_s=4e-6)])
     assert t.groups() == ((0, 1, 2, 3), (4, 5, 6, 7))
     assert [t.graph.nodes[n]["group"] for n in t.ranks] == [0, 0, 0, 0, 1, 1, 1, 1]
     assert path_of(t, 0, 1) == [("n0", "sw0_0"), ("sw0_0", "n1")]
@@ -157,7 +162,8 @@ def test_hierarchical_groups_and_levels():
     d = hierarchical(levels=(4, 8))
     assert d.params["bandwidths_bytes_per_s"] == (300e9, 25e9) and d.params["latencies_s"] == (1e-6, 5e-6)
     assert len(d.groups()) == 4
-    three = hierarchical((2, 2, 2), bandwidths_bytes_per_s=[3e9, 2e9, 1e9], latencies_s=[1e-6, 1e-6, 1e-6])
+    three = hierarchical((2, 2, 2), links=[LinkSpec(3e9, latency_s=1e-6), LinkSpec(2e9, latency_s=1e-6),
+                                           LinkSpec(1e9, latency_s=1e-6)])
     assert three.groups() == ((0, 1), (2, 3), (4, 5), (6, 7))
     assert [three.link_bandwidth_bytes_per_s[i] for i in three.route(0, 7).links] == [3e9, 2e9, 1e9, 1e9, 2e9, 3e9]
 
@@ -221,7 +227,7 @@ def test_route_prefers_latency_then_hops():
 
 
 def test_route_through_switch_and_cache():
-    t = switch(4, latency_s=3e-6)
+    t = switch(4, link=LinkSpec(latency_s=3e-6))
     r = t.route(0, 3)
     assert r == Route((t.link_index[("n0", "s0")], t.link_index[("s0", "n3")]), 6e-6)
     assert t.route(0, 3) is r
@@ -360,33 +366,117 @@ def test_graph_type_and_copy():
     assert t.graph["n0"]["n1"]["bandwidth_bytes_per_s"] == 1e9
 
 
+def _file(**data) -> Topology:
+    """What a scenario file with these keys builds (flat keys, as users write them)."""
+    return topology_from_dict(data)
+
+
 @pytest.mark.parametrize(
     "call, message",
     [
         (lambda: ring(1), r"ring: n must be >= 2, got 1"),
         (lambda: ring(2.0), r"ring: n must be an int"),
-        (lambda: ring(4, bandwidth_bytes_per_s=-1), r"ring: bandwidth_bytes_per_s must be > 0"),
-        (lambda: ring(4, latency_s=-1e-6), r"ring: latency_s must be >= 0"),
-        (lambda: switch(4, switch_idle_power_w=-1), r"switch: switch_idle_power_w must be >= 0"),
+        (lambda: _file(builder="ring", n=4, bandwidth_bytes_per_s=-1), r"ring: bandwidth_bytes_per_s must be > 0"),
+        (lambda: _file(builder="ring", n=4, latency_s=-1e-6), r"ring: latency_s must be >= 0"),
+        (lambda: _file(builder="switch", n=4, switch_idle_power_w=-1), r"switch: switch_idle_power_w must be >= 0"),
         (lambda: fully_connected(0), r"fully_connected: n must be >= 2"),
         (lambda: tree(4, arity=1), r"tree: arity must be >= 2"),
-        (lambda: tree(4, uplink_bandwidth_bytes_per_s=0), r"tree: uplink_bandwidth_bytes_per_s must be > 0"),
+        (lambda: _file(builder="tree", n=4, uplink_bandwidth_bytes_per_s=0),
+         r"tree: uplink_bandwidth_bytes_per_s must be > 0"),
         (lambda: torus((4,)), r"torus: dims must have 2 or 3 entries"),
         (lambda: torus((4, 1)), r"torus: dims\[1\] must be >= 2"),
         (lambda: fat_tree(3), r"fat_tree: k must be even"),
         (lambda: fat_tree(4, n=17), r"fat_tree: n must be <= k\^3/4 = 16"),
-        (lambda: hierarchical((2, 4), bandwidths_bytes_per_s=[1e9]), r"must have len\(levels\) = 2 entries"),
+        (lambda: _file(builder="hierarchical", levels=[2, 4], bandwidths_bytes_per_s=[1e9]),
+         r"hierarchical: bandwidths_bytes_per_s must have len\(levels\) = 2 entries"),
+        (lambda: hierarchical((2, 4), links=[LinkSpec(1e9)]),
+         r"hierarchical: links must have len\(levels\) = 2 entries"),
         (lambda: hierarchical((2, 2, 2, 2)), r"no default for 4 levels"),
         (lambda: hierarchical((1, 1)), r"need >= 2"),
-        (lambda: hierarchical((2, 4), latencies_s=[1e-6, -1.0]), r"level 1 latency_s must be >= 0"),
+        (lambda: _file(builder="hierarchical", levels=[2, 4], latencies_s=[1e-6, -1.0]),
+         r"hierarchical: level 1 latency_s must be >= 0"),
         (lambda: edge_cloud(n_devices=-1, n_edge=1), r"edge_cloud: n_devices must be >= 0"),
         (lambda: edge_cloud(n_devices=2, n_edge=0), r"edge_cloud: n_edge must be >= 1"),
-        (lambda: edge_cloud(n_devices=2, n_edge=1, wan_bandwidth_bytes_per_s=-1), r"wan_bandwidth_bytes_per_s must be > 0"),
+        (lambda: _file(builder="edge_cloud", n_devices=2, n_edge=1, wan_bandwidth_bytes_per_s=-1),
+         r"edge_cloud: wan_bandwidth_bytes_per_s must be > 0"),
     ],
 )
 def test_builder_validation(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_specs_check_their_fields_when_made():
+    for make, message in [
+        (lambda: LinkSpec(-1), r"^bandwidth_bytes_per_s must be > 0, got -1.0$"),
+        (lambda: LinkSpec(1e9, latency_s="fast"), r"^latency_s must be a number, got 'fast'$"),
+        (lambda: LinkSpec(energy_per_byte_j=float("inf")), r"^energy_per_byte_j must be finite, got inf$"),
+        (lambda: NodeSpec(flops_per_s=0), r"^flops_per_s must be > 0, got 0.0$"),
+        (lambda: NodeSpec(idle_power_w=-1), r"^idle_power_w must be >= 0, got -1.0$"),
+        (lambda: NodeSpec(busy_power_w=True), r"^busy_power_w must be a number, got True$"),
+    ]:
+        with pytest.raises(ValueError, match=message) as info:
+            make()
+        assert str(pickle.loads(pickle.dumps(info.value))) == str(info.value)
+    assert LinkSpec(1e9, latency_s=0) == LinkSpec(1e9, latency_s=0.0)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        LinkSpec(1e9).latency_s = 0.0
+
+
+def test_builders_take_spec_objects():
+    for call, message in [
+        (lambda: ring(4, link={"latency_s": 1e-6}), r"^ring: link must be a LinkSpec, got \{'latency_s': 1e-06\}$"),
+        (lambda: ring(4, node=LinkSpec(1e9)), r"^ring: node must be a NodeSpec"),
+        (lambda: tree(4, switch=NodeSpec(flops_per_s=1e12)), r"^tree: switch: a switch does not compute"),
+        (lambda: hierarchical((2, 2), links=LinkSpec(1e9)), r"^hierarchical: links must be a list of 2 LinkSpecs"),
+        (lambda: hierarchical((2, 2, 2, 2), links=[LinkSpec(1e9, latency_s=1e-6)] * 3 + [LinkSpec(latency_s=1e-6)]),
+         r"^hierarchical: links\[3\].bandwidth_bytes_per_s has no default for 4 levels"),
+    ]:
+        with pytest.raises(TopologyError, match=message):
+            call()
+
+
+def test_a_spec_says_only_what_differs_from_the_builders_defaults():
+    t = ring(4, link=LinkSpec(latency_s=1e-6))
+    assert t == _file(builder="ring", n=4, latency_s=1e-6) and t.params["bandwidth_bytes_per_s"] == 12.5e9
+    # A tier's or a level's defaults are its own, not the module's.
+    t = edge_cloud(n_devices=2, n_edge=1, wan=LinkSpec(latency_s=30e-3), device=NodeSpec(flops_per_s=2e12))
+    assert t.params["wan_bandwidth_bytes_per_s"] == 125e6 and t.params["device_busy_power_w"] == 5.0
+    assert t == _file(builder="edge_cloud", n_devices=2, n_edge=1, wan_latency_s=30e-3, device_flops_per_s=2e12)
+    t = hierarchical((2, 2), links=[LinkSpec(latency_s=2e-6), None])
+    assert t.params["bandwidths_bytes_per_s"] == (300e9, 25e9) and t.params["latencies_s"] == (2e-6, 5e-6)
+    assert t == _file(builder="hierarchical", levels=[2, 2], latencies_s=[2e-6, 5e-6])
+    # An uplink's unset fields are the leaf link's.
+    t = tree(4, link=LinkSpec(1e9, latency_s=3e-6), uplink=LinkSpec(4e9))
+    assert t.graph["s1_0"]["s2_0"] == {"bandwidth_bytes_per_s": 4e9, "latency_s": 3e-6, "energy_per_byte_j": 1e-11}
+    # gpu_cluster's are the preset's; a node type gives the powers it has.
+    t = gpu_cluster(2, preset="dgx_a100", scale_out=LinkSpec(10e9), node=NodeSpec(busy_power_w=500))
+    assert t == _file(builder="gpu_cluster", nodes=2, preset="dgx_a100", scale_out_bandwidth_bytes_per_s=10e9,
+                      busy_power_w=500)
+    assert t.params["scale_out_latency_s"] == 3e-6 and t.params["node_type"] == "a100_80gb"
+    assert t.rank_busy_power_w == (500.0,) * 16
+
+
+def test_files_write_a_spec_flat_or_as_a_mapping():
+    nested = _file(builder="edge_cloud", n_devices=2, n_edge=1, wan={"latency_s": "30e-3"}, switch={"idle_power_w": 5})
+    assert nested == _file(builder="edge_cloud", n_devices=2, n_edge=1, wan_latency_s=30e-3, switch_idle_power_w=5)
+    for data, message in [
+        (dict(builder="ring", n=4, link={"latency_s": -1}), r"^topology: ring: link.latency_s must be >= 0, got -1.0$"),
+        (dict(builder="ring", n=4, link={"latncy_s": 1}),
+         r"^topology: ring: link: unknown field\(s\) 'latncy_s'; known: bandwidth_bytes_per_s, latency_s, "
+         r"energy_per_byte_j$"),
+        (dict(builder="ring", n=4, link={"latency_s": 1}, latency_s=2),
+         r"^topology: ring: link.latency_s and latency_s are both given$"),
+        (dict(builder="ring", n=4, link=5), r"^topology: ring: link must be a mapping of bandwidth_bytes_per_s, "),
+        (dict(builder="switch", n=4, switch={"flops_per_s": 1}),
+         r"^topology: switch: switch: unknown field\(s\) 'flops_per_s'; known: idle_power_w, busy_power_w$"),
+        (dict(builder="tree", n=4, uplink_latency_s=-1), r"^topology: tree: uplink_latency_s must be >= 0"),
+        (dict(builder="hierarchical", levels=[2, 2], links=[]), r"^topology: unknown argument\(s\) 'links'"),
+    ]:
+        with pytest.raises(TopologyError, match=message):
+            _file(**data)
+    # null, like None in Python, is the builder's default.
+    assert _file(builder="switch", n=4, switch_idle_power_w=None, latency_s=None) == switch(4)
 
 
 # -- dicts and files -----------------------------------------------------------
@@ -413,7 +503,7 @@ def test_explicit_dict_with_defaults():
 
 def test_builder_dict():
     t = topology_from_dict({"builder": "torus", "dims": [2, 3], "latency_s": "1e-6"})
-    assert t == torus((2, 3), latency_s=1e-6)
+    assert t == torus((2, 3), link=LinkSpec(latency_s=1e-6))
     t = topology_from_dict({"builder": "hierarchical", "levels": [2, 2], "bandwidths_bytes_per_s": [2e9, 1e9],
                             "latencies_s": [1e-6, 2e-6]})
     assert t.groups() == ((0, 1), (2, 3))
@@ -473,7 +563,7 @@ def test_bad_explicit_dicts(change, message):
     "topo",
     [
         lambda: ring(5),
-        lambda: tree(6, arity=3, uplink_bandwidth_bytes_per_s=5e10),
+        lambda: tree(6, arity=3, uplink=LinkSpec(5e10)),
         lambda: fat_tree(4, n=9),
         lambda: hierarchical((2, 3, 2)),
         lambda: edge_cloud(n_devices=4, n_edge=2, n_cloud=3),
@@ -496,7 +586,7 @@ def test_round_trip(topo, tmp_path):
 
 
 def test_equality_sees_attributes():
-    assert ring(4) != ring(4, latency_s=1e-6)
+    assert ring(4) != ring(4, link=LinkSpec(latency_s=1e-6))
     assert ring(4) != switch(4)
     assert ring(4) == ring(4)
 
@@ -505,7 +595,7 @@ def test_load_yaml_forms(tmp_path):
     builder = tmp_path / "ring.yml"
     builder.write_text("builder: ring\nn: 4\nbandwidth_bytes_per_s: 1e9\nlatency_s: 1e-6\n")
     t = load_topology(builder)
-    assert t == ring(4, bandwidth_bytes_per_s=1e9, latency_s=1e-6)
+    assert t == ring(4, link=LinkSpec(1e9, latency_s=1e-6))
     explicit = tmp_path / "scenario.yaml"
     explicit.write_text(
         "seed: 1\n"

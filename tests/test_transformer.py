@@ -14,6 +14,7 @@ from executors import get_executor
 from executors.simulated import SimulatedExecutor
 from experiments import run as run_cli
 from simcore.engine import Simulator
+from topologies import LinkSpec, NodeSpec
 from topologies.builders import fully_connected
 from workloads import workload_from_dict
 from workloads.groups import ProcessGroups
@@ -46,7 +47,8 @@ def simulate(w: TransformerTraining, bandwidth: float = 1e20, latency: float = 0
     validate_programs(programs, n, None, groups)
     if n == 1:
         return programs, None  # no topology of one rank to simulate on
-    topology = fully_connected(n, bandwidth_bytes_per_s=bandwidth, latency_s=latency, flops_per_s=FLOPS_PER_S)
+    topology = fully_connected(n, link=LinkSpec(bandwidth, latency_s=latency),
+                               node=NodeSpec(flops_per_s=FLOPS_PER_S))
     return programs, Simulator(topology, programs, process_groups=groups).run()
 
 

@@ -16,6 +16,7 @@ import yaml
 
 from executors import get_executor
 from simcore.engine import simulate
+from topologies import LinkSpec, NodeSpec
 from topologies.builders import edge_cloud, fully_connected, switch
 from workloads import workload_from_dict
 from workloads.federated import FederatedAveraging
@@ -117,7 +118,7 @@ def test_parameter_server_one_server_incast_on_a_switch():
     n, m, flops, sfpb = 5, 10_000_000, 2e10, 0.5
     workers = n - 1
     w = ParameterServer(parameters=m, bytes_per_parameter=1, flops_per_iteration=flops, server_flops_per_byte=sfpb)
-    topo = switch(n, bandwidth_bytes_per_s=B, latency_s=L, flops_per_s=F)
+    topo = switch(n, link=LinkSpec(B, latency_s=L), node=NodeSpec(flops_per_s=F))
     expected = flops / F + workers * m / B + 2 * L + sfpb * m * workers / F + workers * (m / B + 2 * L)
     assert makespan(topo, w) == pytest.approx(expected, rel=1e-9)
 
@@ -128,7 +129,7 @@ def test_parameter_server_two_shards_one_worker():
     m, flops, sfpb, iterations = 20_000_000, 1e10, 1.0, 2
     w = ParameterServer(parameters=m, bytes_per_parameter=1, servers=2, iterations=iterations,
                         flops_per_iteration=flops, server_flops_per_byte=sfpb)
-    topo = switch(3, bandwidth_bytes_per_s=B, latency_s=L, flops_per_s=F)
+    topo = switch(3, link=LinkSpec(B, latency_s=L), node=NodeSpec(flops_per_s=F))
     hop = m / 2 / B + 2 * L
     expected = iterations * (flops / F + 3 * hop + sfpb * m / 2 / F)
     assert makespan(topo, w) == pytest.approx(expected, rel=1e-9)
@@ -197,7 +198,7 @@ def test_federated_flat_round_on_a_switch():
     n, m, local, afpb, rounds = 4, 5_000_000, 3e10, 0.25, 1
     clients = n - 1
     w = FederatedAveraging(model_bytes=m, rounds=rounds, local_flops=local, aggregate_flops_per_byte=afpb)
-    topo = switch(n, bandwidth_bytes_per_s=B, latency_s=L, flops_per_s=F)
+    topo = switch(n, link=LinkSpec(B, latency_s=L), node=NodeSpec(flops_per_s=F))
     expected = local / F + clients * m / B + 2 * L + afpb * m * clients / F + clients * (m / B + 2 * L)
     assert makespan(topo, w) == pytest.approx(expected, rel=1e-9)
 
@@ -210,9 +211,9 @@ def test_federated_hierarchical_round_on_edge_cloud():
     bw, lw, bwan, lwan, blan, llan = 10e6, 5e-3, 125e6, 20e-3, 100e6, 0.2e-3
     fd, fe, fc = 1e12, 20e12, 200e12
     topo = edge_cloud(
-        n_devices=4, n_edge=2, device_flops_per_s=fd, edge_flops_per_s=fe, cloud_flops_per_s=fc,
-        wireless_bandwidth_bytes_per_s=bw, wireless_latency_s=lw, wan_bandwidth_bytes_per_s=bwan,
-        wan_latency_s=lwan, lan_bandwidth_bytes_per_s=blan, lan_latency_s=llan,
+        n_devices=4, n_edge=2, device=NodeSpec(flops_per_s=fd), edge=NodeSpec(flops_per_s=fe),
+        cloud=NodeSpec(flops_per_s=fc), wireless=LinkSpec(bw, latency_s=lw), wan=LinkSpec(bwan, latency_s=lwan),
+        lan=LinkSpec(blan, latency_s=llan),
     )
     w = FederatedAveraging(model_bytes=m, local_flops=local, aggregate_flops_per_byte=afpb, hierarchical=True)
     wireless = m / bw + lw
@@ -271,7 +272,7 @@ def test_pipeline_free_communication_bubble(schedule, stages, microbatches):
     tf = 1e10 / F
     w = PipelineParallel(microbatches=microbatches, forward_flops=1e10, activation_bytes=0, schedule=schedule,
                          steps=2)
-    topo = fully_connected(stages, bandwidth_bytes_per_s=B, latency_s=0.0, flops_per_s=F)
+    topo = fully_connected(stages, link=LinkSpec(B, latency_s=0.0), node=NodeSpec(flops_per_s=F))
     expected = 2 * (microbatches + stages - 1) * (tf + 2 * tf)
     assert makespan(topo, w) == pytest.approx(expected, rel=1e-9)
 
@@ -283,7 +284,7 @@ def test_pipeline_gpipe_with_hockney_messages(stages, microbatches):
     a = 1_000_000
     tf, tb, c = 1e10 / F, 2e10 / F, L + a / B
     w = PipelineParallel(microbatches=microbatches, forward_flops=1e10, activation_bytes=a)
-    topo = fully_connected(stages, bandwidth_bytes_per_s=B, latency_s=L, flops_per_s=F)
+    topo = fully_connected(stages, link=LinkSpec(B, latency_s=L), node=NodeSpec(flops_per_s=F))
     expected = (microbatches + stages - 1) * (tf + tb) + 2 * (microbatches + stages - 2) * c
     assert makespan(topo, w) == pytest.approx(expected, rel=1e-9)
 
@@ -331,14 +332,14 @@ def test_offload_roundtrip_and_validation():
 
 def test_offload_nothing_runs_locally():
     w = EdgeOffload(tasks=7, task_flops=3e10, offload_fraction=0.0)
-    topo = switch(4, bandwidth_bytes_per_s=B, latency_s=L, flops_per_s=F)
+    topo = switch(4, link=LinkSpec(B, latency_s=L), node=NodeSpec(flops_per_s=F))
     assert makespan(topo, w) == pytest.approx(7 * 3e10 / F, rel=1e-9)
 
 
 def test_offload_everything_one_device():
     tasks, tf, i, o = 5, 2e10, 3_000_000, 100_000
     w = EdgeOffload(tasks=tasks, task_flops=tf, input_bytes=i, output_bytes=o, offload_fraction=1.0)
-    topo = switch(2, bandwidth_bytes_per_s=B, latency_s=L, flops_per_s=F)
+    topo = switch(2, link=LinkSpec(B, latency_s=L), node=NodeSpec(flops_per_s=F))
     expected = tasks * (i / B + 2 * L + tf / F + o / B + 2 * L)
     assert makespan(topo, w) == pytest.approx(expected, rel=1e-9)
 
@@ -348,7 +349,7 @@ def test_offload_everything_server_bound():
     # bottleneck (each device's next input arrives while it serves the others).
     devices, tasks, tf, i, o = 3, 4, 1e10, 1_000_000, 100_000
     w = EdgeOffload(tasks=tasks, task_flops=tf, input_bytes=i, output_bytes=o, offload_fraction=1.0)
-    topo = switch(devices + 1, bandwidth_bytes_per_s=B, latency_s=L, flops_per_s=F)
+    topo = switch(devices + 1, link=LinkSpec(B, latency_s=L), node=NodeSpec(flops_per_s=F))
     slot = tf / F + o / B + 2 * L
     assert (devices - 1) * slot > i / B + 2 * L
     expected = devices * i / B + 2 * L + tasks * devices * slot
@@ -360,8 +361,8 @@ def test_offload_half_overlaps_local_work(task_flops):
     # One device, one edge server 20x faster, over Wi-Fi: each offloaded task
     # overlaps the local task after it; whichever is longer sets the pace.
     i, o, bw, lw = 200_000, 20_000, 10e6, 5e-3
-    topo = edge_cloud(n_devices=1, n_edge=1, n_cloud=0, device_flops_per_s=1e12, edge_flops_per_s=20e12,
-                      wireless_bandwidth_bytes_per_s=bw, wireless_latency_s=lw)
+    topo = edge_cloud(n_devices=1, n_edge=1, n_cloud=0, device=NodeSpec(flops_per_s=1e12),
+                      edge=NodeSpec(flops_per_s=20e12), wireless=LinkSpec(bw, latency_s=lw))
     w = EdgeOffload(tasks=4, task_flops=task_flops, input_bytes=i, output_bytes=o, offload_fraction=0.5)
     local, remote = task_flops / 1e12, task_flops / 20e12 + o / bw + lw
     expected = 2 * (i / bw + lw + max(local, remote))

@@ -3,7 +3,10 @@
 Two forms, told apart by the ``builder`` key:
 
 - builder form: ``{"builder": "ring", "n": 8, "latency_s": 2e-6}``; the other
-  keys are the builder's keyword arguments (lists become tuples);
+  keys are the builder's shape arguments (lists become tuples) and its specs'
+  fields, flat (``latency_s``, ``wan_latency_s``) or as a mapping under the
+  spec's argument (``link: {latency_s: 2e-6}``), which become ``LinkSpec``
+  and ``NodeSpec`` objects (``topologies.builders.BUILDER_SPEC_KEYS``);
 - explicit form: ``{"name": ..., "defaults": {"node": {...}, "link": {...}},
   "nodes": [{"id": "n0", "role": "compute", ...}], "links": [{"src": "n0",
   "dst": "n1", "bandwidth_bytes_per_s": ...}]}`` (``name``, ``params`` and
@@ -21,7 +24,7 @@ from pathlib import Path
 
 import networkx as nx
 
-from .builders import BUILDER_SIZES, BUILDERS
+from .builders import BUILDER_SIZES, BUILDER_SPEC_KEYS, BUILDERS
 # The bounded reader lives in .datafile (the builders' presets need it too);
 # re-exported here, where scenario, profile and model code import it from.
 from .datafile import check_plain_data, parse_yaml, read_data_file, shown_path  # noqa: F401
@@ -30,6 +33,7 @@ from .limits import (
     topology_bytes,
 )
 from .model import LINK_FIELDS, NODE_FIELDS, NODE_NUMERIC_FIELDS, Topology, TopologyError
+from .specs import specs_from_file
 
 EXPLICIT_KEYS = ("name", "params", "defaults", "nodes", "links")
 
@@ -74,9 +78,11 @@ _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 
 
 def _builder_arg(value):
-    """Lists to tuples; numeric strings (PyYAML reads ``1e-6`` as one) to numbers."""
+    """Lists to tuples; numeric strings (PyYAML reads ``1e-6`` as one) to numbers, also in a spec's mapping."""
     if isinstance(value, list):
         return tuple(_builder_arg(v) for v in value)
+    if isinstance(value, Mapping):
+        return {k: _builder_arg(v) for k, v in value.items()}
     if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
         text = value.strip()
         return int(text) if text.lstrip("+-").isdigit() else float(text)
@@ -90,14 +96,15 @@ def _from_builder(data: Mapping, where: str, limit: int) -> Topology:
     fn = BUILDERS[name]
     kwargs = {k: _builder_arg(v) for k, v in data.items() if k != "builder"}
     signature = inspect.signature(fn)
-    unknown = [k for k in kwargs if k not in signature.parameters]
+    groups = BUILDER_SPEC_KEYS[name]
+    known = _file_keys(signature, groups)
+    unknown = [k for k in kwargs if k not in known]
     if unknown:
         raise TopologyError(
-            f"{where}: unknown argument(s) {short_list(unknown)} for builder {short(name)}; "
-            f"known: {', '.join(signature.parameters)}"
+            f"{where}: unknown argument(s) {short_list(unknown)} for builder {short(name)}; known: {', '.join(known)}"
         )
     try:
-        signature.bind(**kwargs)
+        signature.bind(**{k: v for k, v in kwargs.items() if k in signature.parameters})
     except TypeError as exc:
         raise TopologyError(f"{where}: bad arguments for builder {short(name)}: {exc}") from None
     try:
@@ -105,9 +112,17 @@ def _from_builder(data: Mapping, where: str, limit: int) -> Topology:
         if size is not None:
             nodes, links = size(**kwargs)
             _check_topology_memory(nodes, links, limit, f"builder {short(name)} makes")
-        return fn(**kwargs)
+        spec_keys = {key for group in groups for key in group.keys}
+        shape = {k: v for k, v in kwargs.items() if k not in spec_keys}
+        return fn(**shape, **specs_from_file(groups, kwargs, f"{name}: "))
     except (TypeError, ValueError) as exc:
         raise TopologyError(f"{where}: {exc}") from None
+
+
+def _file_keys(signature: inspect.Signature, groups) -> list[str]:
+    """A builder's keys in a file, in its signature's order, each spec argument as the keys that write it."""
+    by_argument = {group.argument: group.keys for group in groups}
+    return [key for parameter in signature.parameters for key in by_argument.get(parameter, (parameter,))]
 
 
 def _number(value, what: str) -> float:
