@@ -120,7 +120,7 @@ def main(argv=None) -> int:
     parser.add_argument("--engines", nargs="+", choices=ENGINES, default=list(ENGINES),
                         help="engines to time (default: both, for the ratio)")
     args = parser.parse_args(argv)
-    from topologies.limits import format_bytes
+    from topologies.text import format_bytes
 
     # spawn: each child starts small, so its peak RSS is the case's own.
     context = multiprocessing.get_context("spawn")

@@ -21,7 +21,7 @@ import sys
 import time
 
 from executors import get_executor
-from topologies.limits import format_bytes, parse_bytes
+from topologies.text import format_bytes, parse_bytes
 from workloads.scenario import ScenarioError, scenario_from_dict
 
 CASES = {

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from topologies import Topology
-from topologies.limits import format_count
+from topologies.text import format_count
 
 PREFIX = "distsim-"
 NETNS_DIR = Path("/run/netns")

@@ -23,7 +23,8 @@ from experiments.output import make_out_dir
 from experiments.sweep import (POINTS_DIR, SLURM_MEMORY_PER_CORE_GB, SchedulerError, SlurmOptions, SweepError,
                                run_points, slurm_problem)
 from topologies.io import parse_yaml
-from topologies.limits import MAX_MEMORY_ENV, parse_bytes, resolve_max_memory_bytes
+from topologies.limits import MAX_MEMORY_ENV, resolve_max_memory_bytes
+from topologies.text import parse_bytes
 from workloads.scenario import ScenarioError, load_scenario, scenario_from_dict
 
 # -- the topologies of the scaling study -----------------------------------------
@@ -99,7 +100,10 @@ def run_scenario_dict(data: dict[str, Any], backend: str = "sim", base_dir: str 
     """
     scenario = scenario_from_dict(data, base_dir=Path(base_dir) if base_dir else None, where=where,
                                   max_memory_bytes=max_memory_bytes)
-    result = get_executor(backend).run(scenario)
+    # A real run's ranks load the scenario again, under the same limit.
+    executor = get_executor(backend, options=RealOptions(max_memory_bytes=max_memory_bytes)) \
+        if executor_class(backend).real else get_executor(backend)
+    result = executor.run(scenario)
     return metrics(result)
 
 
@@ -449,10 +453,23 @@ def max_memory_or_report(args) -> int | None:
     """The memory limit: ``--max-memory``, else the environment's, else the default; None after
     printing why ``$DISTSIM_MAX_MEMORY_BYTES`` is invalid (the caller exits 2)."""
     try:
-        return resolve_max_memory_bytes(args.max_memory)
+        return resolve_max_memory_bytes(args.max_memory if args.max_memory is not None
+                                        else max_memory_from_environment())
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return None
+
+
+def max_memory_from_environment() -> int | None:
+    """``$DISTSIM_MAX_MEMORY_BYTES`` in bytes, None where it is unset or empty (ValueError if unreadable):
+    the one place the limit is read from the environment; every layer below takes it as an argument."""
+    text = os.environ.get(MAX_MEMORY_ENV, "").strip()
+    if not text:
+        return None
+    try:
+        return parse_bytes(text)
+    except ValueError as exc:
+        raise ValueError(f"environment variable {MAX_MEMORY_ENV}: {exc}") from None
 
 
 # -- options of the real executors (experiments.run, experiments.validate) -------
@@ -482,17 +499,19 @@ def add_real_options(parser) -> None:
                         "link (root; see python -m experiments.emulate)")
 
 
-def real_options(args):
-    """RealOptions from the parsed ``add_real_options`` arguments (ValueError on bad values)."""
+def real_options(args, max_memory_bytes: int | None = None):
+    """RealOptions from the parsed ``add_real_options`` arguments (ValueError on bad values);
+    ``max_memory_bytes``: the limit the scenario was loaded under, which its ranks load it under too."""
     return RealOptions(mode=args.mode, warmup=args.warmup, repeats=args.repeats, timing=args.timing,
-                       timeout_s=args.timeout, check=args.check, pin=not args.no_pin, network=args.network)
+                       timeout_s=args.timeout, check=args.check, pin=not args.no_pin, network=args.network,
+                       max_memory_bytes=max_memory_bytes)
 
 
-def make_executor(backend: str, args, progress=None):
+def make_executor(backend: str, args, progress=None, max_memory_bytes: int | None = None):
     """The executor for ``backend`` with the options given on the command line."""
     if not executor_class(backend).real:
         return get_executor(backend, progress=progress)
-    return get_executor(backend, options=real_options(args), hostfile=args.hostfile)
+    return get_executor(backend, options=real_options(args, max_memory_bytes), hostfile=args.hostfile)
 
 
 # -- names ---------------------------------------------------------------------------

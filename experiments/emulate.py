@@ -34,7 +34,7 @@ from executors.emulation import (
 )
 from experiments import common
 from experiments.common import format_table
-from topologies.limits import parse_bytes
+from topologies.text import parse_bytes
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import math
 import dataclasses
-import os
 import sys
 import time
 from pathlib import Path
@@ -109,16 +108,14 @@ def main(argv: list[str] | None = None) -> int:
     max_memory_bytes = common.start_or_report(args, args.out)
     if max_memory_bytes is None:
         return 2
-    if args.max_memory is not None and args.backend != "sim":
-        # The ranks of a real run (mpiexec, torchrun) rebuild the scenario: same limit there.
-        os.environ[common.MAX_MEMORY_ENV] = str(max_memory_bytes)
     scenario = common.load_scenario_or_report(args.scenario, max_memory_bytes=max_memory_bytes)
     if scenario is None:
         return 2
     if args.seed is not None:
         scenario = dataclasses.replace(scenario, seed=args.seed)
     try:
-        executor = make_executor(args.backend, args, progress=_ProgressPrinter())
+        # The ranks of a real run (mpiexec, torchrun) load the scenario again, under the same limit.
+        executor = make_executor(args.backend, args, progress=_ProgressPrinter(), max_memory_bytes=max_memory_bytes)
     except (ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -36,7 +36,7 @@ import pandas as pd
 from executors import backends
 from experiments import common, plots
 from experiments.output import make_out_dir
-from topologies.limits import short, short_names
+from topologies.text import short, short_names
 from workloads.scenario import ScenarioError, read_scenario_file, scenario_from_dict
 
 TOP_LEVEL = ("name", "seed", "topology", "workload", "stragglers", "energy", "description")

@@ -245,8 +245,8 @@ def test_teardown_leaves_nothing_behind_after_an_error_and_a_killed_rank():
 HOLDER = textwrap.dedent("""
     import sys, time
     from executors.emulation import EmulatedNetwork, plan_emulation
-    from topologies import ring
-    with EmulatedNetwork(plan_emulation(ring(3, bandwidth_bytes_per_s=12.5e6))):
+    from topologies import LinkSpec, ring
+    with EmulatedNetwork(plan_emulation(ring(3, link=LinkSpec(12.5e6)))):
         print("built", flush=True)
         time.sleep(600)
 """)

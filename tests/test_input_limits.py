@@ -2,6 +2,7 @@
 short quotes, non-finite results, and --out checked first.  Each test asserts the message."""
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -18,9 +19,11 @@ from experiments.output import json_text as dumps_json, write_result
 from topologies import BUILDERS, TopologyError, load_topology, topology_from_dict
 from topologies.builders import BUILDER_SIZES
 from topologies.io import read_data_file, topology_memory_bytes
-from topologies.limits import (
-    DEFAULT_MAX_MEMORY_BYTES, MAX_ALIASES, MAX_MEMORY_ENV, format_bytes, parse_bytes, resolve_max_memory_bytes, short,
-)
+from executors.real import worker
+from executors.real.launch import scenario_for_workers
+from experiments.common import make_executor, max_memory_from_environment, max_memory_or_report
+from topologies.limits import DEFAULT_MAX_MEMORY_BYTES, MAX_ALIASES, MAX_MEMORY_ENV, resolve_max_memory_bytes
+from topologies.text import format_bytes, parse_bytes, short
 from workloads.collectives import ALGORITHMS, SEMANTICS, lower, lower_in_group, lowered_size
 from workloads.ops import Collective
 from workloads.scenario import ScenarioError, load_scenario, scenario_from_dict
@@ -236,17 +239,25 @@ def test_huge_workloads_are_refused_before_programs_are_built(tmp_path, workload
     assert expected in message
 
 
-def test_the_limit_can_be_raised_or_lowered(tmp_path, monkeypatch):
+def test_the_limit_can_be_raised_or_lowered(tmp_path, monkeypatch, capsys):
     path = SCENARIOS / "ring8_allreduce.yaml"
     assert "over the limit of 1000 B; raise" in load_error(path, max_memory_bytes=1000)
+    assert load_scenario(path, max_memory_bytes=2**30).nranks == 8
+    # Below the command line the environment is not read: the keyword, else the default.
     monkeypatch.setenv(MAX_MEMORY_ENV, "1000")
-    assert "over the limit of 1000 B" in load_error(path)
-    assert load_scenario(path, max_memory_bytes=2**30).nranks == 8  # the keyword beats the environment
+    assert load_scenario(path).nranks == 8
+    assert resolve_max_memory_bytes() == DEFAULT_MAX_MEMORY_BYTES
+    # The command line reads it, and --max-memory beats it.
+    assert max_memory_or_report(argparse.Namespace(max_memory=None)) == 1000
+    assert max_memory_or_report(argparse.Namespace(max_memory=2**30)) == 2**30
     monkeypatch.setenv(MAX_MEMORY_ENV, "4GiB")
-    assert resolve_max_memory_bytes() == 4 * 2**30
+    assert max_memory_from_environment() == 4 * 2**30
+    monkeypatch.setenv(MAX_MEMORY_ENV, " ")
+    assert max_memory_from_environment() is None
     monkeypatch.setenv(MAX_MEMORY_ENV, "lots")
-    assert ("environment variable DISTSIM_MAX_MEMORY_BYTES: expected a number of bytes such as 4294967296, "
-            "4e9 or 4GiB, got 'lots'") in load_error(path)
+    assert max_memory_or_report(argparse.Namespace(max_memory=None)) is None
+    assert capsys.readouterr().err == ("error: environment variable DISTSIM_MAX_MEMORY_BYTES: expected a number of "
+                                       "bytes such as 4294967296, 4e9 or 4GiB, got 'lots'\n")
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -486,3 +497,16 @@ def test_out_dir_problem_accepts_new_and_existing_folders(tmp_path):
     assert common.out_dir_problem(tmp_path / "a" / "b") is None
     assert not (tmp_path / "a").exists()
     assert os.listdir(tmp_path) == []  # the probe leaves nothing behind
+
+
+def test_a_real_runs_ranks_load_the_scenario_under_the_launchers_limit(tmp_path):
+    # No environment variable carries the limit to the ranks: the run's options do.
+    scenario = load_scenario(SCENARIOS / "ring8_allreduce.yaml")
+    args = argparse.Namespace(mode="native", warmup=1, repeats=3, timing="auto", timeout=120.0, check=False,
+                              no_pin=False, network="host", hostfile=None)
+    executor = make_executor("torch", args, max_memory_bytes=1000)
+    assert executor.options.max_memory_bytes == 1000
+    (tmp_path / "scenario.json").write_text(json.dumps(scenario_for_workers(scenario)))
+    (tmp_path / "options.json").write_text(json.dumps({**executor.options.to_dict(), "backend": "torch"}))
+    with pytest.raises(ScenarioError, match="over the limit of 1000 B"):
+        worker.main([str(tmp_path)])

@@ -36,12 +36,12 @@ from typing import Callable
 import networkx as nx
 
 from .gpu_cluster import GPU_CLUSTER_SPECS, gpu_cluster, gpu_cluster_size
-from .limits import short
 from .model import LINK_FIELDS, Topology, TopologyError
 from .specs import (
     DEFAULT_LINK, DEFAULT_NODE, DEFAULT_SWITCH, LINK_KEYS, NODE_KEYS, SWITCH_KEYS, LevelLinkKeys, LinkSpec, NodeSpec,
     SpecKeys, check_int, link_of, node_of, switch_of,
 )
+from .text import short
 
 
 def _parts(name: str, link, node) -> tuple[dict, dict, dict]:

@@ -21,10 +21,8 @@ from yaml.events import AliasEvent, MappingStartEvent, SequenceStartEvent
 from yaml.nodes import MappingNode, SequenceNode
 from yaml.resolver import Resolver
 
-from .limits import (
-    MAX_ALIAS_NODES, MAX_ALIASES, MAX_DATA_VALUES, MAX_FILE_BYTES, MAX_NESTING_DEPTH, cut, format_bytes, short,
-    short_name,
-)
+from .limits import MAX_ALIAS_NODES, MAX_ALIASES, MAX_DATA_VALUES, MAX_FILE_BYTES, MAX_NESTING_DEPTH
+from .text import cut, format_bytes, short, short_name
 from .model import TopologyError
 
 def read_data_file(path, error: type[Exception] = TopologyError, *, int_keys_under: tuple[str, ...] = ()):

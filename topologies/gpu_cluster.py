@@ -11,12 +11,12 @@ from __future__ import annotations
 import networkx as nx
 
 from .hardware import load_cluster_preset
-from .limits import short
 from .model import Topology, TopologyError
 from .specs import (
     DEFAULT_LINK, DEFAULT_SWITCH, NODE_KEYS, SWITCH_KEYS, LinkSpec, NodeSpec, SpecKeys, check_int, check_real,
     link_of, node_of, specs_from_file, switch_of,
 )
+from .text import short
 
 FABRICS = ("fat_tree", "rail_optimized")
 # gpu_cluster without a preset: H100 SXM servers (the dgx_h100 preset's

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .datafile import read_data_file, shown_path
-from .limits import is_finite_number, short, short_names
+from .text import is_finite_number, short, short_names
 from .model import TopologyError, check_gemm_table, check_peak_table, gemm_fraction
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"

@@ -28,10 +28,8 @@ from .builders import BUILDER_SIZES, BUILDER_SPEC_KEYS, BUILDERS
 # The bounded reader lives in .datafile (the builders' presets need it too);
 # re-exported here, where scenario, profile and model code import it from.
 from .datafile import check_plain_data, parse_yaml, read_data_file, shown_path  # noqa: F401
-from .limits import (
-    format_count, is_finite_number, over_limit_message, resolve_max_memory_bytes, short, short_list, short_name,
-    topology_bytes,
-)
+from .limits import over_limit_message, resolve_max_memory_bytes, topology_bytes
+from .text import format_count, is_finite_number, short, short_list, short_name
 from .model import LINK_FIELDS, NODE_FIELDS, NODE_NUMERIC_FIELDS, Topology, TopologyError
 from .specs import specs_from_file
 

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 import networkx as nx
 
-from .limits import is_finite_number, short, short_list, short_name
+from .text import is_finite_number, short, short_list, short_name
 
 ROLES = ("compute", "switch", "router", "gateway")
 NODE_NUMERIC_FIELDS = ("flops_per_s", "idle_power_w", "busy_power_w")

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .hardware import NodeType, load_node_type
-from .limits import MAX_INT, is_finite_number, short, short_list
+from .text import MAX_INT, is_finite_number, short, short_list
 from .model import LINK_FIELDS, NODE_NUMERIC_FIELDS, TopologyError
 
 POWER_FIELDS = ("idle_power_w", "busy_power_w")

@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from topologies.limits import MAX_INT, format_count, is_finite_number, short, short_names
+from topologies.text import MAX_INT, format_count, is_finite_number, short, short_names
 from workloads.collectives import lowered_size
 from workloads.ops import COLLECTIVES, DEFAULT_ALGORITHM, Collective, Compute, Operation, op_from_dict, op_to_dict
 

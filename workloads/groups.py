@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from itertools import permutations
 from typing import Any, Mapping
 
-from topologies.limits import MAX_INT, short, short_list, short_names
+from topologies.text import MAX_INT, short, short_list, short_names
 
 WORLD = ""
 LAYOUT_KEY = "layout"

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from topologies.limits import short
+from topologies.text import short
 from workloads.base import (
     ProgramSize, WorkloadBase, check_int, check_nonnegative, rank_tuple, register, resolve_ranks, round_half_up,
 )

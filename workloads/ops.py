@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Union
 
-from topologies.limits import MAX_INT, is_finite_number, short, short_names
+from topologies.text import MAX_INT, is_finite_number, short, short_names
 
 # The collectives, their default algorithms and the lowered steps' types live with the
 # semantics table; re-exported here as part of the vocabulary.

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from topologies.limits import short
+from topologies.text import short
 from workloads.base import ProgramSize, WorkloadBase, check_int, check_nonnegative, register, split_bytes
 from workloads.ops import Compute, Operation, Recv, Send
 

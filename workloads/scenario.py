@@ -32,7 +32,8 @@ from typing import Any
 
 from topologies import Topology, TopologyError, load_topology, topology_from_dict
 from topologies.io import check_plain_data, read_data_file, topology_memory_bytes
-from topologies.limits import format_bytes, over_limit_message, resolve_max_memory_bytes, short, short_names
+from topologies.limits import over_limit_message, resolve_max_memory_bytes
+from topologies.text import format_bytes, short, short_names
 from topologies.profile import MachineProfile, load_profile
 from workloads import workload_from_dict
 from workloads.groups import ProcessGroups, groups_from_dict
@@ -170,8 +171,7 @@ def scenario_from_dict(data: dict[str, Any], *, base_dir: Path | None = None, wh
     """Build and validate a scenario; every error names ``where`` and the item.
 
     A scenario whose estimated memory (topology and programs, see
-    ``topologies.limits``) exceeds ``max_memory_bytes`` (default: the
-    environment variable DISTSIM_MAX_MEMORY_BYTES, else 2 GiB) is refused
+    ``topologies.limits``) exceeds ``max_memory_bytes`` (default 2 GiB) is refused
     before either is built.
     """
     if not isinstance(data, dict):

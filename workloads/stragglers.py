@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-from topologies.limits import is_finite_number, short, short_name, short_names
+from topologies.text import is_finite_number, short, short_name, short_names
 
 # kind -> (parameter name -> default)
 KINDS: dict[str, dict[str, float]] = {

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from topologies.limits import short
+from topologies.text import short
 from workloads.base import ProgramSize, WorkloadBase, collective_size, register
 from workloads.ops import Collective, Compute, Operation, Wait
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from topologies.limits import short, short_names
+from topologies.text import short, short_names
 from workloads.collectives import check as check_collective
 from workloads.collectives import SEMANTICS, group_server_groups
 from workloads.groups import WORLD, ProcessGroups

@@ -34,6 +34,9 @@ class RealOptions:
     # to prove that failures end the run cleanly and name that rank.
     fault: str = ""
     network: str = "host"
+    # The memory limit the launcher loaded the scenario under; each rank loads it again under it
+    # (None: the default, topologies.limits.DEFAULT_MAX_MEMORY_BYTES).
+    max_memory_bytes: int | None = None
 
     def __post_init__(self):
         if self.mode not in MODES:

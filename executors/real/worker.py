@@ -39,8 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = Path(argv[0])
     options = json.loads((run_dir / "options.json").read_text())
     backend_name = options.pop("backend")
-    scenario = scenario_from_dict(json.loads((run_dir / "scenario.json").read_text()), where="scenario")
     options = RealOptions(**options)
+    scenario = scenario_from_dict(json.loads((run_dir / "scenario.json").read_text()), where="scenario",
+                                  max_memory_bytes=options.max_memory_bytes)
     executor = executor_class(backend_name)(options=options)
     # Announce this rank before the backend starts (MPI_Init, the torch
     # rendezvous), where the launcher's variables say which rank it is, so

@@ -4,7 +4,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import TYPE_CHECKING, Iterable
 
-from topologies.limits import short
+from topologies.text import short
 from workloads.collectives.semantics import ALGORITHMS, SEMANTICS
 from workloads.collectives.steps import Groups
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-from topologies.limits import short
+from topologies.text import short
 
 if TYPE_CHECKING:  # the vocabulary imports this package, not the other way round
     from workloads.ops import Collective

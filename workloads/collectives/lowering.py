@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import TYPE_CHECKING, Iterable, Iterator
 
-from topologies.limits import short
+from topologies.text import short
 # Importing a family's module registers its algorithms in LOWERERS.
 from workloads.collectives import binomial, dissemination, linear, recursive, ring  # noqa: F401
 from workloads.collectives.checks import normalize_groups, validate

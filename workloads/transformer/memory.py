@@ -34,7 +34,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from topologies.limits import format_bytes
+from topologies.text import format_bytes
 from workloads.groups import DEFAULT_ORDER, Layout
 from workloads.transformer.schedule import in_flight_chunks, in_flight_first_chunk, in_flight_last_chunk
 from workloads.transformer.spec import (LOGIT_BYTES, PRECISION_BYTES, ModelSpec, ParallelSpec, TrainingSpec,

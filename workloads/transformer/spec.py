@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from topologies.io import read_data_file
-from topologies.limits import MAX_INT, short, short_names
+from topologies.text import MAX_INT, short, short_names
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 PRECISION_BYTES = {"fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2, "fp8": 1}

@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping, Sequence
 
-from topologies.limits import short, short_names
+from topologies.text import short, short_names
 from workloads.base import ProgramSize, WorkloadBase, register
 from workloads.collectives import lowered_size
 from workloads.groups import Layout
