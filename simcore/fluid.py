@@ -122,9 +122,7 @@ class FluidRings:
 
     def run(self, stop_s: float | None = None):
         """A ``Plan``; with ``stop_s``, None after keeping the state at ``stop_s`` in ``self.state``."""
-        sim = self.sim
-        net = sim.net
-        m = self.m
+        net = self.sim.net
         t0 = self.t0
         if stop_s is None:
             if self.history > MAX_HISTORY:
@@ -132,117 +130,106 @@ class FluidRings:
             for link in self.links.tolist() if self.starts is None else ():
                 if not net.link_free(link, t0):
                     return BUSY
-        rspb = sim.reduce_s_per_byte
-        latency = self.latency
-        left = self.left
-        right = self.right
-        hist_base = self.hist_base
-        nsteps = self.nsteps
-        has_links = self.has_links
-        entry_lane = self.entry_lane
-        entry_link = self.entry_link
+        lanes = _Lanes(self)
         inf = np.inf
-        step = np.full(m, -1, dtype=np.int64)
-        # When the lane's next step starts (inf: not known yet).
-        pending = np.full(m, float(t0)) if self.starts is None else self.starts.copy()
-        done = np.zeros(m, dtype=bool)
-        end_s = np.full(m, np.nan)
-        active = np.zeros(m, dtype=bool)   # its current send is a flow with bytes left to leave
-        remaining = np.zeros(m)
-        rate = np.zeros(m)
-        t_last = np.zeros(m)
-        t_end = np.full(m, inf)
-        last_byte = np.full(m, -inf)
-        history = np.full(self.history, inf)  # each lane's send of each step: its delivery
-        sent_bytes = np.zeros(m, dtype=np.int64)
-        link_j = np.zeros(m)
-        messages = 0
-
-        def recheck(lanes):
-            # A lane whose send and whose left neighbour's send of its step are both delivered ends that step.
-            lanes = np.unique(lanes)
-            lanes = lanes[(pending[lanes] == inf) & ~done[lanes] & (step[lanes] >= 0)]
-            if not len(lanes):
-                return
-            s = step[lanes]
-            own = history[hist_base[lanes] + s]
-            theirs = history[hist_base[left[lanes]] + s]
-            ok = (own < inf) & (theirs < inf)
-            if not ok.any():
-                return
-            lanes, s = lanes[ok], s[ok]
-            finish = np.maximum(own[ok], theirs[ok])
-            if rspb:
-                red = self.reduced_nbytes(lanes, s)
-                finish = np.where(red > 0, finish + red * rspb, finish)
-            pending[lanes] = finish
-
-        now = t0
         while True:
-            t_flow = t_end[active].min() if active.any() else inf
-            t_start = pending.min()
+            active = lanes.active
+            t_flow = lanes.t_end[active].min() if active.any() else inf
+            t_start = lanes.pending.min()
             now = t_flow if t_flow < t_start else t_start
             if now == inf or (stop_s is not None and now > stop_s):
                 break
             changed = False
             if t_flow <= now:
-                ending = np.flatnonzero(active & (t_end <= now))
-                active[ending] = False
+                self._end_flows(lanes, now)
                 changed = True
-                last_byte[ending] = t_end[ending]
-                history[hist_base[ending] + step[ending]] = t_end[ending] + latency[ending]
-                recheck(np.concatenate((ending, right[ending])))
-            while True:
-                starting = np.flatnonzero(pending <= now)
-                if not len(starting):
-                    break
-                at = pending[starting]
-                pending[starting] = inf
-                step[starting] += 1
-                finished = step[starting] >= nsteps[starting]
-                if finished.any():
-                    over = starting[finished]
-                    done[over] = True
-                    end_s[over] = at[finished]
-                    starting = starting[~finished]
-                    if not len(starting):
-                        continue
-                s = step[starting]
-                nbytes = self._send_nbytes(starting, s)
-                messages += len(starting)
-                link_j[starting] += nbytes * self.energy_per_byte[starting]
-                sent_bytes[starting] += np.where(has_links[starting], nbytes, 0)
-                flowing = (nbytes > 0) & has_links[starting]
-                f = starting[flowing]
-                if len(f):
-                    remaining[f] = nbytes[flowing] * self.slowdown[f]
-                    rate[f] = 0.0
-                    t_last[f] = now
-                    t_end[f] = inf
-                    active[f] = True
-                    changed = True
-                g = starting[~flowing]
-                if len(g):
-                    lat = latency[g]
-                    history[hist_base[g] + s[~flowing]] = np.where(lat > 0, now + lat, now)
-                recheck(np.concatenate((starting, right[starting])))
-            if changed and active.any():
-                self._solve(now, active, remaining, rate, t_last, t_end, entry_lane, entry_link)
+            changed = self._start_steps(lanes, now) or changed
+            if changed and lanes.active.any():
+                self._solve(now, lanes.active, lanes.remaining, lanes.rate, lanes.t_last, lanes.t_end,
+                            self.entry_lane, self.entry_link)
         if stop_s is not None:
-            live = active
-            remaining[live] = np.maximum(remaining[live] - rate[live] * (stop_s - t_last[live]), 0.0)
-            self.state = {"step": step, "pending": pending, "done": done, "active": active, "remaining": remaining,
-                          "history": history, "sent_bytes": sent_bytes, "link_j": link_j, "messages": messages}
+            self.state = lanes.state_at(stop_s)
             return None
-        if not done.all():
+        if not lanes.done.all():
             return IRREGULAR
-        per_link = np.bincount(entry_link, weights=sent_bytes[entry_lane].astype(float), minlength=len(self.links))
-        busy = np.full(len(self.links), -inf)
-        np.maximum.at(busy, entry_link, last_byte[entry_lane])
+        return self._plan(lanes)
+
+    def _recheck(self, lanes: "_Lanes", which) -> None:
+        """A lane whose send and whose left neighbour's send of its step are both delivered ends that step."""
+        which = np.unique(which)
+        which = which[(lanes.pending[which] == np.inf) & ~lanes.done[which] & (lanes.step[which] >= 0)]
+        if not len(which):
+            return
+        s = lanes.step[which]
+        own = lanes.history[self.hist_base[which] + s]
+        theirs = lanes.history[self.hist_base[self.left[which]] + s]
+        ok = (own < np.inf) & (theirs < np.inf)
+        if not ok.any():
+            return
+        which, s = which[ok], s[ok]
+        finish = np.maximum(own[ok], theirs[ok])
+        rspb = self.sim.reduce_s_per_byte
+        if rspb:
+            red = self.reduced_nbytes(which, s)
+            finish = np.where(red > 0, finish + red * rspb, finish)
+        lanes.pending[which] = finish
+
+    def _end_flows(self, lanes: "_Lanes", now: float) -> None:
+        """The flows whose last byte leaves now: delivered a latency later."""
+        ending = np.flatnonzero(lanes.active & (lanes.t_end <= now))
+        lanes.active[ending] = False
+        lanes.last_byte[ending] = lanes.t_end[ending]
+        lanes.history[self.hist_base[ending] + lanes.step[ending]] = lanes.t_end[ending] + self.latency[ending]
+        self._recheck(lanes, np.concatenate((ending, self.right[ending])))
+
+    def _start_steps(self, lanes: "_Lanes", now: float) -> bool:
+        """Every lane whose next step starts now starts it (its send a flow, or a message with no bytes to
+        move); a step that ends at once lets the next start too.  True if a flow started."""
+        started_flow = False
+        while True:
+            starting = np.flatnonzero(lanes.pending <= now)
+            if not len(starting):
+                return started_flow
+            at = lanes.pending[starting]
+            lanes.pending[starting] = np.inf
+            lanes.step[starting] += 1
+            finished = lanes.step[starting] >= self.nsteps[starting]
+            if finished.any():
+                over = starting[finished]
+                lanes.done[over] = True
+                lanes.end_s[over] = at[finished]
+                starting = starting[~finished]
+                if not len(starting):
+                    continue
+            s = lanes.step[starting]
+            nbytes = self._send_nbytes(starting, s)
+            lanes.messages += len(starting)
+            lanes.link_j[starting] += nbytes * self.energy_per_byte[starting]
+            lanes.sent_bytes[starting] += np.where(self.has_links[starting], nbytes, 0)
+            flowing = (nbytes > 0) & self.has_links[starting]
+            f = starting[flowing]
+            if len(f):
+                lanes.remaining[f] = nbytes[flowing] * self.slowdown[f]
+                lanes.rate[f] = 0.0
+                lanes.t_last[f] = now
+                lanes.t_end[f] = np.inf
+                lanes.active[f] = True
+                started_flow = True
+            g = starting[~flowing]
+            if len(g):
+                lat = self.latency[g]
+                lanes.history[self.hist_base[g] + s[~flowing]] = np.where(lat > 0, now + lat, now)
+            self._recheck(lanes, np.concatenate((starting, self.right[starting])))
+
+    def _plan(self, lanes: "_Lanes") -> Plan:
+        per_link = np.bincount(self.entry_link, weights=lanes.sent_bytes[self.entry_lane].astype(float),
+                               minlength=len(self.links))
+        busy = np.full(len(self.links), -np.inf)
+        np.maximum.at(busy, self.entry_link, lanes.last_byte[self.entry_lane])
         links = self.links.tolist()
-        return Plan(end_s.tolist(), link_j.tolist(),
-                         {link: int(b) for link, b in zip(links, per_link.tolist()) if b},
-                         {link: t for link, t in zip(links, busy.tolist()) if t > -inf}, messages)
+        return Plan(lanes.end_s.tolist(), lanes.link_j.tolist(),
+                    {link: int(b) for link, b in zip(links, per_link.tolist()) if b},
+                    {link: t for link, t in zip(links, busy.tolist()) if t > -np.inf}, lanes.messages)
 
     def _solve(self, now, active, remaining, rate, t_last, t_end, entry_lane, entry_link):
         """Max-min fair rates of the active flows by progressive filling; a flow whose rate changes
@@ -278,3 +265,34 @@ class FluidRings:
         t_last[lanes] = now
         rate[lanes] = new_rate[lanes]
         t_end[lanes] = now + remaining[lanes] / new_rate[lanes]
+
+
+class _Lanes:
+    """Every lane's state as a fluid model runs: numpy arrays, changed in place."""
+
+    def __init__(self, fluid: FluidRings):
+        m = fluid.m
+        inf = np.inf
+        self.step = np.full(m, -1, dtype=np.int64)
+        # When the lane's next step starts (inf: not known yet).
+        self.pending = np.full(m, float(fluid.t0)) if fluid.starts is None else fluid.starts.copy()
+        self.done = np.zeros(m, dtype=bool)
+        self.end_s = np.full(m, np.nan)
+        self.active = np.zeros(m, dtype=bool)   # its current send is a flow with bytes left to leave
+        self.remaining = np.zeros(m)
+        self.rate = np.zeros(m)
+        self.t_last = np.zeros(m)
+        self.t_end = np.full(m, inf)
+        self.last_byte = np.full(m, -inf)
+        self.history = np.full(fluid.history, inf)  # each lane's send of each step: its delivery
+        self.sent_bytes = np.zeros(m, dtype=np.int64)
+        self.link_j = np.zeros(m)
+        self.messages = 0
+
+    def state_at(self, stop_s: float) -> dict:
+        """What the engine needs to continue every lane message by message from ``stop_s``."""
+        live = self.active
+        self.remaining[live] = np.maximum(self.remaining[live] - self.rate[live] * (stop_s - self.t_last[live]), 0.0)
+        return {"step": self.step, "pending": self.pending, "done": self.done, "active": self.active,
+                "remaining": self.remaining, "history": self.history, "sent_bytes": self.sent_bytes,
+                "link_j": self.link_j, "messages": self.messages}
