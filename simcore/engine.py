@@ -341,7 +341,7 @@ class Simulator:
         """``run(index, t)``: the compute at ``index`` of ``rank``'s program, started at ``t``, recorded, and
         with merged computes the ones right after it too; gives (the last one's index, its end, and ''
         or why its time is not finite)."""
-        add_compute = self._log.add_compute
+        add_ints, add_floats, add_bytes, add_flops = self._log.compute_columns()
         cost_of = self._compute_cost(rank)
         # Programs repeat a few Compute objects (a training step: one per layer kind) thousands of times.
         costs: dict[int, tuple] = {}
@@ -367,7 +367,10 @@ class Simulator:
                     return index, t, non_finite_compute(self.topology, rank, index, op, duration, peak, slowdown)
                 end = t + duration if duration > 0 else t
                 compute_s[rank] += duration
-                add_compute(rank, index, t, end, busy_w * duration, nbytes, flops)
+                add_ints((rank, index))
+                add_floats((t, end, busy_w * duration))
+                add_bytes(nbytes)
+                add_flops(flops)
                 t = end
                 if not merge or index == last or type(program[index + 1]) is not Compute:
                     return index, t, ""
