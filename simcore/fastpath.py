@@ -81,40 +81,15 @@ class Schedule:
 
     def run(self, stop_s: float | None = None, record: bool = False):
         """``record``: also keep the collective's dataflow as a ``Trace`` (``self.trace``)."""
-        sim = self.sim
-        members = self.members
-        m = len(members)
-        t0 = self.t0
-        steps = self.steps
-        route = sim.messages.route
-        efficiency = sim.message_efficiency
-        slowdown = self.slowdown
-        rspb = sim.reduce_s_per_byte
-        net = sim.net
-        busy: dict[int, float] = {}
-        link_bytes: dict[int, int] = {}
-        link_j = [0.0] * m
-        messages = 0
-        end = [None] * m
-        step_end = list(self.starts) if self.starts is not None else [t0] * m
-        pending = [0] * m
-        reduced = [0] * m
-        # The current step of each member: its sends (flows) and receives, kept only for a replay.
+        m = len(self.members)
         keep = stop_s is not None
-        cur_sends: list[list] = [[] for _ in range(m)] if keep else None
-        cur_recvs: list[list] = [[] for _ in range(m)] if keep else None
-        sent: dict[tuple[int, int], deque] = {}    # delivered or in flight, not yet matched: (delivery_s, nbytes)
-        posted: dict[tuple[int, int], deque] = {}  # receives waiting for their send: (member, recv entry)
-        heap = [(step_end[i], i) for i in range(m)]
-        heapq.heapify(heap)
-        # The trace: per step processed, (member, its sends (slot, delivery delay, last-byte delay),
-        # its receive entries, reduction delay); per link, consecutive (slot, slot) uses.
-        entries: list = [] if record else None
-        nslots = 0
-        last_on: dict[int, int] = {}
-        link_pairs: list = []
-        push = heapq.heappush
+        st = _Evaluation(self, keep, record)
+        heap = st.heap
+        steps = self.steps
+        rspb = self.sim.reduce_s_per_byte
+        pending = st.pending
         pop = heapq.heappop
+        push = heapq.heappush
         while heap:
             start, i = heap[0]
             if keep and start > stop_s:
@@ -122,117 +97,174 @@ class Schedule:
             pop(heap)
             step = next(steps[i], None)
             if step is None:
-                end[i] = start
+                st.end[i] = start
                 continue
             sends, recvs = step
-            step_sends = [] if record else None
             if len(sends) > 1 and len({t.peer for t in sends}) < len(sends):
                 return IRREGULAR  # which message a receive matches would depend on delivery order
-            finish = start
-            src = members[i]
             if keep:
-                cur_sends[i] = []
-                cur_recvs[i] = []
+                st.cur_sends[i] = []
+                st.cur_recvs[i] = []
+            step_sends = [] if record else None
+            finish = self._sends(st, i, start, sends, step_sends)
+            if type(finish) is str:
+                return finish
             step_recvs = [] if record else None
-            for t in sends:
-                dst = t.peer
-                nbytes = t.nbytes
-                links, cap, latency_s, energy_per_byte = route(src, dst)
-                link_j[i] += nbytes * energy_per_byte
-                messages += 1
-                work = None
-                slot = nslots
-                nslots += 1
-                if nbytes and links:
-                    # As Simulator._send and FlowNetwork.transfer compute it.
-                    work = nbytes / efficiency(src, dst, nbytes) if efficiency else None
-                    if slowdown != 1.0:
-                        work = (nbytes if work is None else work) * slowdown
-                    work = float(nbytes if work is None else work)
-                    duration = work / cap
-                    last_s = start + duration
-                    delivered = start + (duration + latency_s)
-                    for link in links:
-                        until = busy.get(link)
-                        if until is None:
-                            # (A replay skips this: it was checked at t0, and the network has moved on.)
-                            if not keep and not net.link_free(link, t0):
-                                return BUSY
-                        elif until > start:
-                            return OVERLAP
-                        busy[link] = last_s
-                        link_bytes[link] = link_bytes.get(link, 0) + nbytes
-                        if record:
-                            before = last_on.get(link)
-                            if before is not None:
-                                link_pairs.append((before, slot))
-                            last_on[link] = slot
-                    if record:
-                        step_sends.append((slot, duration + latency_s, duration))
-                else:
-                    last_s = start
-                    delivered = start + latency_s if latency_s > 0 else start
-                    if record:
-                        step_sends.append((slot, latency_s if latency_s > 0 else 0.0, None))
-                if delivered > finish:
-                    finish = delivered
-                if keep:
-                    cur_sends[i].append((dst, nbytes, work, links, cap, latency_s, start, last_s, delivered))
-                key = (src, dst)
-                waiting = posted.get(key)
-                if waiting:
-                    j, entry = waiting.popleft()
-                    entry[1] = delivered
-                    entry[3] = slot
-                    if delivered > step_end[j]:
-                        step_end[j] = delivered
-                    pending[j] -= 1
-                    if pending[j] == 0:
-                        red = reduced[j]
-                        push(heap, (step_end[j] + red * rspb if red else step_end[j], j))
-                else:
-                    queue = sent.get(key)
-                    if queue is None:
-                        sent[key] = deque(((delivered, nbytes, slot),))
-                    else:
-                        queue.append((delivered, nbytes, slot))
-            for t in recvs:
-                key = (t.peer, src)
-                entry = [t.peer, None, t.nbytes, -1]  # peer, delivery time and slot once matched, bytes
-                queue = sent.get(key)
-                if queue:
-                    delivered, _, entry[3] = queue.popleft()
-                    entry[1] = delivered
-                    if delivered > finish:
-                        finish = delivered
-                else:
-                    pending[i] += 1
-                    waiting = posted.get(key)
-                    if waiting is None:
-                        posted[key] = deque(((i, entry),))
-                    else:
-                        waiting.append((i, entry))
-                if keep:
-                    cur_recvs[i].append(entry)
-                elif record:
-                    step_recvs.append(entry)
-            step_end[i] = finish
+            finish = self._recvs(st, i, recvs, finish, step_recvs)
+            st.step_end[i] = finish
             red = sum(t.nbytes for t in recvs if t.reduce) if rspb else 0
-            reduced[i] = red
+            st.reduced[i] = red
             if record:
-                entries.append((i, step_sends, step_recvs, red * rspb if red else None))
+                st.entries.append((i, step_sends, step_recvs, red * rspb if red else None))
             if pending[i] == 0:
                 push(heap, (finish + red * rspb if red else finish, i))
         if keep:
-            self.state = (end, step_end, pending, reduced, cur_sends, cur_recvs, sent, posted, link_j, link_bytes,
-                          messages, {i: s for s, i in heap})
+            self.state = (st.end, st.step_end, pending, st.reduced, st.cur_sends, st.cur_recvs, st.sent, st.posted,
+                          st.link_j, st.link_bytes, st.messages, {i: s for s, i in heap})
             return None
-        if any(e is None for e in end) or any(sent.values()) or any(posted.values()):
+        if any(e is None for e in st.end) or any(st.sent.values()) or any(st.posted.values()):
             return IRREGULAR
         if record:
-            self.trace = Trace(m, nslots, [(i, sends, [e[3] for e in recvs], red) for i, sends, recvs, red in entries],
-                               link_pairs, last_on, link_j, link_bytes, messages)
-        return Plan(end, link_j, link_bytes, busy, messages)
+            self.trace = Trace(m, st.nslots, [(i, sends, [e[3] for e in recvs], red)
+                                              for i, sends, recvs, red in st.entries],
+                               st.link_pairs, st.last_on, st.link_j, st.link_bytes, st.messages)
+        return Plan(st.end, st.link_j, st.link_bytes, st.busy, st.messages)
+
+    def _sends(self, st: "_Evaluation", i: int, start: float, sends, step_sends):
+        """Member ``i``'s sends of a step starting at ``start``: each delivered alone on its path, matched
+        to a posted receive or kept until one is.  The step's latest delivery, or why the collective
+        cannot be evaluated alone (``BUSY``, ``OVERLAP``)."""
+        (route, efficiency, slowdown, rspb, net, t0, keep, record, busy, link_bytes, last_on, sent, posted,
+         step_end, pending, reduced, link_j) = st.context
+        src = self.members[i]
+        finish = start
+        for t in sends:
+            dst = t.peer
+            nbytes = t.nbytes
+            links, cap, latency_s, energy_per_byte = route(src, dst)
+            link_j[i] += nbytes * energy_per_byte
+            st.messages += 1
+            work = None
+            slot = st.nslots
+            st.nslots += 1
+            if nbytes and links:
+                # As Messages.send and FlowNetwork.transfer compute it.
+                work = nbytes / efficiency(src, dst, nbytes) if efficiency else None
+                if slowdown != 1.0:
+                    work = (nbytes if work is None else work) * slowdown
+                work = float(nbytes if work is None else work)
+                duration = work / cap
+                last_s = start + duration
+                delivered = start + (duration + latency_s)
+                for link in links:
+                    until = busy.get(link)
+                    if until is None:
+                        # (A replay skips this: it was checked at t0, and the network has moved on.)
+                        if not keep and not net.link_free(link, t0):
+                            return BUSY
+                    elif until > start:
+                        return OVERLAP
+                    busy[link] = last_s
+                    link_bytes[link] = link_bytes.get(link, 0) + nbytes
+                    if record:
+                        before = last_on.get(link)
+                        if before is not None:
+                            st.link_pairs.append((before, slot))
+                        last_on[link] = slot
+                if record:
+                    step_sends.append((slot, duration + latency_s, duration))
+            else:
+                last_s = start
+                delivered = start + latency_s if latency_s > 0 else start
+                if record:
+                    step_sends.append((slot, latency_s if latency_s > 0 else 0.0, None))
+            if delivered > finish:
+                finish = delivered
+            if keep:
+                st.cur_sends[i].append((dst, nbytes, work, links, cap, latency_s, start, last_s, delivered))
+            key = (src, dst)
+            waiting = posted.get(key)
+            if waiting:
+                j, entry = waiting.popleft()
+                entry[1] = delivered
+                entry[3] = slot
+                if delivered > step_end[j]:
+                    step_end[j] = delivered
+                pending[j] -= 1
+                if pending[j] == 0:
+                    red = reduced[j]
+                    heapq.heappush(st.heap, (step_end[j] + red * rspb if red else step_end[j], j))
+            else:
+                queue = sent.get(key)
+                if queue is None:
+                    sent[key] = deque(((delivered, nbytes, slot),))
+                else:
+                    queue.append((delivered, nbytes, slot))
+        return finish
+
+    def _recvs(self, st: "_Evaluation", i: int, recvs, finish: float, step_recvs) -> float:
+        """Member ``i``'s receives of a step: matched to a message sent already, or posted to wait for one
+        (the step then ends when that send is evaluated).  The step's latest delivery so far."""
+        src = self.members[i]
+        sent, posted = st.sent, st.posted
+        for t in recvs:
+            key = (t.peer, src)
+            entry = [t.peer, None, t.nbytes, -1]  # peer, delivery time and slot once matched, bytes
+            queue = sent.get(key)
+            if queue:
+                delivered, _, entry[3] = queue.popleft()
+                entry[1] = delivered
+                if delivered > finish:
+                    finish = delivered
+            else:
+                st.pending[i] += 1
+                waiting = posted.get(key)
+                if waiting is None:
+                    posted[key] = deque(((i, entry),))
+                else:
+                    waiting.append((i, entry))
+            if st.keep:
+                st.cur_recvs[i].append(entry)
+            elif st.record:
+                step_recvs.append(entry)
+        return finish
+
+
+class _Evaluation:
+    """The state of one ``Schedule.run``: per member its step's end and what it waits for, per link when its
+    last byte leaves, the messages sent and receives posted not yet matched, and the trace being recorded."""
+
+    def __init__(self, schedule: Schedule, keep: bool, record: bool):
+        m = len(schedule.members)
+        t0 = schedule.t0
+        self.keep = keep
+        self.record = record
+        self.busy: dict[int, float] = {}
+        self.link_bytes: dict[int, int] = {}
+        self.link_j = [0.0] * m
+        self.messages = 0
+        self.end = [None] * m
+        self.step_end = list(schedule.starts) if schedule.starts is not None else [t0] * m
+        self.pending = [0] * m
+        self.reduced = [0] * m
+        # The current step of each member: its sends (flows) and receives, kept only for a replay.
+        self.cur_sends: list[list] | None = [[] for _ in range(m)] if keep else None
+        self.cur_recvs: list[list] | None = [[] for _ in range(m)] if keep else None
+        self.sent: dict[tuple[int, int], deque] = {}    # delivered or in flight, not yet matched: (delivery_s, nbytes)
+        self.posted: dict[tuple[int, int], deque] = {}  # receives waiting for their send: (member, recv entry)
+        self.heap = [(self.step_end[i], i) for i in range(m)]
+        heapq.heapify(self.heap)
+        # The trace: per step processed, (member, its sends (slot, delivery delay, last-byte delay),
+        # its receive entries, reduction delay); per link, consecutive (slot, slot) uses.
+        self.entries: list | None = [] if record else None
+        self.nslots = 0
+        self.last_on: dict[int, int] = {}
+        self.link_pairs: list = []
+        sim = schedule.sim
+        # What each step's sends read, in one tuple: a step of one message costs few lookups.
+        self.context = (sim.messages.route, sim.message_efficiency, schedule.slowdown, sim.reduce_s_per_byte,
+                        sim.net, t0, keep, record, self.busy, self.link_bytes, self.last_on, self.sent, self.posted,
+                        self.step_end, self.pending, self.reduced, self.link_j)
 
 
 class Trace:
