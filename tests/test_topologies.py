@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pickle
+import re
 from pathlib import Path
 
 import networkx as nx
@@ -475,8 +476,8 @@ def test_files_write_a_spec_flat_or_as_a_mapping():
     ]:
         with pytest.raises(TopologyError, match=message):
             _file(**data)
-    # null, like None in Python, is the builder's default.
-    assert _file(builder="switch", n=4, switch_idle_power_w=None, latency_s=None) == switch(4)
+    # A key left out is the builder's default (test_a_null_value_in_a_file_is_refused...: a null is an error).
+    assert _file(builder="switch", n=4) == switch(4)
 
 
 # -- dicts and files -----------------------------------------------------------
@@ -642,3 +643,18 @@ def test_example_files():
     assert racks.route(0, 4).latency_s == pytest.approx(2e-6 + 1e-6 + 1e-6 + 2e-6, rel=1e-12)
     assert load_topology(EXAMPLES / "dgx_cluster.yaml").nranks == 32
     assert load_topology(EXAMPLES / "edge_cloud_small.yaml").nranks == 11
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"builder": "ring", "n": 4, "bandwidth_bytes_per_s": None}, "ring: bandwidth_bytes_per_s must be a number, got None"),
+    ({"builder": "hierarchical", "levels": [2, 2], "bandwidths_bytes_per_s": [1e9, None]},
+     "hierarchical: level 1 bandwidth_bytes_per_s must be a number, got None"),
+    ({"builder": "edge_cloud", "n_devices": 2, "n_edge": 1, "wan_latency_s": None},
+     "edge_cloud: wan_latency_s must be a number, got None"),
+    ({"builder": "edge_cloud", "n_devices": 2, "n_edge": 1, "wan": {"latency_s": None}},
+     "edge_cloud: wan.latency_s must be a number, got None"),
+])
+def test_a_null_value_in_a_file_is_refused_not_taken_as_the_default(data, message):
+    # A file leaves a key out for the default; a null is a value that went missing.
+    with pytest.raises(TopologyError, match=re.escape(message)):
+        topology_from_dict(data)

@@ -209,6 +209,8 @@ class SpecKeys:
     def from_file(self, data: Mapping, what: str) -> dict:
         """``{argument: spec}`` from ``data``'s keys, or ``{}`` where it has none (``what``: error prefix)."""
         flat = {name: data[self.prefix + name] for name in self.fields if self.prefix + name in data}
+        for name, value in flat.items():
+            _not_null(value, name, f"{what}{self.prefix}{name}")
         nested = data.get(self.argument)
         if nested is None and not flat:
             return {}
@@ -221,6 +223,8 @@ class SpecKeys:
             if unknown:
                 raise TopologyError(f"{what}{self.argument}: unknown field(s) {short_list(unknown)}; "
                                     f"known: {', '.join(self.fields)}")
+            for name, value in nested.items():
+                _not_null(value, name, f"{what}{self.argument}.{name}")
             twice = [k for k in nested if k in flat]
             if twice:
                 raise TopologyError(f"{what}{self.argument}.{twice[0]} and {self.prefix}{twice[0]} are both given")
@@ -282,11 +286,20 @@ class LevelLinkKeys:
             columns[name] = values
         links = []
         for i in range(depth):
+            for name, values in columns.items():
+                _not_null(values[i], name, f"{what}level {i} {name}")
             try:
                 links.append(LinkSpec(**{name: values[i] for name, values in columns.items()}))
             except FieldError as exc:
                 raise TopologyError(f"{what}level {i} {exc.field} {exc.problem}") from None
         return {self.argument: tuple(links)}
+
+
+def _not_null(value, field: str, shown: str) -> None:
+    # In Python a None field is the builder's default; a file leaves the key out for that, so a
+    # null there is a value that went missing (``bandwidth_bytes_per_s:`` with nothing after it).
+    if value is None and field != "node_type":
+        raise TopologyError(f"{shown} must be a number, got None")
 
 
 def specs_from_file(groups, data: Mapping, what: str) -> dict:
