@@ -215,10 +215,35 @@ def plan_emulation(topology: Topology, prefix: str | None = None, rank_hosts: bo
         raise EmulationError(f"topology {topology.name!r} has no links: there is no network to emulate")
     nodes = list(g.nodes)
     index = {node: i for i, node in enumerate(nodes)}
-    namespaces = tuple(f"{prefix}n{i}" for i in range(len(nodes)))
+    node_namespaces = tuple(f"{prefix}n{i}" for i in range(len(nodes)))
+    links, end_of, first_end = _plan_links(g, index)
+    rank_node = tuple(index[node] for node in topology.ranks)
+    hosts = _plan_rank_hosts(rank_node, links, first_end, node_namespaces, prefix, rank_hosts)
+    namespaces = hosts.namespaces
+    rank_address = tuple(e.address for e in hosts.rank_end)
 
+    ip_commands = _address_commands(namespaces, links, hosts.links)
+    routes = _plan_routes(topology, index, end_of, rank_node, rank_address, {rank for rank, _, _ in hosts.links})
+    for node, lines in routes.own.items():
+        ip_commands[namespaces[node]] += lines
+    tc_commands = _shaping_plan(namespaces, links, routes.pairs_out)
+    for node, by_source in routes.transit.items():
+        for s, lines in by_source.items():
+            ip_commands[namespaces[node]] += lines + [f"rule add from {rank_address[s]}/32 table {100 + s} pref 100"]
+
+    return EmulationPlan(
+        topology_name=topology.name, node_names=tuple(str(n) for n in nodes), namespaces=namespaces,
+        links=tuple(links), rank_node=rank_node, rank_address=rank_address,
+        rank_interface=tuple(e.interface for e in hosts.rank_end), ip_commands=ip_commands,
+        tc_commands=tc_commands, paths=routes.paths, rank_namespace=tuple(hosts.rank_namespace),
+        rank_entry=tuple(hosts.rank_entry), host_links=tuple((host, entry) for _, host, entry in hosts.links),
+        link_pairs={hop: tuple(pairs) for hop, pairs in routes.pairs_out.items()})
+
+
+def _plan_links(g, index: dict) -> tuple[list[EmulatedLink], dict[tuple[int, int], LinkEnd], dict[int, LinkEnd]]:
+    """(a veth pair per edge, (node, neighbour) -> the node's end of their link, node -> its first end)."""
     links = []
-    end_of: dict[tuple[int, int], LinkEnd] = {}  # (node, neighbour) -> the node's end of their link
+    end_of: dict[tuple[int, int], LinkEnd] = {}
     first_end: dict[int, LinkEnd] = {}
     for edge, (u, v, attrs) in enumerate(g.edges(data=True)):
         base = LINK_BASE + 4 * edge
@@ -229,31 +254,45 @@ def plan_emulation(topology: Topology, prefix: str | None = None, rank_hosts: bo
         end_of[(b.node, a.node)] = b
         first_end.setdefault(a.node, a)
         first_end.setdefault(b.node, b)
+    return links, end_of, first_end
 
-    rank_node = tuple(index[node] for node in topology.ranks)
-    rank_end = [first_end[n] for n in rank_node]
+
+@dataclass
+class _RankHosts:
+    """Where each rank runs: its node's namespace, or (``rank_hosts``) a host namespace of its own behind it."""
+
+    namespaces: tuple[str, ...]        # the nodes' and then the hosts'
+    rank_end: list[LinkEnd]            # rank -> the link end that holds its address
+    rank_namespace: list[int]
+    rank_entry: list[str | None]       # rank -> its node's interface toward its host namespace
+    links: list[tuple[int, LinkEnd, LinkEnd]]  # (rank, host end, node end): unshaped
+
+
+def _plan_rank_hosts(rank_node: tuple[int, ...], links: list[EmulatedLink], first_end: dict[int, LinkEnd],
+                     namespaces: tuple[str, ...], prefix: str, rank_hosts: bool) -> _RankHosts:
+    hosts = _RankHosts(namespaces, [first_end[n] for n in rank_node], list(rank_node), [None] * len(rank_node), [])
+    if not rank_hosts:
+        return hosts
     degree: dict[int, int] = {}
     for link in links:
         for end in link.ends:
             degree[end.node] = degree.get(end.node, 0) + 1
-    rank_namespace = list(rank_node)
-    rank_entry: list[str | None] = [None] * len(rank_node)
-    host_links = []  # (rank, host end, node end): unshaped
-    if rank_hosts:
-        for rank, node in enumerate(rank_node):
-            if degree.get(node, 0) > 1:
-                base = HOST_LINK_BASE + 4 * rank
-                host = LinkEnd(len(namespaces), f"h{rank}a", _ip(base + 1))
-                entry = LinkEnd(node, f"h{rank}b", _ip(base + 2))
-                namespaces += (f"{prefix}h{rank}",)
-                host_links.append((rank, host, entry))
-                rank_end[rank], rank_namespace[rank], rank_entry[rank] = host, host.node, entry.interface
-    rank_address = tuple(e.address for e in rank_end)
-    hosted = {rank for rank, _, _ in host_links}
+    for rank, node in enumerate(rank_node):
+        if degree.get(node, 0) > 1:
+            base = HOST_LINK_BASE + 4 * rank
+            host = LinkEnd(len(hosts.namespaces), f"h{rank}a", _ip(base + 1))
+            entry = LinkEnd(node, f"h{rank}b", _ip(base + 2))
+            hosts.namespaces += (f"{prefix}h{rank}",)
+            hosts.links.append((rank, host, entry))
+            hosts.rank_end[rank], hosts.rank_namespace[rank], hosts.rank_entry[rank] = host, host.node, entry.interface
+    return hosts
 
+
+def _address_commands(namespaces: tuple[str, ...], links: list[EmulatedLink],
+                      host_links: list[tuple[int, LinkEnd, LinkEnd]]) -> dict[str, list[str]]:
+    """Each namespace's first ``ip -batch`` lines: loopback, and every link end addressed and up."""
     ip_commands: dict[str, list[str]] = {ns: ["link set lo up"] for ns in namespaces}
-    tc_commands: dict[str, list[str]] = {ns: [] for ns in namespaces}
-    for rank, host, entry in host_links:
+    for _, host, entry in host_links:
         ip_commands[namespaces[host.node]] += [f"addr add {host.address}/30 dev {host.interface}",
                                                f"link set {host.interface} up",
                                                f"route add default via {entry.address} dev {host.interface}"]
@@ -264,31 +303,47 @@ def plan_emulation(topology: Topology, prefix: str | None = None, rank_hosts: bo
             ip_commands[namespaces[end.node]] += [f"addr add {end.address}/30 dev {end.interface}",
                                                   f"link set dev {end.interface} gso_max_size {GSO_MAX_BYTES}",
                                                   f"link set {end.interface} up"]
+    return ip_commands
 
-    paths: dict[tuple[int, int], tuple[int, ...]] = {}
-    pairs_out: dict[tuple[int, int], list[tuple[str, str]]] = {}  # (node, neighbour) -> pairs that leave there
-    own_routes: dict[int, list[str]] = {}
-    transit: dict[int, dict[int, list[str]]] = {}  # node -> source rank -> routes
+
+@dataclass
+class _Routes:
+    paths: dict[tuple[int, int], tuple[int, ...]]  # (src rank, dst rank) -> the nodes the route visits
+    pairs_out: dict[tuple[int, int], list[tuple[str, str]]]  # (node, neighbour) -> pairs that leave there
+    own: dict[int, list[str]]  # node -> routes of its own rank's traffic (main table)
+    transit: dict[int, dict[int, list[str]]]  # node -> source rank -> routes of traffic it forwards
+
+
+def _plan_routes(topology: Topology, index: dict, end_of: dict[tuple[int, int], LinkEnd],
+                 rank_node: tuple[int, ...], rank_address: tuple[str, ...], hosted: set[int]) -> _Routes:
+    """Every pair's route, hop by hop, as the simulator takes it."""
+    routes = _Routes({}, {}, {}, {})
     for s in range(topology.nranks):
         for d in range(topology.nranks):
             if s == d:
                 continue
             route = topology.route(s, d)
             hops = [(index[topology.links[link][0]], index[topology.links[link][1]]) for link in route.links]
-            paths[(s, d)] = (hops[0][0],) + tuple(v for _, v in hops) if hops else (rank_node[s],)
+            routes.paths[(s, d)] = (hops[0][0],) + tuple(v for _, v in hops) if hops else (rank_node[s],)
             for position, (u, v) in enumerate(hops):
                 out = end_of[(u, v)]
-                pairs_out.setdefault((u, v), []).append((rank_address[s], rank_address[d]))
+                routes.pairs_out.setdefault((u, v), []).append((rank_address[s], rank_address[d]))
                 via = end_of[(v, u)].address
                 if position == 0:
                     # A hosted rank's packets reach its node already carrying their source.
                     src = "" if s in hosted else f" src {rank_address[s]}"
-                    own_routes.setdefault(u, []).append(f"route add {rank_address[d]}/32 via {via} dev {out.interface}{src}")
+                    routes.own.setdefault(u, []).append(
+                        f"route add {rank_address[d]}/32 via {via} dev {out.interface}{src}")
                 else:
-                    transit.setdefault(u, {}).setdefault(s, []).append(
+                    routes.transit.setdefault(u, {}).setdefault(s, []).append(
                         f"route add {rank_address[d]}/32 via {via} dev {out.interface} table {100 + s}")
-    for node, routes in own_routes.items():
-        ip_commands[namespaces[node]] += routes
+    return routes
+
+
+def _shaping_plan(namespaces: tuple[str, ...], links: list[EmulatedLink],
+                  pairs_out: dict[tuple[int, int], list[tuple[str, str]]]) -> dict[str, list[str]]:
+    """Each namespace's ``tc -batch`` lines: every link end shaped, a class per rank pair crossing it."""
+    tc_commands: dict[str, list[str]] = {ns: [] for ns in namespaces}
     for link in links:
         burst = max(MIN_BURST_BYTES, int(link.bits_per_s / 8 * BURST_S))
         limit = max(2 * burst, int(link.bits_per_s / 8 * QUEUE_S))
@@ -296,17 +351,7 @@ def plan_emulation(topology: Topology, prefix: str | None = None, rank_hosts: bo
             pairs = tuple(pairs_out.get((end.node, other.node), ()))
             tc_commands[namespaces[end.node]] += shaping_commands(
                 end.interface, link.bits_per_s, burst, limit, pairs if len(pairs) <= PAIR_CLASSES else ())
-    for node, by_source in transit.items():
-        for s, routes in by_source.items():
-            ip_commands[namespaces[node]] += routes + [f"rule add from {rank_address[s]}/32 table {100 + s} pref 100"]
-
-    return EmulationPlan(
-        topology_name=topology.name, node_names=tuple(str(n) for n in nodes), namespaces=namespaces,
-        links=tuple(links), rank_node=rank_node, rank_address=rank_address,
-        rank_interface=tuple(e.interface for e in rank_end), ip_commands=ip_commands,
-        tc_commands=tc_commands, paths=paths, rank_namespace=tuple(rank_namespace), rank_entry=tuple(rank_entry),
-        host_links=tuple((host, entry) for _, host, entry in host_links),
-        link_pairs={hop: tuple(pairs) for hop, pairs in pairs_out.items()})
+    return tc_commands
 
 
 def refusal(plan: EmulationPlan, cores: int | None = None) -> str | None:

@@ -26,6 +26,7 @@ from executors.emulation import (
     PAIR_CLASSES,
     EmulatedNetwork,
     EmulationError,
+    EmulationPlan,
     cleanup_stale,
     measure_transfer,
     netem_available,
@@ -74,14 +75,49 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--all goes with --cleanup")
     if not args.scenario:
         parser.error("give a scenario file, or --cleanup")
-    scenario = common.load_scenario_or_report(args.scenario)
-    if scenario is None:
+    planned = plan_or_report(args.scenario)
+    if planned is None:
         return 2
+    scenario, plan = planned
+    if args.plan_only:
+        return 0
+    if args.out:
+        problem = common.out_dir_problem(args.out)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
+    failed = False
+    results: list[dict] = []
+    try:
+        with EmulatedNetwork(plan) as net:
+            failed = not routes_match(net, plan)
+            if args.nbytes and plan.nranks > 1:
+                measure_rates(net, plan, scenario.topology, args.nbytes, results)
+    except EmulationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1 if results or failed else 2
+    except KeyboardInterrupt:
+        print("interrupted; the emulated network is torn down", file=sys.stderr)
+        return 130
+    if results and args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(results).to_csv(out / "rates.csv", index=False)
+        print(f"wrote rates.csv to {out}/")
+    return 1 if failed else 0
+
+
+def plan_or_report(scenario_path: str):
+    """(the scenario, the plan of its emulated network), the plan printed; or None after printing why the
+    scenario cannot be emulated here (the caller exits 2)."""
+    scenario = common.load_scenario_or_report(scenario_path)
+    if scenario is None:
+        return None
     try:
         plan = plan_emulation(scenario.topology)
     except EmulationError as exc:
-        print(f"error: {args.scenario}: {exc}", file=sys.stderr)
-        return 2
+        print(f"error: {scenario_path}: {exc}", file=sys.stderr)
+        return None
     print(plan.describe())
     rows = []
     for link in plan.links:
@@ -98,48 +134,36 @@ def main(argv: list[str] | None = None) -> int:
         print("latency: not emulated (this kernel has no netem); each link adds only what the machine adds")
     reason = refusal(plan)
     if reason:
-        print(f"error: {args.scenario}: {reason}", file=sys.stderr)
-        return 2
-    if args.plan_only:
-        return 0
-    if args.out:
-        problem = common.out_dir_problem(args.out)
-        if problem:
-            print(f"error: {problem}", file=sys.stderr)
-            return 2
-    failed = False
-    results = []
-    try:
-        with EmulatedNetwork(plan) as net:
-            kernel = {pair: net.route_path(*pair) for pair in plan.paths}
-            wrong = [pair for pair, path in plan.paths.items() if kernel[pair] != path]
-            print(f"routes: {len(plan.paths) - len(wrong)} of {len(plan.paths)} pairs take the simulator's path")
-            for s, d in wrong[:10]:
-                print(f"  rank {s} -> rank {d}: kernel {kernel[(s, d)]}, simulator {plan.paths[(s, d)]}")
-            failed = bool(wrong)
-            if args.nbytes and plan.nranks > 1:
-                topo = scenario.topology
-                for src in range(plan.nranks):
-                    dst = (src + 1) % plan.nranks
-                    bottleneck = min(topo.link_bandwidth_bytes_per_s[link] for link in topo.route(src, dst).links)
-                    achieved = measure_transfer(net, src, dst, args.nbytes)
-                    results.append({"src": src, "dst": dst, "nbytes": args.nbytes,
-                                    "bottleneck_bytes_per_s": bottleneck, "achieved_bytes_per_s": achieved,
-                                    "fraction": achieved / bottleneck})
-                    print(f"  rank {src} -> rank {dst}: {achieved / 1e6:.3f} MB/s of {bottleneck / 1e6:.3f} "
-                          f"({achieved / bottleneck:.1%})", flush=True)
-    except EmulationError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1 if results or failed else 2
-    except KeyboardInterrupt:
-        print("interrupted; the emulated network is torn down", file=sys.stderr)
-        return 130
-    if results and args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        pd.DataFrame(results).to_csv(out / "rates.csv", index=False)
-        print(f"wrote rates.csv to {out}/")
-    return 1 if failed else 0
+        print(f"error: {scenario_path}: {reason}", file=sys.stderr)
+        return None
+    return scenario, plan
+
+
+def routes_match(net: EmulatedNetwork, plan: EmulationPlan) -> bool:
+    """Whether the kernel sends every pair along the simulator's path; the first mismatches are printed."""
+    kernel = {pair: net.route_path(*pair) for pair in plan.paths}
+    wrong = [pair for pair, path in plan.paths.items() if kernel[pair] != path]
+    print(f"routes: {len(plan.paths) - len(wrong)} of {len(plan.paths)} pairs take the simulator's path")
+    for s, d in wrong[:10]:
+        print(f"  rank {s} -> rank {d}: kernel {kernel[(s, d)]}, simulator {plan.paths[(s, d)]}")
+    return not wrong
+
+
+def measure_rates(net: EmulatedNetwork, plan: EmulationPlan, topology, nbytes: int, results: list[dict]) -> None:
+    """Move ``nbytes`` from each rank to the next and append the rate reached beside the route's slowest link.
+
+    ``results`` grows one transfer at a time, so what was measured before an
+    error still decides the exit code.
+    """
+    for src in range(plan.nranks):
+        dst = (src + 1) % plan.nranks
+        bottleneck = min(topology.link_bandwidth_bytes_per_s[link] for link in topology.route(src, dst).links)
+        achieved = measure_transfer(net, src, dst, nbytes)
+        results.append({"src": src, "dst": dst, "nbytes": nbytes,
+                        "bottleneck_bytes_per_s": bottleneck, "achieved_bytes_per_s": achieved,
+                        "fraction": achieved / bottleneck})
+        print(f"  rank {src} -> rank {dst}: {achieved / 1e6:.3f} MB/s of {bottleneck / 1e6:.3f} "
+              f"({achieved / bottleneck:.1%})", flush=True)
 
 
 if __name__ == "__main__":

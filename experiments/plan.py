@@ -454,15 +454,10 @@ def rank_rows(rows: list[dict]) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     wall_start = time.perf_counter()
     try:
-        model_value, model, model_name = resolve_model(args.model, args.seq_len)
-        cluster = load_cluster(args.cluster, args.precision)
-        if args.gpus % cluster.gpus_per_node:
-            raise PlanError(f"--gpus {args.gpus} is not a multiple of the {cluster.gpus_per_node} GPUs per server "
-                            f"of {cluster.name}")
+        model_value, model, model_name, cluster = load_inputs(args)
     except PlanError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -471,19 +466,54 @@ def main(argv: list[str] | None = None) -> int:
     max_memory_bytes = common.start_or_report(args, out)
     if max_memory_bytes is None:
         return 2
-
     search = Search(model_value, model, args.gpus, global_batch, args.precision,
                     candidates(args, model, cluster.gpus_per_node, global_batch))
+    try:
+        rows, fitting = assess_layouts(search, cluster, model_name)
+    except PlanError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not fitting:
+        return report_nothing_fits(rows, out)
+    chosen = choose_layouts(fitting, args.max_points)
+    try:
+        results = simulate_layouts(chosen, search, cluster, args, out, max_memory_bytes)
+    except common.SchedulerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    for row, result in zip(chosen, results):
+        if "error" in result:
+            row.update(status="failed", error=result["error"])
+        else:
+            row.update({k: v for k, v in result.items() if k != "wall_s"}, status="ok")
+    return report_plan(rank_rows(rows), model, cluster, args, out, wall_start)
+
+
+def load_inputs(args) -> tuple[Any, ModelSpec, str, Cluster]:
+    """(the model's workload value, its spec, its short name, the cluster); PlanError if one is bad or the GPUs
+    do not fill whole servers."""
+    model_value, model, model_name = resolve_model(args.model, args.seq_len)
+    cluster = load_cluster(args.cluster, args.precision)
+    if args.gpus % cluster.gpus_per_node:
+        raise PlanError(f"--gpus {args.gpus} is not a multiple of the {cluster.gpus_per_node} GPUs per server "
+                        f"of {cluster.name}")
+    return model_value, model, model_name, cluster
+
+
+def assess_layouts(search: Search, cluster: Cluster, model_name: str) -> tuple[list[dict], list[dict]]:
+    """(every layout that divides, assessed and not yet simulated; those that fit in memory), as printed;
+    PlanError if none divides."""
     layouts, undivided = enumerate_layouts(search)
-    servers = args.gpus // cluster.gpus_per_node
-    print(f"plan {model_name} (seq_len {model.seq_len}) on {args.gpus} GPUs of {cluster.name} "
+    servers = search.gpus // cluster.gpus_per_node
+    print(f"plan {model_name} (seq_len {search.model.seq_len}) on {search.gpus} GPUs of {cluster.name} "
           f"({servers} server{'s' if servers > 1 else ''}, {cluster.memory_bytes / GIB:.4g} GiB per GPU), "
-          f"global batch {global_batch}, {args.precision}")
+          f"global batch {search.global_batch}, {search.precision}")
     print(f"layouts: {len(layouts) + undivided} combinations, {undivided} do not divide, {len(layouts)} do")
     if not layouts:
-        print("error: no layout divides: relax --tp, --pp, --micro-batch, --virtual-stages or --ep, or change "
-              "--gpus or --global-batch", file=sys.stderr)
-        return 2
+        raise PlanError("no layout divides: relax --tp, --pp, --micro-batch, --virtual-stages or --ep, or change "
+                        "--gpus or --global-batch")
     rows = [assess(search, layout, cluster) for layout in layouts]
     fitting = [r for r in rows if r["fits"]]
     over = len(rows) - len(fitting)
@@ -496,20 +526,33 @@ def main(argv: list[str] | None = None) -> int:
         row.update({"status": "does not fit" if not row["fits"] else "not simulated", "error": ""})
         for column in RESULT_COLUMNS:
             row[column] = math.nan
-    if not fitting:
-        smallest = min(rows, key=lambda r: (r["memory_bytes"], layout_key(r)))
-        print(f"error: no layout fits in memory; the smallest needs {smallest['mem_gib']:.1f} GiB per GPU "
-              f"({describe(smallest)}): add GPUs, allow zero 3, full recompute or more pp", file=sys.stderr)
-        written = write_csv(rank_rows(rows), out)
-        print(f"wrote {', '.join(p.name for p in written)} (why each layout does not fit) to {out}/")
-        return 2
+    return rows, fitting
 
-    chosen = sorted(fitting, key=lambda r: (r["estimate_s"], layout_key(r)))[:args.max_points]
+
+def report_nothing_fits(rows: list[dict], out: Path) -> int:
+    """Say which layout comes closest and write plan.csv, so that each layout's reason can be read; exit 2."""
+    smallest = min(rows, key=lambda r: (r["memory_bytes"], layout_key(r)))
+    print(f"error: no layout fits in memory; the smallest needs {smallest['mem_gib']:.1f} GiB per GPU "
+          f"({describe(smallest)}): add GPUs, allow zero 3, full recompute or more pp", file=sys.stderr)
+    written = write_csv(rank_rows(rows), out)
+    print(f"wrote {', '.join(p.name for p in written)} (why each layout does not fit) to {out}/")
+    return 2
+
+
+def choose_layouts(fitting: list[dict], max_points: int) -> list[dict]:
+    """The fitting layouts to simulate: at most ``max_points``, by ideal step time (module docstring)."""
+    chosen = sorted(fitting, key=lambda r: (r["estimate_s"], layout_key(r)))[:max_points]
     if len(chosen) < len(fitting):
         print(f"simulating {len(chosen)} of the {len(fitting)} fitting layouts, those with the smallest ideal "
-              f"step time (--max-points {args.max_points})")
+              f"step time (--max-points {max_points})")
     else:
         print(f"simulating {len(chosen)} layouts")
+    return chosen
+
+
+def simulate_layouts(chosen: list[dict], search: Search, cluster: Cluster, args, out: Path,
+                     max_memory_bytes: int) -> list[dict]:
+    """Each chosen layout's ``simulate_point`` result, in order; a point that failed is ``{"error": ...}``."""
     tasks = [(simulate_point, (scenario_dict(search, cluster, row, args.seed), max_memory_bytes)) for row in chosen]
 
     def label(i: int, result: dict) -> str:
@@ -520,26 +563,20 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         # simulate_point returns a failure as data: cache successes only, so a rerun retries the rest.
-        results = common.run_many(tasks, jobs=args.jobs, label=label, cost=[simulation_cost(r) for r in chosen],
-                                  cache_dir=out / common.POINTS_DIR, **common.sweep_kwargs(args),
-                                  cache_if=lambda result: "error" not in result)
+        return common.run_many(tasks, jobs=args.jobs, label=label, cost=[simulation_cost(r) for r in chosen],
+                               cache_dir=out / common.POINTS_DIR, **common.sweep_kwargs(args),
+                               cache_if=lambda result: "error" not in result)
     except common.SweepError as exc:
         # simulate_point never raises; a failure here is the worker's own (e.g. a lost worker).
         common.report_sweep_failures(exc, lambda i: describe(chosen[i]))
         results = list(exc.results)
         for i, why in exc.failures:
             results[i] = {"error": why}
-    except common.SchedulerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    for row, result in zip(chosen, results):
-        if "error" in result:
-            row.update(status="failed", error=result["error"])
-        else:
-            row.update({k: v for k, v in result.items() if k != "wall_s"}, status="ok")
-    ordered = rank_rows(rows)
+        return results
+
+
+def report_plan(ordered: list[dict], model: ModelSpec, cluster: Cluster, args, out: Path, wall_start: float) -> int:
+    """Write plan.csv (and plan.png) from the ranked rows and print the best; 0, or 1 if none was simulated."""
     written = write_csv(ordered, out)
     ok = [r for r in ordered if r["status"] == "ok"]
     failed = sum(r["status"] == "failed" for r in ordered)

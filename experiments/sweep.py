@@ -313,18 +313,12 @@ def run_points(tasks: Sequence[tuple[Callable, tuple]], *, jobs: int, cache_dir:
 
     todo = []
     for i in order:
-        if folder is not None and reuse:
-            path = folder / f"{keys[i]}.json"
-            if path.exists():
-                try:
-                    stored = json.loads(path.read_text())
-                    if stored.get("key") == keys[i] and "result" in stored:
-                        results[i] = _decode(stored["result"])
-                        stats.reused += 1
-                        continue
-                except (OSError, ValueError, AttributeError):
-                    pass  # a damaged file: compute the point again
-        todo.append(i)
+        found, result = _read_cached(folder, keys[i]) if folder is not None and reuse else (False, None)
+        if found:
+            results[i] = result
+            stats.reused += 1
+        else:
+            todo.append(i)
     if folder is not None:
         how = "" if reuse else ", --fresh: every point computed again"
         print(f"reused {stats.reused} of {total} points (cache {folder}{how})", file=stream, flush=True)
@@ -353,17 +347,35 @@ def run_points(tasks: Sequence[tuple[Callable, tuple]], *, jobs: int, cache_dir:
     if not todo:
         return results, stats
     if scheduler is None and slurm is None and (jobs <= 1 or len(todo) <= 1):
-        for i in todo:
-            fn, args = tasks[i]
-            try:
-                result = fn(*args)
-            except Exception as exc:  # noqa: BLE001 - one failing point is recorded, the sweep goes on
-                failed(i, _error_text(exc))
-                continue
-            finished(i, result)
-        return results, stats
-    _run_on_dask(tasks, todo, jobs, scheduler, slurm, finished, failed, stream)
+        _run_here(tasks, todo, finished, failed)
+    else:
+        _run_on_dask(tasks, todo, jobs, scheduler, slurm, finished, failed, stream)
     return results, stats
+
+
+def _read_cached(folder: Path, key: str) -> tuple[bool, Any]:
+    """(True, the result cached under ``key``), or (False, None) where there is none (a result may be None)."""
+    path = folder / f"{key}.json"
+    if path.exists():
+        try:
+            stored = json.loads(path.read_text())
+            if stored.get("key") == key and "result" in stored:
+                return True, _decode(stored["result"])
+        except (OSError, ValueError, AttributeError):
+            pass  # a damaged file: compute the point again
+    return False, None
+
+
+def _run_here(tasks, todo: list[int], finished, failed) -> None:
+    """The points in this process, one after another: no Dask to start for a small or serial sweep."""
+    for i in todo:
+        fn, args = tasks[i]
+        try:
+            result = fn(*args)
+        except Exception as exc:  # noqa: BLE001 - one failing point is recorded, the sweep goes on
+            failed(i, _error_text(exc))
+            continue
+        finished(i, result)
 
 
 def _local_cluster(workers: int):

@@ -310,49 +310,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        options = common.real_options(args)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    prepared = prepare_or_report(args)
+    if prepared is None:
         return 2
-    scenario = common.load_scenario_or_report(args.scenario)
-    if scenario is None:
-        return 2
-    sim_scenario = scenario
-    if args.profile:
-        try:
-            sim_scenario = with_profile(scenario, load_profile(args.profile))
-        except (ValueError, OSError) as exc:
-            print(f"error: --profile {args.profile}: {exc}", file=sys.stderr)
-            return 2
-    backend_class = executor_class(args.backend)
-    try:
-        executor = common.make_executor(args.backend, args)
-    except (ValueError, RuntimeError, ImportError) as exc:
-        if backend_class.announced_rank() in (None, 0):
-            what = f"backend {args.backend!r} cannot be loaded: " if isinstance(exc, ImportError) else ""
-            print(f"error: {what}{exc}", file=sys.stderr)
-        return 2
+    options, scenario, sim_scenario, executor = prepared
     rank = executor.job_rank()
-
-    sim = None
-    if rank == 0:
-        try:
-            problem = (aligned_problem(scenario.programs(), scenario.groups) if options.timing == "aligned"
-                       else None)
-            if problem:
-                # sim stays None: every rank of a job then leaves with exit 2.
-                print(f"error: --timing aligned (a barrier before every operation) would deadlock: {problem}; "
-                      "use --timing free or auto", file=sys.stderr)
-            else:
-                # Simulate as the real run will be timed: with every operation
-                # starting together on all ranks when it puts a barrier before
-                # each; a profile's corrections of the library's own collectives
-                # only where the real run calls them (native mode).
-                aligned = choose_timing(scenario.programs(), options.timing, scenario.groups) == "aligned"
-                sim = get_executor("sim", aligned=aligned, native_collectives=args.mode == "native").run(sim_scenario)
-        except SimulationError as exc:
-            print(f"error: {args.scenario}: the simulator rejects it: {exc}", file=sys.stderr)
+    sim = simulate_or_report(scenario, sim_scenario, options, args) if rank == 0 else None
     # The other ranks of a job wait for rank 0's verdict here, not in the real
     # run's first barrier, where the watchdog would count the simulation
     # against --timeout.
@@ -366,7 +329,63 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if real is None or rank != 0:
         return 0  # a rank other than 0 of a job: rank 0 reports
+    report_validation(args, options, scenario, sim, real)
+    return 0
 
+
+def prepare_or_report(args):
+    """(the real run's options, the scenario, the scenario to simulate, the real executor), or None after
+    printing the one problem (the caller exits 2)."""
+    try:
+        options = common.real_options(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+    scenario = common.load_scenario_or_report(args.scenario)
+    if scenario is None:
+        return None
+    sim_scenario = scenario
+    if args.profile:
+        try:
+            sim_scenario = with_profile(scenario, load_profile(args.profile))
+        except (ValueError, OSError) as exc:
+            print(f"error: --profile {args.profile}: {exc}", file=sys.stderr)
+            return None
+    backend_class = executor_class(args.backend)
+    try:
+        executor = common.make_executor(args.backend, args)
+    except (ValueError, RuntimeError, ImportError) as exc:
+        if backend_class.announced_rank() in (None, 0):
+            what = f"backend {args.backend!r} cannot be loaded: " if isinstance(exc, ImportError) else ""
+            print(f"error: {what}{exc}", file=sys.stderr)
+        return None
+    return options, scenario, sim_scenario, executor
+
+
+def simulate_or_report(scenario, sim_scenario, options, args):
+    """The simulator's run of ``sim_scenario``, timed as the real run will be, or None after printing why not
+    (then every rank of a job leaves with exit 2)."""
+    try:
+        problem = (aligned_problem(scenario.programs(), scenario.groups) if options.timing == "aligned"
+                   else None)
+        if problem:
+            print(f"error: --timing aligned (a barrier before every operation) would deadlock: {problem}; "
+                  "use --timing free or auto", file=sys.stderr)
+            return None
+        # Simulate as the real run will be timed: with every operation
+        # starting together on all ranks when it puts a barrier before
+        # each; a profile's corrections of the library's own collectives
+        # only where the real run calls them (native mode).
+        aligned = choose_timing(scenario.programs(), options.timing, scenario.groups) == "aligned"
+        return get_executor("sim", aligned=aligned, native_collectives=args.mode == "native").run(sim_scenario)
+    except SimulationError as exc:
+        print(f"error: {args.scenario}: the simulator rejects it: {exc}", file=sys.stderr)
+        return None
+
+
+def report_validation(args, options, scenario, sim, real) -> None:
+    """Write the table, its plot, both runs' records and summary.json into the results folder, and print
+    the table."""
     table = validation_table(sim.records, real.records, scenario.nranks, scenario.groups)
     name = scenario.name or Path(args.scenario).stem
     out = make_out_dir(args.out or Path("results") / f"validate-{common.safe_name(name)}-{args.backend}")
@@ -380,9 +399,22 @@ def main(argv: list[str] | None = None) -> int:
     for label, frame in (("sim_records.csv", sim.records), ("real_records.csv", real.records)):
         frame.to_csv(out / label, index=False)
         written.append(out / label)
+    summary = validation_summary(args, options, scenario, name, table, sim, real)
+    written.append(write_json(summary, out / "summary.json"))
+
+    print(f"scenario {name} ({args.scenario}): {scenario.nranks} ranks, {args.backend} {summary['mode']}, "
+          f"timing {summary['timing']}, {options.repeats} repeats on {', '.join(summary['hosts']) or '?'}")
+    print(format_validation(table))
+    print()
+    print(f"median |error| {summary['median_abs_error_pct']:.1f} %   ({ERROR_SIGN})")
+    print(f"wrote {', '.join(p.name for p in written)} to {out}/")
+
+
+def validation_summary(args, options, scenario, name: str, table: pd.DataFrame, sim, real) -> dict[str, Any]:
+    """summary.json: how the real run ran, and the makespans and errors of ``table``."""
     rs = real.summary
     total = table[table["kind"] == "total"].iloc[0]
-    summary = {
+    return {
         "scenario": name,
         "scenario_file": str(args.scenario),
         "backend": args.backend,
@@ -402,15 +434,6 @@ def main(argv: list[str] | None = None) -> int:
         "real_wall_s": rs.get("wall_s"),
         "sim_wall_s": sim.summary.get("wall_s"),
     }
-    written.append(write_json(summary, out / "summary.json"))
-
-    print(f"scenario {name} ({args.scenario}): {scenario.nranks} ranks, {args.backend} {summary['mode']}, "
-          f"timing {summary['timing']}, {options.repeats} repeats on {', '.join(summary['hosts']) or '?'}")
-    print(format_validation(table))
-    print()
-    print(f"median |error| {summary['median_abs_error_pct']:.1f} %   ({ERROR_SIGN})")
-    print(f"wrote {', '.join(p.name for p in written)} to {out}/")
-    return 0
 
 
 def _num(value) -> float | None:

@@ -147,6 +147,38 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    varies = check_arguments(parser, args)
+    path = Path(args.scenario)
+    out = Path(args.out or Path("results") / f"whatif-{path.stem}")
+    max_memory_bytes = common.start_or_report(args, out)
+    if max_memory_bytes is None:
+        return 2
+    base = read_base_or_report(path)
+    if base is None:
+        return 2
+    name = str(base.get("name") or path.stem)
+    variants = variants_or_report(parser, base, varies, name, path, max_memory_bytes)
+    if variants is None:
+        return 2
+    try:
+        results = run_variants(variants, args, path, out, max_memory_bytes)
+    except common.SweepError as exc:
+        # A variant that deadlocks or loses messages: say which, not a worker's traceback.
+        print(f"error: {path}: a variant could not run to the end", file=sys.stderr)
+        common.report_sweep_failures(exc, lambda i: variants[i][1])
+        return 1
+    except common.SchedulerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    params = [p for p, _ in varies]
+    write_whatif(result_rows(variants, params, results), params, name, path, out, args.no_plots)
+    return 0
+
+
+def check_arguments(parser: argparse.ArgumentParser, args) -> list[tuple[str, list[Any]]]:
+    """Each --vary's path and values, in order; a bad option exits 2 through ``parser.error``."""
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
     varies: list[tuple[str, list[Any]]] = []
@@ -158,22 +190,26 @@ def main(argv: list[str] | None = None) -> int:
         if path in (p for p, _ in varies):
             parser.error(f"--vary {path}: given twice")
         varies.append((path, values))
+    return varies
 
-    path = Path(args.scenario)
-    out = Path(args.out or Path("results") / f"whatif-{path.stem}")
-    max_memory_bytes = common.start_or_report(args, out)
-    if max_memory_bytes is None:
-        return 2
+
+def read_base_or_report(path: Path) -> dict | None:
+    """The scenario file's mapping, or None after printing its one-line error (the caller exits 2)."""
     try:
         base = read_scenario_file(path)
         if not isinstance(base, dict):
             raise ScenarioError(f"{path}: expected a mapping at the top level, got {type(base).__name__}")
     except ScenarioError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    name = str(base.get("name") or path.stem)
-    params = [p for p, _ in varies]
+        return None
+    return base
 
+
+def variants_or_report(parser: argparse.ArgumentParser, base: dict, varies: list[tuple[str, list[Any]]],
+                       name: str, path: Path, max_memory_bytes: int) -> list[tuple] | None:
+    """(values, label, scenario data, where) of every combination, each validated; None after printing the
+    first bad one's error (the caller exits 2).  A path that names no place exits 2 through ``parser.error``."""
+    params = [p for p, _ in varies]
     variants = []
     for combo in itertools.product(*(values for _, values in varies)):
         data = copy.deepcopy(base)
@@ -191,28 +227,24 @@ def main(argv: list[str] | None = None) -> int:
             scenario_from_dict(data, base_dir=path.parent, where=where, max_memory_bytes=max_memory_bytes)
         except ScenarioError as exc:
             print(f"error: {exc}", file=sys.stderr)
-            return 2
+            return None
         variants.append((combo, label, data, where))
+    return variants
 
+
+def run_variants(variants: list[tuple], args, path: Path, out: Path, max_memory_bytes: int) -> list[dict]:
+    """Each variant's metrics (``common.run_scenario_dict``), in order, cached under ``out``."""
     tasks = [(common.run_scenario_dict, (data, args.backend, str(path.parent), where, max_memory_bytes))
              for _, _, data, where in variants]
-    try:
-        results = common.run_many(
-            tasks, jobs=common.jobs_for(args.backend, args.jobs),
-            label=lambda i, m: f"{variants[i][1]}  N={m['nranks']}  makespan {m['makespan_s']:.4g} s",
-            cache_dir=out / common.POINTS_DIR, **common.sweep_kwargs(args),
-        )
-    except common.SweepError as exc:
-        # A variant that deadlocks or loses messages: say which, not a worker's traceback.
-        print(f"error: {path}: a variant could not run to the end", file=sys.stderr)
-        common.report_sweep_failures(exc, lambda i: variants[i][1])
-        return 1
-    except common.SchedulerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    return common.run_many(
+        tasks, jobs=common.jobs_for(args.backend, args.jobs),
+        label=lambda i, m: f"{variants[i][1]}  N={m['nranks']}  makespan {m['makespan_s']:.4g} s",
+        cache_dir=out / common.POINTS_DIR, **common.sweep_kwargs(args),
+    )
 
+
+def result_rows(variants: list[tuple], params: list[str], results: list[dict]) -> list[dict]:
+    """A row per variant: its values, then its metrics, speedup against the first variant."""
     rows = []
     first = results[0]["makespan_s"]
     for (combo, _, _, _), m in zip(variants, results):
@@ -230,7 +262,11 @@ def main(argv: list[str] | None = None) -> int:
         })
         rows.append(row)
     rows[0]["speedup"] = 1.0
+    return rows
 
+
+def write_whatif(rows: list[dict], params: list[str], name: str, path: Path, out: Path, no_plots: bool) -> None:
+    """Write whatif.csv (and whatif.png) into ``out`` and print the table."""
     columns = params + ["n", "makespan_s", "speedup", "comm_share", "energy_j", "compute_s_mean",
                         "wait_s_mean", "messages"]
     frame = pd.DataFrame(rows, columns=columns)
@@ -249,10 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print("speedup = makespan(first variant)/makespan; comm share = mean over ranks of (comm_s + wait_s)/makespan")
     written = [csv_path]
-    if not args.no_plots:
+    if not no_plots:
         written += plots.plot_whatif(frame, params, out)
     print(f"wrote {', '.join(p.name for p in written)} to {out}/")
-    return 0
 
 
 if __name__ == "__main__":

@@ -174,75 +174,14 @@ def scenario_from_dict(data: dict[str, Any], *, base_dir: Path | None = None, wh
     ``topologies.limits``) exceeds ``max_memory_bytes`` (default 2 GiB) is refused
     before either is built.
     """
-    if not isinstance(data, dict):
-        raise ScenarioError(f"{where}: expected a mapping at the top level, got {type(data).__name__}")
-    # The topology's own part is checked by topology_from_dict.
-    check_plain_data({k: v for k, v in data.items() if k != "topology"}, where, error=ScenarioError,
-                     int_keys_under=_INT_KEYS_UNDER)
-    try:
-        limit = resolve_max_memory_bytes(max_memory_bytes)
-    except ValueError as exc:
-        raise ScenarioError(f"{where}: {exc}") from None
-    unknown = sorted(set(data) - set(_KEYS))
-    if unknown:
-        raise ScenarioError(f"{where}: unknown key(s) {short_names(unknown)}; allowed: {', '.join(_KEYS)}")
-    for key in ("topology", "workload"):
-        if key not in data:
-            raise ScenarioError(f"{where}: missing '{key}'")
-    try:
-        topo_data = data["topology"]
-        if isinstance(topo_data, str):
-            path = Path(topo_data)
-            if not path.is_absolute() and base_dir is not None:
-                path = base_dir / path
-            topology = load_topology(path, max_memory_bytes=limit)
-        else:
-            topology = topology_from_dict(topo_data, max_memory_bytes=limit)
-    except TopologyError as exc:
-        raise ScenarioError(f"{where}: {exc}") from None
-    for key in ("name", "description"):
-        if key in data and not isinstance(data[key], str):
-            raise ScenarioError(f"{where}: {key} must be text, got {short(data[key])}")
-    seed = data.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ScenarioError(f"{where}: seed must be an integer >= 0, got {short(seed)}")
-    try:
-        groups = groups_from_dict(data.get("groups"), topology.nranks)
-    except ValueError as exc:
-        raise ScenarioError(f"{where}: {exc}") from None
-    try:
-        workload = workload_from_dict(data["workload"])
-        stragglers = StragglerSpec.from_dict(data.get("stragglers"))
-        energy = EnergySpec.from_dict(data.get("energy"))
-    except (ValueError, TypeError) as exc:
-        # TypeError: a value of the wrong shape that a check above missed; still one line.
-        raise ScenarioError(f"{where}: {exc}") from None
-    for rank in stragglers.ranks:
-        if not 0 <= rank < topology.nranks:
-            raise ScenarioError(f"{where}: stragglers.ranks names rank {short(rank)}, but there are {topology.nranks}")
-    try:
-        # A layout that does not fit the GPUs is refused, never silently simulated.
-        workload.check_fits(topology)
-    except ValueError as exc:
-        raise ScenarioError(f"{where}: {exc}") from None
-    try:
-        _check_memory(topology, workload, limit)
-    except (ValueError, TypeError) as exc:
-        raise ScenarioError(f"{where}: {exc}") from None
-    profile = None
-    if data.get("profile") is not None:
-        try:
-            if isinstance(data["profile"], dict):
-                # Inline, as Scenario.to_dict writes it.
-                profile = MachineProfile.from_dict(data["profile"], where="profile")
-            else:
-                profile_path = Path(str(data["profile"]))
-                if not profile_path.is_absolute() and base_dir is not None:
-                    profile_path = base_dir / profile_path
-                profile = load_profile(profile_path)
-            topology = profile.simulated_topology(topology)
-        except ValueError as exc:
-            raise ScenarioError(f"{where}: profile: {exc}") from None
+    # The parts are read in this order, so a file with several faults is told of the same one first.
+    limit = _check_top_level(data, where, max_memory_bytes)
+    topology = _read_topology(data["topology"], base_dir, where, limit)
+    seed = _read_text_and_seed(data, where)
+    groups = _read_groups(data.get("groups"), topology.nranks, where)
+    workload, stragglers, energy = _read_run_settings(data, topology.nranks, where)
+    _check_workload_fits(workload, topology, limit, where)
+    profile, topology = _read_profile(data.get("profile"), topology, base_dir, where)
     try:
         # The workload's own groups (a transformer's layout) join the declared ones here.
         scenario = Scenario(
@@ -266,6 +205,105 @@ def scenario_from_dict(data: dict[str, Any], *, base_dir: Path | None = None, wh
     except (ValueError, TypeError) as exc:
         raise ScenarioError(f"{where}: {exc}") from None
     return scenario
+
+
+def _check_top_level(data, where: str, max_memory_bytes: int | None) -> int:
+    """The memory limit, once ``data`` is a mapping of plain data with known keys, topology and workload among
+    them."""
+    if not isinstance(data, dict):
+        raise ScenarioError(f"{where}: expected a mapping at the top level, got {type(data).__name__}")
+    # The topology's own part is checked by topology_from_dict.
+    check_plain_data({k: v for k, v in data.items() if k != "topology"}, where, error=ScenarioError,
+                     int_keys_under=_INT_KEYS_UNDER)
+    try:
+        limit = resolve_max_memory_bytes(max_memory_bytes)
+    except ValueError as exc:
+        raise ScenarioError(f"{where}: {exc}") from None
+    unknown = sorted(set(data) - set(_KEYS))
+    if unknown:
+        raise ScenarioError(f"{where}: unknown key(s) {short_names(unknown)}; allowed: {', '.join(_KEYS)}")
+    for key in ("topology", "workload"):
+        if key not in data:
+            raise ScenarioError(f"{where}: missing '{key}'")
+    return limit
+
+
+def _read_topology(topo_data, base_dir: Path | None, where: str, limit: int) -> Topology:
+    """The topology, inline or from a file (relative to ``base_dir``)."""
+    try:
+        if isinstance(topo_data, str):
+            path = Path(topo_data)
+            if not path.is_absolute() and base_dir is not None:
+                path = base_dir / path
+            return load_topology(path, max_memory_bytes=limit)
+        return topology_from_dict(topo_data, max_memory_bytes=limit)
+    except TopologyError as exc:
+        raise ScenarioError(f"{where}: {exc}") from None
+
+
+def _read_text_and_seed(data: dict[str, Any], where: str) -> int:
+    """The seed, once name and description are text."""
+    for key in ("name", "description"):
+        if key in data and not isinstance(data[key], str):
+            raise ScenarioError(f"{where}: {key} must be text, got {short(data[key])}")
+    seed = data.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ScenarioError(f"{where}: seed must be an integer >= 0, got {short(seed)}")
+    return seed
+
+
+def _read_groups(groups_data, nranks: int, where: str) -> ProcessGroups:
+    try:
+        return groups_from_dict(groups_data, nranks)
+    except ValueError as exc:
+        raise ScenarioError(f"{where}: {exc}") from None
+
+
+def _read_run_settings(data: dict[str, Any], nranks: int, where: str) -> tuple[Any, StragglerSpec, EnergySpec]:
+    """(workload, stragglers, energy); the stragglers may name only ranks of the topology."""
+    try:
+        workload = workload_from_dict(data["workload"])
+        stragglers = StragglerSpec.from_dict(data.get("stragglers"))
+        energy = EnergySpec.from_dict(data.get("energy"))
+    except (ValueError, TypeError) as exc:
+        # TypeError: a value of the wrong shape that a check above missed; still one line.
+        raise ScenarioError(f"{where}: {exc}") from None
+    for rank in stragglers.ranks:
+        if not 0 <= rank < nranks:
+            raise ScenarioError(f"{where}: stragglers.ranks names rank {short(rank)}, but there are {nranks}")
+    return workload, stragglers, energy
+
+
+def _check_workload_fits(workload, topology: Topology, limit: int, where: str) -> None:
+    """The workload's layout fits the topology's GPUs, and its programs this machine's memory ``limit``."""
+    try:
+        # A layout that does not fit the GPUs is refused, never silently simulated.
+        workload.check_fits(topology)
+    except ValueError as exc:
+        raise ScenarioError(f"{where}: {exc}") from None
+    try:
+        _check_memory(topology, workload, limit)
+    except (ValueError, TypeError) as exc:
+        raise ScenarioError(f"{where}: {exc}") from None
+
+
+def _read_profile(profile_data, topology: Topology, base_dir: Path | None,
+                  where: str) -> tuple[MachineProfile | None, Topology]:
+    """(the profile, the topology simulated on it); (None, ``topology``) without one."""
+    if profile_data is None:
+        return None, topology
+    try:
+        if isinstance(profile_data, dict):
+            # Inline, as Scenario.to_dict writes it.
+            profile = MachineProfile.from_dict(profile_data, where="profile")
+        else:
+            profile_path = Path(str(profile_data))
+            if not profile_path.is_absolute() and base_dir is not None:
+                profile_path = base_dir / profile_path
+            profile = load_profile(profile_path)
+        return profile, profile.simulated_topology(topology)
+    except ValueError as exc:
+        raise ScenarioError(f"{where}: profile: {exc}") from None
 
 
 def _check_memory(topology: Topology, workload, limit: int) -> None:
