@@ -36,11 +36,11 @@ and therefore every result, is the same on every run.
 """
 from __future__ import annotations
 
-import heapq
 from typing import Callable, Sequence
 
 import simpy
 
+from simcore import maxmin
 from simcore.clock import LAST_AT_INSTANT, call_at, call_at_end_of_instant, now as clock_now
 
 
@@ -91,6 +91,7 @@ class FlowNetwork:
         self.bytes_on_link = [0.0] * len(self.capacity_bytes_per_s)
         self.flows_started = 0
         self.solves = 0
+        self.resolved = 0  # flows whose rate a solve computed (whether or not it changed)
         # Token buckets (see the module's docstring): each link's tokens as of
         # a time, and when the last byte of the last flow that left it left.
         self.burst_bytes = float(burst_bytes)
@@ -303,73 +304,61 @@ class FlowNetwork:
         if self._starting:
             self._grant_bursts(now)
         flows_on = self._flows_on
+        capacity = self.capacity_bytes_per_s
         touched, self._touched = self._touched, {}
         seen: set[int] = set()
         for start in touched:
             if start in seen or not flows_on[start]:
                 continue
             seen.add(start)
-            component: dict[int, Flow] = {}
-            stack = [start]
-            while stack:
-                link = stack.pop()
-                on_link = flows_on[link]
-                finished = None
-                for fid, flow in on_link.items():
-                    if fid in component:
-                        continue
-                    if flow.t_end_s is not None and flow.t_end_s <= now:
-                        # Its last byte has left: it lingers only until delivery.
-                        finished = (finished or []) + [flow]
-                        continue
-                    component[fid] = flow
-                    for other in flow.links:
-                        if other not in seen:
-                            seen.add(other)
-                            stack.append(other)
-                if finished:
-                    if self.burst_bytes:
-                        for flow in finished:
-                            self._note_left(flow)
-                    for flow in finished:
-                        for other in flow.links:
-                            flows_on[other].pop(flow.fid, None)
+            component = self._component(start, seen, now)
             if not component:
                 continue
+            self.resolved += len(component)
             if len(component) == 1:
                 for flow in component.values():
                     self._set_rate(flow, flow.min_capacity_bytes_per_s, now, alone=True)
-            else:
-                self._progressive_filling(component, now)
+                continue
+            spare: dict[int, float] = {}
+            count: dict[int, int] = {}
+            for flow in component.values():
+                for link in flow.links:
+                    if link not in spare:
+                        spare[link] = capacity[link]
+                        count[link] = len(flows_on[link])
+            for flow, rate in maxmin.fill(component, flows_on, spare, count):
+                self._set_rate(flow, rate, now, alone=False)
 
-    def _progressive_filling(self, component: dict[int, Flow], now: float) -> None:
+    def _component(self, start: int, seen: set[int], now: float) -> dict[int, Flow]:
+        """The flows connected to link ``start`` through shared links (fid -> flow); lingering flows met on
+        the way, whose last byte has left, leave their links."""
         flows_on = self._flows_on
-        capacity = self.capacity_bytes_per_s
-        spare: dict[int, float] = {}
-        unfixed: dict[int, int] = {}
-        for flow in component.values():
-            for link in flow.links:
-                if link not in spare:
-                    spare[link] = capacity[link]
-                    unfixed[link] = len(flows_on[link])
-        heap = [(spare[l] / unfixed[l], l) for l in spare]
-        heapq.heapify(heap)
-        fixed: set[int] = set()
-        while heap:
-            share, link = heapq.heappop(heap)
-            count = unfixed[link]
-            if count == 0 or share != spare[link] / count:
-                continue  # stale entry
-            for fid, flow in flows_on[link].items():
-                if fid in fixed:
+        component: dict[int, Flow] = {}
+        stack = [start]
+        while stack:
+            link = stack.pop()
+            on_link = flows_on[link]
+            finished = None
+            for fid, flow in on_link.items():
+                if fid in component:
                     continue
-                fixed.add(fid)
-                self._set_rate(flow, share, now, alone=False)
+                if flow.t_end_s is not None and flow.t_end_s <= now:
+                    # Its last byte has left: it lingers only until delivery.
+                    finished = (finished or []) + [flow]
+                    continue
+                component[fid] = flow
                 for other in flow.links:
-                    spare[other] = max(spare[other] - share, 0.0)
-                    unfixed[other] -= 1
-                    if unfixed[other] and other != link:
-                        heapq.heappush(heap, (spare[other] / unfixed[other], other))
+                    if other not in seen:
+                        seen.add(other)
+                        stack.append(other)
+            if finished:
+                if self.burst_bytes:
+                    for flow in finished:
+                        self._note_left(flow)
+                for flow in finished:
+                    for other in flow.links:
+                        flows_on[other].pop(flow.fid, None)
+        return component
 
     def _set_rate(self, flow: Flow, rate_bytes_per_s: float, now: float, alone: bool) -> None:
         if rate_bytes_per_s == flow.rate_bytes_per_s and alone == flow.alone:
