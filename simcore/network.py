@@ -46,6 +46,10 @@ from simcore.clock import LAST_AT_INSTANT, call_at, call_at_end_of_instant, now 
 # Connected sets of flows from this size are re-solved from the change outwards (maxmin.resolve);
 # smaller ones are filled whole, which costs less than finding how far a change reaches.
 INCREMENTAL_MIN_FLOWS = 64
+# ... unless the change touches more than 1/NEAR_SEED_SHARE of the set already, and giving up where the
+# re-solve would reach 1/NEAR_LIMIT_SHARE of it: past that, filling the set whole costs less.
+NEAR_SEED_SHARE = 16
+NEAR_LIMIT_SHARE = 8
 
 
 class Flow:
@@ -348,7 +352,7 @@ class FlowNetwork:
 
     def _resolve_near(self, component: dict[int, Flow], links: list[int], touched: dict, now: float) -> bool:
         """Re-solve ``component`` from the flows on its touched ``links`` out only as far as rates move
-        (``maxmin.resolve``); False where that would reach a quarter of it (the caller fills it whole).
+        (``maxmin.resolve``); False where that would reach 1/NEAR_LIMIT_SHARE of it (the caller fills it whole).
         Where changes mostly reach that far (dense traffic, rates tightly coupled), the caller stops
         trying: it tries while failures are at most twice the successes, plus 8."""
         flows_on = self._flows_on
@@ -358,9 +362,9 @@ class FlowNetwork:
                 for fid, flow in flows_on[link].items():
                     if fid in component:
                         seed[fid] = flow
-        if len(seed) * 8 > len(component):
+        if len(seed) * NEAR_SEED_SHARE > len(component):
             return False  # the change touches much of it already: filling it whole costs less
-        fixed = maxmin.resolve(seed, flows_on, self.capacity_bytes_per_s, now, len(component) // 4)
+        fixed = maxmin.resolve(seed, flows_on, self.capacity_bytes_per_s, now, len(component) // NEAR_LIMIT_SHARE)
         if fixed is None:
             self._near_failed += 1
             return False
