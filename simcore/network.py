@@ -54,7 +54,7 @@ NEAR_LIMIT_SHARE = 8
 
 class Flow:
     __slots__ = ("fid", "links", "min_capacity_bytes_per_s", "latency_s", "remaining_bytes", "rate_bytes_per_s", "t_last_s", "t_end_s",
-                 "version", "alone", "message")
+                 "version", "alone", "message", "armed_s")
 
     def __init__(self, fid, links, min_capacity_bytes_per_s, latency_s, nbytes, now, message):
         self.fid = fid
@@ -66,6 +66,7 @@ class Flow:
         self.t_last_s = now
         self.t_end_s = None  # when the last byte leaves, at the current rate
         self.version = 0
+        self.armed_s = None  # when its pending last-byte event fires (None: none, or its lone delivery)
         self.alone = False  # its pending event is a delivery that frees no bandwidth for others
         self.message = message
 
@@ -100,6 +101,7 @@ class FlowNetwork:
         self.flows_started = 0
         self.solves = 0
         self.resolved = 0  # flows whose rate a solve computed (whether or not it changed)
+        self.armed = 0  # events scheduled for flows' last bytes and lone deliveries
         self._near_solved = 0  # re-solves from the change outwards that stayed near it
         self._near_failed = 0  # ... and that reached too far
         # Token buckets (see the module's docstring): each link's tokens as of
@@ -118,9 +120,10 @@ class FlowNetwork:
 
     def counts(self) -> dict[str, int]:
         """How much solving a run took: solves, rates computed, re-solves that stayed near their change
-        and those that reached too far (the connected set was then filled whole)."""
+        and those that reached too far (the connected set was then filled whole), and the events
+        scheduled for flows' last bytes and lone deliveries."""
         return {"solves": self.solves, "rates": self.resolved, "near_solved": self._near_solved,
-                "near_failed": self._near_failed}
+                "near_failed": self._near_failed, "armed": self.armed}
 
     def enable_reservations(self, on_reserved: Callable[[object, float], None]) -> None:
         """Links may be reserved (``reserved_until_s``, ``reserved_by``); a transfer that needs one before
@@ -284,6 +287,11 @@ class FlowNetwork:
         flow, version = event.value
         if flow.version != version:
             return  # superseded by a later rate change
+        flow.armed_s = None
+        if flow.t_end_s > clock_now(self.env):
+            # Its rate fell since this was set: its last byte leaves later, and this event goes on to then.
+            self._arm(flow, flow.t_end_s)
+            return
         self._detach(flow, touch=True)
         if flow.latency_s > 0:
             self._Timeout(self.env, flow.latency_s, flow.message).callbacks.append(self._deliver_value)
@@ -423,14 +431,26 @@ class FlowNetwork:
         flow.t_last_s = now
         flow.rate_bytes_per_s = rate_bytes_per_s
         flow.alone = alone
-        flow.version += 1
         duration = flow.remaining_bytes / rate_bytes_per_s
         flow.t_end_s = now + duration
         # The event's value carries (flow, version): a later rate change bumps
         # the version and so cancels this event without touching the queue.
         if alone:
+            flow.version += 1
+            flow.armed_s = None
+            self.armed += 1
             self._Timeout(self.env, duration + flow.latency_s, (flow, flow.version)).callbacks.append(
                 self._delivered_alone
             )
-        else:
+        elif flow.armed_s is None or flow.armed_s > flow.t_end_s:
+            flow.version += 1
+            flow.armed_s = flow.t_end_s
+            self.armed += 1
             self._Timeout(self.env, duration, (flow, flow.version)).callbacks.append(self._last_byte_left)
+        # else: its pending event fires no later than its last byte now leaves, and goes on from there
+        # (one pending event per flow, not one per rate change).
+
+    def _arm(self, flow: Flow, when_s: float) -> None:
+        flow.armed_s = when_s
+        self.armed += 1
+        call_at(self.env, when_s, self._last_byte_left, (flow, flow.version))

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+import simpy
 
 from simcore import network
 from simcore.engine import Simulator
@@ -196,3 +197,27 @@ def test_the_network_re_solving_near_a_change_gives_the_times_of_whole_solves(se
     assert sim.net.counts()["near_solved"] > 50
     for column in ("start_s", "end_s"):
         assert near.records[column].to_numpy() == pytest.approx(whole.records[column].to_numpy(), rel=1e-12)
+
+
+def test_a_rate_that_falls_schedules_no_new_event():
+    # 20 long flows start on one link 0.1 s apart: each start lowers every other flow's rate.  A flow's
+    # pending event stays where it is (it fires early and goes on to the new end), so by 2 s there is
+    # one event per flow and one for the first flow's change from alone to shared, not one per rate
+    # change (20 * 21 / 2 of them).
+    env = simpy.Environment()
+    delivered = []
+    net = network.FlowNetwork(env, [1e6], lambda message: delivered.append((message, env.now)))
+
+    def start(i):
+        yield env.timeout(0.1 * i)
+        net.transfer((0,), 1e6, 0.0, 100_000_000, i)
+
+    for i in range(20):
+        env.process(start(i))
+    env.run(until=2.0)
+    assert net.counts()["armed"] == 21
+    env.run()
+    # Equal shares throughout: the flows end in the order they started, the last when all the bytes
+    # have crossed the link (2e9 B at 1e6 B/s).
+    assert [message for message, _ in delivered] == list(range(20))
+    assert delivered[-1][1] == pytest.approx(2000.0, rel=1e-12)
