@@ -104,15 +104,20 @@ def _without_bottleneck(links, rate, solve, flows_on, capacity, now) -> list:
     load: dict[int, float] = {}
     top: dict[int, float] = {}
 
+    def rate_of(fid, flow):
+        """Its new rate if re-solved, its held one if still sending, else None."""
+        if fid in solve:
+            return rate[fid]
+        if flow.t_end_s is None or flow.t_end_s > now:
+            return flow.rate_bytes_per_s
+        return None
+
     def measure(link):
         total = 0.0
         most = 0.0
         for fid, flow in flows_on[link].items():
-            if fid in solve:
-                r = rate[fid]
-            elif flow.t_end_s is None or flow.t_end_s > now:
-                r = flow.rate_bytes_per_s
-            else:
+            r = rate_of(fid, flow)
+            if r is None:
                 continue
             total += r
             if r > most:
@@ -129,11 +134,8 @@ def _without_bottleneck(links, rate, solve, flows_on, capacity, now) -> list:
             if fid in checked:
                 continue
             checked.add(fid)
-            if fid in solve:
-                r = rate[fid]
-            elif flow.t_end_s is None or flow.t_end_s > now:
-                r = flow.rate_bytes_per_s
-            else:
+            r = rate_of(fid, flow)
+            if r is None:
                 continue
             for other in flow.links:
                 if other not in load:
