@@ -92,8 +92,7 @@ def run_distsim(case: dict) -> tuple[float, dict, list[float]]:
     simulator = Simulator(topology, programs)
     result = simulator.run()
     wall_s = time.perf_counter() - start
-    counts = {"events": int(result.summary["events"]), "solves": simulator.net.solves,
-              "rates": simulator.net.resolved}
+    counts = {"events": int(result.summary["events"]), **simulator.net.counts()}
     records = result.records
     sends = records[records["kind"] == "isend"]
     finish = {}

@@ -100,7 +100,7 @@ class FlowNetwork:
         self.bytes_on_link = [0.0] * len(self.capacity_bytes_per_s)
         self.flows_started = 0
         self.solves = 0
-        self.resolved = 0  # flows whose rate a solve computed (whether or not it changed)
+        self._rates = 0  # flows whose rate a solve computed (whether or not it changed)
         self.armed = 0  # events scheduled for flows' last bytes and lone deliveries
         self._near_solved = 0  # re-solves from the change outwards that stayed near it
         self._near_failed = 0  # ... and that reached too far
@@ -122,7 +122,7 @@ class FlowNetwork:
         """How much solving a run took: solves, rates computed, re-solves that stayed near their change
         and those that reached too far (the connected set was then filled whole), and the events
         scheduled for flows' last bytes and lone deliveries."""
-        return {"solves": self.solves, "rates": self.resolved, "near_solved": self._near_solved,
+        return {"solves": self.solves, "rates": self._rates, "near_solved": self._near_solved,
                 "near_failed": self._near_failed, "armed": self.armed}
 
     def enable_reservations(self, on_reserved: Callable[[object, float], None]) -> None:
@@ -340,14 +340,14 @@ class FlowNetwork:
             if not component:
                 continue
             if len(component) == 1:
-                self.resolved += 1
+                self._rates += 1
                 for flow in component.values():
                     self._set_rate(flow, flow.min_capacity_bytes_per_s, now, alone=True)
                 continue
             if (len(component) >= INCREMENTAL_MIN_FLOWS and self._near_failed <= 2 * self._near_solved + 8
                     and self._resolve_near(component, links, touched, now)):
                 continue
-            self.resolved += len(component)
+            self._rates += len(component)
             spare: dict[int, float] = {}
             count: dict[int, int] = {}
             for flow in component.values():
@@ -377,7 +377,7 @@ class FlowNetwork:
             self._near_failed += 1
             return False
         self._near_solved += 1
-        self.resolved += len(fixed)
+        self._rates += len(fixed)
         for flow, rate in fixed:
             old = flow.rate_bytes_per_s
             # A rate that moved by rounding only (the same share, summed in another order) keeps its event.
