@@ -17,134 +17,257 @@ into S, which is filled again.  Where no flow lacks a bottleneck the
 allocation is max-min fair; where S grows past ``limit`` flows it gives up,
 and the caller fills the whole connected set.
 
-Flows are objects with ``fid``, ``links``, ``rate_bytes_per_s`` and
-``t_end_s`` (a flow whose ``t_end_s`` has passed has sent its last byte and
-no longer competes); ``flows_on[link]`` maps fid -> flow for every flow on
-the link.
+Both run compiled (numba) on the flow table's arrays (simcore.flowtable,
+columns in simcore.flowlayout): a flow whose TEND has passed has sent its
+last byte and no longer competes; a link's flows are its linked list.
+``simcore.flowtable.rates`` fills a list of paths from scratch, for tests
+and for users who want max-min rates without a simulation.
 """
 from __future__ import annotations
 
-import heapq
+import numpy as np
+from numba import njit
+
+from simcore.flowlayout import (CAP, CHK, CNT, DONE, FIXED, HEAD, IN, LIN, LLIST, LMEAS, LOAD, MISSING, NEWRATE,
+                                NLINKS, RATE, SOLVE, SPARE, STAMP, TEND, TOP)
 
 # Relative slack of the bottleneck test: rates and loads summed in another
 # order differ by rounding, a few units in the last place per flow.
 SLACK = 1e-12
 
 
-def fill(flows: dict, flows_on, spare: dict[int, float], count: dict[int, int]) -> list[tuple[object, float]]:
-    """Progressive filling of ``flows`` (fid -> flow) on ``spare`` (link -> bandwidth left to them),
-    ``count`` (link -> how many of them cross it): (flow, rate) in the order they are fixed.
-    ``spare`` and ``count`` are used up."""
-    heap = [(spare[l] / count[l], l) for l in spare if count[l]]
-    heapq.heapify(heap)
-    fixed: list[tuple[object, float]] = []
-    done: set[int] = set()
-    while heap:
-        share, link = heapq.heappop(heap)
-        n = count[link]
-        if n == 0 or share != spare[link] / n:
-            continue  # stale entry
-        for fid, flow in flows_on[link].items():
-            if fid in done or fid not in flows:
+# The heap of (share, link) pairs in two arrays; sifting moves a hole rather than swapping pairs (six
+# times faster under numba).
+@njit(cache=True, inline="always")
+def _sift_down(hs, hl, i, n):
+    key = hs[i]
+    link = hl[i]
+    while True:
+        c = 2 * i + 1
+        if c >= n:
+            break
+        ck = hs[c]
+        cl = hl[c]
+        if c + 1 < n:
+            k2 = hs[c + 1]
+            if k2 < ck or (k2 == ck and hl[c + 1] < cl):
+                c += 1
+                ck = k2
+                cl = hl[c]
+        if ck < key or (ck == key and cl < link):
+            hs[i] = ck
+            hl[i] = cl
+            i = c
+        else:
+            break
+    hs[i] = key
+    hl[i] = link
+
+
+@njit(cache=True, inline="always")
+def _push(hs, hl, n, key, link):
+    i = n
+    while i > 0:
+        p = (i - 1) // 2
+        pk = hs[p]
+        if key < pk or (key == pk and link < hl[p]):
+            hs[i] = pk
+            hl[i] = hl[p]
+            i = p
+        else:
+            break
+    hs[i] = key
+    hl[i] = link
+    return n + 1
+
+
+@njit(cache=True, inline="always")
+def _pop(hs, hl, n):
+    n -= 1
+    hs[0] = hs[n]
+    hl[0] = hl[n]
+    _sift_down(hs, hl, 0, n)
+    return n
+
+
+@njit(cache=True, error_model="numpy")
+def fill(lcol, nl, mcol, mtag, nmembers, I, FL, E, LI, LF, K, C, SI, SF):
+    """Progressive filling of the flows stamped ``mtag`` in column ``mcol`` (``nmembers`` of them), on the
+    links LI[:nl, lcol], each with LF[:, SPARE] bandwidth left to them and LI[:, CNT] of them on it (both
+    used up).  The flows fixed, in order, go to SI[:, FIXED], their rates to SF[:, 0]; returns how many.
+
+    Each link is on the heap once, keyed by its share when last looked at.  A link's share only grows
+    as flows on it are fixed (each is fixed at the smallest share of all, no more than this link's), so a
+    key is a lower bound: a link that surfaces with a share grown since goes back with its new share,
+    one that surfaces at its share is the link of least share, and is filled.  Ties go to the lower link
+    number, as heapq orders the pairs, so the result does not depend on the order the links are listed
+    in."""
+    C[STAMP] += 1
+    done = C[STAMP]
+    hs = np.empty(nl + 1)
+    hl = np.empty(nl + 1, np.int64)
+    n = 0
+    for i in range(nl):
+        link = LI[i, lcol]
+        if LI[link, CNT]:
+            hs[n] = LF[link, SPARE] / LI[link, CNT]
+            hl[n] = link
+            n += 1
+    for i in range(n // 2 - 1, -1, -1):
+        _sift_down(hs, hl, i, n)
+    fixed = 0
+    while n > 0 and fixed < nmembers:
+        key = hs[0]
+        link = hl[0]
+        n = _pop(hs, hl, n)
+        count = LI[link, CNT]
+        if count == 0:
+            continue  # its flows were all fixed on other links
+        share = LF[link, SPARE] / count
+        if share > key:
+            n = _push(hs, hl, n, share, link)  # grown since it was keyed
+            continue
+        e = LI[link, HEAD]
+        while e >= 0:
+            s = e // K
+            e = E[e, 0]
+            if I[s, DONE] == done or I[s, mcol] != mtag:
                 continue
-            done.add(fid)
-            fixed.append((flow, share))
-            for other in flow.links:
-                spare[other] = max(spare[other] - share, 0.0)
-                count[other] -= 1
-                if count[other] and other != link:
-                    heapq.heappush(heap, (spare[other] / count[other], other))
+            I[s, DONE] = done
+            SI[fixed, FIXED] = s
+            SF[fixed, 0] = share
+            fixed += 1
+            for j in range(I[s, NLINKS]):
+                other = FL[s, j]
+                left = LF[other, SPARE] - share
+                LF[other, SPARE] = 0.0 if left < 0.0 else left
+                LI[other, CNT] -= 1
     return fixed
 
 
-def resolve(seed: dict, flows_on, capacity, now: float, limit: int) -> list[tuple[object, float]] | None:
-    """The (flow, rate) of the flows re-solved after a change, in the order fixed, starting from ``seed``
-    (fid -> flow: the flows on the links the change touched); None where more than ``limit`` flows
-    would have to be re-solved."""
-    solve = dict(seed)
+@njit(cache=True, inline="always")
+def _rate_of(s, tag, now, F, I):
+    """Its new rate if re-solved, its held one if still sending, else -1."""
+    if I[s, IN] == tag:
+        return F[s, NEWRATE]
+    if not F[s, TEND] <= now:
+        return F[s, RATE]
+    return -1.0
+
+
+@njit(cache=True)
+def _measure(link, mt, tag, now, F, I, E, LI, LF, K):
+    total = 0.0
+    most = 0.0
+    e = LI[link, HEAD]
+    while e >= 0:
+        r = _rate_of(e // K, tag, now, F, I)
+        e = E[e, 0]
+        if r < 0.0:
+            continue
+        total += r
+        if r > most:
+            most = r
+    LF[link, LOAD] = total
+    LF[link, TOP] = most
+    LI[link, LMEAS] = mt
+
+
+@njit(cache=True)
+def _without_bottleneck(nl, tag, now, F, I, FL, E, LI, LF, K, C, SI):
+    """The flows on the links LI[:nl, LLIST] without a bottleneck (to SI[:, MISSING]; returns how many),
+    with the new rates of the flows stamped ``tag`` in column IN and the held rates of the others."""
+    C[STAMP] += 1
+    mt = C[STAMP]
+    C[STAMP] += 1
+    checked = C[STAMP]
+    for i in range(nl):
+        _measure(LI[i, LLIST], mt, tag, now, F, I, E, LI, LF, K)
+    missing = 0
+    for i in range(nl):
+        e = LI[LI[i, LLIST], HEAD]
+        while e >= 0:
+            s = e // K
+            e = E[e, 0]
+            if I[s, CHK] == checked:
+                continue
+            I[s, CHK] = checked
+            r = _rate_of(s, tag, now, F, I)
+            if r < 0.0:
+                continue
+            found = False
+            for j in range(I[s, NLINKS]):
+                other = FL[s, j]
+                if LI[other, LMEAS] != mt:
+                    _measure(other, mt, tag, now, F, I, E, LI, LF, K)
+                if LF[other, LOAD] >= LF[other, CAP] * (1.0 - SLACK) and r >= LF[other, TOP] * (1.0 - SLACK):
+                    found = True
+                    break
+            if not found:
+                SI[missing, MISSING] = s
+                missing += 1
+    return missing
+
+
+@njit(cache=True, error_model="numpy")
+def resolve(nseed, tag, now, limit, F, I, FL, E, LI, LF, K, C, SI, SF):
+    """Re-solve after a change, starting from the ``nseed`` flows in SI[:, SOLVE] (stamped ``tag`` in
+    column IN: the flows on the links the change touched); the others' rates are held.  Returns how many
+    flows were re-solved (SI[:, FIXED], rates SF[:, 0], in the order fixed), or -1 where more than
+    ``limit`` would have to be."""
+    n = nseed
     while True:
-        links: dict[int, None] = {}
-        for flow in solve.values():
-            for link in flow.links:
-                links[link] = None
-        spare: dict[int, float] = {}
-        count: dict[int, int] = {}
-        for link in links:
-            left = capacity[link]
-            n = 0
-            for fid, flow in flows_on[link].items():
-                if fid in solve:
-                    n += 1
-                elif flow.t_end_s is None or flow.t_end_s > now:
-                    left -= flow.rate_bytes_per_s
-            spare[link] = left if left > 0.0 else 0.0
-            count[link] = n
-        fixed = fill(solve, flows_on, spare, count)
-        rate = {flow.fid: r for flow, r in fixed}
-        missing = _without_bottleneck(links, rate, solve, flows_on, capacity, now)
-        if not missing:
+        C[STAMP] += 1
+        lt = C[STAMP]
+        nl = 0
+        for i in range(n):
+            s = SI[i, SOLVE]
+            for j in range(I[s, NLINKS]):
+                link = FL[s, j]
+                if LI[link, LIN] != lt:
+                    LI[link, LIN] = lt
+                    LI[nl, LLIST] = link
+                    nl += 1
+        for i in range(nl):
+            link = LI[i, LLIST]
+            left = LF[link, CAP]
+            count = 0
+            e = LI[link, HEAD]
+            while e >= 0:
+                s = e // K
+                e = E[e, 0]
+                if I[s, IN] == tag:
+                    count += 1
+                elif not F[s, TEND] <= now:
+                    left -= F[s, RATE]
+            LF[link, SPARE] = left if left > 0.0 else 0.0
+            LI[link, CNT] = count
+        fixed = fill(LLIST, nl, IN, tag, n, I, FL, E, LI, LF, K, C, SI, SF)
+        for i in range(fixed):
+            F[SI[i, FIXED], NEWRATE] = SF[i, 0]
+        missing = _without_bottleneck(nl, tag, now, F, I, FL, E, LI, LF, K, C, SI)
+        if missing == 0:
             return fixed
-        before = len(solve)
-        for flow in missing:
-            if flow.fid not in solve:
-                solve[flow.fid] = flow
+        before = n
+        for m in range(missing):
+            s = SI[m, MISSING]
+            if I[s, IN] != tag:
+                I[s, IN] = tag
+                SI[n, SOLVE] = s
+                n += 1
                 continue
             # Held flows on its links outrun it: they are re-solved with it.
-            for link in flow.links:
-                for fid, other in flows_on[link].items():
-                    if fid not in solve and (other.t_end_s is None or other.t_end_s > now):
-                        solve[fid] = other
-        if len(solve) > limit or len(solve) == before:
-            return None
-
-
-def _without_bottleneck(links, rate, solve, flows_on, capacity, now) -> list:
-    """The flows on ``links`` without a bottleneck, with the new ``rate`` (fid -> rate) of the flows in
-    ``solve`` and the held rates of the others."""
-    load: dict[int, float] = {}
-    top: dict[int, float] = {}
-
-    def rate_of(fid, flow):
-        """Its new rate if re-solved, its held one if still sending, else None."""
-        if fid in solve:
-            return rate[fid]
-        if flow.t_end_s is None or flow.t_end_s > now:
-            return flow.rate_bytes_per_s
-        return None
-
-    def measure(link):
-        total = 0.0
-        most = 0.0
-        for fid, flow in flows_on[link].items():
-            r = rate_of(fid, flow)
-            if r is None:
-                continue
-            total += r
-            if r > most:
-                most = r
-        load[link] = total
-        top[link] = most
-
-    for link in links:
-        measure(link)
-    missing = []
-    checked: set[int] = set()
-    for link in links:
-        for fid, flow in flows_on[link].items():
-            if fid in checked:
-                continue
-            checked.add(fid)
-            r = rate_of(fid, flow)
-            if r is None:
-                continue
-            for other in flow.links:
-                if other not in load:
-                    measure(other)
-                if load[other] >= capacity[other] * (1.0 - SLACK) and r >= top[other] * (1.0 - SLACK):
-                    break
-            else:
-                missing.append(flow)
-    return missing
+            for j in range(I[s, NLINKS]):
+                e = LI[FL[s, j], HEAD]
+                while e >= 0:
+                    o = e // K
+                    e = E[e, 0]
+                    if I[o, IN] != tag and not F[o, TEND] <= now:
+                        I[o, IN] = tag
+                        SI[n, SOLVE] = o
+                        n += 1
+        if n > limit or n == before:
+            return -1
 
 
 def bottlenecks(rates: dict, paths: dict, capacity, slack: float = 1e-12) -> dict:

@@ -16,8 +16,12 @@ process that wakes at that instant has issued its transfers.
 A flow alone in its component gets a single event, its delivery; it is not
 taken off its links when its last byte leaves but lazily, by the next solve
 that meets it (it no longer competes, having finished) or by its delivery.
-Flows that share links get an event when their last byte leaves, which frees
-their share for the others, and their delivery after the latency.
+The last bytes of flows that share links are kept in the flow table's heap
+(simcore.flowtable), one entry per flow (a rate that falls keeps its entry,
+which goes on to the new end when it surfaces), and the network has one
+SimPy event pending for them, at the heap's earliest time: events grow with
+messages, not with rate changes.  The solve, the heap and the flows' state
+run compiled (numba) on arrays.
 
 With ``burst_bytes`` > 0 every link is a token bucket, as a shaped link is
 (a Linux htb or tbf shaper, a cloud NIC's burst allowance): an idle link
@@ -38,10 +42,13 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
+import numpy as np
 import simpy
 
-from simcore import maxmin
-from simcore.clock import LAST_AT_INSTANT, call_at, call_at_end_of_instant, now as clock_now
+from simcore import flowtable as ft
+from simcore.clock import LAST_AT_INSTANT, call_at, call_at_end_of_instant, now as clock_now, value as event_value
+from simcore.flowlayout import (ALONE, ARMED_N, COMP, COUNT, DUR, HSIZE, IDLE, LONE, MINCAP, NEAR_FAILED,
+                                NEAR_SOLVED, OUT, RATE, RATES, REM, SOLVES, TEND, TLAST, VERSION)
 
 # Connected sets of flows from this size are re-solved from the change outwards (maxmin.resolve);
 # smaller ones are filled whole, which costs less than finding how far a change reaches.
@@ -50,25 +57,7 @@ INCREMENTAL_MIN_FLOWS = 64
 # re-solve would reach 1/NEAR_LIMIT_SHARE of it: past that, filling the set whole costs less.
 NEAR_SEED_SHARE = 16
 NEAR_LIMIT_SHARE = 8
-
-
-class Flow:
-    __slots__ = ("fid", "links", "min_capacity_bytes_per_s", "latency_s", "remaining_bytes", "rate_bytes_per_s", "t_last_s", "t_end_s",
-                 "version", "alone", "message", "armed_s")
-
-    def __init__(self, fid, links, min_capacity_bytes_per_s, latency_s, nbytes, now, message):
-        self.fid = fid
-        self.links = links
-        self.min_capacity_bytes_per_s = min_capacity_bytes_per_s
-        self.latency_s = latency_s
-        self.remaining_bytes = float(nbytes)
-        self.rate_bytes_per_s = 0.0
-        self.t_last_s = now
-        self.t_end_s = None  # when the last byte leaves, at the current rate
-        self.version = 0
-        self.armed_s = None  # when its pending last-byte event fires (None: none, or its lone delivery)
-        self.alone = False  # its pending event is a delivery that frees no bandwidth for others
-        self.message = message
+NAN = float("nan")
 
 
 class FlowNetwork:
@@ -93,25 +82,24 @@ class FlowNetwork:
         self.on_delivered = on_delivered
         self._Timeout = simpy.Timeout
         self.capacity_bytes_per_s = [float(c) for c in capacities_bytes_per_s]
-        self._flows_on: list[dict[int, Flow]] = [dict() for _ in self.capacity_bytes_per_s]
+        self.table = ft.FlowTable(self.capacity_bytes_per_s)
+        # Per slot, what the SimPy side keeps of a flow: its message, latency and links.
+        self._message: list = []
+        self._latency: list[float] = []
+        self._links: list[tuple[int, ...]] = []
         self._touched: dict[int, None] = {}
         self._solve_pending = False
-        self._next_fid = 0
+        self._wake_s: float | None = None  # the earliest pending wake-up for the heap's last bytes
+        self.wakes = 0
         self.bytes_on_link = [0.0] * len(self.capacity_bytes_per_s)
         self.flows_started = 0
-        self.solves = 0
-        self._rates = 0  # flows whose rate a solve computed (whether or not it changed)
-        self.armed = 0  # events scheduled for flows' last bytes and lone deliveries
-        self._near_solved = 0  # re-solves from the change outwards that stayed near it
-        self._near_failed = 0  # ... and that reached too far
-        # Token buckets (see the module's docstring): each link's tokens as of
-        # a time, and when the last byte of the last flow that left it left.
+        # Token buckets (see the module's docstring): each link's tokens as of a time; when the last byte
+        # of the last flow that left it left is the table's IDLE column.
         self.burst_bytes = float(burst_bytes)
         links = len(self.capacity_bytes_per_s)
         self._tokens = [self.burst_bytes] * links
         self._tokens_as_of_s = [0.0] * links
-        self._idle_from_s = [0.0] * links
-        self._starting: dict[int, Flow] = {}  # flows issued since the last solve that take the buckets
+        self._starting: dict[int, None] = {}  # slots of the flows issued since the last solve that take the buckets
         # Links a fast path computed ahead (simcore.collective_path): until when each is reserved, by whom,
         # and what to call when a transfer needs one before then.  None until a fast path reserves links.
         self.reserved_until_s: list[float] | None = None
@@ -120,10 +108,11 @@ class FlowNetwork:
 
     def counts(self) -> dict[str, int]:
         """How much solving a run took: solves, rates computed, re-solves that stayed near their change
-        and those that reached too far (the connected set was then filled whole), and the events
-        scheduled for flows' last bytes and lone deliveries."""
-        return {"solves": self.solves, "rates": self._rates, "near_solved": self._near_solved,
-                "near_failed": self._near_failed, "armed": self.armed}
+        and those that reached too far (the connected set was then filled whole), last bytes put on the
+        heap and lone deliveries scheduled ("armed"), and the SimPy wake-ups the heap took."""
+        C = self.table.C
+        return {"solves": int(C[SOLVES]), "rates": int(C[RATES]), "near_solved": int(C[NEAR_SOLVED]),
+                "near_failed": int(C[NEAR_FAILED]), "armed": int(C[ARMED_N]), "wakes": self.wakes}
 
     def enable_reservations(self, on_reserved: Callable[[object, float], None]) -> None:
         """Links may be reserved (``reserved_until_s``, ``reserved_by``); a transfer that needs one before
@@ -157,18 +146,14 @@ class FlowNetwork:
         self.flows_started += 1
         if nbytes and links:
             bytes_on_link = self.bytes_on_link
-            flows_on = self._flows_on
             touched = self._touched
-            fid = self._next_fid
-            self._next_fid = fid + 1
-            flow = Flow(fid, links, min_capacity_bytes_per_s, latency_s, nbytes if work_bytes is None else work_bytes,
-                         clock_now(self.env), message)
             for link in links:
                 bytes_on_link[link] += nbytes
-                flows_on[link][fid] = flow
                 touched[link] = None
+            slot = self._new_flow(links, min_capacity_bytes_per_s, latency_s,
+                                  nbytes if work_bytes is None else work_bytes, clock_now(self.env), message)
             if self.burst_bytes and take_burst:
-                self._starting[fid] = flow
+                self._starting[slot] = None
             if not self._solve_pending:
                 self._schedule_solve()
         else:
@@ -178,10 +163,10 @@ class FlowNetwork:
 
     def link_quiet(self, link: int, t0: float) -> bool:
         """No flow on ``link`` still has bytes to send at ``t0`` (lingering ones only wait for delivery)."""
-        for flow in self._flows_on[link].values():
-            if flow.t_end_s is None or flow.t_end_s > t0:
-                return False
-        return True
+        t = self.table
+        if t.LI[link, COUNT] == 0:
+            return True
+        return ft.link_quiet(link, t0, t.F, t.E, t.LI, t.K)
 
     def link_free(self, link: int, t0: float) -> bool:
         """No flow competes on ``link`` at ``t0`` and no fast path holds it."""
@@ -194,15 +179,13 @@ class FlowNetwork:
         """A flow a fast path computed alone on its path since ``start_s`` goes on from now as the network's:
         its last byte leaves at ``last_byte_s`` and it is delivered at ``delivered_s`` (the fast path's
         floats) unless another flow comes to share its links first."""
-        flow = Flow(self._next_fid, links, min_capacity_bytes_per_s, latency_s, work_bytes, start_s, message)
-        self._next_fid += 1
-        flow.rate_bytes_per_s = min_capacity_bytes_per_s
-        flow.t_end_s = last_byte_s
-        flow.alone = True
-        flow.version = 1
-        for link in links:
-            self._flows_on[link][flow.fid] = flow
-        call_at(self.env, delivered_s, self._delivered_alone, (flow, 1))
+        slot = self._new_flow(links, min_capacity_bytes_per_s, latency_s, work_bytes, start_s, message)
+        t = self.table
+        t.F[slot, RATE] = min_capacity_bytes_per_s
+        t.F[slot, TEND] = last_byte_s
+        t.I[slot, ALONE] = 1
+        t.I[slot, VERSION] += 1
+        call_at(self.env, delivered_s, self._delivered_alone, (slot, int(t.I[slot, VERSION])))
 
     def deliver_at(self, delivered_s: float, message) -> None:
         """A message whose last byte has left is delivered at ``delivered_s``."""
@@ -212,16 +195,40 @@ class FlowNetwork:
                message) -> None:
         """A message under way (its bytes counted on its links already) goes on from now with
         ``remaining_bytes``, sharing its links as any flow does."""
-        flow = Flow(self._next_fid, links, min_capacity_bytes_per_s, latency_s, remaining_bytes,
-                    clock_now(self.env), message)
-        self._next_fid += 1
+        self._new_flow(links, min_capacity_bytes_per_s, latency_s, remaining_bytes, clock_now(self.env), message)
         for link in links:
-            self._flows_on[link][flow.fid] = flow
             self._touched[link] = None
         if not self._solve_pending:
             self._schedule_solve()
 
     # -- internals -----------------------------------------------------------
+
+    def _new_flow(self, links, min_capacity_bytes_per_s: float, latency_s: float, work_bytes: float,
+                  start_s: float, message) -> int:
+        """A flow on ``links`` (joined to them, not yet solved), in a slot of the table."""
+        t = self.table
+        slot = t.take_slot(links)
+        if slot >= len(self._message):
+            more = t.F.shape[0] - len(self._message)
+            self._message.extend([None] * more)
+            self._latency.extend([0.0] * more)
+            self._links.extend([()] * more)
+        self._message[slot] = message
+        self._latency[slot] = latency_s
+        self._links[slot] = links
+        row = t.F[slot]
+        row[REM] = work_bytes
+        row[MINCAP] = min_capacity_bytes_per_s
+        row[TLAST] = start_s
+        ft.attach(slot, t.I, t.FL, t.E, t.LI, t.K)
+        return slot
+
+    def _end(self, slot: int):
+        """The slot's flow is done: its message (its slot is free again)."""
+        message = self._message[slot]
+        self._message[slot] = None
+        self.table.release(slot)
+        return message
 
     def _deliver_after(self, latency_s: float, message: object) -> None:
         if latency_s > 0:
@@ -233,224 +240,105 @@ class FlowNetwork:
         """The flows that start now pass their share of the buckets on their paths at once; one
         that passes whole is delivered after its latency, having taken no bandwidth."""
         starting, self._starting = self._starting, {}
-        flows_on = self._flows_on
+        t = self.table
         tokens = self._tokens
         sharers: dict[int, int] = {}  # link -> flows starting on it now
-        for flow in starting.values():
-            for link in flow.links:
+        for slot in starting:
+            for link in self._links[slot]:
                 if link in sharers:
                     sharers[link] += 1
                     continue
                 sharers[link] = 1
-                idle_from = max(self._tokens_as_of_s[link], self._idle_from_s[link])
-                for fid, other in flows_on[link].items():
-                    if fid in starting:
+                idle_from = max(self._tokens_as_of_s[link], float(t.LF[link, IDLE]))
+                for other in t.slots_on(link):
+                    if other in starting:
                         continue
-                    if other.t_end_s is None or other.t_end_s > now:
+                    end = float(t.F[other, TEND])
+                    if not end <= now:
                         idle_from = now  # busy: no refill
                         break
-                    idle_from = max(idle_from, other.t_end_s)
+                    idle_from = max(idle_from, end)
                 if idle_from < now:
                     tokens[link] = min(self.burst_bytes,
                                        tokens[link] + self.capacity_bytes_per_s[link] * (now - idle_from))
                 self._tokens_as_of_s[link] = now
         shares = {link: tokens[link] / count for link, count in sharers.items()}
-        for flow in starting.values():
-            take = min(flow.remaining_bytes, min(shares[link] for link in flow.links))
+        for slot in starting:
+            links = self._links[slot]
+            remaining = float(t.F[slot, REM])
+            take = min(remaining, min(shares[link] for link in links))
             if take <= 0.0:
                 continue
-            for link in flow.links:
+            for link in links:
                 tokens[link] -= take
-            flow.remaining_bytes -= take
-            if flow.remaining_bytes <= 0.0:
-                flow.t_end_s = now
-                for link in flow.links:
-                    on_link = flows_on[link]
-                    on_link.pop(flow.fid, None)
-                    if on_link:
+            remaining -= take
+            t.F[slot, REM] = remaining
+            if remaining <= 0.0:
+                t.F[slot, TEND] = now
+                ft.unlink(slot, t.F, t.I, t.FL, t.E, t.LI, t.LF, t.K, False)
+                for link in links:
+                    if t.LI[link, COUNT]:
                         self._touched[link] = None
-                self._deliver_after(flow.latency_s, flow.message)
-
-    def _note_left(self, flow: Flow) -> None:
-        """Before ``flow`` leaves its links: their buckets refill from when its last byte left."""
-        idle_from = self._idle_from_s
-        end = flow.t_end_s
-        for link in flow.links:
-            if flow.fid in self._flows_on[link] and end > idle_from[link]:
-                idle_from[link] = end
+                latency_s = self._latency[slot]
+                self._deliver_after(latency_s, self._end(slot))
 
     def _schedule_solve(self) -> None:
         self._solve_pending = True
         call_at_end_of_instant(self.env, LAST_AT_INSTANT, self._solve)
 
-    def _last_byte_left(self, event) -> None:
-        flow, version = event.value
-        if flow.version != version:
-            return  # superseded by a later rate change
-        flow.armed_s = None
-        if flow.t_end_s > clock_now(self.env):
-            # Its rate fell since this was set: its last byte leaves later, and this event goes on to then.
-            self._arm(flow, flow.t_end_s)
-            return
-        self._detach(flow, touch=True)
-        if flow.latency_s > 0:
-            self._Timeout(self.env, flow.latency_s, flow.message).callbacks.append(self._deliver_value)
-        else:
-            self.on_delivered(flow.message)
-
     def _deliver_value(self, event) -> None:
-        self.on_delivered(event.value)
+        self.on_delivered(event_value(event))
 
     def _delivered_alone(self, event) -> None:
-        flow, version = event.value
-        if flow.version != version:
+        slot, version = event_value(event)
+        t = self.table
+        if t.I[slot, VERSION] != version:
             return
-        self._detach(flow, touch=False)
-        self.on_delivered(flow.message)
-
-    def _detach(self, flow: Flow, touch: bool) -> None:
-        fid = flow.fid
-        flows_on = self._flows_on
-        touched = self._touched
-        if self.burst_bytes:
-            self._note_left(flow)
-        for link in flow.links:
-            on_link = flows_on[link]
-            if on_link.pop(fid, None) is not None and touch and on_link:
-                touched[link] = None
-        if touch and touched and not self._solve_pending:
-            self._schedule_solve()
+        ft.unlink(slot, t.F, t.I, t.FL, t.E, t.LI, t.LF, t.K, bool(self.burst_bytes))
+        self.on_delivered(self._end(slot))
 
     def _solve(self, _event) -> None:
         self._solve_pending = False
-        self.solves += 1
         now = clock_now(self.env)
         if self._starting:
             self._grant_bursts(now)
-        flows_on = self._flows_on
-        capacity = self.capacity_bytes_per_s
         touched, self._touched = self._touched, {}
-        seen: set[int] = set()
-        for start in touched:
-            if start in seen or not flows_on[start]:
-                continue
-            seen.add(start)
-            links: list[int] = []
-            component = self._component(start, seen, now, links)
-            if not component:
-                continue
-            if len(component) == 1:
-                self._rates += 1
-                for flow in component.values():
-                    self._set_rate(flow, flow.min_capacity_bytes_per_s, now, alone=True)
-                continue
-            if (len(component) >= INCREMENTAL_MIN_FLOWS and self._near_failed <= 2 * self._near_solved + 8
-                    and self._resolve_near(component, links, touched, now)):
-                continue
-            self._rates += len(component)
-            spare: dict[int, float] = {}
-            count: dict[int, int] = {}
-            for flow in component.values():
-                for link in flow.links:
-                    if link not in spare:
-                        spare[link] = capacity[link]
-                        count[link] = len(flows_on[link])
-            for flow, rate in maxmin.fill(component, flows_on, spare, count):
-                self._set_rate(flow, rate, now, alone=False)
+        t = self.table
+        t.heap_room(t.F.shape[0])
+        links = np.fromiter(touched, np.int64, len(touched))
+        lone = ft.solve(links, len(links), now, t.F, t.I, t.FL, t.E, t.LI, t.LF, t.K, t.Hf, t.Hi, t.C, t.SI, t.SF,
+                        bool(self.burst_bytes), INCREMENTAL_MIN_FLOWS, NEAR_SEED_SHARE, NEAR_LIMIT_SHARE)
+        if lone:
+            Timeout, env, latency, delivered_alone = self._Timeout, self.env, self._latency, self._delivered_alone
+            for slot, duration, version in zip(t.SI[:lone, LONE].tolist(), t.F[t.SI[:lone, LONE], DUR].tolist(),
+                                               t.I[t.SI[:lone, LONE], VERSION].tolist()):
+                Timeout(env, duration + latency[slot], (slot, version)).callbacks.append(delivered_alone)
+        self._ensure_wake()
 
-    def _resolve_near(self, component: dict[int, Flow], links: list[int], touched: dict, now: float) -> bool:
-        """Re-solve ``component`` from the flows on its touched ``links`` out only as far as rates move
-        (``maxmin.resolve``); False where that would reach 1/NEAR_LIMIT_SHARE of it (the caller fills it whole).
-        Where changes mostly reach that far (dense traffic, rates tightly coupled), the caller stops
-        trying: it tries while failures are at most twice the successes, plus 8."""
-        flows_on = self._flows_on
-        seed: dict[int, Flow] = {}
-        for link in links:
-            if link in touched:
-                for fid, flow in flows_on[link].items():
-                    if fid in component:
-                        seed[fid] = flow
-        if len(seed) * NEAR_SEED_SHARE > len(component):
-            return False  # the change touches much of it already: filling it whole costs less
-        fixed = maxmin.resolve(seed, flows_on, self.capacity_bytes_per_s, now, len(component) // NEAR_LIMIT_SHARE)
-        if fixed is None:
-            self._near_failed += 1
-            return False
-        self._near_solved += 1
-        self._rates += len(fixed)
-        for flow, rate in fixed:
-            old = flow.rate_bytes_per_s
-            # A rate that moved by rounding only (the same share, summed in another order) keeps its event.
-            if old != rate and abs(rate - old) <= maxmin.SLACK * rate:
-                rate = old
-            self._set_rate(flow, rate, now, alone=False)
-        return True
+    def _ensure_wake(self) -> None:
+        """One SimPy event pending at the heap's earliest time (earlier ones are kept: they find nothing due)."""
+        t = self.table
+        if t.C[HSIZE]:
+            top = float(t.Hf[0])
+            if self._wake_s is None or top < self._wake_s:
+                self._wake_s = top
+                self.wakes += 1
+                call_at(self.env, top, self._wake, None)
 
-    def _component(self, start: int, seen: set[int], now: float, links: list[int]) -> dict[int, Flow]:
-        """The flows connected to link ``start`` through shared links (fid -> flow), and in ``links`` the
-        links they cross; lingering flows met on the way, whose last byte has left, leave their links."""
-        flows_on = self._flows_on
-        component: dict[int, Flow] = {}
-        stack = [start]
-        while stack:
-            link = stack.pop()
-            links.append(link)
-            on_link = flows_on[link]
-            finished = None
-            for fid, flow in on_link.items():
-                if fid in component:
-                    continue
-                if flow.t_end_s is not None and flow.t_end_s <= now:
-                    # Its last byte has left: it lingers only until delivery.
-                    finished = (finished or []) + [flow]
-                    continue
-                component[fid] = flow
-                for other in flow.links:
-                    if other not in seen:
-                        seen.add(other)
-                        stack.append(other)
-            if finished:
-                if self.burst_bytes:
-                    for flow in finished:
-                        self._note_left(flow)
-                for flow in finished:
-                    for other in flow.links:
-                        flows_on[other].pop(flow.fid, None)
-        return component
-
-    def _set_rate(self, flow: Flow, rate_bytes_per_s: float, now: float, alone: bool) -> None:
-        if rate_bytes_per_s == flow.rate_bytes_per_s and alone == flow.alone:
-            # Unchanged.  (A flow that was alone and now shares at the same
-            # rate still needs a new event: its lone delivery would never free
-            # bandwidth for the others when its last byte leaves.)
-            return
-        if flow.rate_bytes_per_s:
-            flow.remaining_bytes -= flow.rate_bytes_per_s * (now - flow.t_last_s)
-            if flow.remaining_bytes < 0.0:
-                flow.remaining_bytes = 0.0
-        flow.t_last_s = now
-        flow.rate_bytes_per_s = rate_bytes_per_s
-        flow.alone = alone
-        duration = flow.remaining_bytes / rate_bytes_per_s
-        flow.t_end_s = now + duration
-        # The event's value carries (flow, version): a later rate change bumps
-        # the version and so cancels this event without touching the queue.
-        if alone:
-            flow.version += 1
-            flow.armed_s = None
-            self.armed += 1
-            self._Timeout(self.env, duration + flow.latency_s, (flow, flow.version)).callbacks.append(
-                self._delivered_alone
-            )
-        elif flow.armed_s is None or flow.armed_s > flow.t_end_s:
-            flow.version += 1
-            flow.armed_s = flow.t_end_s
-            self.armed += 1
-            self._Timeout(self.env, duration, (flow, flow.version)).callbacks.append(self._last_byte_left)
-        # else: its pending event fires no later than its last byte now leaves, and goes on from there
-        # (one pending event per flow, not one per rate change).
-
-    def _arm(self, flow: Flow, when_s: float) -> None:
-        flow.armed_s = when_s
-        self.armed += 1
-        call_at(self.env, when_s, self._last_byte_left, (flow, flow.version))
+    def _wake(self, _event) -> None:
+        now = clock_now(self.env)
+        if self._wake_s is not None and self._wake_s <= now:
+            self._wake_s = None
+        t = self.table
+        ended, touched = ft.due(now, t.F, t.I, t.FL, t.E, t.LI, t.LF, t.K, t.Hf, t.Hi, t.C, t.SI,
+                                bool(self.burst_bytes))
+        if touched:
+            for link in t.LI[:touched, OUT].tolist():
+                self._touched[link] = None
+            if not self._solve_pending:
+                self._schedule_solve()
+        if ended:
+            latency = self._latency
+            for slot in t.SI[:ended, COMP].tolist():
+                self._deliver_after(latency[slot], self._end(slot))
+        self._ensure_wake()

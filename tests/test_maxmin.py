@@ -1,4 +1,4 @@
-"""Progressive filling (simcore.maxmin.fill): closed forms, and the bottleneck condition on random flow sets.
+"""Progressive filling (simcore.maxmin, compiled): closed forms, and the bottleneck condition on random flow sets.
 
 The max-min fair allocation is the one in which every flow has a bottleneck:
 a full link of its path on which no flow has a higher rate.  That condition
@@ -6,39 +6,35 @@ is checked independently of how the rates were computed (``bottlenecks``).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pytest
 import simpy
 
 from simcore import network
 from simcore.engine import Simulator
-from simcore.maxmin import bottlenecks, fill, resolve
+from simcore.flowlayout import RATE
+from simcore.flowtable import FlowTable, attach, rates
+from simcore.maxmin import bottlenecks
 from topologies import LinkSpec, NodeSpec, hierarchical
 from workloads.ops import Compute, Irecv, Isend, Wait
 
 
-@dataclass
-class _Flow:
-    fid: int
-    links: tuple[int, ...]
-    rate_bytes_per_s: float = 0.0
-    t_end_s: float | None = None  # None: still sending
-
-
 def solve(paths: list[tuple[int, ...]], capacity: list[float]) -> list[float]:
     """Rates of flows on ``paths`` (link indices) over links of ``capacity``, from scratch."""
-    flows = {fid: _Flow(fid, tuple(path)) for fid, path in enumerate(paths)}
-    flows_on: list[dict] = [dict() for _ in capacity]
-    for fid, flow in flows.items():
-        for link in flow.links:
-            flows_on[link][fid] = flow
-    used = {link for path in paths for link in path}
-    spare = {link: float(capacity[link]) for link in used}
-    count = {link: len(flows_on[link]) for link in used}
-    rates = {flow.fid: rate for flow, rate in fill(flows, flows_on, spare, count)}
-    return [rates[fid] for fid in range(len(paths))]
+    return rates(paths, capacity)
+
+
+def _table(paths, capacity, held=None) -> tuple[FlowTable, list[int]]:
+    """A flow table with a flow on each of ``paths`` (its slot in the list), sending at ``held`` rates."""
+    table = FlowTable(list(capacity), slots=4)
+    slots = []
+    for i, path in enumerate(paths):
+        slot = table.take_slot(tuple(path))
+        attach(slot, table.I, table.FL, table.E, table.LI, table.K)
+        if held is not None:
+            table.F[slot, RATE] = held[i]
+        slots.append(slot)
+    return table, slots
 
 
 def test_parking_lot_gives_every_flow_half_a_link():
@@ -91,6 +87,36 @@ def test_random_flow_sets_satisfy_the_bottleneck_condition():
         assert None not in found.values(), where
 
 
+def _water_filling(paths, capacity) -> list[float]:
+    """Progressive filling written plainly (the textbook loop, no heap, no lists per link): raise every
+    unfixed flow by the least share of any link, fix the flows of the links that fill."""
+    rate = [0.0] * len(paths)
+    fixed = [False] * len(paths)
+    spare = [float(c) for c in capacity]
+    while not all(fixed):
+        users = {}
+        for fid, path in enumerate(paths):
+            if not fixed[fid]:
+                for link in path:
+                    users.setdefault(link, []).append(fid)
+        share, link = min((spare[link] / len(fids), link) for link, fids in users.items())
+        for fid in users[link]:
+            fixed[fid] = True
+            rate[fid] = share
+            for other in paths[fid]:
+                spare[other] = max(spare[other] - share, 0.0)
+    return rate
+
+
+def test_the_compiled_filling_equals_the_textbook_loop_on_random_flow_sets():
+    rng = np.random.default_rng(2019)
+    for case in range(3000):
+        nlinks = int(rng.integers(1, 20))
+        capacity = list(rng.choice([1.0, 3.0, 10.0, 1.25e9, 5e9], size=nlinks) * rng.uniform(0.5, 2.0, nlinks))
+        paths = _random_paths(rng, nlinks, int(rng.integers(1, 40)))
+        assert solve(paths, capacity) == pytest.approx(_water_filling(paths, capacity), rel=1e-12, abs=0), case
+
+
 def test_the_bottleneck_check_finds_an_allocation_that_is_not_max_min():
     # Flow 1 could have more: link 1 is not full and link 0 has a faster flow.
     found = bottlenecks({0: 8.0, 1: 2.0}, {0: (0,), 1: (0, 1)}, [10.0, 5.0])
@@ -107,35 +133,29 @@ def test_a_change_re_solved_from_where_it_touches_gives_the_from_scratch_rates()
     # its links outwards (resolve): every rate equals the from-scratch filling of the new set.
     rng = np.random.default_rng(1919)
     near = 0
-    for case in range(1500):
+    for case in range(3000):
         nlinks = int(rng.integers(2, 16))
         capacity = list(rng.choice([1.0, 2.5, 10.0, 40.0], size=nlinks) * rng.uniform(0.5, 2.0, nlinks))
         paths = _random_paths(rng, nlinks, int(rng.integers(2, 30)))
-        flows = {fid: _Flow(fid, path) for fid, path in enumerate(paths)}
-        for fid, rate in enumerate(solve(paths, capacity)):
-            flows[fid].rate_bytes_per_s = rate
+        before = solve(paths, capacity)
         if rng.random() < 0.5:
-            changed = flows.pop(int(rng.integers(len(flows))))
-            seed_links = changed.links
+            gone = int(rng.integers(len(paths)))
+            seed_links = paths[gone]
+            paths, held = paths[:gone] + paths[gone + 1:], before[:gone] + before[gone + 1:]
         else:
-            changed = flows[len(paths)] = _Flow(len(paths), _random_paths(rng, nlinks, 1)[0])
-            seed_links = changed.links
-        flows_on: list[dict] = [dict() for _ in capacity]
-        for fid, flow in flows.items():
-            for link in flow.links:
-                flows_on[link][fid] = flow
-        seed = {fid: flow for link in seed_links for fid, flow in flows_on[link].items()}
-        fixed = resolve(seed, flows_on, capacity, 0.0, limit=len(flows))
+            seed_links = _random_paths(rng, nlinks, 1)[0]
+            paths, held = paths + [seed_links], before + [0.0]
+        table, slots = _table(paths, capacity, held)
+        seed = list(dict.fromkeys(s for link in seed_links for s in table.slots_on(link)))
+        fixed = table.resolve_from(seed, 0.0, limit=len(paths))
         where = f"case {case}"
         assert fixed is not None, where
-        near += len(fixed) < len(flows)
-        rates = {fid: flow.rate_bytes_per_s for fid, flow in flows.items()}
-        rates.update({flow.fid: rate for flow, rate in fixed})
-        fids = sorted(flows)
-        scratch = solve([flows[fid].links for fid in fids], capacity)
-        assert [rates[fid] for fid in fids] == pytest.approx(scratch, rel=1e-12, abs=0), where
+        near += len(fixed) < len(paths)
+        got = dict(zip(slots, held))
+        got.update(fixed)
+        assert [got[s] for s in slots] == pytest.approx(solve(paths, capacity), rel=1e-12, abs=0), where
     # The change stayed near in many cases (else this test would only repeat the one above).
-    assert near > 300, near
+    assert near > 600, near
 
 
 def test_a_re_solve_that_would_reach_past_its_limit_gives_up():
@@ -145,20 +165,13 @@ def test_a_re_solve_that_would_reach_past_its_limit_gives_up():
     n = 6
     paths = [(i, i + 1) for i in range(n)]
     capacity = [2.0, 5.0, 7.0, 9.0, 11.0, 13.0, 100.0]
-    flows = {fid: _Flow(fid, path) for fid, path in enumerate(paths)}
     before = solve(paths, capacity)
     assert before == [2.0, 3.0, 4.0, 5.0, 6.0, 7.0]
-    for fid, rate in enumerate(before):
-        flows[fid].rate_bytes_per_s = rate
-    flows[n] = _Flow(n, (0,))
-    flows_on: list[dict] = [dict() for _ in capacity]
-    for fid, flow in flows.items():
-        for link in flow.links:
-            flows_on[link][fid] = flow
-    seed = dict(flows_on[0])
-    assert resolve(seed, flows_on, capacity, 0.0, limit=2) is None
-    fixed = resolve(seed, flows_on, capacity, 0.0, limit=len(flows))
-    assert sorted((flow.fid, rate) for flow, rate in fixed) == [
+    table, slots = _table(paths + [(0,)], capacity, before + [0.0])
+    seed = table.slots_on(0)
+    assert table.resolve_from(seed, 0.0, limit=2) is None
+    fixed = table.resolve_from(seed, 0.0, limit=n + 1)
+    assert sorted((slots.index(s), rate) for s, rate in fixed) == [
         (0, 1.0), (1, 3.5), (2, 3.5), (3, 5.5), (4, 5.5), (5, 7.5), (6, 1.0)]
 
 
@@ -221,3 +234,27 @@ def test_a_rate_that_falls_schedules_no_new_event():
     # have crossed the link (2e9 B at 1e6 B/s).
     assert [message for message, _ in delivered] == list(range(20))
     assert delivered[-1][1] == pytest.approx(2000.0, rel=1e-12)
+
+
+def test_the_flow_table_grows_and_widens_with_flows_on_it():
+    # 100 flows on links (0, 1) start first, then 100 on six links (0..5): the table grows past its first
+    # slots and widens its rows for the longer routes while the first flows sit on their links.  All 200
+    # share links 0 and 1 equally, so every one ends when all the bytes have crossed link 0.
+    env = simpy.Environment()
+    delivered = []
+    net = network.FlowNetwork(env, [1e6] * 6, lambda message: delivered.append((message, env.now)))
+
+    def start(i, links):
+        yield env.timeout(0.0 if i < 100 else 1e-9)
+        net.transfer(links, 1e6, 0.0, 1_000_000, i)
+
+    for i in range(200):
+        env.process(start(i, (0, 1) if i < 100 else (0, 1, 2, 3, 4, 5)))
+    env.run()
+    assert net.table.K == 6 and net.table.F.shape[0] >= 200
+    assert sorted(message for message, _ in delivered) == list(range(200))
+    # The first 100 send 1e6 / 100 B/s each for 1e-9 s (1e-5 B); then all 200 send 5e3 B/s until the first
+    # 100 end, and the last 100 send their last 1e-5 B at 1e4 B/s each.
+    first_s = 1e-9 + (1e6 - 1e-5) / 5e3
+    for message, when in delivered:
+        assert when == pytest.approx(first_s if message < 100 else first_s + 1e-9, rel=1e-12), message
