@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import networkx as nx
+import numpy as np
 import pytest
 import yaml
 
@@ -243,6 +244,35 @@ def test_route_matches_networkx_on_fat_tree():
         assert r.latency_s == pytest.approx(expected, rel=1e-12)
         nodes = [t.links[r.links[0]][0]] + [t.links[i][1] for i in r.links]
         assert nodes[0] == t.ranks[src] and nodes[-1] == t.ranks[dst]
+
+
+def test_routes_on_random_graphs_are_least_latency_then_fewest_hops():
+    # Random connected graphs with leaves (dead ends), latencies exact binary fractions so that ties are
+    # exact: every route is a path from source to destination, of networkx's least latency, and of the
+    # fewest hops among the paths of that latency.
+    rng = np.random.default_rng(7)
+    for case in range(40):
+        n = int(rng.integers(4, 18))
+        g = nx.Graph()
+        for i in range(n):
+            g.add_node(i, **compute_node())
+        for i in range(1, n):
+            others = [int(j) for j in rng.choice(i, size=min(i, int(rng.integers(1, 3))), replace=False)]
+            for j in others:
+                g.add_edge(i, j, **link(latency_s=int(rng.integers(1, 4)) * 2.0 ** -20))
+        t = Topology(g)
+        for src in range(t.nranks):
+            for dst in range(t.nranks):
+                if src == dst:
+                    continue
+                r = t.route(src, dst)
+                a, b = t.ranks[src], t.ranks[dst]
+                nodes = [a] + [t.links[i][1] for i in r.links]
+                assert [t.links[i][0] for i in r.links] == nodes[:-1] and nodes[-1] == b, case
+                best = nx.shortest_path_length(g, a, b, weight="latency_s")
+                assert r.latency_s == best, case
+                fewest = min(len(p) - 1 for p in nx.all_shortest_paths(g, a, b, weight="latency_s"))
+                assert len(r.links) == fewest, case
 
 
 def test_large_ring_routes_are_cheap():

@@ -9,7 +9,6 @@ demand (single-pair Dijkstra with early termination, cached per pair).
 from __future__ import annotations
 
 import bisect
-import heapq
 import math
 import numbers
 import operator
@@ -18,6 +17,7 @@ from typing import Any, NamedTuple
 
 import networkx as nx
 
+from .routing import Graph
 from .text import is_finite_number, short, short_list, short_name
 
 ROLES = ("compute", "switch", "router", "gateway")
@@ -48,15 +48,6 @@ def _number(value: Any, what: str) -> float:
     if not is_finite_number(value):
         raise TopologyError(f"{what} must be finite, got {short(value)}")
     return float(value)
-
-
-def _ecmp_hash(src: int, dst: int, node: int) -> int:
-    # A fixed integer mix (not Python's hash(), which is salted per process).
-    h = ((src + 1) * 0x9E3779B1) ^ ((dst + 1) * 0x85EBCA77) ^ ((node + 1) * 0xC2B2AE3D)
-    h &= 0xFFFFFFFF
-    h ^= h >> 16
-    h = (h * 0x7FEB352D) & 0xFFFFFFFF
-    return h ^ (h >> 15)
 
 
 def _link_name(u, v) -> str:
@@ -186,11 +177,6 @@ class Topology:
         self._rank_peaks = tuple(g.nodes[n].get("peak_flops_per_s") for n in self.ranks)
         self._rank_gemm = tuple(g.nodes[n].get("gemm_efficiency") for n in self.ranks)
 
-        # Adjacency by node index, neighbours in insertion order, for routing.
-        self._adj: list[list[tuple[int, int, float]]] = [[] for _ in nodes]
-        for link_id, (u, v) in enumerate(self.links):
-            ui, vi = self._node_index[u], self._node_index[v]
-            self._adj[ui].append((vi, link_id, self.link_latency_s[link_id]))
         # A node linked (either way) to one neighbour only ("dead end") lies on no path but its
         # own: routing walks past it, which on a cluster skips every other rank.
         neighbours: list[set[int]] = [set() for _ in nodes]
@@ -198,15 +184,8 @@ class Topology:
             ui, vi = self._node_index[u], self._node_index[v]
             neighbours[ui].add(vi)
             neighbours[vi].add(ui)
-        dead_end = [len(n) <= 1 for n in neighbours]
-        self._adj_live = [[(v, link_id, w) for v, link_id, w in adj if not dead_end[v]] for adj in self._adj]
-        # Into each dead end: its neighbour -> [(link id, latency)], relaxed only when it is the destination.
-        self._into_dead_end: list[dict[int, list] | None] = [{} if d else None for d in dead_end]
-        for link_id, (u, v) in enumerate(self.links):
-            vi = self._node_index[v]
-            if dead_end[vi]:
-                self._into_dead_end[vi].setdefault(self._node_index[u], []).append(
-                    (link_id, self.link_latency_s[link_id]))
+        self._dead_end = [len(n) <= 1 for n in neighbours]
+        self._graph: Graph | None = None  # built at the first route
         self._nodes = nodes
         self._routes: dict[tuple[int, int], Route] = {}
 
@@ -371,62 +350,21 @@ class Topology:
         cached = self._routes.get(key)
         if cached is not None:
             return cached
-        route = self._dijkstra(src, dst) if src != dst else Route((), 0.0)
+        route = self._search(src, dst) if src != dst else Route((), 0.0)
         self._routes[key] = route
         return route
 
-    def _dijkstra(self, src: int, dst: int) -> Route:
-        s = self._node_index[self.ranks[src]]
-        t = self._node_index[self.ranks[dst]]
-        best: dict[int, tuple[float, int]] = {s: (0.0, 0)}
-        preds: dict[int, list[tuple[int, int]]] = {}  # node -> equal-cost (predecessor, link id)
-        settled = set()
-        heap = [(0.0, 0, s)]
-        adj = self._adj_live
-        into_t = self._into_dead_end[t] or {}
-        while heap:
-            lat, hops, u = heapq.heappop(heap)
-            if u in settled:
-                continue
-            settled.add(u)
-            if u == t:
-                # Every equal-cost predecessor of t has a strictly smaller key
-                # (hops grow by one per link), so all were popped before t and
-                # preds[t] is complete: stopping here equals full Dijkstra.
-                break
-            for v, link_id, w in adj[u]:
-                if v in settled:
-                    continue
-                cand = (lat + w, hops + 1)
-                old = best.get(v)
-                if old is None or cand < old:
-                    best[v] = cand
-                    preds[v] = [(u, link_id)]
-                    heapq.heappush(heap, (cand[0], cand[1], v))
-                elif cand == old:
-                    preds[v].append((u, link_id))
-            for link_id, w in into_t.get(u, ()):
-                # The destination is a dead end, left out of the adjacency the search walks.
-                cand = (lat + w, hops + 1)
-                old = best.get(t)
-                if old is None or cand < old:
-                    best[t] = cand
-                    preds[t] = [(u, link_id)]
-                    heapq.heappush(heap, (cand[0], cand[1], t))
-                elif cand == old:
-                    preds[t].append((u, link_id))
-        links = []
-        node = t
-        while node != s:
-            candidates = preds[node]
-            if len(candidates) > 1:
-                candidates = sorted(candidates)
-                node, link_id = candidates[_ecmp_hash(src, dst, node) % len(candidates)]
-            else:
-                node, link_id = candidates[0]
-            links.append(link_id)
-        links.reverse()
-        return Route(tuple(links), best[t][0])
+    def _search(self, src: int, dst: int) -> Route:
+        """The route by the compiled search from ``src`` (topologies.routing), kept per source."""
+        if self._graph is None:
+            index = self._node_index
+            self._graph = Graph(len(self._nodes), [(index[u], index[v]) for u, v in self.links],
+                                list(self.link_latency_s), self._dead_end)
+        found = self._graph.route(self._node_index[self.ranks[src]], self._node_index[self.ranks[dst]], src, dst)
+        if found is None:
+            raise TopologyError(f"no path from rank {src} to rank {dst}")
+        links, latency_s = found
+        return Route(links, latency_s)
 
     def groups(self) -> tuple[tuple[int, ...], ...] | None:
         """Ranks grouped by node attribute ``group``; ``None`` if no rank has one.

@@ -1,0 +1,215 @@
+"""Lowest-latency routes, compiled: one search per source, every route from it read off the search.
+
+``Topology.route`` documents the rule: least latency, then fewest hops, and
+among equal paths the ECMP choice (a fixed hash of source, destination and
+node picks one of the equal-cost predecessors at each node, candidates
+sorted by (node, link)).  A search from a source settles every node that is
+not a dead end (a node linked to one neighbour only lies on no path but its
+own: it is reached only as a destination); a route to any destination is
+then a walk back from it, taking at each node the ECMP choice among the
+in-links whose tail is one hop and exactly that link's latency nearer the
+source.  That is the same route the pairwise search finds (its
+predecessors are exactly those in-links), for every destination at the
+cost of one search.
+
+The graph is held as compressed rows (``Graph``); searches are kept per
+source up to a memory bound, least recently used dropped first.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+from numba import njit
+
+# Searches kept, in bytes of their arrays (a float and an integer per node each).
+TREE_CACHE_BYTES = 64 * 2**20
+
+
+class Graph:
+    """Out-links of every node that is not a dead end (for the search) and in-links of every node (for
+    the walk back), as compressed rows in insertion order; ``dead_end`` flags per node."""
+
+    def __init__(self, nnodes: int, links: list[tuple[int, int]], latency_s: list[float], dead_end: list[bool]):
+        self.nnodes = nnodes
+        self.dead_end = np.array(dead_end, dtype=np.bool_)
+        out = [[] for _ in range(nnodes)]
+        into = [[] for _ in range(nnodes)]
+        for link_id, (u, v) in enumerate(links):
+            if not dead_end[v]:
+                out[u].append((v, link_id))
+            into[v].append((u, link_id))
+        self.out_ptr, self.out_node, self.out_link = _rows(out)
+        self.in_ptr, self.in_node, self.in_link = _rows(into)
+        self.latency_s = np.array(latency_s, dtype=np.float64)
+        self._trees: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._keep = max(1, TREE_CACHE_BYTES // max(1, 16 * nnodes))
+
+    def route(self, s: int, t: int, src_rank: int, dst_rank: int) -> tuple[tuple[int, ...], float] | None:
+        """(links, latency) of the route from node ``s`` to node ``t`` (ECMP hashed on the ranks), or None
+        where ``t`` cannot be reached."""
+        tree = self._trees.get(s)
+        if tree is None:
+            tree = _search(s, self.nnodes, self.out_ptr, self.out_node, self.out_link, self.latency_s)
+            self._trees[s] = tree
+            if len(self._trees) > self._keep:
+                self._trees.popitem(last=False)
+        else:
+            self._trees.move_to_end(s)
+        lat, hops = tree
+        links = np.empty(self.nnodes, np.int64)
+        n = _walk_back(s, t, src_rank, dst_rank, lat, hops, self.in_ptr, self.in_node, self.in_link,
+                       self.latency_s, links)
+        if n < 0:
+            return None
+        return tuple(links[:n][::-1].tolist()), float(_end_latency(t, lat, hops, self.in_ptr, self.in_node,
+                                                                   self.in_link, self.latency_s, s))
+
+
+def _rows(lists):
+    ptr = np.zeros(len(lists) + 1, np.int64)
+    for i, row in enumerate(lists):
+        ptr[i + 1] = ptr[i] + len(row)
+    node = np.array([v for row in lists for v, _ in row], dtype=np.int64)
+    link = np.array([l for row in lists for _, l in row], dtype=np.int64)
+    return ptr, node, link
+
+
+@njit(cache=True)
+def _less(la, ha, na, lb, hb, nb):
+    return la < lb or (la == lb and (ha < hb or (ha == hb and na < nb)))
+
+
+@njit(cache=True)
+def _search(s, nnodes, out_ptr, out_node, out_link, latency_s):
+    """Least (latency, hops) from ``s`` to every node the search settles (dead ends other than ``s``
+    are not: hops -1)."""
+    lat = np.full(nnodes, np.inf)
+    hops = np.full(nnodes, -1, np.int64)
+    settled = np.zeros(nnodes, np.bool_)
+    room = out_node.shape[0] + 1
+    hl = np.empty(room)
+    hh = np.empty(room, np.int64)
+    hn = np.empty(room, np.int64)
+    lat[s] = 0.0
+    hops[s] = 0
+    hl[0] = 0.0
+    hh[0] = 0
+    hn[0] = s
+    n = 1
+    while n > 0:
+        ul, uh, u = hl[0], hh[0], hn[0]
+        # pop
+        n -= 1
+        kl, kh, kn = hl[n], hh[n], hn[n]
+        i = 0
+        while True:
+            c = 2 * i + 1
+            if c >= n:
+                break
+            if c + 1 < n and _less(hl[c + 1], hh[c + 1], hn[c + 1], hl[c], hh[c], hn[c]):
+                c += 1
+            if _less(hl[c], hh[c], hn[c], kl, kh, kn):
+                hl[i], hh[i], hn[i] = hl[c], hh[c], hn[c]
+                i = c
+            else:
+                break
+        hl[i], hh[i], hn[i] = kl, kh, kn
+        if settled[u]:
+            continue
+        settled[u] = True
+        for e in range(out_ptr[u], out_ptr[u + 1]):
+            v = out_node[e]
+            if settled[v]:
+                continue
+            cl = ul + latency_s[out_link[e]]
+            ch = uh + 1
+            if hops[v] < 0 or cl < lat[v] or (cl == lat[v] and ch < hops[v]):
+                lat[v] = cl
+                hops[v] = ch
+                # push
+                j = n
+                n += 1
+                while j > 0:
+                    p = (j - 1) // 2
+                    if _less(cl, ch, v, hl[p], hh[p], hn[p]):
+                        hl[j], hh[j], hn[j] = hl[p], hh[p], hn[p]
+                        j = p
+                    else:
+                        break
+                hl[j], hh[j], hn[j] = cl, ch, v
+    return lat, hops
+
+
+@njit(cache=True)
+def _key(t, s, lat, hops, in_ptr, in_node, in_link, latency_s):
+    """(latency, hops) of ``t``: the search's, or for a dead end, its best in-link's (hops -1: none)."""
+    if hops[t] >= 0 or t == s:
+        return lat[t], hops[t]
+    best_l = np.inf
+    best_h = -1
+    for e in range(in_ptr[t], in_ptr[t + 1]):
+        u = in_node[e]
+        if hops[u] < 0:
+            continue
+        cl = lat[u] + latency_s[in_link[e]]
+        ch = hops[u] + 1
+        if best_h < 0 or cl < best_l or (cl == best_l and ch < best_h):
+            best_l = cl
+            best_h = ch
+    return best_l, best_h
+
+
+@njit(cache=True)
+def _end_latency(t, lat, hops, in_ptr, in_node, in_link, latency_s, s):
+    return _key(t, s, lat, hops, in_ptr, in_node, in_link, latency_s)[0]
+
+
+@njit(cache=True)
+def _ecmp_hash(src, dst, node):
+    # The same fixed integer mix as topologies.model._ecmp_hash (not Python's salted hash()).
+    h = ((src + 1) * 0x9E3779B1) ^ ((dst + 1) * 0x85EBCA77) ^ ((node + 1) * 0xC2B2AE3D)
+    h &= 0xFFFFFFFF
+    h ^= h >> 16
+    h = (h * 0x7FEB352D) & 0xFFFFFFFF
+    return h ^ (h >> 15)
+
+
+@njit(cache=True)
+def _walk_back(s, t, src_rank, dst_rank, lat, hops, in_ptr, in_node, in_link, latency_s, links):
+    """The route's links from ``t`` back to ``s`` into ``links``; returns how many, -1 if unreachable."""
+    vl, vh = _key(t, s, lat, hops, in_ptr, in_node, in_link, latency_s)
+    if vh < 0:
+        return -1
+    v = t
+    n = 0
+    cand_u = np.empty(64, np.int64)
+    cand_l = np.empty(64, np.int64)
+    while v != s:
+        k = 0
+        for e in range(in_ptr[v], in_ptr[v + 1]):
+            u = in_node[e]
+            if hops[u] < 0 or hops[u] + 1 != vh or lat[u] + latency_s[in_link[e]] != vl:
+                continue
+            if k == cand_u.shape[0]:
+                grown_u = np.empty(2 * k, np.int64)
+                grown_l = np.empty(2 * k, np.int64)
+                grown_u[:k] = cand_u
+                grown_l[:k] = cand_l
+                cand_u, cand_l = grown_u, grown_l
+            # insertion by (node, link), as sorted() orders the pairs
+            j = k
+            while j > 0 and (cand_u[j - 1] > u or (cand_u[j - 1] == u and cand_l[j - 1] > in_link[e])):
+                cand_u[j] = cand_u[j - 1]
+                cand_l[j] = cand_l[j - 1]
+                j -= 1
+            cand_u[j] = u
+            cand_l[j] = in_link[e]
+            k += 1
+        pick = 0 if k == 1 else _ecmp_hash(src_rank, dst_rank, v) % k
+        links[n] = cand_l[pick]
+        n += 1
+        v = cand_u[pick]
+        vl = lat[v]
+        vh = hops[v]
+    return n
