@@ -1,18 +1,21 @@
-"""The SimGrid peer of benchmarks/flow_speed.py: the same flows on the same two-level tree, in SimGrid.
+"""The SimGrid peer of benchmarks/flow_speed.py: the same flows on the same links and routes, in SimGrid.
 
 Run by flow_speed.py under the system Python that has SimGrid's binding
 (Debian's ``python3-simgrid``: ``/usr/bin/python3``), never imported by the
-project.  Reads a JSON case on stdin: ``racks``, ``hosts_per_rack``,
-``host_bandwidth_bytes_per_s``, ``uplink_bandwidth_bytes_per_s`` and
-``flows`` ([source host, destination host, bytes, start s] each); prints one
-JSON line: ``run_s`` (the simulation: ``Engine.run``), ``wall_s`` (with the
-platform's build) and ``finish_s`` (each flow's end, in input order).
+project.  Reads a JSON case on stdin: ``hosts`` (how many), ``links`` (each
+directed link's bandwidth in bytes/s), ``flows`` ([source host, destination
+host, bytes, start s] each) and ``routes`` ([source, destination, [link
+numbers]] for every pair a flow uses: distsim's routes, so both tools share
+every flow's path); prints one JSON line: ``run_s`` (the simulation:
+``Engine.run``), ``wall_s`` (with the platform's build) and ``finish_s``
+(each flow's end, in input order).
 
 The model is set to match distsim's flow model: CM02 (max-min sharing, no
-bandwidth or latency factors), no cross-traffic (distsim's links are
-directed: split-duplex here), links without latency, and SimGrid's solver
-precision tightened from its defaults (1e-5 and 1e-9), which otherwise round
-finish times at about those relative amounts.
+bandwidth or latency factors), no cross-traffic, one SimGrid link per
+directed distsim link, links without latency, routes given whole (Full
+routing), and SimGrid's solver precision tightened from its defaults (1e-5
+and 1e-9), which otherwise round finish times at about those relative
+amounts.
 """
 import json
 import os
@@ -22,24 +25,16 @@ import time
 
 
 def platform_xml(case: dict) -> str:
-    racks, per_rack = case["racks"], case["hosts_per_rack"]
-    host_bw = case["host_bandwidth_bytes_per_s"]
-    up_bw = case["uplink_bandwidth_bytes_per_s"]
     lines = ['<?xml version="1.0"?>', '<!DOCTYPE platform SYSTEM "https://simgrid.org/simgrid.dtd">',
              '<platform version="4.1">', '<zone id="world" routing="Full">']
-    for r in range(racks):
-        # A cluster without backbone: host to host in a rack crosses the two hosts' private links.
-        lines.append(f'<cluster id="rack{r}" prefix="h" suffix="" radical="{r * per_rack}-{(r + 1) * per_rack - 1}" '
-                     f'speed="1f" bw="{host_bw!r}Bps" lat="0s" sharing_policy="SPLITDUPLEX" '
-                     f'router_id="router{r}"/>')
-    for r in range(racks):
-        lines.append(f'<link id="up{r}" bandwidth="{up_bw!r}Bps" latency="0s" sharing_policy="SPLITDUPLEX"/>')
-    for a in range(racks):
-        for b in range(racks):
-            if a != b:
-                lines.append(f'<zoneRoute src="rack{a}" dst="rack{b}" gw_src="router{a}" gw_dst="router{b}" '
-                             f'symmetrical="NO"><link_ctn id="up{a}" direction="UP"/>'
-                             f'<link_ctn id="up{b}" direction="DOWN"/></zoneRoute>')
+    for h in range(case["hosts"]):
+        lines.append(f'<host id="h{h}" speed="1f"/>')
+    used = sorted({link for _, _, links in case["routes"] for link in links})
+    for link in used:
+        lines.append(f'<link id="l{link}" bandwidth="{case["links"][link]!r}Bps" latency="0s"/>')
+    for src, dst, links in case["routes"]:
+        lines.append(f'<route src="h{src}" dst="h{dst}" symmetrical="NO">'
+                     + "".join(f'<link_ctn id="l{link}"/>' for link in links) + '</route>')
     lines += ['</zone>', '</platform>']
     return "\n".join(lines)
 
