@@ -17,115 +17,227 @@ into S, which is filled again.  Where no flow lacks a bottleneck the
 allocation is max-min fair; where S grows past ``limit`` flows it gives up,
 and the caller fills the whole connected set.
 
-Both run compiled (numba) on the flow table's arrays (simcore.flowtable,
-columns in simcore.flowlayout): a flow whose TEND has passed has sent its
-last byte and no longer competes; a link's flows are its linked list.
-``simcore.flowtable.rates`` fills a list of paths from scratch, for tests
-and for users who want max-min rates without a simulation.
+Both run compiled (numba) on the flow table's arrays (simcore.flowtable
+holds them; their columns are named here): a flow whose TEND has passed has
+sent its last byte and no longer competes; a link's flows are its linked
+list.  The table's other steps (a flow joining or leaving its links, a
+solve after a change, the heap of pending last bytes) are compiled here
+too: numba's cache is checked against the file a function is in, not the
+files of the functions it calls, so every compiled function of the flow
+network lives in this one file, and a change anywhere in it recompiles them
+all.
 """
 from __future__ import annotations
 
-import numpy as np
 from numba import njit
 
-from simcore.flowlayout import (CAP, CHK, CNT, DONE, FIXED, HEAD, IN, LIN, LLIST, LMEAS, LOAD, MISSING, NEWRATE,
-                                NLINKS, RATE, SOLVE, SPARE, STAMP, TEND, TOP)
+NAN = float("nan")
+
+# Float columns of a flow's slot: its rate, bytes left as of TLAST, when its last byte leaves (NaN: not
+# yet solved), when its pending heap entry surfaces (NaN: none), its path's narrowest link, the duration
+# of a lone flow's last rate (for its delivery event), and the rate a re-solve gives it.
+RATE, REM, TLAST, TEND, ARMED, MINCAP, DUR, NEWRATE = range(8)
+NF = 8
+# Integer columns of a slot: its links' count, the version pending events must carry, alone (its pending
+# event is a delivery), on its links, and stamps of the compiled steps' sets (component, fixed, re-solved,
+# checked).
+NLINKS, VERSION, ALONE, ATTACHED, MARK, DONE, IN, CHK = range(8)
+NI = 8
+# Integer columns of a link: its list's ends and length, stamps (walked, touched, in a re-solve,
+# measured), a count of the flows being filled on it, and lists of link numbers the steps build (the
+# last two: the filling's sorted links and its heap of links keyed again, keys in HKEY and RKEY).
+HEAD, TAIL, COUNT, SEEN, LSEEN, LIN, LMEAS, CNT, STACK, LLIST, OUT, HLINK, RLINK = range(13)
+NLI = 13
+# Float columns of a link: capacity, when its bucket's refill starts, bandwidth left to a fill, and the
+# load and top rate of the bottleneck check.
+CAP, IDLE, SPARE, LOAD, TOP, HKEY, RKEY = range(7)
+NLF = 7
+# Scratch columns (SI, integers; SF, floats) of per-slot lists: a component, a fill's order (SF: rates),
+# a re-solve's set, lone flows, and flows without a bottleneck.
+COMP, FIXED, SOLVE, LONE, MISSING = range(5)
+NSI = 5
+# Counters: solves, rates computed, near re-solves that stayed near and that gave up, last bytes put on
+# the heap, the stamp counter, the heap's size and sequence; NEAR_WORK: flows the re-solves near a change went through (each round of each, failed ones too);
+# NEAR_SAVED: flows the successful ones spared filling (their connected sets).
+SOLVES, RATES, NEAR_SOLVED, NEAR_FAILED, ARMED_N, STAMP, HSIZE, HSEQ, NEAR_WORK, NEAR_SAVED = range(10)
+NC = 10
 
 # Relative slack of the bottleneck test: rates and loads summed in another
 # order differ by rounding, a few units in the last place per flow.
 SLACK = 1e-12
 
 
-# The heap of (share, link) pairs in two arrays; sifting moves a hole rather than swapping pairs (six
-# times faster under numba).
-@njit(cache=True, inline="always")
-def _sift_down(hs, hl, i, n):
-    key = hs[i]
-    link = hl[i]
+# Kernels that allocate nothing are compiled without numba's reference counting (``_nrt=False``): a call
+# to one then costs about a nanosecond, not the 45 ns of counting references to its array arguments.
+KERNEL = dict(cache=True, error_model="numpy", _nrt=False)
+
+# Near re-solves (see solve): what a flow costs one against what it costs a filling, the start they are
+# given before their work is weighed against what they spared, and how often they are tried regardless.
+NEAR_START_FLOWS = 4096
+NEAR_COST = 8
+NEAR_PROBE = 64
+
+
+# The filling's links: first all of them sorted by (share, link) in columns HKEY and HLINK, then a heap of
+# those keyed again in RKEY and RLINK.  Sifting moves a hole rather than swapping pairs (six times faster).
+@njit(**KERNEL)
+def _before(LF, LI, a, b):
+    ka = LF[a, HKEY]
+    kb = LF[b, HKEY]
+    return ka < kb or (ka == kb and LI[a, HLINK] < LI[b, HLINK])
+
+
+@njit(**KERNEL)
+def _swap(LF, LI, a, b):
+    k = LF[a, HKEY]
+    LF[a, HKEY] = LF[b, HKEY]
+    LF[b, HKEY] = k
+    link = LI[a, HLINK]
+    LI[a, HLINK] = LI[b, HLINK]
+    LI[b, HLINK] = link
+
+
+@njit(**KERNEL)
+def _sort(LF, LI, n):
+    """Sort rows [0, n) of (HKEY, HLINK) by (key, link): quicksort, median of three, insertion sort below 16
+    rows; the larger side of each split waits on a stack in column OUT (depth log n; no recursion, which
+    numba's cache does not load back safely)."""
+    depth = 0
+    lo = 0
+    hi = n
+    while True:
+        while hi - lo > 16:
+            mid = (lo + hi) // 2
+            last = hi - 1
+            if _before(LF, LI, mid, lo):
+                _swap(LF, LI, mid, lo)
+            if _before(LF, LI, last, lo):
+                _swap(LF, LI, last, lo)
+            if _before(LF, LI, last, mid):
+                _swap(LF, LI, last, mid)
+            _swap(LF, LI, mid, last)  # the median is the pivot, at the end
+            store = lo
+            for i in range(lo, last):
+                if _before(LF, LI, i, last):
+                    _swap(LF, LI, i, store)
+                    store += 1
+            _swap(LF, LI, store, last)
+            if store - lo < hi - store:
+                LI[depth, OUT] = store + 1
+                LI[depth + 1, OUT] = hi
+                hi = store
+            else:
+                LI[depth, OUT] = lo
+                LI[depth + 1, OUT] = store
+                lo = store + 1
+            depth += 2
+        for i in range(lo + 1, hi):
+            key = LF[i, HKEY]
+            link = LI[i, HLINK]
+            j = i
+            while j > lo and (LF[j - 1, HKEY] > key or (LF[j - 1, HKEY] == key and LI[j - 1, HLINK] > link)):
+                LF[j, HKEY] = LF[j - 1, HKEY]
+                LI[j, HLINK] = LI[j - 1, HLINK]
+                j -= 1
+            LF[j, HKEY] = key
+            LI[j, HLINK] = link
+        if depth == 0:
+            return
+        depth -= 2
+        lo = LI[depth, OUT]
+        hi = LI[depth + 1, OUT]
+
+
+@njit(**KERNEL)
+def _push(LF, LI, n, key, link):
+    i = n
+    while i > 0:
+        p = (i - 1) // 2
+        pk = LF[p, RKEY]
+        if key < pk or (key == pk and link < LI[p, RLINK]):
+            LF[i, RKEY] = pk
+            LI[i, RLINK] = LI[p, RLINK]
+            i = p
+        else:
+            break
+    LF[i, RKEY] = key
+    LI[i, RLINK] = link
+    return n + 1
+
+
+@njit(**KERNEL)
+def _pop(LF, LI, n):
+    n -= 1
+    key = LF[n, RKEY]
+    link = LI[n, RLINK]
+    i = 0
     while True:
         c = 2 * i + 1
         if c >= n:
             break
-        ck = hs[c]
-        cl = hl[c]
+        ck = LF[c, RKEY]
+        cl = LI[c, RLINK]
         if c + 1 < n:
-            k2 = hs[c + 1]
-            if k2 < ck or (k2 == ck and hl[c + 1] < cl):
+            k2 = LF[c + 1, RKEY]
+            if k2 < ck or (k2 == ck and LI[c + 1, RLINK] < cl):
                 c += 1
                 ck = k2
-                cl = hl[c]
+                cl = LI[c, RLINK]
         if ck < key or (ck == key and cl < link):
-            hs[i] = ck
-            hl[i] = cl
+            LF[i, RKEY] = ck
+            LI[i, RLINK] = cl
             i = c
         else:
             break
-    hs[i] = key
-    hl[i] = link
-
-
-@njit(cache=True, inline="always")
-def _push(hs, hl, n, key, link):
-    i = n
-    while i > 0:
-        p = (i - 1) // 2
-        pk = hs[p]
-        if key < pk or (key == pk and link < hl[p]):
-            hs[i] = pk
-            hl[i] = hl[p]
-            i = p
-        else:
-            break
-    hs[i] = key
-    hl[i] = link
-    return n + 1
-
-
-@njit(cache=True, inline="always")
-def _pop(hs, hl, n):
-    n -= 1
-    hs[0] = hs[n]
-    hl[0] = hl[n]
-    _sift_down(hs, hl, 0, n)
+    LF[i, RKEY] = key
+    LI[i, RLINK] = link
     return n
 
 
-@njit(cache=True, error_model="numpy")
+@njit(**KERNEL)
 def fill(lcol, nl, mcol, mtag, nmembers, I, FL, E, LI, LF, K, C, SI, SF):
     """Progressive filling of the flows stamped ``mtag`` in column ``mcol`` (``nmembers`` of them), on the
     links LI[:nl, lcol], each with LF[:, SPARE] bandwidth left to them and LI[:, CNT] of them on it (both
     used up).  The flows fixed, in order, go to SI[:, FIXED], their rates to SF[:, 0]; returns how many.
 
-    Each link is on the heap once, keyed by its share when last looked at.  A link's share only grows
-    as flows on it are fixed (each is fixed at the smallest share of all, no more than this link's), so a
-    key is a lower bound: a link that surfaces with a share grown since goes back with its new share,
-    one that surfaces at its share is the link of least share, and is filled.  Ties go to the lower link
-    number, as heapq orders the pairs, so the result does not depend on the order the links are listed
-    in."""
+    Links are taken by least (share, link): all of them sorted by their shares at the start, then merged
+    with a heap of those keyed again.  A link's share only grows as flows on it are fixed (each is fixed
+    at the smallest share of all, no more than this link's), so a key is a lower bound: a link taken with
+    a share grown since goes on the heap with its new share, one taken at its share is the link of least
+    share, and is filled.  Ties go to the lower link number, so the result does not depend on the order
+    the links are listed in.  Sorting first costs less than a heap of every link: most links (a host's
+    own link, say) are taken only to find all their flows fixed elsewhere."""
     C[STAMP] += 1
     done = C[STAMP]
-    hs = np.empty(nl + 1)
-    hl = np.empty(nl + 1, np.int64)
     n = 0
     for i in range(nl):
         link = LI[i, lcol]
         if LI[link, CNT]:
-            hs[n] = LF[link, SPARE] / LI[link, CNT]
-            hl[n] = link
+            LF[n, HKEY] = LF[link, SPARE] / LI[link, CNT]
+            LI[n, HLINK] = link
             n += 1
-    for i in range(n // 2 - 1, -1, -1):
-        _sift_down(hs, hl, i, n)
+    _sort(LF, LI, n)
+    pos = 0
+    m = 0  # links keyed again, on the heap
     fixed = 0
-    while n > 0 and fixed < nmembers:
-        key = hs[0]
-        link = hl[0]
-        n = _pop(hs, hl, n)
+    while fixed < nmembers:
+        if pos < n and (m == 0 or LF[pos, HKEY] < LF[0, RKEY]
+                        or (LF[pos, HKEY] == LF[0, RKEY] and LI[pos, HLINK] < LI[0, RLINK])):
+            key = LF[pos, HKEY]
+            link = LI[pos, HLINK]
+            pos += 1
+        elif m > 0:
+            key = LF[0, RKEY]
+            link = LI[0, RLINK]
+            m = _pop(LF, LI, m)
+        else:
+            break
         count = LI[link, CNT]
         if count == 0:
             continue  # its flows were all fixed on other links
         share = LF[link, SPARE] / count
         if share > key:
-            n = _push(hs, hl, n, share, link)  # grown since it was keyed
+            m = _push(LF, LI, m, share, link)  # grown since it was keyed
             continue
         e = LI[link, HEAD]
         while e >= 0:
@@ -145,7 +257,7 @@ def fill(lcol, nl, mcol, mtag, nmembers, I, FL, E, LI, LF, K, C, SI, SF):
     return fixed
 
 
-@njit(cache=True, inline="always")
+@njit(**KERNEL)
 def _rate_of(s, tag, now, F, I):
     """Its new rate if re-solved, its held one if still sending, else -1."""
     if I[s, IN] == tag:
@@ -155,7 +267,7 @@ def _rate_of(s, tag, now, F, I):
     return -1.0
 
 
-@njit(cache=True)
+@njit(**KERNEL)
 def _measure(link, mt, tag, now, F, I, E, LI, LF, K):
     total = 0.0
     most = 0.0
@@ -173,7 +285,7 @@ def _measure(link, mt, tag, now, F, I, E, LI, LF, K):
     LI[link, LMEAS] = mt
 
 
-@njit(cache=True)
+@njit(**KERNEL)
 def _without_bottleneck(nl, tag, now, F, I, FL, E, LI, LF, K, C, SI):
     """The flows on the links LI[:nl, LLIST] without a bottleneck (to SI[:, MISSING]; returns how many),
     with the new rates of the flows stamped ``tag`` in column IN and the held rates of the others."""
@@ -209,7 +321,7 @@ def _without_bottleneck(nl, tag, now, F, I, FL, E, LI, LF, K, C, SI):
     return missing
 
 
-@njit(cache=True, error_model="numpy")
+@njit(**KERNEL)
 def resolve(nseed, tag, now, limit, F, I, FL, E, LI, LF, K, C, SI, SF):
     """Re-solve after a change, starting from the ``nseed`` flows in SI[:, SOLVE] (stamped ``tag`` in
     column IN: the flows on the links the change touched); the others' rates are held.  Returns how many
@@ -242,6 +354,7 @@ def resolve(nseed, tag, now, limit, F, I, FL, E, LI, LF, K, C, SI, SF):
                     left -= F[s, RATE]
             LF[link, SPARE] = left if left > 0.0 else 0.0
             LI[link, CNT] = count
+        C[NEAR_WORK] += n
         fixed = fill(LLIST, nl, IN, tag, n, I, FL, E, LI, LF, K, C, SI, SF)
         for i in range(fixed):
             F[SI[i, FIXED], NEWRATE] = SF[i, 0]
@@ -268,6 +381,323 @@ def resolve(nseed, tag, now, limit, F, I, FL, E, LI, LF, K, C, SI, SF):
                         n += 1
         if n > limit or n == before:
             return -1
+
+
+# -- the flow table's steps (simcore.flowtable holds the arrays) ---------------------------------
+
+
+@njit(**KERNEL)
+def attach(s, I, FL, E, LI, K):
+    """The flow in slot ``s`` joins the tail of each of its links' lists."""
+    for j in range(I[s, NLINKS]):
+        link = FL[s, j]
+        e = s * K + j
+        tail = LI[link, TAIL]
+        E[e, 0] = -1
+        E[e, 1] = tail
+        if tail >= 0:
+            E[tail, 0] = e
+        else:
+            LI[link, HEAD] = e
+        LI[link, TAIL] = e
+        LI[link, COUNT] += 1
+    I[s, ATTACHED] = 1
+
+
+@njit(**KERNEL)
+def unlink(s, F, I, FL, E, LI, LF, K, note_idle):
+    """The flow in slot ``s`` leaves its links (if still on them); with ``note_idle``, each link's bucket
+    refills from when its last byte left, if later than the link's last."""
+    if I[s, ATTACHED] == 0:
+        return
+    tend = F[s, TEND]
+    for j in range(I[s, NLINKS]):
+        link = FL[s, j]
+        e = s * K + j
+        nxt = E[e, 0]
+        prv = E[e, 1]
+        if prv >= 0:
+            E[prv, 0] = nxt
+        else:
+            LI[link, HEAD] = nxt
+        if nxt >= 0:
+            E[nxt, 1] = prv
+        else:
+            LI[link, TAIL] = prv
+        LI[link, COUNT] -= 1
+        if note_idle and tend > LF[link, IDLE]:
+            LF[link, IDLE] = tend
+    I[s, ATTACHED] = 0
+
+
+# The pending last bytes: a heap of (time, sequence) keys with (slot, version), sifted by moving a hole.
+@njit(**KERNEL)
+def heap_push(Hf, Hi, C, when, s, version):
+    i = C[HSIZE]
+    C[HSIZE] = i + 1
+    seq = C[HSEQ]
+    C[HSEQ] += 1
+    while i > 0:
+        p = (i - 1) // 2
+        if when < Hf[p] or (when == Hf[p] and seq < Hi[p, 0]):
+            Hf[i] = Hf[p]
+            Hi[i, 0] = Hi[p, 0]
+            Hi[i, 1] = Hi[p, 1]
+            Hi[i, 2] = Hi[p, 2]
+            i = p
+        else:
+            break
+    Hf[i] = when
+    Hi[i, 0] = seq
+    Hi[i, 1] = s
+    Hi[i, 2] = version
+
+
+@njit(**KERNEL)
+def _heap_pop(Hf, Hi, C):
+    """Drops the top entry (read it first)."""
+    n = C[HSIZE] - 1
+    C[HSIZE] = n
+    if n == 0:
+        return
+    when = Hf[n]
+    seq = Hi[n, 0]
+    s = Hi[n, 1]
+    version = Hi[n, 2]
+    i = 0
+    while True:
+        c = 2 * i + 1
+        if c >= n:
+            break
+        if c + 1 < n and (Hf[c + 1] < Hf[c] or (Hf[c + 1] == Hf[c] and Hi[c + 1, 0] < Hi[c, 0])):
+            c += 1
+        if Hf[c] < when or (Hf[c] == when and Hi[c, 0] < seq):
+            Hf[i] = Hf[c]
+            Hi[i, 0] = Hi[c, 0]
+            Hi[i, 1] = Hi[c, 1]
+            Hi[i, 2] = Hi[c, 2]
+            i = c
+        else:
+            break
+    Hf[i] = when
+    Hi[i, 0] = seq
+    Hi[i, 1] = s
+    Hi[i, 2] = version
+
+
+@njit(**KERNEL)
+def _clean_top(Hf, Hi, I, C):
+    while C[HSIZE] > 0 and Hi[0, 2] != I[Hi[0, 1], VERSION]:
+        _heap_pop(Hf, Hi, C)
+
+
+@njit(**KERNEL)
+def set_rate(s, rate, alone, now, F, I, Hf, Hi, C):
+    """Slot ``s`` sends at ``rate`` from ``now``; 1 where it needs a lone delivery event (its duration in
+    column DUR), else 0 (an earlier last byte is pushed on the heap; a later one keeps its entry, which
+    goes on to the new end when it surfaces)."""
+    if rate == F[s, RATE] and alone == I[s, ALONE]:
+        # Unchanged.  (A flow that was alone and now shares at the same rate still needs an entry: its
+        # lone delivery would never free bandwidth for the others when its last byte leaves.)
+        return 0
+    old = F[s, RATE]
+    if old != 0.0:
+        rem = F[s, REM] - old * (now - F[s, TLAST])
+        F[s, REM] = rem if rem >= 0.0 else 0.0
+    F[s, TLAST] = now
+    F[s, RATE] = rate
+    I[s, ALONE] = alone
+    duration = F[s, REM] / rate
+    tend = now + duration
+    F[s, TEND] = tend
+    if alone:
+        I[s, VERSION] += 1
+        F[s, ARMED] = NAN
+        F[s, DUR] = duration
+        C[ARMED_N] += 1
+        return 1
+    armed = F[s, ARMED]
+    if armed != armed or armed > tend:
+        I[s, VERSION] += 1
+        F[s, ARMED] = tend
+        C[ARMED_N] += 1
+        heap_push(Hf, Hi, C, tend, s, I[s, VERSION])
+    return 0
+
+
+@njit(**KERNEL)
+def link_quiet(link, t0, F, E, LI, K):
+    """No flow on ``link`` still has bytes to send at ``t0``."""
+    e = LI[link, HEAD]
+    while e >= 0:
+        if not F[e // K, TEND] <= t0:
+            return False
+        e = E[e, 0]
+    return True
+
+
+@njit(**KERNEL)
+def solve(touched, ntouched, now, F, I, FL, E, LI, LF, K, Hf, Hi, C, SI, SF, note_idle, incremental_min,
+          seed_share, limit_share):
+    """Re-solve the rates of the flows connected to the links ``touched[:ntouched]`` (see simcore.network);
+    returns how many flows need a lone delivery event (their slots in SI[:, LONE], durations in column
+    DUR)."""
+    C[SOLVES] += 1
+    C[STAMP] += 1
+    seen = C[STAMP]
+    nlone = 0
+    for ti in range(ntouched):
+        start = touched[ti]
+        if LI[start, SEEN] == seen or LI[start, COUNT] == 0:
+            continue
+        LI[start, SEEN] = seen
+        C[STAMP] += 1
+        mark = C[STAMP]
+        nc, nl = _component(start, seen, mark, now, F, I, FL, E, LI, LF, K, SI, note_idle)
+        if nc == 0:
+            continue
+        if nc == 1:
+            C[RATES] += 1
+            s = SI[0, COMP]
+            if set_rate(s, F[s, MINCAP], 1, now, F, I, Hf, Hi, C):
+                SI[nlone, LONE] = s
+                nlone += 1
+            continue
+        # Near re-solves are tried while the flows they went through, failed ones too, at NEAR_COST each,
+        # stay within the flows the successful ones spared filling (plus a start), and on one solve in
+        # NEAR_PROBE to see whether the traffic has changed: on dense traffic, where a change moves most
+        # rates, they stop (measured: a flow costs a near re-solve 4 times or more what it costs a
+        # filling); on sparse traffic they pay many times over.
+        if (nc >= incremental_min
+                and (NEAR_COST * C[NEAR_WORK] <= C[NEAR_SAVED] + NEAR_START_FLOWS or C[SOLVES] % NEAR_PROBE == 0)
+                and _resolve_near(nc, nl, mark, now, F, I, FL, E, LI, LF, K, Hf, Hi, C, SI, SF, touched,
+                                  ntouched, seed_share, limit_share)):
+            continue
+        C[RATES] += nc
+        for i in range(nl):
+            link = LI[i, STACK]
+            LF[link, SPARE] = LF[link, CAP]
+            LI[link, CNT] = LI[link, COUNT]
+        nfixed = fill(STACK, nl, MARK, mark, nc, I, FL, E, LI, LF, K, C, SI, SF)
+        for i in range(nfixed):
+            set_rate(SI[i, FIXED], SF[i, 0], 0, now, F, I, Hf, Hi, C)
+    _clean_top(Hf, Hi, I, C)
+    return nlone
+
+
+@njit(**KERNEL)
+def _component(start, seen, mark, now, F, I, FL, E, LI, LF, K, SI, note_idle):
+    """The flows connected to link ``start`` (slots in SI[:, COMP], stamped ``mark`` in column MARK) and the
+    links they cross (in LI[:, STACK]); lingering flows met on the way (their last byte has left) leave
+    their links.  Returns (flows, links)."""
+    nc = 0
+    queued = 1
+    LI[0, STACK] = start
+    walked = 0
+    while queued > walked:
+        link = LI[walked, STACK]
+        walked += 1
+        e = LI[link, HEAD]
+        while e >= 0:
+            nxt = E[e, 0]
+            s = e // K
+            if I[s, MARK] != mark:
+                if F[s, TEND] <= now:
+                    unlink(s, F, I, FL, E, LI, LF, K, note_idle)  # it lingers only until its delivery
+                else:
+                    I[s, MARK] = mark
+                    SI[nc, COMP] = s
+                    nc += 1
+                    for j in range(I[s, NLINKS]):
+                        other = FL[s, j]
+                        if LI[other, SEEN] != seen:
+                            LI[other, SEEN] = seen
+                            LI[queued, STACK] = other
+                            queued += 1
+            e = nxt
+    return nc, walked
+
+
+@njit(**KERNEL)
+def _resolve_near(nc, nl, mark, now, F, I, FL, E, LI, LF, K, Hf, Hi, C, SI, SF, touched, ntouched, seed_share,
+                  limit_share):
+    """Re-solve the component (stamped ``mark``, its links in LI[:nl, STACK]) from the flows on its touched
+    links out, only as far as rates move (maxmin.resolve); False where the change touches more than
+    1/seed_share of it already or the re-solve would reach 1/limit_share of it (the caller fills it whole)."""
+    C[STAMP] += 1
+    tag = C[STAMP]
+    for ti in range(ntouched):
+        LI[touched[ti], LSEEN] = tag
+    nseed = 0
+    for i in range(nl):
+        link = LI[i, STACK]
+        if LI[link, LSEEN] != tag:
+            continue
+        e = LI[link, HEAD]
+        while e >= 0:
+            s = e // K
+            if I[s, MARK] == mark and I[s, IN] != tag:
+                I[s, IN] = tag
+                SI[nseed, SOLVE] = s
+                nseed += 1
+            e = E[e, 0]
+    if nseed * seed_share > nc:
+        return False
+    nfixed = resolve(nseed, tag, now, nc // limit_share, F, I, FL, E, LI, LF, K, C, SI, SF)
+    if nfixed < 0:
+        C[NEAR_FAILED] += 1
+        return False
+    C[NEAR_SOLVED] += 1
+    C[NEAR_SAVED] += nc
+    C[RATES] += nfixed
+    for i in range(nfixed):
+        s = SI[i, FIXED]
+        rate = SF[i, 0]
+        old = F[s, RATE]
+        # A rate that moved by rounding only (the same share, summed in another order) keeps its entry.
+        if old != rate and abs(rate - old) <= SLACK * rate:
+            rate = old
+        set_rate(s, rate, 0, now, F, I, Hf, Hi, C)
+    return True
+
+
+@njit(**KERNEL)
+def due(now, F, I, FL, E, LI, LF, K, Hf, Hi, C, SI, note_idle):
+    """Pop the heap's entries due by ``now``: a flow whose last byte has left leaves its links; one whose
+    rate fell since goes back on the heap at its new end.  Returns (ended, touched): the ended flows'
+    slots in SI[:ended, COMP] in the order they ended, and the links they left that still carry flows in
+    LI[:touched, OUT]."""
+    ended = 0
+    touched = 0
+    C[STAMP] += 1
+    tag = C[STAMP]
+    while C[HSIZE] > 0 and Hf[0] <= now:
+        s = Hi[0, 1]
+        version = Hi[0, 2]
+        _heap_pop(Hf, Hi, C)
+        if version != I[s, VERSION]:
+            continue  # superseded by a later rate change
+        F[s, ARMED] = NAN
+        tend = F[s, TEND]
+        if tend > now:
+            F[s, ARMED] = tend
+            C[ARMED_N] += 1
+            heap_push(Hf, Hi, C, tend, s, version)
+            continue
+        was_on = I[s, ATTACHED]
+        unlink(s, F, I, FL, E, LI, LF, K, note_idle)
+        if was_on:
+            for j in range(I[s, NLINKS]):
+                link = FL[s, j]
+                if LI[link, COUNT] > 0 and LI[link, LSEEN] != tag:
+                    LI[link, LSEEN] = tag
+                    LI[touched, OUT] = link
+                    touched += 1
+        I[s, VERSION] += 1  # no event names it any more
+        SI[ended, COMP] = s
+        ended += 1
+    _clean_top(Hf, Hi, I, C)
+    return ended, touched
 
 
 def bottlenecks(rates: dict, paths: dict, capacity, slack: float = 1e-12) -> dict:

@@ -17,7 +17,7 @@ A flow alone in its component gets a single event, its delivery; it is not
 taken off its links when its last byte leaves but lazily, by the next solve
 that meets it (it no longer competes, having finished) or by its delivery.
 The last bytes of flows that share links are kept in the flow table's heap
-(simcore.flowtable), one entry per flow (a rate that falls keeps its entry,
+(simcore.flowtable, simcore.maxmin), one entry per flow (a rate that falls keeps its entry,
 which goes on to the new end when it surfaces), and the network has one
 SimPy event pending for them, at the heap's earliest time: events grow with
 messages, not with rate changes.  The solve, the heap and the flows' state
@@ -45,9 +45,10 @@ from typing import Callable, Sequence
 import numpy as np
 import simpy
 
-from simcore import flowtable as ft
+from simcore import maxmin as mm
+from simcore.flowtable import FlowTable
 from simcore.clock import LAST_AT_INSTANT, call_at, call_at_end_of_instant, now as clock_now, value as event_value
-from simcore.flowlayout import (ALONE, ARMED_N, COMP, COUNT, DUR, HSIZE, IDLE, LONE, MINCAP, NEAR_FAILED,
+from simcore.maxmin import (ALONE, ARMED_N, COMP, COUNT, DUR, HSIZE, IDLE, LONE, MINCAP, NEAR_FAILED,
                                 NEAR_SOLVED, OUT, RATE, RATES, REM, SOLVES, TEND, TLAST, VERSION)
 
 # Connected sets of flows from this size are re-solved from the change outwards (maxmin.resolve);
@@ -82,7 +83,7 @@ class FlowNetwork:
         self.on_delivered = on_delivered
         self._Timeout = simpy.Timeout
         self.capacity_bytes_per_s = [float(c) for c in capacities_bytes_per_s]
-        self.table = ft.FlowTable(self.capacity_bytes_per_s)
+        self.table = FlowTable(self.capacity_bytes_per_s)
         # Per slot, what the SimPy side keeps of a flow: its message, latency and links.
         self._message: list = []
         self._latency: list[float] = []
@@ -166,7 +167,7 @@ class FlowNetwork:
         t = self.table
         if t.LI[link, COUNT] == 0:
             return True
-        return ft.link_quiet(link, t0, t.F, t.E, t.LI, t.K)
+        return mm.link_quiet(link, t0, t.F, t.E, t.LI, t.K)
 
     def link_free(self, link: int, t0: float) -> bool:
         """No flow competes on ``link`` at ``t0`` and no fast path holds it."""
@@ -220,7 +221,7 @@ class FlowNetwork:
         row[REM] = work_bytes
         row[MINCAP] = min_capacity_bytes_per_s
         row[TLAST] = start_s
-        ft.attach(slot, t.I, t.FL, t.E, t.LI, t.K)
+        mm.attach(slot, t.I, t.FL, t.E, t.LI, t.K)
         return slot
 
     def _end(self, slot: int):
@@ -275,7 +276,7 @@ class FlowNetwork:
             t.F[slot, REM] = remaining
             if remaining <= 0.0:
                 t.F[slot, TEND] = now
-                ft.unlink(slot, t.F, t.I, t.FL, t.E, t.LI, t.LF, t.K, False)
+                mm.unlink(slot, t.F, t.I, t.FL, t.E, t.LI, t.LF, t.K, False)
                 for link in links:
                     if t.LI[link, COUNT]:
                         self._touched[link] = None
@@ -294,7 +295,7 @@ class FlowNetwork:
         t = self.table
         if t.I[slot, VERSION] != version:
             return
-        ft.unlink(slot, t.F, t.I, t.FL, t.E, t.LI, t.LF, t.K, bool(self.burst_bytes))
+        mm.unlink(slot, t.F, t.I, t.FL, t.E, t.LI, t.LF, t.K, bool(self.burst_bytes))
         self.on_delivered(self._end(slot))
 
     def _solve(self, _event) -> None:
@@ -306,7 +307,7 @@ class FlowNetwork:
         t = self.table
         t.heap_room(t.F.shape[0])
         links = np.fromiter(touched, np.int64, len(touched))
-        lone = ft.solve(links, len(links), now, t.F, t.I, t.FL, t.E, t.LI, t.LF, t.K, t.Hf, t.Hi, t.C, t.SI, t.SF,
+        lone = mm.solve(links, len(links), now, t.F, t.I, t.FL, t.E, t.LI, t.LF, t.K, t.Hf, t.Hi, t.C, t.SI, t.SF,
                         bool(self.burst_bytes), INCREMENTAL_MIN_FLOWS, NEAR_SEED_SHARE, NEAR_LIMIT_SHARE)
         if lone:
             Timeout, env, latency, delivered_alone = self._Timeout, self.env, self._latency, self._delivered_alone
@@ -330,7 +331,7 @@ class FlowNetwork:
         if self._wake_s is not None and self._wake_s <= now:
             self._wake_s = None
         t = self.table
-        ended, touched = ft.due(now, t.F, t.I, t.FL, t.E, t.LI, t.LF, t.K, t.Hf, t.Hi, t.C, t.SI,
+        ended, touched = mm.due(now, t.F, t.I, t.FL, t.E, t.LI, t.LF, t.K, t.Hf, t.Hi, t.C, t.SI,
                                 bool(self.burst_bytes))
         if touched:
             for link in t.LI[:touched, OUT].tolist():

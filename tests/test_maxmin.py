@@ -12,9 +12,8 @@ import simpy
 
 from simcore import network
 from simcore.engine import Simulator
-from simcore.flowlayout import RATE
-from simcore.flowtable import FlowTable, attach, rates
-from simcore.maxmin import bottlenecks
+from simcore.flowtable import FlowTable, rates
+from simcore.maxmin import RATE, attach, bottlenecks
 from topologies import LinkSpec, NodeSpec, hierarchical
 from workloads.ops import Compute, Irecv, Isend, Wait
 
