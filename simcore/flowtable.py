@@ -24,7 +24,8 @@ import numpy as np
 
 from simcore import maxmin
 from simcore.maxmin import (ALONE, ARMED, CAP, CNT, FIXED, HEAD, HSIZE, IN, MARK, NAN, NC, NF, NI, NLF, NLI,
-                            NLINKS, NSI, RATE, SOLVE, SPARE, STACK, STAMP, TAIL, TEND, VERSION, attach)
+                            NE, NEXT, NLINKS, NSI, OWNER, PREV, RATE, SOLVE, SPARE, STACK, STAMP, TAIL, TEND,
+                            VERSION, attach)
 
 
 class FlowTable:
@@ -37,7 +38,7 @@ class FlowTable:
         self.F = np.zeros((slots, NF), order="F")
         self.I = np.zeros((slots, NI), np.int64, order="F")
         self.FL = np.full((slots, width), -1, np.int64)
-        self.E = np.full((slots * width, 2), -1, np.int64, order="F")
+        self.E = np.full((slots * width, NE), -1, np.int64, order="F")
         self.LI = np.zeros((links, NLI), np.int64, order="F")
         self.LI[:, HEAD] = -1
         self.LI[:, TAIL] = -1
@@ -92,7 +93,7 @@ class FlowTable:
         self.F = F
         self.I = np.asfortranarray(np.concatenate([self.I, np.zeros((old, NI), np.int64)]))
         self.FL = np.concatenate([self.FL, np.full((old, self.K), -1, np.int64)])
-        self.E = np.asfortranarray(np.concatenate([self.E, np.full((old * self.K, 2), -1, np.int64)]))
+        self.E = np.asfortranarray(np.concatenate([self.E, np.full((old * self.K, NE), -1, np.int64)]))
         self.SI = np.zeros((new, NSI), np.int64, order="F")
         self.SF = np.zeros((new, 1), order="F")
         self.free.extend(range(new - 1, old - 1, -1))
@@ -108,9 +109,11 @@ class FlowTable:
         def moved(e):
             return np.where(e >= 0, (e // K) * width + e % K, -1)
 
-        E = np.full((slots * width, 2), -1, np.int64, order="F")
+        E = np.full((slots * width, NE), -1, np.int64, order="F")
         index = moved(np.arange(slots * K))
-        E[index] = moved(self.E)
+        E[index, NEXT] = moved(self.E[:, NEXT])
+        E[index, PREV] = moved(self.E[:, PREV])
+        E[index, OWNER] = self.E[:, OWNER]
         self.E = E
         self.LI[:, HEAD] = moved(self.LI[:, HEAD])
         self.LI[:, TAIL] = moved(self.LI[:, TAIL])
@@ -154,10 +157,10 @@ class FlowTable:
         """The slots of the flows on ``link``, in the order they joined it."""
         out = []
         e = int(self.LI[link, HEAD])
-        E, K = self.E, self.K
+        E = self.E
         while e >= 0:
-            out.append(e // K)
-            e = int(E[e, 0])
+            out.append(int(E[e, OWNER]))
+            e = int(E[e, NEXT])
         return out
 
 

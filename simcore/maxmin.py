@@ -52,6 +52,10 @@ NLI = 13
 # load and top rate of the bottleneck check.
 CAP, IDLE, SPARE, LOAD, TOP, HKEY, RKEY = range(7)
 NLF = 7
+# Columns of an entry (a flow on one of its links): the next and previous entries of the link's list, and
+# the flow's slot (entry // K, kept: an integer division costs tens of cycles on the lists' hot walks).
+NEXT, PREV, OWNER = range(3)
+NE = 3
 # Scratch columns (SI, integers; SF, floats) of per-slot lists: a component, a fill's order (SF: rates),
 # a re-solve's set, lone flows, and flows without a bottleneck.
 COMP, FIXED, SOLVE, LONE, MISSING = range(5)
@@ -241,8 +245,8 @@ def fill(lcol, nl, mcol, mtag, nmembers, I, FL, E, LI, LF, K, C, SI, SF):
             continue
         e = LI[link, HEAD]
         while e >= 0:
-            s = e // K
-            e = E[e, 0]
+            s = E[e, OWNER]
+            e = E[e, NEXT]
             if I[s, DONE] == done or I[s, mcol] != mtag:
                 continue
             I[s, DONE] = done
@@ -273,8 +277,8 @@ def _measure(link, mt, tag, now, F, I, E, LI, LF, K):
     most = 0.0
     e = LI[link, HEAD]
     while e >= 0:
-        r = _rate_of(e // K, tag, now, F, I)
-        e = E[e, 0]
+        r = _rate_of(E[e, OWNER], tag, now, F, I)
+        e = E[e, NEXT]
         if r < 0.0:
             continue
         total += r
@@ -299,8 +303,8 @@ def _without_bottleneck(nl, tag, now, F, I, FL, E, LI, LF, K, C, SI):
     for i in range(nl):
         e = LI[LI[i, LLIST], HEAD]
         while e >= 0:
-            s = e // K
-            e = E[e, 0]
+            s = E[e, OWNER]
+            e = E[e, NEXT]
             if I[s, CHK] == checked:
                 continue
             I[s, CHK] = checked
@@ -346,8 +350,8 @@ def resolve(nseed, tag, now, limit, F, I, FL, E, LI, LF, K, C, SI, SF):
             count = 0
             e = LI[link, HEAD]
             while e >= 0:
-                s = e // K
-                e = E[e, 0]
+                s = E[e, OWNER]
+                e = E[e, NEXT]
                 if I[s, IN] == tag:
                     count += 1
                 elif not F[s, TEND] <= now:
@@ -373,8 +377,8 @@ def resolve(nseed, tag, now, limit, F, I, FL, E, LI, LF, K, C, SI, SF):
             for j in range(I[s, NLINKS]):
                 e = LI[FL[s, j], HEAD]
                 while e >= 0:
-                    o = e // K
-                    e = E[e, 0]
+                    o = E[e, OWNER]
+                    e = E[e, NEXT]
                     if I[o, IN] != tag and not F[o, TEND] <= now:
                         I[o, IN] = tag
                         SI[n, SOLVE] = o
@@ -393,10 +397,11 @@ def attach(s, I, FL, E, LI, K):
         link = FL[s, j]
         e = s * K + j
         tail = LI[link, TAIL]
-        E[e, 0] = -1
-        E[e, 1] = tail
+        E[e, NEXT] = -1
+        E[e, PREV] = tail
+        E[e, OWNER] = s
         if tail >= 0:
-            E[tail, 0] = e
+            E[tail, NEXT] = e
         else:
             LI[link, HEAD] = e
         LI[link, TAIL] = e
@@ -414,14 +419,14 @@ def unlink(s, F, I, FL, E, LI, LF, K, note_idle):
     for j in range(I[s, NLINKS]):
         link = FL[s, j]
         e = s * K + j
-        nxt = E[e, 0]
-        prv = E[e, 1]
+        nxt = E[e, NEXT]
+        prv = E[e, PREV]
         if prv >= 0:
-            E[prv, 0] = nxt
+            E[prv, NEXT] = nxt
         else:
             LI[link, HEAD] = nxt
         if nxt >= 0:
-            E[nxt, 1] = prv
+            E[nxt, PREV] = prv
         else:
             LI[link, TAIL] = prv
         LI[link, COUNT] -= 1
@@ -530,9 +535,9 @@ def link_quiet(link, t0, F, E, LI, K):
     """No flow on ``link`` still has bytes to send at ``t0``."""
     e = LI[link, HEAD]
     while e >= 0:
-        if not F[e // K, TEND] <= t0:
+        if not F[E[e, OWNER], TEND] <= t0:
             return False
-        e = E[e, 0]
+        e = E[e, NEXT]
     return True
 
 
@@ -599,8 +604,8 @@ def _component(start, seen, mark, now, F, I, FL, E, LI, LF, K, SI, note_idle):
         walked += 1
         e = LI[link, HEAD]
         while e >= 0:
-            nxt = E[e, 0]
-            s = e // K
+            nxt = E[e, NEXT]
+            s = E[e, OWNER]
             if I[s, MARK] != mark:
                 if F[s, TEND] <= now:
                     unlink(s, F, I, FL, E, LI, LF, K, note_idle)  # it lingers only until its delivery
@@ -635,12 +640,12 @@ def _resolve_near(nc, nl, mark, now, F, I, FL, E, LI, LF, K, Hf, Hi, C, SI, SF, 
             continue
         e = LI[link, HEAD]
         while e >= 0:
-            s = e // K
+            s = E[e, OWNER]
             if I[s, MARK] == mark and I[s, IN] != tag:
                 I[s, IN] = tag
                 SI[nseed, SOLVE] = s
                 nseed += 1
-            e = E[e, 0]
+            e = E[e, NEXT]
     if nseed * seed_share > nc:
         return False
     nfixed = resolve(nseed, tag, now, nc // limit_share, F, I, FL, E, LI, LF, K, C, SI, SF)
