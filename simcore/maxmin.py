@@ -45,9 +45,10 @@ NLINKS, VERSION, ALONE, ATTACHED, MARK, DONE, IN, CHK = range(8)
 NI = 8
 # Integer columns of a link: its list's ends and length, stamps (walked, touched, in a re-solve,
 # measured), a count of the flows being filled on it, and lists of link numbers the steps build (the
-# last two: the filling's sorted links and its heap of links keyed again, keys in HKEY and RKEY).
-HEAD, TAIL, COUNT, SEEN, LSEEN, LIN, LMEAS, CNT, STACK, LLIST, OUT, HLINK, RLINK = range(13)
-NLI = 13
+# filling's sorted links and its heap of links keyed again, keys in HKEY and RKEY), and the size of the
+# link's connected set when a solve last walked it.
+HEAD, TAIL, COUNT, SEEN, LSEEN, LIN, LMEAS, CNT, STACK, LLIST, OUT, HLINK, RLINK, CSIZE = range(14)
+NLI = 14
 # Float columns of a link: capacity, when its bucket's refill starts, bandwidth left to a fill, and the
 # load and top rate of the bottleneck check.
 CAP, IDLE, SPARE, LOAD, TOP, HKEY, RKEY = range(7)
@@ -548,6 +549,19 @@ def solve(touched, ntouched, now, F, I, FL, E, LI, LF, K, Hf, Hi, C, SI, SF, not
     returns how many flows need a lone delivery event (their slots in SI[:, LONE], durations in column
     DUR)."""
     C[SOLVES] += 1
+    # Near re-solves are tried while the flows they went through, failed ones too, at NEAR_COST each,
+    # stay within the flows the successful ones spared filling (plus a start), and on one solve in
+    # NEAR_PROBE to see whether the traffic has changed: on dense traffic, where a change moves most
+    # rates, they stop (measured: a flow costs a near re-solve 4 times or more what it costs a
+    # filling); on sparse traffic they pay many times over.
+    near = NEAR_COST * C[NEAR_WORK] <= C[NEAR_SAVED] + NEAR_START_FLOWS or C[SOLVES] % NEAR_PROBE == 0
+    if near:
+        tried = _near_first(touched, ntouched, now, F, I, FL, E, LI, LF, K, Hf, Hi, C, SI, SF,
+                            incremental_min, seed_share, limit_share)
+        if tried == 1:
+            _clean_top(Hf, Hi, I, C)
+            return 0
+        near = tried == 0  # not tried: the walk below may; tried and failed: fill whole
     C[STAMP] += 1
     seen = C[STAMP]
     nlone = 0
@@ -568,13 +582,7 @@ def solve(touched, ntouched, now, F, I, FL, E, LI, LF, K, Hf, Hi, C, SI, SF, not
                 SI[nlone, LONE] = s
                 nlone += 1
             continue
-        # Near re-solves are tried while the flows they went through, failed ones too, at NEAR_COST each,
-        # stay within the flows the successful ones spared filling (plus a start), and on one solve in
-        # NEAR_PROBE to see whether the traffic has changed: on dense traffic, where a change moves most
-        # rates, they stop (measured: a flow costs a near re-solve 4 times or more what it costs a
-        # filling); on sparse traffic they pay many times over.
-        if (nc >= incremental_min
-                and (NEAR_COST * C[NEAR_WORK] <= C[NEAR_SAVED] + NEAR_START_FLOWS or C[SOLVES] % NEAR_PROBE == 0)
+        if (near and nc >= incremental_min
                 and _resolve_near(nc, nl, mark, now, F, I, FL, E, LI, LF, K, Hf, Hi, C, SI, SF, touched,
                                   ntouched, seed_share, limit_share)):
             continue
@@ -620,7 +628,68 @@ def _component(start, seen, mark, now, F, I, FL, E, LI, LF, K, SI, note_idle):
                             LI[queued, STACK] = other
                             queued += 1
             e = nxt
+    for i in range(walked):
+        LI[LI[i, STACK], CSIZE] = nc
     return nc, walked
+
+
+@njit(**KERNEL)
+def _near_first(touched, ntouched, now, F, I, FL, E, LI, LF, K, Hf, Hi, C, SI, SF, incremental_min, seed_share,
+                limit_share):
+    """Re-solve from the flows on the touched links out, before walking their connected sets, which on a
+    large set costs more than the re-solve (16,384 hosts: 6 rates a solve, 2,000 flows walked).  The set's
+    size is the one its links had when a solve last walked them.  Returns 1 where done, 0 where not tried
+    (a set not known to be large, a flow alone on its path: its lone delivery is the walk's to set), -1
+    where tried and given up."""
+    C[STAMP] += 1
+    tag = C[STAMP]
+    nseed = 0
+    size = 0
+    for ti in range(ntouched):
+        link = touched[ti]
+        if LI[link, CSIZE] > size:
+            size = LI[link, CSIZE]
+        e = LI[link, HEAD]
+        while e >= 0:
+            s = E[e, OWNER]
+            e = E[e, NEXT]
+            if I[s, IN] != tag and not F[s, TEND] <= now:
+                I[s, IN] = tag
+                SI[nseed, SOLVE] = s
+                nseed += 1
+    if nseed == 0 or size < incremental_min or nseed * seed_share > size:
+        return 0
+    for i in range(nseed):
+        s = SI[i, SOLVE]
+        shared = False
+        for j in range(I[s, NLINKS]):
+            e = LI[FL[s, j], HEAD]
+            while e >= 0:
+                o = E[e, OWNER]
+                e = E[e, NEXT]
+                if o != s and not F[o, TEND] <= now:
+                    shared = True
+                    break
+            if shared:
+                break
+        if not shared:
+            return 0
+    nfixed = resolve(nseed, tag, now, size // limit_share, F, I, FL, E, LI, LF, K, C, SI, SF)
+    if nfixed < 0:
+        C[NEAR_FAILED] += 1
+        return -1
+    C[NEAR_SOLVED] += 1
+    C[NEAR_SAVED] += size
+    C[RATES] += nfixed
+    for i in range(nfixed):
+        s = SI[i, FIXED]
+        rate = SF[i, 0]
+        old = F[s, RATE]
+        # A rate that moved by rounding only (the same share, summed in another order) keeps its entry.
+        if old != rate and abs(rate - old) <= SLACK * rate:
+            rate = old
+        set_rate(s, rate, 0, now, F, I, Hf, Hi, C)
+    return 1
 
 
 @njit(**KERNEL)
