@@ -42,28 +42,36 @@ class Graph:
         self.out_ptr, self.out_node, self.out_link = _rows(out)
         self.in_ptr, self.in_node, self.in_link = _rows(into)
         self.latency_s = np.array(latency_s, dtype=np.float64)
+        # A search's arrays cover the nodes that are not dead ends (on a cluster, the switches: a
+        # sixteenth of the nodes or fewer), and its source.
+        live = [i for i in range(nnodes) if not dead_end[i]]
+        self.live_index = np.full(nnodes, -1, np.int64)
+        self.live_index[live] = np.arange(len(live))
+        self.nlive = len(live)
         self._trees: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
-        self._keep = max(1, TREE_CACHE_BYTES // max(1, 16 * nnodes))
+        self._keep = max(1, TREE_CACHE_BYTES // max(1, 16 * (self.nlive + 1)))
 
     def route(self, s: int, t: int, src_rank: int, dst_rank: int) -> tuple[tuple[int, ...], float] | None:
         """(links, latency) of the route from node ``s`` to node ``t`` (ECMP hashed on the ranks), or None
         where ``t`` cannot be reached."""
         tree = self._trees.get(s)
         if tree is None:
-            tree = _search(s, self.nnodes, self.out_ptr, self.out_node, self.out_link, self.latency_s)
+            tree = _search(s, self.nlive, self.live_index, self.out_ptr, self.out_node, self.out_link,
+                           self.latency_s)
             self._trees[s] = tree
             if len(self._trees) > self._keep:
                 self._trees.popitem(last=False)
         else:
             self._trees.move_to_end(s)
         lat, hops = tree
-        links = np.empty(self.nnodes, np.int64)
-        n = _walk_back(s, t, src_rank, dst_rank, lat, hops, self.in_ptr, self.in_node, self.in_link,
-                       self.latency_s, links)
+        links = np.empty(self.nlive + 2, np.int64)
+        n = _walk_back(s, t, src_rank, dst_rank, lat, hops, self.live_index, self.in_ptr, self.in_node,
+                       self.in_link, self.latency_s, links)
         if n < 0:
             return None
-        return tuple(links[:n][::-1].tolist()), float(_end_latency(t, lat, hops, self.in_ptr, self.in_node,
-                                                                   self.in_link, self.latency_s, s))
+        latency_s = _key(t, s, lat, hops, self.live_index, self.in_ptr, self.in_node, self.in_link,
+                         self.latency_s)[0]
+        return tuple(links[:n][::-1].tolist()), float(latency_s)
 
 
 def _rows(lists):
@@ -81,18 +89,29 @@ def _less(la, ha, na, lb, hb, nb):
 
 
 @njit(cache=True)
-def _search(s, nnodes, out_ptr, out_node, out_link, latency_s):
-    """Least (latency, hops) from ``s`` to every node the search settles (dead ends other than ``s``
-    are not: hops -1)."""
-    lat = np.full(nnodes, np.inf)
-    hops = np.full(nnodes, -1, np.int64)
-    settled = np.zeros(nnodes, np.bool_)
+def _at(v, s, live_index, nlive):
+    """Where node ``v``'s values are in a search from ``s``: its live index, the last slot for the source
+    (a dead end, as a cluster's ranks are), or -1 (a dead end the search does not settle)."""
+    i = live_index[v]
+    if i >= 0:
+        return i
+    return nlive if v == s else -1
+
+
+@njit(cache=True)
+def _search(s, nlive, live_index, out_ptr, out_node, out_link, latency_s):
+    """Least (latency, hops) from ``s`` to every node the search settles, indexed by ``_at`` (hops -1:
+    not reached)."""
+    lat = np.full(nlive + 1, np.inf)
+    hops = np.full(nlive + 1, -1, np.int64)
+    settled = np.zeros(nlive + 1, np.bool_)
     room = out_node.shape[0] + 1
     hl = np.empty(room)
     hh = np.empty(room, np.int64)
     hn = np.empty(room, np.int64)
-    lat[s] = 0.0
-    hops[s] = 0
+    i = _at(s, s, live_index, nlive)
+    lat[i] = 0.0
+    hops[i] = 0
     hl[0] = 0.0
     hh[0] = 0
     hn[0] = s
@@ -115,18 +134,20 @@ def _search(s, nnodes, out_ptr, out_node, out_link, latency_s):
             else:
                 break
         hl[i], hh[i], hn[i] = kl, kh, kn
-        if settled[u]:
+        iu = _at(u, s, live_index, nlive)
+        if settled[iu]:
             continue
-        settled[u] = True
+        settled[iu] = True
         for e in range(out_ptr[u], out_ptr[u + 1]):
             v = out_node[e]
-            if settled[v]:
+            iv = live_index[v]  # out-links lead to live nodes only
+            if settled[iv]:
                 continue
             cl = ul + latency_s[out_link[e]]
             ch = uh + 1
-            if hops[v] < 0 or cl < lat[v] or (cl == lat[v] and ch < hops[v]):
-                lat[v] = cl
-                hops[v] = ch
+            if hops[iv] < 0 or cl < lat[iv] or (cl == lat[iv] and ch < hops[iv]):
+                lat[iv] = cl
+                hops[iv] = ch
                 # push
                 j = n
                 n += 1
@@ -142,27 +163,24 @@ def _search(s, nnodes, out_ptr, out_node, out_link, latency_s):
 
 
 @njit(cache=True)
-def _key(t, s, lat, hops, in_ptr, in_node, in_link, latency_s):
+def _key(t, s, lat, hops, live_index, in_ptr, in_node, in_link, latency_s):
     """(latency, hops) of ``t``: the search's, or for a dead end, its best in-link's (hops -1: none)."""
-    if hops[t] >= 0 or t == s:
-        return lat[t], hops[t]
+    nlive = lat.shape[0] - 1
+    it = _at(t, s, live_index, nlive)
+    if it >= 0 and (hops[it] >= 0 or t == s):
+        return lat[it], hops[it]
     best_l = np.inf
     best_h = -1
     for e in range(in_ptr[t], in_ptr[t + 1]):
-        u = in_node[e]
-        if hops[u] < 0:
+        iu = _at(in_node[e], s, live_index, nlive)
+        if iu < 0 or hops[iu] < 0:
             continue
-        cl = lat[u] + latency_s[in_link[e]]
-        ch = hops[u] + 1
+        cl = lat[iu] + latency_s[in_link[e]]
+        ch = hops[iu] + 1
         if best_h < 0 or cl < best_l or (cl == best_l and ch < best_h):
             best_l = cl
             best_h = ch
     return best_l, best_h
-
-
-@njit(cache=True)
-def _end_latency(t, lat, hops, in_ptr, in_node, in_link, latency_s, s):
-    return _key(t, s, lat, hops, in_ptr, in_node, in_link, latency_s)[0]
 
 
 @njit(cache=True)
@@ -176,9 +194,10 @@ def _ecmp_hash(src, dst, node):
 
 
 @njit(cache=True)
-def _walk_back(s, t, src_rank, dst_rank, lat, hops, in_ptr, in_node, in_link, latency_s, links):
+def _walk_back(s, t, src_rank, dst_rank, lat, hops, live_index, in_ptr, in_node, in_link, latency_s, links):
     """The route's links from ``t`` back to ``s`` into ``links``; returns how many, -1 if unreachable."""
-    vl, vh = _key(t, s, lat, hops, in_ptr, in_node, in_link, latency_s)
+    nlive = lat.shape[0] - 1
+    vl, vh = _key(t, s, lat, hops, live_index, in_ptr, in_node, in_link, latency_s)
     if vh < 0:
         return -1
     v = t
@@ -189,7 +208,8 @@ def _walk_back(s, t, src_rank, dst_rank, lat, hops, in_ptr, in_node, in_link, la
         k = 0
         for e in range(in_ptr[v], in_ptr[v + 1]):
             u = in_node[e]
-            if hops[u] < 0 or hops[u] + 1 != vh or lat[u] + latency_s[in_link[e]] != vl:
+            iu = _at(u, s, live_index, nlive)
+            if iu < 0 or hops[iu] < 0 or hops[iu] + 1 != vh or lat[iu] + latency_s[in_link[e]] != vl:
                 continue
             if k == cand_u.shape[0]:
                 grown_u = np.empty(2 * k, np.int64)
@@ -210,6 +230,7 @@ def _walk_back(s, t, src_rank, dst_rank, lat, hops, in_ptr, in_node, in_link, la
         links[n] = cand_l[pick]
         n += 1
         v = cand_u[pick]
-        vl = lat[v]
-        vh = hops[v]
+        iv = _at(v, s, live_index, nlive)
+        vl = lat[iv]
+        vh = hops[iv]
     return n
