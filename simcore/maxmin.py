@@ -83,15 +83,8 @@ NEAR_COST = 8
 NEAR_PROBE = 64
 
 
-# The filling's links: first all of them sorted by (share, link) in columns HKEY and HLINK, then a heap of
-# those keyed again in RKEY and RLINK.  Sifting moves a hole rather than swapping pairs (six times faster).
-@njit(**KERNEL)
-def _before(LF, LI, a, b):
-    ka = LF[a, HKEY]
-    kb = LF[b, HKEY]
-    return ka < kb or (ka == kb and LI[a, HLINK] < LI[b, HLINK])
-
-
+# The filling's links: first all of them sorted by share in columns HKEY and HLINK, then a heap of those
+# keyed again in RKEY and RLINK.  Sifting moves a hole rather than swapping pairs (six times faster).
 @njit(**KERNEL)
 def _swap(LF, LI, a, b):
     k = LF[a, HKEY]
@@ -104,43 +97,50 @@ def _swap(LF, LI, a, b):
 
 @njit(**KERNEL)
 def _sort(LF, LI, n):
-    """Sort rows [0, n) of (HKEY, HLINK) by (key, link): quicksort, median of three, insertion sort below 16
-    rows; the larger side of each split waits on a stack in column OUT (depth log n; no recursion, which
-    numba's cache does not load back safely)."""
+    """Sort rows [0, n) of (HKEY, HLINK) by key: three-way quicksort (a filling's keys are a link's
+    capacity over its flows: few distinct values, each split once), median of three, insertion sort
+    below 16 rows; the larger side of each split waits on a stack in column OUT (depth log n; no
+    recursion, which numba's cache does not load back safely).  Equal keys keep no particular order:
+    links taken at one share all give their flows that same share, so the rates do not depend on it
+    (beyond the last bit of a sum)."""
     depth = 0
     lo = 0
     hi = n
     while True:
         while hi - lo > 16:
-            mid = (lo + hi) // 2
-            last = hi - 1
-            if _before(LF, LI, mid, lo):
-                _swap(LF, LI, mid, lo)
-            if _before(LF, LI, last, lo):
-                _swap(LF, LI, last, lo)
-            if _before(LF, LI, last, mid):
-                _swap(LF, LI, last, mid)
-            _swap(LF, LI, mid, last)  # the median is the pivot, at the end
-            store = lo
-            for i in range(lo, last):
-                if _before(LF, LI, i, last):
-                    _swap(LF, LI, i, store)
-                    store += 1
-            _swap(LF, LI, store, last)
-            if store - lo < hi - store:
-                LI[depth, OUT] = store + 1
+            a = LF[lo, HKEY]
+            b = LF[(lo + hi) // 2, HKEY]
+            c = LF[hi - 1, HKEY]
+            pivot = max(min(a, b), min(max(a, b), c))
+            # [lo, lt) < pivot, [lt, i) == pivot, (gt, hi) > pivot
+            lt = lo
+            i = lo
+            gt = hi - 1
+            while i <= gt:
+                k = LF[i, HKEY]
+                if k < pivot:
+                    _swap(LF, LI, i, lt)
+                    lt += 1
+                    i += 1
+                elif k > pivot:
+                    _swap(LF, LI, i, gt)
+                    gt -= 1
+                else:
+                    i += 1
+            if lt - lo < hi - gt - 1:
+                LI[depth, OUT] = gt + 1
                 LI[depth + 1, OUT] = hi
-                hi = store
+                hi = lt
             else:
                 LI[depth, OUT] = lo
-                LI[depth + 1, OUT] = store
-                lo = store + 1
+                LI[depth + 1, OUT] = lt
+                lo = gt + 1
             depth += 2
         for i in range(lo + 1, hi):
             key = LF[i, HKEY]
             link = LI[i, HLINK]
             j = i
-            while j > lo and (LF[j - 1, HKEY] > key or (LF[j - 1, HKEY] == key and LI[j - 1, HLINK] > link)):
+            while j > lo and LF[j - 1, HKEY] > key:
                 LF[j, HKEY] = LF[j - 1, HKEY]
                 LI[j, HLINK] = LI[j - 1, HLINK]
                 j -= 1
@@ -205,13 +205,14 @@ def fill(lcol, nl, mcol, mtag, nmembers, I, FL, E, LI, LF, K, C, SI, SF):
     links LI[:nl, lcol], each with LF[:, SPARE] bandwidth left to them and LI[:, CNT] of them on it (both
     used up).  The flows fixed, in order, go to SI[:, FIXED], their rates to SF[:, 0]; returns how many.
 
-    Links are taken by least (share, link): all of them sorted by their shares at the start, then merged
-    with a heap of those keyed again.  A link's share only grows as flows on it are fixed (each is fixed
-    at the smallest share of all, no more than this link's), so a key is a lower bound: a link taken with
-    a share grown since goes on the heap with its new share, one taken at its share is the link of least
-    share, and is filled.  Ties go to the lower link number, so the result does not depend on the order
-    the links are listed in.  Sorting first costs less than a heap of every link: most links (a host's
-    own link, say) are taken only to find all their flows fixed elsewhere."""
+    Links are taken by least share: all of them sorted by their shares at the start, then merged with a
+    heap of those keyed again.  A link's share only grows as flows on it are fixed (each is fixed at the
+    smallest share of all, no more than this link's), so a key is a lower bound: a link taken with a
+    share grown since goes on the heap with its new share, one taken at its share is a link of least
+    share, and is filled.  Links of equal share give their flows that same share whatever their order,
+    so the rates do not depend on the order the links are listed in (beyond the last bit of a sum).
+    Sorting first costs less than a heap of every link: most links (a host's own link, say) are taken
+    only to find all their flows fixed elsewhere."""
     C[STAMP] += 1
     done = C[STAMP]
     n = 0
