@@ -26,6 +26,9 @@ time to build and simulate, and the peak RSS; then per case the ratio of
 the reference engine's wall time to the fast one's, and whether both gave
 the same simulated time (to 1e-9).
 
+Traffic no fast path recognises (random flows on an oversubscribed tree,
+concurrent jobs on a fat tree), against SimGrid: ``benchmarks/flow_speed.py``.
+
     python benchmarks/sim_speed.py                                  # ring256 ring1024 contended gpt128
     python benchmarks/sim_speed.py --cases ring4096 ddp1024 gpt1024 # the long ones (the reference: ~35 min)
     python benchmarks/sim_speed.py --cases ring4096 --engines fast  # the fast engine alone

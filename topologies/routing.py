@@ -48,6 +48,9 @@ class Graph:
         self.live_index = np.full(nnodes, -1, np.int64)
         self.live_index[live] = np.arange(len(live))
         self.nlive = len(live)
+        # A search pushes at most once per link it scans: those out of live nodes, and the source's.
+        degree = np.diff(self.out_ptr)
+        self.heap_room = int(degree[live].sum() + (degree.max() if nnodes else 0) + 1)
         self._trees: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._keep = max(1, TREE_CACHE_BYTES // max(1, 16 * (self.nlive + 1)))
 
@@ -57,7 +60,7 @@ class Graph:
         tree = self._trees.get(s)
         if tree is None:
             tree = _search(s, self.nlive, self.live_index, self.out_ptr, self.out_node, self.out_link,
-                           self.latency_s)
+                           self.latency_s, self.heap_room)
             self._trees[s] = tree
             if len(self._trees) > self._keep:
                 self._trees.popitem(last=False)
@@ -99,13 +102,12 @@ def _at(v, s, live_index, nlive):
 
 
 @njit(cache=True)
-def _search(s, nlive, live_index, out_ptr, out_node, out_link, latency_s):
+def _search(s, nlive, live_index, out_ptr, out_node, out_link, latency_s, room):
     """Least (latency, hops) from ``s`` to every node the search settles, indexed by ``_at`` (hops -1:
     not reached)."""
     lat = np.full(nlive + 1, np.inf)
     hops = np.full(nlive + 1, -1, np.int64)
     settled = np.zeros(nlive + 1, np.bool_)
-    room = out_node.shape[0] + 1
     hl = np.empty(room)
     hh = np.empty(room, np.int64)
     hn = np.empty(room, np.int64)
