@@ -12,6 +12,10 @@ to summary.json under "training") and a per-kind table (operation kind, count, m
 duration, per group where the scenario names groups), and writes records.csv,
 per_rank.csv, per_link.csv, per_node.csv, per_group.csv (each rank's exposed
 communication per process group), summary.json and trace.json into ``--out`` (default ``results/run-<scenario name>/``).
+``--records`` and ``--trace`` choose the records' form (csv, parquet, none)
+and the trace's detail (full, summary, none); by default a run of more than
+a million operations leaves the records out and one of more than 200,000
+merges the trace, and says how to get them whole.
 Exit codes: 0 done, 1 the run failed (a deadlock, a time or energy that is not
 finite, or a real rank that died or hung; what was computed is still written),
 2 a bad scenario file or option (an --out that cannot be written is found
@@ -31,7 +35,8 @@ from executors import backends
 from executors.real import RealRunError
 from experiments import common
 from experiments.common import add_max_memory_option, add_real_options, format_table, make_executor, safe_name
-from experiments.output import write_result
+from experiments.output import (AUTO_RECORDS_ROWS, AUTO_TRACE_ROWS, RECORDS_CHOICES, TRACE_CHOICES,
+                                output_choices, parquet_problem, write_result)
 from simcore.engine import SimulationError
 from simcore.result import group_label
 from workloads.transformer import format_training_report
@@ -44,6 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="sim", choices=backends(), help="executor (default sim)")
     p.add_argument("--out", help="results folder (default results/run-<scenario name>)")
     p.add_argument("--seed", type=int, help="override the scenario's seed")
+    p.add_argument("--records", choices=RECORDS_CHOICES, default="auto",
+                   help=f"per-operation records: csv, parquet (needs pyarrow: pip install -e '.[parquet]') or none; "
+                        f"auto (default): csv up to {AUTO_RECORDS_ROWS:,} operations, else none")
+    p.add_argument("--trace", choices=TRACE_CHOICES, default="auto",
+                   help=f"trace.json for ui.perfetto.dev: full (every operation), summary (each rank's consecutive "
+                        f"operations of one kind as one slice) or none; auto (default): full up to "
+                        f"{AUTO_TRACE_ROWS:,} operations, else summary")
     add_max_memory_option(p)
     add_real_options(p)
     return p
@@ -104,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.seed is not None and args.seed < 0:
         print(f"error: --seed must be >= 0, got {args.seed}", file=sys.stderr)
         return 2
+    if args.records == "parquet" and parquet_problem():
+        print(f"error: {parquet_problem()}", file=sys.stderr)
+        return 2
     # The default folder depends on the scenario's name: checked once that is known.
     max_memory_bytes = common.start_or_report(args, args.out)
     if max_memory_bytes is None:
@@ -130,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     except SimulationError as exc:
         print(f"error: {args.scenario}: {exc}", file=sys.stderr)
         if exc.partial is not None:
-            write_result(exc.partial, out)
+            records, trace, _ = output_choices(len(exc.partial.records), args.records, args.trace)
+            write_result(exc.partial, out, records, trace, say=_say)
             print(f"wrote what was computed before the failure to {out}/")
         return 1
     except RealRunError as exc:
@@ -148,10 +164,17 @@ def main(argv: list[str] | None = None) -> int:
         print(format_training_report(training))
     print()
     print(kind_table(result.records))
-    written = write_result(result, out)
+    records, trace, notes = output_choices(len(result.records), args.records, args.trace)
+    written = write_result(result, out, records, trace, say=_say)
     print()
     print(f"wrote {', '.join(p.name for p in written)} to {out}/")
+    for note in notes:
+        print(note)
     return 0
+
+
+def _say(line: str) -> None:
+    print(f"  ... {line}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

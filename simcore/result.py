@@ -188,13 +188,16 @@ class RunResult:
         table = self.op_times()
         return dict(zip(table["op_index"].astype(int), table["time_s"].astype(float)))
 
-    def chrome_trace(self) -> dict[str, Any]:
+    def chrome_trace(self, merged: bool = False) -> dict[str, Any]:
         """The records as a Chrome/Perfetto trace (open in ui.perfetto.dev or chrome://tracing).
 
         Per rank, one track for compute (and waits) and one communication
         track per process group the rank uses (the world's is "comm world"),
         so that a TP all-reduce, a DP bucket running in the background and a
-        pipeline send show side by side.
+        pipeline send show side by side.  ``merged``: consecutive operations
+        of one name on one track are one slice from the first's start to the
+        last's end (``args.operations``: how many), a trace of a large run
+        that a viewer still opens.
         """
         events: list[dict[str, Any]] = []
         records = self.records
@@ -215,6 +218,9 @@ class RunResult:
             for g in names:
                 events.append({"name": "thread_name", "ph": "M", "pid": 0, "tid": width * rank + track[g],
                                "args": {"name": f"rank {rank} comm {group_label(g)}"}})
+        if merged:
+            events.extend(_merged_slices(records, groups, comm, width, track))
+            return {"traceEvents": events, "displayTimeUnit": "ms"}
         for row, group, is_comm in zip(records.itertuples(index=False), groups, comm):
             tid = width * int(row.rank) + (track[group] if is_comm else 0)
             name = row.kind if not row.algorithm else f"{row.kind} ({row.algorithm})"
@@ -270,3 +276,27 @@ class RunResult:
             if key in s:
                 lines.append(f"{key:<15} {s[key]}")
         return "\n".join(lines)
+
+
+def _names(records: pd.DataFrame, groups: pd.Series) -> pd.Series:
+    """Each record's slice name: its kind, its algorithm in parentheses, its group in brackets."""
+    algorithm = records["algorithm"].fillna("").astype(str)
+    name = records["kind"].astype(str).where(algorithm == "", records["kind"].astype(str) + " (" + algorithm + ")")
+    return name.where(groups == "", name + " [" + groups + "]")
+
+
+def _merged_slices(records: pd.DataFrame, groups: pd.Series, comm: pd.Series, width: int,
+                   track: dict) -> list[dict[str, Any]]:
+    """The trace's slices with consecutive operations of one name on one track merged."""
+    tid = records["rank"].astype(int) * width + comm.astype(bool) * groups.map(track).fillna(0).astype(int)
+    frame = pd.DataFrame({"tid": tid.to_numpy(), "name": _names(records, groups).to_numpy(),
+                          "start_s": records["start_s"].to_numpy(), "end_s": records["end_s"].to_numpy()})
+    frame = frame.sort_values(["tid", "start_s"], kind="stable")
+    new_run = (frame["tid"] != frame["tid"].shift()) | (frame["name"] != frame["name"].shift())
+    runs = frame.groupby(new_run.cumsum().to_numpy(), sort=False).agg(
+        tid=("tid", "first"), name=("name", "first"), start_s=("start_s", "min"), end_s=("end_s", "max"),
+        operations=("tid", "size"))
+    return [{"name": name, "ph": "X", "pid": 0, "tid": int(tid), "ts": start * 1e6, "dur": (end - start) * 1e6,
+             "args": {"operations": int(count)}}
+            for tid, name, start, end, count in zip(runs["tid"], runs["name"], runs["start_s"], runs["end_s"],
+                                                    runs["operations"])]

@@ -1,6 +1,7 @@
 """experiments/: example scenarios run, and the run/scaling/whatif commands write what they promise."""
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -8,7 +9,7 @@ import pandas as pd
 import pytest
 
 from executors import get_executor
-from experiments import run, scaling, whatif
+from experiments import output, run, scaling, whatif
 from workloads.scenario import load_scenario
 
 SCENARIOS = Path(__file__).resolve().parents[1] / "experiments" / "scenarios"
@@ -38,6 +39,51 @@ def test_run_writes_records_and_summary(tmp_path, capsys):
     assert set(records["kind"]) == {"allreduce"}
     printed = capsys.readouterr().out
     assert "makespan" in printed and "allreduce" in printed and str(out) in printed
+
+
+def test_run_leaves_out_records_and_trace_on_request(tmp_path):
+    out = tmp_path / "out"
+    assert run.main([str(SCENARIOS / "ring8_allreduce.yaml"), "--out", str(out), "--records", "none",
+                     "--trace", "none"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "per_group.csv", "per_link.csv", "per_node.csv", "per_rank.csv", "summary.json"]
+
+
+def test_a_merged_trace_covers_every_operation_in_fewer_slices(tmp_path):
+    out_full, out_merged = tmp_path / "full", tmp_path / "merged"
+    scenario = str(SCENARIOS / "gpt_tiny_3d.yaml")
+    assert run.main([scenario, "--out", str(out_full), "--trace", "full"]) == 0
+    assert run.main([scenario, "--out", str(out_merged), "--trace", "summary"]) == 0
+    full = [e for e in json.loads((out_full / "trace.json").read_text())["traceEvents"] if e["ph"] == "X"]
+    merged = [e for e in json.loads((out_merged / "trace.json").read_text())["traceEvents"] if e["ph"] == "X"]
+    assert len(merged) < len(full)
+    assert sum(e["args"]["operations"] for e in merged) == len(full)
+    # Per track, the merged slices start where its first operation starts and end where its last ends.
+    for tid in {e["tid"] for e in full}:
+        a = [e for e in full if e["tid"] == tid]
+        b = [e for e in merged if e["tid"] == tid]
+        assert min(e["ts"] for e in b) == min(e["ts"] for e in a)
+        assert max(e["ts"] + e["dur"] for e in b) == pytest.approx(max(e["ts"] + e["dur"] for e in a), rel=1e-12)
+
+
+def test_run_by_default_leaves_out_what_is_over_its_size_and_says_how_to_get_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(output, "AUTO_RECORDS_ROWS", 3)
+    monkeypatch.setattr(output, "AUTO_TRACE_ROWS", 2)
+    out = tmp_path / "out"
+    assert run.main([str(SCENARIOS / "ring8_allreduce.yaml"), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert not (out / "records.csv").exists() and (out / "trace.json").exists()
+    assert "--records csv or --records parquet writes them" in text and "--trace full writes every one" in text
+
+
+def test_run_records_as_parquet_or_a_clear_error(tmp_path, capsys):
+    out = tmp_path / "out"
+    code = run.main([str(SCENARIOS / "ring8_allreduce.yaml"), "--out", str(out), "--records", "parquet"])
+    if importlib.util.find_spec("pyarrow") is None:
+        assert code == 2 and "pip install -e '.[parquet]'" in capsys.readouterr().err
+        assert not out.exists()
+    else:
+        assert code == 0 and len(pd.read_parquet(out / "records.parquet")) == 8
 
 
 def test_run_seed_override(tmp_path):
