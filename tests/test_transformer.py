@@ -74,7 +74,17 @@ def test_gpt3_step_flops_are_six_parameters_per_token_and_a_few_percent():
     assert flops == pytest.approx(0.994 * 1.0314 * six_pt, rel=1e-3)
 
 
-@pytest.mark.parametrize("preset", ["gpt3_175b", "llama_70b", "mixtral_8x7b"])
+def test_llama3_405b_has_its_405_billion_parameters():
+    # Per layer: Q and O h x h, K and V h x 1024 (8 heads of 128), three h x 53248 SwiGLU matrices; 126
+    # layers and two 128256 x h embeddings: 405.8 billion (norms add 4 million).
+    spec = load_model("llama3_405b")
+    h = 16384
+    per_layer = 2 * h * h + 2 * h * 1024 + 3 * h * 53248
+    assert active_parameters(spec) == pytest.approx(126 * per_layer + 2 * 128256 * h, rel=1e-4)
+    assert 405e9 < active_parameters(spec) < 406.5e9
+
+
+@pytest.mark.parametrize("preset", ["gpt3_175b", "llama_70b", "mixtral_8x7b", "llama3_405b"])
 def test_preset_flops_are_six_active_parameters_per_token_plus_attention(preset):
     # 6 x (the parameters a token multiplies by: all active ones but the input
     # embedding, a lookup) x tokens, plus attention's 12 L s^2 h per sequence;
