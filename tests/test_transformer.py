@@ -24,8 +24,9 @@ from workloads.transformer import (
     TransformerTraining, attention_score_flops, format_training_report, ideal_bubble_fraction, layer_forward_flops, logits_forward_flops,
     model_flops_per_step, narayanan_flops_per_step, schedule_order, training_report,
 )
-from workloads.transformer.memory import check_fits
-from workloads.transformer.spec import TrainingSpec, active_parameters, load_model, total_parameters
+from workloads.transformer.memory import check_fits, memory_per_stage
+from workloads.transformer.spec import (ParallelSpec, TrainingSpec, active_parameters, load_model, stage_layers,
+                                        total_parameters)
 from workloads.validate import validate_programs
 
 SCENARIO = "experiments/scenarios/gpt_tiny_3d.yaml"
@@ -311,6 +312,33 @@ def test_pipeline_messages():
     assert {(op.group, op.peer) for op in sends + recvs} == {("pp", 1)}
 
 
+@pytest.mark.parametrize("layers,pp,v,expected", [
+    (126, 16, 1, (7,) + (8,) * 14 + (7,)),   # Llama 3 405B on 16 stages
+    (96, 8, 1, (12,) * 8),                   # equal where they divide
+    (4, 3, 1, (1, 2, 1)),
+    (10, 2, 3, (1, 2, 2, 2, 2, 1)),          # interleaved: the virtual stages at the ends hold the fewer
+    (7, 7, 1, (1,) * 7),
+])
+def test_layers_split_over_stages_as_evenly_as_they_can_the_ends_short_first(layers, pp, v, expected):
+    par = ParallelSpec(pp=pp, schedule="interleaved" if v > 1 else "1f1b", virtual_stages=v)
+    assert stage_layers(layers, par) == expected
+
+
+def test_stages_of_unequal_depth_run_every_layer_once_and_hold_every_parameter():
+    # 4 layers over 3 stages (1, 2, 1): the programs' forward GEMM FLOPs and the stages' parameters are the
+    # model's, as with equal stages.
+    w = TransformerTraining(model=TINY, global_batch=6, pp=3)
+    programs = w.programs(3)
+    spec = w.model_spec
+    assert program_flops(programs) == pytest.approx(w.hardware_flops_per_step(), rel=1e-12)
+    assert w.hardware_flops_per_step() == pytest.approx(w.model_flops_per_step(), rel=1e-12)
+    reports = memory_per_stage(spec, w.parallelism, w.training, 3)
+    assert [r.layers for r in reports] == [1, 2, 1]
+    explicit = TransformerTraining(model=TINY, global_batch=6, pp=3, stage_layers=[2, 1, 1])
+    assert [r.layers for r in memory_per_stage(spec, explicit.parallelism, explicit.training, 3)] == [2, 1, 1]
+    assert explicit.to_dict()["stage_layers"] == [2, 1, 1]
+
+
 # -- errors ------------------------------------------------------------------------------------
 
 
@@ -318,7 +346,10 @@ def test_pipeline_messages():
     (dict(tp=3), 6, "workload.tp 3 must divide model.heads"),
     (dict(tp=2, pp=2), 6, "does not divide"),
     (dict(tp=2, pp=2, dp=3, global_batch=12), 8, "tp 2 x pp 2 x dp 3 = 12 ranks, but the topology has 8"),
-    (dict(pp=3), 3, "model.layers 4 must be a multiple of pp 3"),
+    (dict(pp=5, global_batch=10), 5, "pp 5 x virtual_stages 1 = 5 virtual stages, more than the model's 4 layers"),
+    (dict(pp=2, stage_layers=[1, 2]), 2, "workload.stage_layers sum to 3 layers, but the model has 4"),
+    (dict(pp=2, stage_layers=[4]), 2, "workload.stage_layers has 1 entries, but pp 2 x virtual_stages 1 = 2"),
+    (dict(pp=2, stage_layers=[4, 0]), 2, r"workload.stage_layers\[1\] must be an integer >= 1"),
     (dict(pp=2, schedule="interleaved", virtual_stages=2, global_batch=3), 2, r"= 3\) to be a multiple of pp 2"),
     (dict(global_batch=6, dp=4), 4, "global_batch 6 is not a multiple"),
     (dict(ep=2), 2, "needs a mixture-of-experts model"),

@@ -369,9 +369,9 @@ def test_ranks_of_a_stage_follow_the_layout_order():
 @pytest.mark.parametrize("model, parallel, match", [
     (dict(heads=12, hidden=768), dict(tp=8), "tp 8 must divide the model's heads 12"),
     (dict(heads=16, kv_heads=2), dict(tp=4), "tp 4 must divide the model's kv_heads 2"),
-    (dict(layers=10), dict(pp=4), "pp 4 must divide the model's layers 10"),
-    (dict(layers=8), dict(pp=2, schedule="interleaved", virtual_stages=3),
-     r"pp 2 x virtual_stages 3 = 6 must divide the model's layers 8"),
+    (dict(layers=3), dict(pp=4), "pp 4 x virtual_stages 1 = 4 virtual stages, more than the model's 3 layers"),
+    (dict(layers=8), dict(pp=2, schedule="interleaved", virtual_stages=3, stage_layers=(1, 1, 1, 1, 1, 1)),
+     r"workload.stage_layers sum to 6 layers, but the model has 8"),
     (dict(experts=8, top_k=2), dict(ep=3), "ep 3 must divide the model's experts 8"),
     (dict(), dict(ep=2), "ep 2 needs a mixture-of-experts model"),
     (dict(ffn_hidden=1000), dict(tp=16), "tp 16 must divide the model's ffn_hidden 1000"),

@@ -17,7 +17,8 @@ from workloads.ops import Collective, Compute, Irecv, Isend, Operation, Wait
 from workloads.transformer.flops import (COMBINE, DISPATCH, F, SELECTIVE_RECOMPUTE, Shape, Term, embedding_terms,
                                          head_terms, layer_terms, optimizer_bytes)
 from workloads.transformer.schedule import schedule_order
-from workloads.transformer.spec import BLOCKS, ModelSpec, ParallelSpec, TrainingSpec, block_parameters
+from workloads.transformer.spec import (BLOCKS, ModelSpec, ParallelSpec, TrainingSpec, block_parameters,
+                                        stage_layers)
 
 
 @dataclass
@@ -63,7 +64,7 @@ class Lowering:
         self.precision = training.precision
         B = self.B = training.bytes_per_value
         x = self.shape = Shape(model, training.micro_batch, par.tp, par.ep, par.sequence_parallel, B)
-        self.layers_per_chunk = model.layers // (self.p * self.v)
+        self.chunk_layers = stage_layers(model.layers, par)
         self.message_bytes = x.stage_message_bytes
         self.tp_bytes = x.tp_collective_bytes
         self.a2a_bytes = x.alltoall_bytes
@@ -132,7 +133,7 @@ class Lowering:
     def blocks(self, stage: int, chunk: int) -> list[str]:
         """The blocks of virtual stage ``chunk * p + stage``: its layers, the embedding first, the head last."""
         k = chunk * self.p + stage
-        blocks = ["layer"] * self.layers_per_chunk
+        blocks = ["layer"] * self.chunk_layers[k]
         if k == 0:
             blocks.insert(0, "embed")
         if k == self.p * self.v - 1:

@@ -38,7 +38,7 @@ from topologies.text import format_bytes
 from workloads.groups import DEFAULT_ORDER, Layout
 from workloads.transformer.schedule import in_flight_chunks, in_flight_first_chunk, in_flight_last_chunk
 from workloads.transformer.spec import (LOGIT_BYTES, PRECISION_BYTES, ModelSpec, ParallelSpec, TrainingSpec,
-                                        block_parameters)
+                                        block_parameters, stage_layers)
 
 GIB = 2**30
 # Dropout masks are one byte per element in PyTorch (a bool tensor), whatever
@@ -108,7 +108,8 @@ def stage_parameters(model: ModelSpec, parallel: ParallelSpec, stage: int) -> di
     """
     check_layout(model, parallel)
     p = parallel.pp
-    blocks = ["layer"] * (model.layers // p) + (["embed"] if stage == 0 else []) + (["head"] if stage == p - 1 else [])
+    blocks = (["layer"] * _layers_of_stage(model, parallel, stage) + (["embed"] if stage == 0 else [])
+              + (["head"] if stage == p - 1 else []))
     dense = expert = 0
     for block in blocks:
         d, e = block_parameters(model, parallel.tp, parallel.ep, block)
@@ -278,20 +279,24 @@ def output_activation_terms(model: ModelSpec, parallel: ParallelSpec, training: 
 
 def check_layout(model: ModelSpec, parallel: ParallelSpec) -> None:
     """ValueError naming the sizes if the model does not split as ``parallel`` asks."""
-    t, p, v = parallel.tp, parallel.pp, parallel.virtual_stages
+    t = parallel.tp
     for what, size in (("heads", model.heads), ("kv_heads", model.kv_heads), ("hidden", model.hidden),
                        ("ffn_hidden", model.ffn_hidden)):
         if size % t:
             raise ValueError(f"workload: tp {t} must divide the model's {what} {size}")
-    if model.layers % (p * v):
-        chunks = f"pp {p} x virtual_stages {v} = {p * v}" if v > 1 else f"pp {p}"
-        raise ValueError(f"workload: {chunks} must divide the model's layers {model.layers}")
+    stage_layers(model.layers, parallel)  # the split, or why there is none
     if parallel.sequence_parallel and model.seq_len % t:
         raise ValueError(f"workload: sequence parallelism needs tp {t} to divide seq_len {model.seq_len}")
     if parallel.ep > 1 and not model.moe:
         raise ValueError(f"workload: ep {parallel.ep} needs a mixture-of-experts model (experts > 1)")
     if model.moe and model.experts % parallel.ep:
         raise ValueError(f"workload: ep {parallel.ep} must divide the model's experts {model.experts}")
+
+
+def _layers_of_stage(model: ModelSpec, parallel: ParallelSpec, stage: int) -> int:
+    """The layers pipeline stage ``stage`` holds, over its virtual stages."""
+    split = stage_layers(model.layers, parallel)
+    return sum(split[c * parallel.pp + stage] for c in range(parallel.virtual_stages))
 
 
 # ---------------------------------------------------------------------------
@@ -341,7 +346,9 @@ def stage_activation_terms(model: ModelSpec, parallel: ParallelSpec, training: T
     p, v = parallel.pp, parallel.virtual_stages
     schedule = parallel.schedule
     chunks = in_flight_chunks(schedule, stages=p, microbatches=microbatches, stage=stage, virtual_stages=v)
-    chunk_layers = model.layers // (p * v)
+    # The stage's largest chunk (an upper bound where its chunks differ, as the interleaved count is).
+    split = stage_layers(model.layers, parallel)
+    chunk_layers = max(split[c * p + stage] for c in range(v))
     stored = layer_activation_bytes(model, parallel, training)
     out = {f"layers: {chunks} chunks in flight x {chunk_layers} layers x one layer": chunks * chunk_layers * stored}
     if parallel.recompute != "none":
@@ -393,7 +400,7 @@ def memory_per_stage(model: ModelSpec, parallel: ParallelSpec, training: Trainin
         terms = stage_activation_terms(model, parallel, training, stage=stage, microbatches=m)
         reports.append(MemoryReport(
             stage=stage, ranks=tuple(ranks_of[stage]), first=stage == 0, last=stage == p - 1,
-            layers=model.layers // p,
+            layers=_layers_of_stage(model, parallel, stage),
             in_flight_chunks=in_flight_chunks(parallel.schedule, stages=p, microbatches=m, stage=stage,
                                               virtual_stages=parallel.virtual_stages),
             weights_bytes=dense["weights_bytes"] + expert["weights_bytes"],

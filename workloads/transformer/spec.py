@@ -161,6 +161,9 @@ class ParallelSpec:
     activations: ``none``, ``selective`` (attention's softmax and dropout,
     Korthikanti et al.) or ``full`` (each layer's input only).
     ``bucket_bytes``: the gradient bucket of the data-parallel reduction.
+    ``stage_layers``: the layers of each virtual stage in pipeline order
+    (chunk c of stage s is entry c x pp + s); empty: ``stage_layers()``'s
+    split.
     """
 
     tp: int = 1
@@ -173,6 +176,7 @@ class ParallelSpec:
     zero: int = 0
     recompute: str = "none"
     bucket_bytes: int = 25 * 2**20
+    stage_layers: tuple = ()
 
     _INTS = ("tp", "pp", "dp", "ep", "virtual_stages", "zero", "bucket_bytes")
 
@@ -192,6 +196,14 @@ class ParallelSpec:
             raise ValueError(f"workload.virtual_stages {self.virtual_stages} needs schedule: interleaved")
         if self.sequence_parallel and self.tp == 1:
             raise ValueError("workload.sequence_parallel needs tp > 1")
+        given = self.stage_layers
+        if not isinstance(given, (list, tuple)):
+            raise ValueError(f"workload.stage_layers must be a list of layer counts, got {short(given)}")
+        object.__setattr__(self, "stage_layers", tuple(_int(n, f"workload.stage_layers[{i}]")
+                                                       for i, n in enumerate(given)))
+        if given and len(given) != self.pp * self.virtual_stages:
+            raise ValueError(f"workload.stage_layers has {len(given)} entries, but pp {self.pp} x virtual_stages "
+                             f"{self.virtual_stages} = {self.pp * self.virtual_stages} virtual stages")
 
     def resolve(self, nranks: int) -> "ParallelSpec":
         """This layout with ``dp`` worked out for ``nranks``; ValueError naming the sizes if it does not fit."""
@@ -206,6 +218,29 @@ class ParallelSpec:
         if dp % self.ep:
             raise ValueError(f"workload: ep {self.ep} must divide dp {dp}")
         return dataclasses.replace(self, dp=dp)
+
+
+def stage_layers(layers: int, parallel: "ParallelSpec") -> tuple[int, ...]:
+    """The layers of each virtual stage, in pipeline order (chunk c of stage s is entry c x pp + s): the
+    layout's ``stage_layers`` (checked to sum to ``layers``), else equal where pp x virtual_stages divides
+    ``layers``, else as even as can be with the stages at the ends one layer short first (first, last,
+    second, second to last, ...): they also hold the input embedding and the output layer, as Llama 3
+    405B's 126 layers were spread over 16 stages (7, 8 x 14, 7).  The one place the split is decided."""
+    chunks = parallel.pp * parallel.virtual_stages
+    given = parallel.stage_layers
+    if given:
+        if sum(given) != layers:
+            raise ValueError(f"workload.stage_layers sum to {sum(given)} layers, but the model has {layers}")
+        return given
+    if chunks > layers:
+        raise ValueError(f"workload: pp {parallel.pp} x virtual_stages {parallel.virtual_stages} = {chunks} "
+                         f"virtual stages, more than the model's {layers} layers")
+    base = -(-layers // chunks)
+    counts = [base] * chunks
+    ends = [k for pair in zip(range(chunks), range(chunks - 1, -1, -1)) for k in pair]
+    for k in list(dict.fromkeys(ends))[:base * chunks - layers]:
+        counts[k] -= 1
+    return tuple(counts)
 
 
 @dataclass(frozen=True)

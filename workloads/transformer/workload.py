@@ -24,7 +24,7 @@ from workloads.transformer.flops import hardware_flops_per_step, model_flops_per
 from workloads.transformer.lowering import Lowering
 from workloads.transformer.memory import MemoryReport, check_fits, memory_per_stage
 from workloads.transformer.report import training_report
-from workloads.transformer.spec import ModelSpec, ParallelSpec, TrainingSpec, load_model
+from workloads.transformer.spec import ModelSpec, ParallelSpec, TrainingSpec, load_model, stage_layers
 
 
 def _flat(owner: str, spec: type, hidden: tuple[str, ...] = ()) -> dict[str, tuple[str, Any]]:
@@ -95,10 +95,7 @@ class TransformerTraining(WorkloadBase):
                                  f"{what} / tp of them)")
         if par.sequence_parallel and model.seq_len % t:
             raise ValueError(f"workload.sequence_parallel: tp {t} must divide model.seq_len {model.seq_len}")
-        chunks = par.pp * par.virtual_stages
-        if model.layers % chunks:
-            raise ValueError(f"workload: model.layers {model.layers} must be a multiple of pp {par.pp} x "
-                             f"virtual_stages {par.virtual_stages} = {chunks} (equal stages)")
+        stage_layers(model.layers, par)  # the split, or why there is none
         if par.schedule == "interleaved" and par.pp < 2:
             raise ValueError("workload.schedule: interleaved needs pp >= 2")
         if par.ep > 1 and not model.moe:
@@ -234,7 +231,7 @@ class TransformerTraining(WorkloadBase):
         for name, (owner, default) in FLAT_FIELDS.items():
             value = getattr(getattr(self, owner), name)
             if value != default:
-                out[name] = value
+                out[name] = list(value) if isinstance(value, tuple) else value
         return out
 
     @classmethod
