@@ -301,7 +301,9 @@ class FlowNetwork:
     def _solve(self, _event) -> None:
         self._solve_pending = False
         now = clock_now(self.env)
-        if self._starting:
+        # A message the buckets pass whole is delivered at once, and its receiver may start the next
+        # transfer (a channel's next job): that one takes the buckets too, before any rate is solved.
+        while self._starting:
             self._grant_bursts(now)
         touched, self._touched = self._touched, {}
         t = self.table
@@ -321,7 +323,8 @@ class FlowNetwork:
         t = self.table
         if t.C[HSIZE]:
             top = float(t.Hf[0])
-            if self._wake_s is None or top < self._wake_s:
+            # (A flow at rate 0 would end at infinity: no event for it; the run ends without it.)
+            if top < float("inf") and (self._wake_s is None or top < self._wake_s):
                 self._wake_s = top
                 self.wakes += 1
                 call_at(self.env, top, self._wake, None)

@@ -167,3 +167,20 @@ def test_fit_reads_the_bucket_and_the_rate_from_a_ping_pong():
     assert fit_link_burst(sizes, slow, overhead_s, rate) == (0, pytest.approx(16 * MB / (16 * MB / fraction + 1e-3 * rate)))
     with pytest.raises(ValueError, match="outweighs the overhead"):
         fit_link_burst([8], [1.0], 1.0, rate)
+
+
+def test_a_transfer_started_by_a_message_the_bucket_passed_whole_takes_the_bucket_first():
+    # a (1 MB) passes whole through a 1.5 MB bucket, and its delivery starts b (2 MB) at the same instant,
+    # as a channel's next job starts: b takes the 0.5 MB left at once and sends 1.5 MB at 1 MB/s.
+    env = simpy.Environment()
+    got = {}
+
+    def delivered(message):
+        got[message] = env.now
+        if message == "a":
+            net.transfer((0,), 1e6, 0.0, 2_000_000, "b")
+
+    net = FlowNetwork(env, [1e6], delivered, burst_bytes=1_500_000)
+    net.transfer((0,), 1e6, 0.0, 1_000_000, "a")
+    env.run()
+    assert got == {"a": 0.0, "b": 1.5}
