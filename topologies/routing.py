@@ -53,6 +53,7 @@ class Graph:
         self.heap_room = int(degree[live].sum() + (degree.max() if nnodes else 0) + 1)
         self._trees: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._keep = max(1, TREE_CACHE_BYTES // max(1, 16 * (self.nlive + 1)))
+        self._links = np.empty(self.nlive + 3, np.int64)  # a route walked back: see route
 
     def route(self, s: int, t: int, src_rank: int, dst_rank: int) -> tuple[tuple[int, ...], float] | None:
         """(links, latency) of the route from node ``s`` to node ``t`` (ECMP hashed on the ranks), or None
@@ -67,14 +68,13 @@ class Graph:
         else:
             self._trees.move_to_end(s)
         lat, hops = tree
-        links = np.empty(self.nlive + 2, np.int64)
+        links = self._links
         n = _walk_back(s, t, src_rank, dst_rank, lat, hops, self.live_index, self.in_ptr, self.in_node,
                        self.in_link, self.latency_s, links)
         if n < 0:
             return None
-        latency_s = _key(t, s, lat, hops, self.live_index, self.in_ptr, self.in_node, self.in_link,
-                         self.latency_s)[0]
-        return tuple(links[:n][::-1].tolist()), float(latency_s)
+        # links[0] holds the route's latency's bits; its links follow, destination first.
+        return tuple(links[n:0:-1].tolist()), float(links[:1].view(np.float64)[0])
 
 
 def _rows(lists):
@@ -197,11 +197,13 @@ def _ecmp_hash(src, dst, node):
 
 @njit(cache=True)
 def _walk_back(s, t, src_rank, dst_rank, lat, hops, live_index, in_ptr, in_node, in_link, latency_s, links):
-    """The route's links from ``t`` back to ``s`` into ``links``; returns how many, -1 if unreachable."""
+    """The route's latency (its bits) into links[0] and its links from ``t`` back to ``s`` into links[1:];
+    returns how many links, -1 if unreachable."""
     nlive = lat.shape[0] - 1
     vl, vh = _key(t, s, lat, hops, live_index, in_ptr, in_node, in_link, latency_s)
     if vh < 0:
         return -1
+    links[:1].view(np.float64)[0] = vl
     v = t
     n = 0
     cand_u = np.empty(64, np.int64)
@@ -229,8 +231,8 @@ def _walk_back(s, t, src_rank, dst_rank, lat, hops, live_index, in_ptr, in_node,
             cand_l[j] = in_link[e]
             k += 1
         pick = 0 if k == 1 else _ecmp_hash(src_rank, dst_rank, v) % k
-        links[n] = cand_l[pick]
         n += 1
+        links[n] = cand_l[pick]
         v = cand_u[pick]
         iv = _at(v, s, live_index, nlive)
         vl = lat[iv]
