@@ -612,6 +612,7 @@ class Simulator:
             "wall_s": round(wall_s, 4),
         }
         return RunResult(records=records, summary=summary, per_rank=per_rank, per_link=per_link, per_node=per_node,
+                         servers=topo.groups(),
                          per_group=group_comm_table(records, self.programs, float(makespan)))
 
 

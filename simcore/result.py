@@ -174,6 +174,8 @@ class RunResult:
     per_link: pd.DataFrame = field(default_factory=pd.DataFrame)
     per_node: pd.DataFrame = field(default_factory=pd.DataFrame)
     per_group: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # The ranks of each server (the topology's groups), for the trace's processes; None: one process.
+    servers: tuple[tuple[int, ...], ...] | None = None
 
     @property
     def makespan_s(self) -> float:
@@ -194,7 +196,8 @@ class RunResult:
         Per rank, one track for compute (and waits) and one communication
         track per process group the rank uses (the world's is "comm world"),
         so that a TP all-reduce, a DP bucket running in the background and a
-        pipeline send show side by side.  ``merged``: consecutive operations
+        pipeline send show side by side; the ranks of a server (``servers``)
+        are threads of one process.  ``merged``: consecutive operations
         of one name on one track are one slice from the first's start to the
         last's end (``args.operations``: how many), a trace of a large run
         that a viewer still opens.
@@ -212,16 +215,22 @@ class RunResult:
             names.insert(0, "")
         width = len(names) + 1
         track = {g: i + 1 for i, g in enumerate(names)}
+        server = {rank: i for i, ranks in enumerate(self.servers or ()) for rank in ranks}
+        pid_of = records["rank"].astype(int).map(server).fillna(0).astype(int) if server else None
+        for i in sorted(set(server.values())):
+            events.append({"name": "process_name", "ph": "M", "pid": i, "args": {"name": f"server {i}"}})
         for rank in sorted(int(r) for r in records["rank"].unique()):
-            events.append({"name": "thread_name", "ph": "M", "pid": 0, "tid": width * rank,
+            pid = server.get(rank, 0)
+            events.append({"name": "thread_name", "ph": "M", "pid": pid, "tid": width * rank,
                            "args": {"name": f"rank {rank} compute"}})
             for g in names:
-                events.append({"name": "thread_name", "ph": "M", "pid": 0, "tid": width * rank + track[g],
+                events.append({"name": "thread_name", "ph": "M", "pid": pid, "tid": width * rank + track[g],
                                "args": {"name": f"rank {rank} comm {group_label(g)}"}})
         if merged:
-            events.extend(_merged_slices(records, groups, comm, width, track))
+            events.extend(_merged_slices(records, groups, comm, width, track, server))
             return {"traceEvents": events, "displayTimeUnit": "ms"}
-        for row, group, is_comm in zip(records.itertuples(index=False), groups, comm):
+        pids = pid_of if pid_of is not None else [0] * len(records)
+        for row, group, is_comm, pid in zip(records.itertuples(index=False), groups, comm, pids):
             tid = width * int(row.rank) + (track[group] if is_comm else 0)
             name = row.kind if not row.algorithm else f"{row.kind} ({row.algorithm})"
             if group:
@@ -232,7 +241,7 @@ class RunResult:
                 args["group"] = group
             if row.peer >= 0:
                 args["peer"] = int(row.peer)
-            events.append({"name": name, "ph": "X", "pid": 0, "tid": tid,
+            events.append({"name": name, "ph": "X", "pid": int(pid), "tid": tid,
                            "ts": row.start_s * 1e6, "dur": (row.end_s - row.start_s) * 1e6, "args": args})
         return {"traceEvents": events, "displayTimeUnit": "ms"}
 
@@ -286,7 +295,7 @@ def _names(records: pd.DataFrame, groups: pd.Series) -> pd.Series:
 
 
 def _merged_slices(records: pd.DataFrame, groups: pd.Series, comm: pd.Series, width: int,
-                   track: dict) -> list[dict[str, Any]]:
+                   track: dict, server: dict) -> list[dict[str, Any]]:
     """The trace's slices with consecutive operations of one name on one track merged."""
     tid = records["rank"].astype(int) * width + comm.astype(bool) * groups.map(track).fillna(0).astype(int)
     frame = pd.DataFrame({"tid": tid.to_numpy(), "name": _names(records, groups).to_numpy(),
@@ -296,7 +305,7 @@ def _merged_slices(records: pd.DataFrame, groups: pd.Series, comm: pd.Series, wi
     runs = frame.groupby(new_run.cumsum().to_numpy(), sort=False).agg(
         tid=("tid", "first"), name=("name", "first"), start_s=("start_s", "min"), end_s=("end_s", "max"),
         operations=("tid", "size"))
-    return [{"name": name, "ph": "X", "pid": 0, "tid": int(tid), "ts": start * 1e6, "dur": (end - start) * 1e6,
-             "args": {"operations": int(count)}}
+    return [{"name": name, "ph": "X", "pid": server.get(int(tid) // width, 0), "tid": int(tid), "ts": start * 1e6,
+             "dur": (end - start) * 1e6, "args": {"operations": int(count)}}
             for tid, name, start, end, count in zip(runs["tid"], runs["name"], runs["start_s"], runs["end_s"],
                                                     runs["operations"])]

@@ -66,6 +66,22 @@ def test_a_merged_trace_covers_every_operation_in_fewer_slices(tmp_path):
         assert max(e["ts"] + e["dur"] for e in b) == pytest.approx(max(e["ts"] + e["dur"] for e in a), rel=1e-12)
 
 
+def test_the_trace_has_a_process_per_server_and_a_thread_per_rank(tmp_path):
+    out = tmp_path / "out"
+    assert run.main([str(SCENARIOS / "dgx_h100_allreduce.yaml"), "--out", str(out)]) == 0
+    scenario = load_scenario(SCENARIOS / "dgx_h100_allreduce.yaml")
+    servers = scenario.topology.groups()
+    assert servers is not None and len(servers) > 1
+    events = json.loads((out / "trace.json").read_text())["traceEvents"]
+    assert {e["pid"] for e in events if e["name"] == "process_name"} == set(range(len(servers)))
+    server_of = {rank: i for i, ranks in enumerate(servers) for rank in ranks}
+    threads = {(e["pid"], e["tid"]): e["args"]["name"] for e in events if e["name"] == "thread_name"}
+    for e in events:
+        if e["ph"] == "X":
+            rank = int(threads[(e["pid"], e["tid"])].split()[1])
+            assert e["pid"] == server_of[rank]
+
+
 def test_run_by_default_leaves_out_what_is_over_its_size_and_says_how_to_get_it(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(output, "AUTO_RECORDS_ROWS", 3)
     monkeypatch.setattr(output, "AUTO_TRACE_ROWS", 2)
