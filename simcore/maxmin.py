@@ -439,6 +439,14 @@ def unlink(s, F, I, FL, E, LI, LF, K, note_idle):
 
 # The pending last bytes: a heap of (time, sequence) keys with (slot, version), sifted by moving a hole.
 @njit(**KERNEL)
+def _heap_move(Hf, Hi, to, frm):
+    Hf[to] = Hf[frm]
+    Hi[to, 0] = Hi[frm, 0]
+    Hi[to, 1] = Hi[frm, 1]
+    Hi[to, 2] = Hi[frm, 2]
+
+
+@njit(**KERNEL)
 def heap_push(Hf, Hi, C, when, s, version):
     i = C[HSIZE]
     C[HSIZE] = i + 1
@@ -447,10 +455,7 @@ def heap_push(Hf, Hi, C, when, s, version):
     while i > 0:
         p = (i - 1) // 2
         if when < Hf[p] or (when == Hf[p] and seq < Hi[p, 0]):
-            Hf[i] = Hf[p]
-            Hi[i, 0] = Hi[p, 0]
-            Hi[i, 1] = Hi[p, 1]
-            Hi[i, 2] = Hi[p, 2]
+            _heap_move(Hf, Hi, i, p)
             i = p
         else:
             break
@@ -479,10 +484,7 @@ def _heap_pop(Hf, Hi, C):
         if c + 1 < n and (Hf[c + 1] < Hf[c] or (Hf[c + 1] == Hf[c] and Hi[c + 1, 0] < Hi[c, 0])):
             c += 1
         if Hf[c] < when or (Hf[c] == when and Hi[c, 0] < seq):
-            Hf[i] = Hf[c]
-            Hi[i, 0] = Hi[c, 0]
-            Hi[i, 1] = Hi[c, 1]
-            Hi[i, 2] = Hi[c, 2]
+            _heap_move(Hf, Hi, i, c)
             i = c
         else:
             break
@@ -635,6 +637,19 @@ def _component(start, seen, mark, now, F, I, FL, E, LI, LF, K, SI, note_idle):
 
 
 @njit(**KERNEL)
+def _set_near_rates(nfixed, now, F, I, Hf, Hi, C, SI, SF):
+    """The rates a near re-solve fixed (SI[:nfixed, FIXED], SF[:nfixed, 0]), set from ``now``."""
+    for i in range(nfixed):
+        s = SI[i, FIXED]
+        rate = SF[i, 0]
+        old = F[s, RATE]
+        # A rate that moved by rounding only (the same share, summed in another order) keeps its entry.
+        if old != rate and abs(rate - old) <= SLACK * rate:
+            rate = old
+        set_rate(s, rate, 0, now, F, I, Hf, Hi, C)
+
+
+@njit(**KERNEL)
 def _near_first(touched, ntouched, now, F, I, FL, E, LI, LF, K, Hf, Hi, C, SI, SF, incremental_min, seed_share,
                 limit_share):
     """Re-solve from the flows on the touched links out, before walking their connected sets, which on a
@@ -682,14 +697,7 @@ def _near_first(touched, ntouched, now, F, I, FL, E, LI, LF, K, Hf, Hi, C, SI, S
     C[NEAR_SOLVED] += 1
     C[NEAR_SAVED] += size
     C[RATES] += nfixed
-    for i in range(nfixed):
-        s = SI[i, FIXED]
-        rate = SF[i, 0]
-        old = F[s, RATE]
-        # A rate that moved by rounding only (the same share, summed in another order) keeps its entry.
-        if old != rate and abs(rate - old) <= SLACK * rate:
-            rate = old
-        set_rate(s, rate, 0, now, F, I, Hf, Hi, C)
+    _set_near_rates(nfixed, now, F, I, Hf, Hi, C, SI, SF)
     return 1
 
 
@@ -725,14 +733,7 @@ def _resolve_near(nc, nl, mark, now, F, I, FL, E, LI, LF, K, Hf, Hi, C, SI, SF, 
     C[NEAR_SOLVED] += 1
     C[NEAR_SAVED] += nc
     C[RATES] += nfixed
-    for i in range(nfixed):
-        s = SI[i, FIXED]
-        rate = SF[i, 0]
-        old = F[s, RATE]
-        # A rate that moved by rounding only (the same share, summed in another order) keeps its entry.
-        if old != rate and abs(rate - old) <= SLACK * rate:
-            rate = old
-        set_rate(s, rate, 0, now, F, I, Hf, Hi, C)
+    _set_near_rates(nfixed, now, F, I, Hf, Hi, C, SI, SF)
     return True
 
 
