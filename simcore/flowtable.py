@@ -121,17 +121,17 @@ class FlowTable:
 
     def fill_from_scratch(self, slots: list[int]) -> list[float]:
         """Progressive filling of the flows in ``slots`` (on their links) alone: their rates, in that order."""
-        C_STAMP = self._stamp()
+        mark = self._stamp()
         links: dict[int, None] = {}
         for slot in slots:
-            self.I[slot, MARK] = C_STAMP
+            self.I[slot, MARK] = mark
             for link in self.FL[slot, :self.I[slot, NLINKS]].tolist():
                 links[link] = None
         for i, link in enumerate(links):
             self.LI[i, STACK] = link
             self.LF[link, SPARE] = self.LF[link, CAP]
-            self.LI[link, CNT] = sum(1 for s in self.slots_on(link) if self.I[s, MARK] == C_STAMP)
-        fixed = maxmin.fill(STACK, len(links), MARK, C_STAMP, len(slots), self.I, self.FL, self.E, self.LI,
+            self.LI[link, CNT] = sum(1 for s in self.slots_on(link) if self.I[s, MARK] == mark)
+        fixed = maxmin.fill(STACK, len(links), MARK, mark, len(slots), self.I, self.FL, self.E, self.LI,
                             self.LF, self.K, self.C, self.SI, self.SF)
         rate = dict(zip(self.SI[:fixed, FIXED].tolist(), self.SF[:fixed, 0].tolist()))
         return [rate[slot] for slot in slots]
@@ -167,10 +167,17 @@ class FlowTable:
 def rates(paths, capacity_bytes_per_s) -> list[float]:
     """Max-min fair rates of flows on ``paths`` (each a sequence of link numbers, no link twice) over links
     of ``capacity_bytes_per_s``, filled from scratch."""
-    table = FlowTable(list(capacity_bytes_per_s))
+    capacity = [float(c) for c in capacity_bytes_per_s]
+    for link, c in enumerate(capacity):
+        if not 0.0 < c < float("inf"):
+            raise ValueError(f"rates: link {link}'s capacity must be finite and > 0, got {c!r}")
+    table = FlowTable(capacity)
     slots = []
-    for path in paths:
-        slot = table.take_slot(tuple(int(link) for link in path))
+    for i, path in enumerate(paths):
+        links = tuple(int(link) for link in path)
+        if not links or len(set(links)) != len(links) or not all(0 <= link < len(capacity) for link in links):
+            raise ValueError(f"rates: path {i} must list distinct links of 0 to {len(capacity) - 1}, got {links}")
+        slot = table.take_slot(links)
         attach(slot, table.I, table.FL, table.E, table.LI, table.K)
         slots.append(slot)
     return table.fill_from_scratch(slots)

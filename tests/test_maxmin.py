@@ -259,3 +259,15 @@ def test_the_flow_table_grows_and_widens_with_flows_on_it():
     first_s = 1e-9 + (1e6 - 1e-5) / 5e3
     for message, when in delivered:
         assert when == pytest.approx(first_s if message < 100 else first_s + 1e-9, rel=1e-12), message
+
+
+@pytest.mark.parametrize("paths, capacity, message", [
+    ([(0, 1)], [1.0], "path 0 must list distinct links of 0 to 0"),
+    ([(0, 0)], [1.0], "path 0 must list distinct links"),
+    ([()], [1.0], "path 0 must list distinct links"),
+    ([(0,)], [-1.0], "link 0's capacity must be finite and > 0"),
+    ([(0,)], [float("nan")], "link 0's capacity must be finite and > 0"),
+])
+def test_rates_refuses_paths_and_capacities_it_cannot_fill(paths, capacity, message):
+    with pytest.raises(ValueError, match=message):
+        rates(paths, capacity)
