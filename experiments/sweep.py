@@ -391,9 +391,12 @@ def _local_cluster(workers: int):
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main_thread else None
     try:
         # Dashboard off; the scheduler's small HTTP server (health, metrics) on a free
-        # local port, not 8787, so that two sweeps side by side do not collide.
+        # local port, not 8787, so that two sweeps side by side do not collide.  Logs
+        # below CRITICAL are silenced: a point's failure comes back with its future, and
+        # a worker whose heartbeat finds the scheduler gone as a Ctrl-C closes the
+        # cluster would otherwise print a traceback at ERROR.
         return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                            host="127.0.0.1", dashboard_address=None, silence_logs=logging.ERROR,
+                            host="127.0.0.1", dashboard_address=None, silence_logs=logging.CRITICAL,
                             scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"})
     finally:
         if main_thread:
