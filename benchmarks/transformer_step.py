@@ -2,10 +2,11 @@
 
 Each case is one scenario (a DGX A100 ``gpu_cluster`` and a ``transformer``
 workload), loaded and simulated in a child process of its own so that its
-peak memory (max RSS) is its own.  Prints per case: ranks, operations,
+peak memory (max RSS) is its own.  Prints per case: ranks, operations, wall
+time to load (build and validate the programs) and to simulate, the
 estimated memory (the project's closed-form estimate, checked before
-anything is built), wall time to load (build and validate the programs) and
-to simulate, peak RSS, and the simulated step time and MFU.  A case whose
+anything is built) beside the peak RSS, and the simulated step time and
+MFU.  A case whose
 estimate exceeds ``--max-memory`` (default 2 GiB, as everywhere) is reported
 as refused with its estimate, not run.
 
@@ -22,7 +23,7 @@ import time
 
 from executors import get_executor
 from topologies.text import format_bytes, parse_bytes
-from workloads.scenario import ScenarioError, scenario_from_dict
+from workloads.scenario import ScenarioError, memory_estimate_bytes, scenario_from_dict
 
 CASES = {
     # Narayanan et al. (2021)'s GPT-3 layout: tp 8 inside a DGX, pp 8 across them, interleaved.
@@ -51,6 +52,7 @@ def run_case(name: str, max_memory_bytes: int, out) -> None:
         return
     row["load_s"] = time.perf_counter() - start
     row["nranks"] = scenario.nranks
+    row["estimate_bytes"] = sum(memory_estimate_bytes(scenario.topology, scenario.workload))
     start = time.perf_counter()
     result = get_executor("sim").run(scenario)
     row["simulate_s"] = time.perf_counter() - start
@@ -73,7 +75,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     limit = parse_bytes(args.max_memory)
     context = multiprocessing.get_context("fork")
-    print("case  ranks  operations  load_s  simulate_s  peak_rss  step_s  MFU")
+    print("case  ranks  operations  load_s  simulate_s  estimate  peak_rss  step_s  MFU")
     for name in args.cases:
         queue = context.Queue()
         child = context.Process(target=run_case, args=(name, limit, queue))
@@ -84,7 +86,8 @@ def main(argv=None) -> int:
             print(f"{name:>4}  refused: {row['refused']}")
             continue
         print(f"{name:>4}  {row['nranks']:>5}  {row['operations']:>10,}  {row['load_s']:6.1f}  {row['simulate_s']:10.1f}"
-              f"  {format_bytes(row['peak_rss_bytes']):>8}  {row['step_s']:6.3f}  {100 * row['mfu']:.1f}%")
+              f"  {format_bytes(row['estimate_bytes']):>8}  {format_bytes(row['peak_rss_bytes']):>8}"
+              f"  {row['step_s']:6.3f}  {100 * row['mfu']:.1f}%")
         sys.stdout.flush()
     return 0
 

@@ -306,11 +306,16 @@ def _read_profile(profile_data, topology: Topology, base_dir: Path | None,
         raise ScenarioError(f"{where}: profile: {exc}") from None
 
 
-def _check_memory(topology: Topology, workload, limit: int) -> None:
-    # Counted from closed forms, before scenario.programs() builds anything.
-    topology_bytes = topology_memory_bytes(topology)
+def memory_estimate_bytes(topology: Topology, workload) -> tuple[int, int]:
+    """(the topology's, the programs' simulation) estimated peak bytes, from closed forms, before anything
+    is built: what the memory limit is checked against."""
     size = workload.size(topology.nranks, topology.groups())
-    program_bytes = size.memory_bytes(topology.nranks)
+    return topology_memory_bytes(topology), size.memory_bytes(topology.nranks)
+
+
+def _check_memory(topology: Topology, workload, limit: int) -> None:
+    topology_bytes, program_bytes = memory_estimate_bytes(topology, workload)
+    size = workload.size(topology.nranks, topology.groups())
     if topology_bytes + program_bytes > limit:
         raise ValueError(over_limit_message(
             f"the topology ({format_bytes(topology_bytes)}) and the programs, {size.describe(topology.nranks)} "
