@@ -7,8 +7,9 @@ path's latency later.  Alone on an uncontended path that is Hockney's
 alpha + n * beta.
 
 Rates are re-solved by progressive filling whenever a flow starts or ends, but
-only over the connected component of flows that share links with the change,
-so flows that share nothing cost O(1) each.  All starts and ends that happen
+only over the flows connected to the change (in a large connected set, from
+the touched links out only as far as rates move: simcore.maxmin), so flows
+that share nothing cost O(1) each.  All starts and ends that happen
 at one simulated instant are solved in one batch: the solve is scheduled at
 that instant with a priority below SimPy's NORMAL, so it runs after every
 process that wakes at that instant has issued its transfers.
@@ -17,10 +18,10 @@ A flow alone in its component gets a single event, its delivery; it is not
 taken off its links when its last byte leaves but lazily, by the next solve
 that meets it (it no longer competes, having finished) or by its delivery.
 The last bytes of flows that share links are kept in the flow table's heap
-(simcore.flowtable, simcore.maxmin), one entry per flow (a rate that falls keeps its entry,
-which goes on to the new end when it surfaces), and the network has one
-SimPy event pending for them, at the heap's earliest time: events grow with
-messages, not with rate changes.  The solve, the heap and the flows' state
+(simcore.flowtable, simcore.maxmin), one entry per flow (a rate that falls
+keeps its entry, which goes on to the new end when it surfaces), and the
+network has one SimPy event pending for them, at the heap's earliest time:
+events grow with messages, not with rate changes.  The solve, the heap and the flows' state
 run compiled (numba) on arrays.
 
 With ``burst_bytes`` > 0 every link is a token bucket, as a shaped link is
@@ -35,8 +36,9 @@ does not refill: the buckets of a shaped network matter at the start of a
 message on an idle path, where this is exact).  A transfer that continues a
 message already under way (``take_burst=False``) takes nothing.
 
-Iteration is over insertion-ordered dicts, never sets, so the order of events,
-and therefore every result, is the same on every run.
+Iteration is over insertion-ordered dicts and lists (a link's flows in the
+order they joined it), never sets, so the order of events, and therefore
+every result, is the same on every run.
 """
 from __future__ import annotations
 
