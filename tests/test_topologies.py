@@ -275,6 +275,17 @@ def test_routes_on_random_graphs_are_least_latency_then_fewest_hops():
                 assert len(r.links) == fewest, case
 
 
+def test_routes_found_at_once_for_a_source_are_the_routes_found_one_by_one(monkeypatch):
+    from topologies import model
+    pairs = [(a, b) for a in range(16) for b in range(16) if a != b]
+    at_once = fat_tree(4)
+    routes = [at_once.route(a, b) for a, b in pairs]  # past 8 destinations a source's routes come at once
+    assert all(asked == 8 for asked in at_once._asked.values())
+    monkeypatch.setattr(model, "ROUTES_AT_ONCE_MIN", 10**9)
+    one_by_one = fat_tree(4)
+    assert [one_by_one.route(a, b) for a, b in pairs] == routes
+
+
 def test_large_ring_routes_are_cheap():
     t = ring(1024)
     for i in range(1024):

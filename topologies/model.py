@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import networkx as nx
+import numpy as np
 
 from .routing import Graph
 from .text import is_finite_number, short, short_list, short_name
@@ -30,6 +31,11 @@ HARDWARE_FIELDS = (
 )
 NODE_FIELDS = ("role",) + NODE_NUMERIC_FIELDS + ("group", "tier") + HARDWARE_FIELDS
 LINK_FIELDS = ("bandwidth_bytes_per_s", "latency_s", "energy_per_byte_j")
+# A source asked for routes to this share of the ranks (and at least 8) has all its others found at once
+# (one compiled call, not one each): an all-to-all or a collective asks for them all; random traffic, a
+# few per source, would pay for routes it never asks for.
+ROUTES_AT_ONCE_SHARE = 8
+ROUTES_AT_ONCE_MIN = 8
 
 
 class TopologyError(ValueError):
@@ -186,6 +192,7 @@ class Topology:
             neighbours[vi].add(ui)
         self._dead_end = [len(n) <= 1 for n in neighbours]
         self._graph: Graph | None = None  # built at the first route
+        self._asked: dict[int, int] = {}  # routes asked per source, until they are all found at once
         self._nodes = nodes
         self._routes: dict[tuple[int, int], Route] = {}
 
@@ -350,21 +357,48 @@ class Topology:
         cached = self._routes.get(key)
         if cached is not None:
             return cached
-        route = self._search(src, dst) if src != dst else Route((), 0.0)
+        if src == dst:
+            route = Route((), 0.0)
+        else:
+            # A source asked for many destinations (a collective, an all-to-all) has all its routes found
+            # in one compiled call; one asked for a few, each on its own.
+            asked = self._asked[src] = self._asked.get(src, 0) + 1
+            if asked == max(ROUTES_AT_ONCE_MIN, self.nranks // ROUTES_AT_ONCE_SHARE):
+                self._routes_from(src)
+                cached = self._routes.get(key)
+                if cached is not None:
+                    return cached
+            route = self._search(src, dst)
         self._routes[key] = route
         return route
 
+    def _routes_from(self, src: int) -> None:
+        """Every route from ``src`` not yet known, into the pair cache."""
+        graph = self._route_graph()
+        dsts = [d for d in range(self.nranks) if d != src and (src, d) not in self._routes]
+        if not dsts:
+            return
+        index = self._node_index
+        targets = np.array([index[self.ranks[d]] for d in dsts], dtype=np.int64)
+        found = graph.routes_from(index[self.ranks[src]], src, targets, np.array(dsts, dtype=np.int64))
+        for d, route in zip(dsts, found):
+            if route is not None:
+                self._routes[(src, d)] = Route(*route)
+
     def _search(self, src: int, dst: int) -> Route:
         """The route by the compiled search from ``src`` (topologies.routing), kept per source."""
-        if self._graph is None:
-            index = self._node_index
-            self._graph = Graph(len(self._nodes), [(index[u], index[v]) for u, v in self.links],
-                                list(self.link_latency_s), self._dead_end)
-        found = self._graph.route(self._node_index[self.ranks[src]], self._node_index[self.ranks[dst]], src, dst)
+        found = self._route_graph().route(self._node_index[self.ranks[src]], self._node_index[self.ranks[dst]], src, dst)
         if found is None:
             raise TopologyError(f"no path from rank {src} to rank {dst}")
         links, latency_s = found
         return Route(links, latency_s)
+
+    def _route_graph(self) -> Graph:
+        if self._graph is None:
+            index = self._node_index
+            self._graph = Graph(len(self._nodes), [(index[u], index[v]) for u, v in self.links],
+                                list(self.link_latency_s), self._dead_end)
+        return self._graph
 
     def groups(self) -> tuple[tuple[int, ...], ...] | None:
         """Ranks grouped by node attribute ``group``; ``None`` if no rank has one.

@@ -76,6 +76,30 @@ class Graph:
         # links[0] holds the route's latency's bits; its links follow, destination first.
         return tuple(links[n:0:-1].tolist()), float(links[:1].view(np.float64)[0])
 
+    def routes_from(self, s: int, src_rank: int, targets: np.ndarray, dst_ranks: np.ndarray):
+        """The routes from node ``s`` to each of ``targets`` (nodes; ECMP hashed on ``src_rank`` and
+        ``dst_ranks``) in one compiled call: a list of (links, latency), None where unreachable."""
+        tree = self._trees.get(s)
+        if tree is None:
+            tree = _search(s, self.nlive, self.live_index, self.out_ptr, self.out_node, self.out_link,
+                           self.latency_s, self.heap_room)
+            self._trees[s] = tree
+            if len(self._trees) > self._keep:
+                self._trees.popitem(last=False)
+        lat, hops = tree
+        flat, ends, latency = _walk_all(s, src_rank, targets, dst_ranks, lat, hops, self.live_index, self.in_ptr,
+                                        self.in_node, self.in_link, self.latency_s, self.nlive + 3)
+        flat = flat.tolist()
+        out = []
+        start = 0
+        for end, latency_s in zip(ends.tolist(), latency.tolist()):
+            if end < 0:
+                out.append(None)
+                continue
+            out.append((tuple(flat[start:end][::-1]), latency_s))
+            start = end
+        return out
+
 
 def _rows(lists):
     ptr = np.zeros(len(lists) + 1, np.int64)
@@ -238,3 +262,32 @@ def _walk_back(s, t, src_rank, dst_rank, lat, hops, live_index, in_ptr, in_node,
         vl = lat[iv]
         vh = hops[iv]
     return n
+
+
+@njit(cache=True)
+def _walk_all(s, src_rank, targets, dst_ranks, lat, hops, live_index, in_ptr, in_node, in_link, latency_s, room):
+    """Every route of ``routes_from`` walked back, into one flat array (each route's links destination
+    first, ending at ends[i]; -1: unreachable) with their latencies."""
+    n = targets.shape[0]
+    flat = np.empty(n * 4 + 16, np.int64)
+    ends = np.empty(n, np.int64)
+    latency = np.empty(n)
+    links = np.empty(room, np.int64)
+    used = 0
+    for i in range(n):
+        k = _walk_back(s, targets[i], src_rank, dst_ranks[i], lat, hops, live_index, in_ptr, in_node, in_link,
+                       latency_s, links)
+        if k < 0:
+            ends[i] = -1
+            latency[i] = np.inf
+            continue
+        if used + k > flat.shape[0]:
+            grown = np.empty(2 * (used + k), np.int64)
+            grown[:used] = flat[:used]
+            flat = grown
+        for j in range(k):
+            flat[used + j] = links[1 + j]
+        used += k
+        ends[i] = used
+        latency[i] = links[:1].view(np.float64)[0]
+    return flat[:used], ends, latency
