@@ -58,6 +58,17 @@ class Graph:
     def route(self, s: int, t: int, src_rank: int, dst_rank: int) -> tuple[tuple[int, ...], float] | None:
         """(links, latency) of the route from node ``s`` to node ``t`` (ECMP hashed on the ranks), or None
         where ``t`` cannot be reached."""
+        lat, hops = self._tree(s)
+        links = self._links
+        n = _walk_back(s, t, src_rank, dst_rank, lat, hops, self.live_index, self.in_ptr, self.in_node,
+                       self.in_link, self.latency_s, links)
+        if n < 0:
+            return None
+        # links[0] holds the route's latency's bits; its links follow, destination first.
+        return tuple(links[n:0:-1].tolist()), float(links[:1].view(np.float64)[0])
+
+    def _tree(self, s: int) -> tuple[np.ndarray, np.ndarray]:
+        """The search from node ``s``, kept (least recently used dropped first past the bound)."""
         tree = self._trees.get(s)
         if tree is None:
             tree = _search(s, self.nlive, self.live_index, self.out_ptr, self.out_node, self.out_link,
@@ -67,26 +78,12 @@ class Graph:
                 self._trees.popitem(last=False)
         else:
             self._trees.move_to_end(s)
-        lat, hops = tree
-        links = self._links
-        n = _walk_back(s, t, src_rank, dst_rank, lat, hops, self.live_index, self.in_ptr, self.in_node,
-                       self.in_link, self.latency_s, links)
-        if n < 0:
-            return None
-        # links[0] holds the route's latency's bits; its links follow, destination first.
-        return tuple(links[n:0:-1].tolist()), float(links[:1].view(np.float64)[0])
+        return tree
 
     def routes_from(self, s: int, src_rank: int, targets: np.ndarray, dst_ranks: np.ndarray):
         """The routes from node ``s`` to each of ``targets`` (nodes; ECMP hashed on ``src_rank`` and
         ``dst_ranks``) in one compiled call: a list of (links, latency), None where unreachable."""
-        tree = self._trees.get(s)
-        if tree is None:
-            tree = _search(s, self.nlive, self.live_index, self.out_ptr, self.out_node, self.out_link,
-                           self.latency_s, self.heap_room)
-            self._trees[s] = tree
-            if len(self._trees) > self._keep:
-                self._trees.popitem(last=False)
-        lat, hops = tree
+        lat, hops = self._tree(s)
         flat, ends, latency = _walk_all(s, src_rank, targets, dst_ranks, lat, hops, self.live_index, self.in_ptr,
                                         self.in_node, self.in_link, self.latency_s, self.nlive + 3)
         flat = flat.tolist()
