@@ -447,6 +447,14 @@ def _heap_move(Hf, Hi, to, frm):
 
 
 @njit(**KERNEL)
+def _heap_put(Hf, Hi, i, when, seq, s, version):
+    Hf[i] = when
+    Hi[i, 0] = seq
+    Hi[i, 1] = s
+    Hi[i, 2] = version
+
+
+@njit(**KERNEL)
 def heap_push(Hf, Hi, C, when, s, version):
     i = C[HSIZE]
     C[HSIZE] = i + 1
@@ -459,10 +467,7 @@ def heap_push(Hf, Hi, C, when, s, version):
             i = p
         else:
             break
-    Hf[i] = when
-    Hi[i, 0] = seq
-    Hi[i, 1] = s
-    Hi[i, 2] = version
+    _heap_put(Hf, Hi, i, when, seq, s, version)
 
 
 @njit(**KERNEL)
@@ -488,10 +493,7 @@ def _heap_pop(Hf, Hi, C):
             i = c
         else:
             break
-    Hf[i] = when
-    Hi[i, 0] = seq
-    Hi[i, 1] = s
-    Hi[i, 2] = version
+    _heap_put(Hf, Hi, i, when, seq, s, version)
 
 
 @njit(**KERNEL)
