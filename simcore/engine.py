@@ -56,6 +56,7 @@ from simcore.messages import Messages
 from simcore.recordlog import RecordLog
 from simcore.result import RunResult, group_comm_table
 from simcore.stragglers import SlowdownSampler, rank_streams
+from simcore.symmetry import find_symmetry, rep_pairs, shadowed_routes
 from topologies import Topology
 from workloads.collectives import lower, lower_in_group, root_peer
 from workloads.groups import WORLD, ProcessGroups
@@ -67,7 +68,7 @@ __all__ = ["FAST_PATHS", "PROGRESS_EVERY_EVENTS", "REFERENCE", "DeadlockError", 
            "SimulationError", "Simulator", "simulate"]
 
 PROGRESS_EVERY_EVENTS = 200_000
-FAST_PATHS = ("merged_computes",) + COLLECTIVE_PATHS
+FAST_PATHS = ("merged_computes",) + COLLECTIVE_PATHS + ("symmetric_ranks",)
 REFERENCE = ()  # every fast path off: the interpreter the fast paths are tested against
 
 
@@ -116,6 +117,9 @@ class Simulator:
         if aligned and len({len(p) for p in self.programs}) != 1:
             raise ValueError("aligned simulation needs every rank to run the same number of operations")
         self.merge_computes = "merged_computes" in fast_paths
+        self.fold = "symmetric_ranks" in fast_paths
+        self.symmetry = None
+        self.fold_note = "" if self.fold else "off"
         # The collective paths assume a send completes as its message arrives, on links without buckets.
         exact = not self.calibration.buffered_sends and not self.calibration.link_burst_bytes
         self.collective_paths = tuple(f for f in fast_paths if f in COLLECTIVE_PATHS) if exact else ()
@@ -177,7 +181,14 @@ class Simulator:
         env = simpy.Environment()
         self.env = env
         self.messages = Messages(env, self.topology, self.calibration, self._size_mismatch)
-        self._collectives = CollectivePath(self, self.collective_paths) if self.collective_paths else None
+        if self.fold and self.symmetry is None:
+            self._find_symmetry()
+        sym = self.symmetry
+        # Folded, a collective on a turned group runs message by message: its members are one process.
+        paths = self.collective_paths if sym is None else ()
+        self._collectives = CollectivePath(self, paths) if paths else None
+        if sym is not None:
+            self.messages.fold(self._fold_routes, sym.canonical)
         self._log = RecordLog()
         self._compute_s = [0.0] * self.nranks
         self._comm_s = [0.0] * self.nranks
@@ -187,7 +198,7 @@ class Simulator:
         self._align_events: dict[int, list] = {}
         streams = rank_streams(self.seed, self.nranks)
         self._samplers = [SlowdownSampler(self.stragglers, r, streams[r]) for r in range(self.nranks)]
-        for rank in range(self.nranks):
+        for rank in (range(self.nranks) if sym is None else sym.reps):
             env.process(self._rank(rank))
         failure = self._loop(env, progress)
         wall_s = time.perf_counter() - wall0
@@ -200,7 +211,7 @@ class Simulator:
             # Before the deadlock check: NaN times disorder SimPy's queue, so a
             # "deadlock" after them is a symptom, not the cause.
             raise NonFiniteResultError(not_finite, partial=result)
-        unfinished = [r for r in range(self.nranks) if self._end_s[r] is None]
+        unfinished = [r for r in self._simulated() if self._end_s[r] is None]
         if unfinished:
             raise DeadlockError(self._deadlock_message(unfinished), partial=result)
         unreceived = self._unreceived()
@@ -211,6 +222,26 @@ class Simulator:
                 partial=result,
             )
         return result
+
+    def _find_symmetry(self) -> None:
+        """Ranks in classes that behave alike (simcore.symmetry), or why not in ``fold_note``."""
+        cal = self.calibration
+        sym, why = find_symmetry(self.topology, self.programs, self.process_groups,
+                                 stragglers_active=self.stragglers.active, aligned=self.aligned,
+                                 buffered=cal.buffered_sends or bool(cal.link_burst_bytes),
+                                 pair_efficiency=self.message_efficiency is not None)
+        if sym is not None:
+            pairs = rep_pairs(sym, self.programs, self.process_groups, self.groups)
+            routes, why = shadowed_routes(sym, self.topology, pairs)
+            if routes is None:
+                sym = None
+            else:
+                self._fold_routes = routes
+        self.symmetry = sym
+        self.fold_note = why
+
+    def _simulated(self):
+        return range(self.nranks) if self.symmetry is None else self.symmetry.reps
 
     def _loop(self, env: simpy.Environment, progress) -> SimulationError | None:
         """Process events until none is left; the error that stopped the run, if one did."""
@@ -542,15 +573,27 @@ class Simulator:
     def _result(self, wall_s: float) -> RunResult:
         topo = self.topology
         records = self._log.frame([len(p) for p in self.programs])
-        ends = [e for e in self._end_s if e is not None]
+        sym = self.symmetry
+        simulated = list(self._simulated())
+        ends = [self._end_s[r] for r in simulated if self._end_s[r] is not None]
         makespan = max(ends) if ends else self.env.now
-        if len(ends) < self.nranks:
+        if len(ends) < len(simulated):
             makespan = self.env.now
         n = self.nranks
         compute_s = np.array(self._compute_s)
         comm_s = np.array(self._comm_s)
         end_s = np.array([e if e is not None else makespan for e in self._end_s])
-        wait_s = np.array(self._wait_s) + (makespan - end_s)
+        own_wait_s = np.array(self._wait_s)
+        link_bytes = np.array(self.net.bytes_on_link)
+        messages = self.messages.count
+        if sym is not None:
+            # Every rank is its representative's image: the same times, records and bytes.
+            rep_of = sym.rep_of
+            compute_s, comm_s, end_s, own_wait_s = (a[rep_of] for a in (compute_s, comm_s, end_s, own_wait_s))
+            records = _images_of_records(records, rep_of)
+            link_bytes = _images_of_link_bytes(link_bytes, sym)
+            messages *= sym.size
+        wait_s = own_wait_s + (makespan - end_s)
         busy_w = np.array(topo.rank_busy_power_w)
         idle_w = np.array(topo.rank_idle_power_w)
         idle_factor = 1.0 if self.count_idle_energy else 0.0
@@ -579,7 +622,6 @@ class Simulator:
                 "energy_j": list(rank_energy) + other_energy,
             }
         )
-        link_bytes = np.array(self.net.bytes_on_link)
         link_energy = link_bytes * np.array(topo.link_energy_per_byte_j)
         used = np.nonzero(link_bytes)[0]
         per_link = pd.DataFrame(
@@ -607,13 +649,40 @@ class Simulator:
             "comm_s_mean": float(comm_s.mean()),
             "wait_s_mean": float(wait_s.mean()),
             "operations": int(len(records)),
-            "messages": self.messages.count,
+            "messages": messages,
+            "simulated_ranks": len(simulated),
             "events": events_scheduled(self.env),
             "wall_s": round(wall_s, 4),
         }
         return RunResult(records=records, summary=summary, per_rank=per_rank, per_link=per_link, per_node=per_node,
                          servers=topo.groups(),
                          per_group=group_comm_table(records, self.programs, float(makespan)))
+
+
+def _images_of_records(records: pd.DataFrame, rep_of: np.ndarray) -> pd.DataFrame:
+    """The representatives' records (sorted by rank, op index) given to every rank of their class."""
+    n = len(rep_of)
+    rank = records["rank"].to_numpy()
+    count = np.bincount(rank, minlength=n)
+    start = np.concatenate(([0], np.cumsum(count)[:-1]))
+    take_count = count[rep_of]
+    take_start = start[rep_of]
+    offsets = np.concatenate(([0], np.cumsum(take_count)[:-1]))
+    rows = np.arange(int(take_count.sum())) - np.repeat(offsets - take_start, take_count)
+    out = records.take(rows).reset_index(drop=True)
+    out["rank"] = np.repeat(np.arange(n, dtype=rank.dtype), take_count)
+    return out
+
+
+def _images_of_link_bytes(link_bytes: np.ndarray, sym) -> np.ndarray:
+    """Bytes on every link from those on the representatives' links (their own and their images')."""
+    used = np.flatnonzero(link_bytes)
+    if not len(used):
+        return link_bytes
+    images = sym.link_images(used)
+    out = np.zeros_like(link_bytes)
+    out[images.ravel()] = np.broadcast_to(link_bytes[used], images.shape).ravel()
+    return out
 
 
 def simulate(topology: Topology, programs, **kwargs) -> RunResult:

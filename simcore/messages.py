@@ -51,6 +51,14 @@ class Messages:
         self.arrived: dict[tuple, deque] = {}   # (src, dst, tag) -> sizes delivered, not yet received
         self.waiting: dict[tuple, deque] = {}   # (src, dst, tag) -> (size, waiter) of receives posted
         self.count = 0  # messages sent
+        self._canonical: dict | None = None
+
+    def fold(self, routes: dict, canonical) -> None:
+        """Only representatives of rank classes run (simcore.symmetry): ``routes`` are their pairs' routes
+        with their images' shadows, and a message is matched as the image of it that arrives at a
+        representative, ``canonical(src, dst)``."""
+        self._routes.update(routes)
+        self._canonical = {pair: canonical(*pair) for pair in routes}
 
     def route(self, src: int, dst: int) -> tuple:
         """(links, bottleneck bandwidth, latency, energy per byte) from ``src`` to ``dst``."""
@@ -79,6 +87,8 @@ class Messages:
         if self.buffered_sends:
             self._send_buffered(src, dst, nbytes, tag, waiter, links, min_cap, latency_s, work)
             return
+        if self._canonical is not None:
+            src, dst = self._canonical[(src, dst)]
         self.net.transfer(links, min_cap, latency_s, nbytes, (src, dst, tag, nbytes, waiter), work)
 
     def post_recv(self, src: int, dst: int, nbytes: int, tag: int, waiter: list) -> None:

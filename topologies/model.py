@@ -372,6 +372,12 @@ class Topology:
         self._routes[key] = route
         return route
 
+    def route_unique(self, src_rank: int, dst_rank: int) -> bool:
+        """Whether the route from ``src_rank`` to ``dst_rank`` is the only path of its latency and hops,
+        so that no ECMP hash chose it: a graph automorphism then maps it to its image's route."""
+        route = self.route(src_rank, dst_rank)
+        return self._route_graph().unique(self._node_index[self.ranks[src_rank]], route.links)
+
     def _routes_from(self, src: int) -> None:
         """Every route from ``src`` not yet known, into the pair cache."""
         graph = self._route_graph()

@@ -41,6 +41,8 @@ class Graph:
             into[v].append((u, link_id))
         self.out_ptr, self.out_node, self.out_link = _rows(out)
         self.in_ptr, self.in_node, self.in_link = _rows(into)
+        self.tail = np.array([u for u, _ in links], dtype=np.int64)
+        self.head = np.array([v for _, v in links], dtype=np.int64)
         self.latency_s = np.array(latency_s, dtype=np.float64)
         # A search's arrays cover the nodes that are not dead ends (on a cluster, the switches: a
         # sixteenth of the nodes or fewer), and its source.
@@ -66,6 +68,39 @@ class Graph:
             return None
         # links[0] holds the route's latency's bits; its links follow, destination first.
         return tuple(links[n:0:-1].tolist()), float(links[:1].view(np.float64)[0])
+
+    def unique(self, s: int, links: tuple[int, ...]) -> bool:
+        """Whether ``links`` (a route from node ``s``, source first) is the only path of its latency and
+        hops: no node on it had two equal-cost predecessors, so no ECMP hash chose it, and a graph
+        automorphism maps it to the route between the images of its ends."""
+        if not links:
+            return True
+        lat, hops = self._tree(s)
+        nlive = self.nlive
+        live_index = self.live_index
+
+        def at(v):
+            i = live_index[v]
+            return i if i >= 0 else (nlive if v == s else -1)
+
+        latency_s = self.latency_s
+        v_lat = sum(latency_s[link] for link in links)
+        v_hops = len(links)
+        in_ptr, in_node, in_link = self.in_ptr, self.in_node, self.in_link
+        for link in reversed(links):
+            head_candidates = 0
+            head = self.head[link]
+            for e in range(in_ptr[head], in_ptr[head + 1]):
+                iu = at(in_node[e])
+                if iu < 0 or hops[iu] < 0:
+                    continue
+                if hops[iu] + 1 == v_hops and lat[iu] + latency_s[in_link[e]] == v_lat:
+                    head_candidates += 1
+            if head_candidates != 1:
+                return False
+            iu = at(self.tail[link])
+            v_lat, v_hops = lat[iu], hops[iu]
+        return True
 
     def _tree(self, s: int) -> tuple[np.ndarray, np.ndarray]:
         """The search from node ``s``, kept (least recently used dropped first past the bound)."""

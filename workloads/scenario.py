@@ -143,8 +143,8 @@ class WorkloadGroups(ProcessGroups):
 
     __slots__ = ("declared", "made_by")
 
-    def __init__(self, declared: ProcessGroups, families, made_by: str):
-        super().__init__(declared.nranks, families, spec=declared.spec, layout=declared.layout)
+    def __init__(self, declared: ProcessGroups, families, made_by: str, layout=None):
+        super().__init__(declared.nranks, families, spec=declared.spec, layout=declared.layout or layout)
         self.declared = declared
         self.made_by = made_by
 
@@ -163,7 +163,9 @@ def with_workload_groups(groups: ProcessGroups, workload, nranks: int) -> Proces
             raise ValueError(f"groups.{name}: the {kind} workload makes its own group {name} from its parallel "
                              f"layout ({', '.join(made)}); remove it from the scenario's groups")
         families[name] = family
-    return WorkloadGroups(declared, families, kind)
+    # The layout the workload's groups come from, for the rank classes (simcore.symmetry).
+    layout_of = getattr(workload, "layout", None)
+    return WorkloadGroups(declared, families, kind, layout_of(nranks) if callable(layout_of) else None)
 
 
 def scenario_from_dict(data: dict[str, Any], *, base_dir: Path | None = None, where: str = "scenario",

@@ -1,0 +1,125 @@
+"""Symmetric rank classes (simcore.symmetry): each class simulated once gives every record of the full run.
+
+Random layouts on symmetric machines are run folded (the default fast
+paths) and one event at a time, message by message (``REFERENCE``): every
+record, table and summary figure agrees to 1e-9 relative.  Where symmetry is
+broken (a straggler, an unlike node, an ECMP choice, a rooted collective on a
+turned group) the run is not folded, says why, and is still the reference's.
+"""
+from __future__ import annotations
+
+import networkx as nx
+import pytest
+
+from simcore.engine import FAST_PATHS, REFERENCE, Simulator
+from layout_cases import layout_groups, random_layout_case
+from test_fast_engine import assert_same_result
+from topologies import LinkSpec, Topology, gpu_cluster, hierarchical, switch
+from workloads.groups import ProcessGroups
+from workloads.ops import Collective, Compute, Recv, Send
+from workloads.scenario import scenario_from_dict
+from workloads.stragglers import StragglerSpec
+
+RTOL = 1e-9
+N_CASES = 40
+
+
+def _run(topo, programs, kwargs, fast_paths):
+    sim = Simulator(topo, programs, fast_paths=fast_paths, **kwargs)
+    return sim, sim.run()
+
+
+def test_folded_runs_give_every_record_of_the_reference():
+    folded = 0
+    for case in range(N_CASES):
+        topo, programs, kwargs = random_layout_case(case)
+        sim, fast = _run(topo, programs, kwargs, FAST_PATHS)
+        _, ref = _run(topo, programs, kwargs, REFERENCE)
+        where = f"layout case {case} ({topo.name}, {topo.nranks} ranks, folded to " \
+                f"{fast.summary['simulated_ranks']}: {sim.fold_note or 'folded'})"
+        assert_same_result(fast, ref, where, RTOL)
+        folded += fast.summary["simulated_ranks"] < topo.nranks
+    # Most of these machines are symmetric: the classes must have been used, not only fallen back from.
+    assert folded >= N_CASES // 2, folded
+
+
+def test_a_folded_run_simulates_one_rank_per_class_and_counts_every_message():
+    topo = hierarchical([4, 4], links=[LinkSpec(4e10, latency_s=1e-6), LinkSpec(1e10, latency_s=3e-6)])
+    groups = layout_groups(16, 4, 2)
+    per_stage = [[Compute(1e6), Collective("allreduce", 1 << 20, algorithm="ring", group="tp"),
+                  Send(1, 1000, group="pp"), Collective("allreduce", 1 << 16, algorithm="ring", group="dp")],
+                 [Compute(1e6), Collective("allreduce", 1 << 20, algorithm="ring", group="tp"),
+                  Recv(0, 1000, group="pp"), Collective("allreduce", 1 << 16, algorithm="ring", group="dp")]]
+    programs = [list(per_stage[groups.layout.coordinates(r)["pp"]]) for r in range(16)]
+    sim, result = _run(topo, programs, {"process_groups": groups}, FAST_PATHS)
+    assert sim.fold_note == ""
+    # tp 4 x dp 2 ranks per stage: one rank simulated per stage.
+    assert result.summary["simulated_ranks"] == 2
+    # Per rank: 2 x 3 ring steps on tp, 2 x 1 on dp, and a message from stage 0.
+    assert result.summary["messages"] == 16 * (6 + 2) + 8
+    _, ref = _run(topo, programs, {"process_groups": groups}, REFERENCE)
+    assert_same_result(result, ref, "the hand-made layout", RTOL)
+
+
+def _two_stage_case(**kwargs):
+    topo = kwargs.pop("topology", None) or switch(8, link=LinkSpec(1e10, latency_s=1e-6))
+    groups = layout_groups(8, 1, 2)  # dp 4: the one dimension to fold
+    per_stage = [[Compute(1e6), Collective("allreduce", 1 << 20, algorithm="ring", group="dp"),
+                  Send(1, 1000, group="pp")],
+                 [Recv(0, 1000, group="pp"), Collective("allreduce", 1 << 20, algorithm="ring", group="dp")]]
+    programs = [list(per_stage[groups.layout.coordinates(r)["pp"]]) for r in range(8)]
+    return topo, programs, dict(process_groups=groups, **kwargs)
+
+
+@pytest.mark.parametrize("breaker, reason", [
+    ("straggler", "a straggler model applies"),
+    ("slow node", "not a symmetry of the topology"),
+    ("rooted", "does not turn with the group"),
+    ("no layout", "no parallel layout"),
+])
+def test_broken_symmetry_falls_back_to_the_full_run_and_says_why(breaker, reason):
+    topo, programs, kwargs = _two_stage_case()
+    if breaker == "straggler":
+        kwargs["stragglers"] = StragglerSpec(kind="lognormal", params={"mu": 0.0, "sigma": 0.3})
+    elif breaker == "slow node":
+        g = nx.Graph(topo.graph)
+        g.nodes[topo.ranks[5]]["flops_per_s"] = topo.rank_flops_per_s[5] / 2
+        topo = Topology(g, name="one slow node")
+    elif breaker == "rooted":
+        programs = [[Collective("broadcast", 1 << 16, algorithm="binomial", group="dp") if type(op) is Collective
+                     else op for op in p] for p in programs]
+    else:
+        declared = kwargs["process_groups"]
+        kwargs["process_groups"] = ProcessGroups(8, {name: declared.family(name) for name in declared.names if name})
+    sim, result = _run(topo, programs, kwargs, FAST_PATHS)
+    assert reason in sim.fold_note
+    assert result.summary["simulated_ranks"] == 8
+    _, ref = _run(topo, programs, kwargs, REFERENCE)
+    assert_same_result(result, ref, breaker, RTOL)
+
+
+def test_an_ecmp_route_breaks_symmetry():
+    # Two spines: every route between leaves is one of two of equal cost, chosen by a hash.
+    topo = gpu_cluster(4, gpus_per_node=2, fabric="fat_tree", nics_per_leaf=2, spines=2)
+    _, programs, kwargs = _two_stage_case(topology=topo)
+    sim, result = _run(topo, programs, kwargs, FAST_PATHS)
+    assert "ECMP" in sim.fold_note or "not a symmetry" in sim.fold_note
+    _, ref = _run(topo, programs, kwargs, REFERENCE)
+    assert_same_result(result, ref, "two spines", RTOL)
+
+
+@pytest.mark.parametrize("gpus", [64, 128])
+def test_gpt3_steps_folded_equal_the_full_run(gpus):
+    nodes = gpus // 8
+    data = {"name": f"gpt3-{gpus}",
+            "topology": {"builder": "gpu_cluster", "preset": "dgx_a100", "nodes": nodes},
+            "workload": {"kind": "transformer", "model": "gpt3_175b", "micro_batch": 1, "recompute": "full",
+                         "tp": 8, "pp": 8, "schedule": "1f1b", "global_batch": 2 * gpus // 8}}
+    scenario = scenario_from_dict(data, max_memory_bytes=16 * 2**30)
+    kwargs = {"process_groups": scenario.groups, "seed": scenario.seed}
+    sim, fast = _run(scenario.topology, scenario.programs(), kwargs, FAST_PATHS)
+    assert fast.summary["simulated_ranks"] == 8, sim.fold_note
+    # The full run with every other fast path: the reference itself takes minutes here.
+    full_paths = tuple(p for p in FAST_PATHS if p != "symmetric_ranks")
+    _, full = _run(scenario.topology, scenario.programs(), kwargs, full_paths)
+    assert_same_result(fast, full, f"GPT-3 on {gpus} GPUs", RTOL)
