@@ -669,9 +669,19 @@ def _images_of_records(records: pd.DataFrame, rep_of: np.ndarray) -> pd.DataFram
     take_start = start[rep_of]
     offsets = np.concatenate(([0], np.cumsum(take_count)[:-1]))
     rows = np.arange(int(take_count.sum())) - np.repeat(offsets - take_start, take_count)
-    out = records.take(rows).reset_index(drop=True)
-    out["rank"] = np.repeat(np.arange(n, dtype=rank.dtype), take_count)
-    return out
+    columns = {}
+    for name in records.columns:
+        values = records[name].to_numpy()
+        if values.dtype == object:
+            # Strings taken as small codes: a take of millions of Python objects costs a cache miss each.
+            codes, uniques = pd.factorize(values, use_na_sentinel=False)
+            table = np.empty(len(uniques), dtype=object)
+            table[:] = list(uniques)
+            columns[name] = table[codes[rows]]
+        else:
+            columns[name] = values[rows]
+    columns["rank"] = np.repeat(np.arange(n, dtype=rank.dtype), take_count)
+    return pd.DataFrame(columns, copy=False)
 
 
 def _images_of_link_bytes(link_bytes: np.ndarray, sym) -> np.ndarray:

@@ -150,7 +150,14 @@ def find_symmetry(topology: Topology, programs: Sequence[Sequence[Operation]], p
         return None, "expert parallelism (ep > 1)"
     n = topology.nranks
     coords = np.array([[layout.coordinates(r)[d] for d in ("tp", "dp", "pp")] for r in range(n)], np.int64)
-    used = _group_names_used(programs)
+    # The shifts keep a rank's stage: every rank must run its stage's program (a list compare, in C).
+    first_of_stage: dict[int, int] = {}
+    for r in range(n):
+        first = first_of_stage.setdefault(int(coords[r, 2]), r)
+        if r != first and programs[r] != programs[first]:
+            return None, f"rank {r} runs another program than rank {first} of its stage"
+    stage_programs = [programs[r] for r in first_of_stage.values()]
+    used = _group_names_used(stage_programs)
     if WORLD in used:
         return None, "an operation runs on the whole world"
     generators, orders, link_perms, steps = [], [], [], {}
@@ -162,7 +169,7 @@ def find_symmetry(topology: Topology, programs: Sequence[Sequence[Operation]], p
             shifted[:, axis] = (shifted[:, axis] + step) % size
             perm = np.array([layout.rank_of({"tp": int(t), "dp": int(d), "pp": int(p)}) for t, d, p in shifted],
                             np.int64)
-            reason = _groups_turn(perm, process_groups, used, programs, topology)
+            reason = _groups_turn(perm, process_groups, used, stage_programs, topology)
             if reason:
                 last_reason = f"a {dim} shift: {reason}"
                 break  # a larger step turns the same groups: it fails the same way
@@ -181,10 +188,6 @@ def find_symmetry(topology: Topology, programs: Sequence[Sequence[Operation]], p
         sym = Symmetry(n, generators, orders, link_perms, steps)
     except ValueError as exc:
         return None, str(exc)
-    for r in range(n):
-        rep = int(sym.rep_of[r])
-        if r != rep and programs[r] != programs[rep]:
-            return None, f"rank {r} runs another program than rank {rep}"
     return sym, ""
 
 
