@@ -240,6 +240,15 @@ class Simulator:
         self.symmetry = sym
         self.fold_note = why
 
+    def _symmetry_line(self, simulated: int) -> str:
+        """The one line that says whether rank classes were simulated once each, or why not."""
+        if self.symmetry is not None:
+            dims = " and ".join(f"{d} (shift {k})" if k > 1 else d for d, k in self.symmetry.steps.items())
+            return f"{simulated} of {self.nranks} ranks simulated, the others their images under {dims} shifts"
+        if self.fold_note == "off":
+            return "off: every rank simulated"
+        return f"every rank simulated: {self.fold_note}"
+
     def _simulated(self):
         return range(self.nranks) if self.symmetry is None else self.symmetry.reps
 
@@ -651,6 +660,7 @@ class Simulator:
             "operations": int(len(records)),
             "messages": messages,
             "simulated_ranks": len(simulated),
+            "symmetry": self._symmetry_line(len(simulated)),
             "events": events_scheduled(self.env),
             "wall_s": round(wall_s, 4),
         }

@@ -284,6 +284,8 @@ class RunResult:
         for key in ("operations", "messages", "events", "wall_s"):
             if key in s:
                 lines.append(f"{key:<15} {s[key]}")
+        if s.get("symmetry"):
+            lines.append(f"{'symmetry':<15} {s['symmetry']}")
         return "\n".join(lines)
 
 
