@@ -11,6 +11,7 @@ from __future__ import annotations
 import networkx as nx
 import pytest
 
+from simcore import symmetry
 from simcore.engine import FAST_PATHS, REFERENCE, Simulator
 from layout_cases import layout_groups, random_layout_case
 from test_fast_engine import assert_same_result
@@ -22,6 +23,12 @@ from workloads.stragglers import StragglerSpec
 
 RTOL = 1e-9
 N_CASES = 40
+
+
+@pytest.fixture(autouse=True)
+def fold_small_classes(monkeypatch):
+    # Classes of a few ranks are folded here, where they are checked; a run folds from 32 ranks a class.
+    monkeypatch.setattr(symmetry, "MIN_CLASS_RANKS", 2)
 
 
 def _run(topo, programs, kwargs, fast_paths):
@@ -123,3 +130,12 @@ def test_gpt3_steps_folded_equal_the_full_run(gpus):
     full_paths = tuple(p for p in FAST_PATHS if p != "symmetric_ranks")
     _, full = _run(scenario.topology, scenario.programs(), kwargs, full_paths)
     assert_same_result(fast, full, f"GPT-3 on {gpus} GPUs", RTOL)
+
+
+def test_small_classes_are_not_folded_by_default(monkeypatch):
+    monkeypatch.setattr(symmetry, "MIN_CLASS_RANKS", 32)
+    topo, programs, kwargs = _two_stage_case()
+    sim, result = _run(topo, programs, kwargs, FAST_PATHS)
+    assert sim.fold_note == "classes of 4 ranks (folding pays from 32)"
+    assert result.summary["simulated_ranks"] == 8
+    assert result.summary["symmetry"] == "every rank simulated: classes of 4 ranks (folding pays from 32)"
