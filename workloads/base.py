@@ -17,26 +17,29 @@ from workloads.ops import COLLECTIVES, DEFAULT_ALGORITHM, Collective, Compute, O
 
 WORKLOADS: dict[str, type] = {}
 
-# Measured peak memory of a simulation (CPython 3.11, simcore.engine), with
-# about a third more for headroom: per rank its SimPy process, random stream
-# and table rows (~3 kB); per operation the op, its result record and its
-# rows in the records table (~0.65 kB); per lowered collective step the
-# events and flows it leaves behind (~35-60 B); per (rank, peer) pair of a
-# collective its message queue and cached route (~1.4 kB, measured on
-# alltoall).  Point-to-point messages fall under their operations.
+# Measured peak memory of a simulation (CPython 3.11, simcore.engine; benchmarks/memory_estimate.py prints
+# estimate and peak side by side): what any run loads (the compiled flow solver, numpy's fast paths) ~60-80 MiB;
+# per rank its SimPy process, random stream and table rows (~3 kB); per operation its place in the
+# program, its record as the engine logs it and its row of the records table (~270 B simulated, ~140 B
+# where symmetric classes are simulated once and their records copied: 200 B sits within 1.5x of both); per lowered
+# collective step what the fast paths keep of it (~2.5 B: a large ring's schedule); per distinct (rank,
+# peer) pair its message queues and cached route (~2.5 kB, on an all-to-all).  Point-to-point messages
+# fall under their operations.
+BASE_BYTES = 80 * 2**20
 RANK_BYTES = 4096
-OPERATION_BYTES = 1024
-STEP_BYTES = 64
-PEER_BYTES = 1536
+OPERATION_BYTES = 200
+STEP_BYTES = 3
+PEER_BYTES = 2600
 
 
 @dataclass(frozen=True)
 class ProgramSize:
     """What a workload's programs hold, counted from closed forms before they are built.
 
-    ``operations`` over all ranks; ``steps`` and ``peers``: the point-to-point
-    steps and (rank, peer) pairs its collectives lower to (upper bounds, see
-    ``workloads.collectives.lowered_size``).
+    ``operations`` over all ranks; ``steps``: the point-to-point steps its
+    collectives lower to; ``peers``: the distinct (rank, peer) pairs they
+    use (upper bounds, see ``workloads.collectives.lowered_size``): a
+    collective repeated (``repeated``) uses the same pairs again.
     """
 
     operations: int = 0
@@ -47,12 +50,18 @@ class ProgramSize:
         return ProgramSize(self.operations + other.operations, self.steps + other.steps, self.peers + other.peers)
 
     def times(self, n: int) -> "ProgramSize":
+        """``n`` times as many ranks, each doing this."""
         return ProgramSize(self.operations * n, self.steps * n, self.peers * n)
+
+    def repeated(self, n: int) -> "ProgramSize":
+        """This done ``n`` times over by the same ranks: the same pairs."""
+        return ProgramSize(self.operations * n, self.steps * n, self.peers)
 
     def memory_bytes(self, nranks: int) -> int:
         """Estimated peak memory of simulating these programs on ``nranks`` ranks."""
-        return (nranks * RANK_BYTES + self.operations * OPERATION_BYTES + self.steps * STEP_BYTES
-                + self.peers * PEER_BYTES)
+        pairs = min(self.peers, nranks * max(nranks - 1, 0))
+        return (BASE_BYTES + nranks * RANK_BYTES + self.operations * OPERATION_BYTES + self.steps * STEP_BYTES
+                + pairs * PEER_BYTES)
 
     def describe(self, nranks: int) -> str:
         return (f"{format_count(self.operations)} operations and {format_count(self.steps)} collective steps "
@@ -245,7 +254,7 @@ class CollectiveWorkload(WorkloadBase):
         per_iteration = collective_size(self.op, self.algorithm, nranks, groups, self.inter_algorithm)
         if self.compute_flops:
             per_iteration += ProgramSize(operations=nranks)
-        return per_iteration.times(self.iterations)
+        return per_iteration.repeated(self.iterations)
 
     def programs(self, nranks: int, groups=None) -> list[list[Operation]]:
         coll = Collective(
@@ -325,18 +334,20 @@ def _rank_key(key) -> int:
 def programs_size(programs, nranks: int, groups=None) -> ProgramSize:
     """The size of built (or given) programs: their operations, and what their collectives lower to."""
     size = ProgramSize()
-    lowered: dict[tuple, tuple[int, int]] = {}
     for program in programs:
+        lowered: dict[tuple, tuple[int, int]] = {}
         size += ProgramSize(operations=len(program))
         for op in program:
             if isinstance(op, Collective):
                 key = (op.op, op.algorithm, op.inter_algorithm)
-                if key not in lowered:
+                new = key not in lowered
+                if new:
                     steps, peers = lowered_size(op.op, op.algorithm, nranks, groups, op.inter_algorithm)
                     # Per rank: the bounds are over all ranks, this op runs on one.
                     lowered[key] = (-(-steps // max(nranks, 1)), -(-peers // max(nranks, 1)))
                 steps, peers = lowered[key]
-                size += ProgramSize(steps=steps, peers=peers)
+                # A collective repeated uses its pairs again: counted the first time only (per program).
+                size += ProgramSize(steps=steps, peers=peers if new else 0)
     return size
 
 

@@ -70,8 +70,8 @@ class DataParallelStep(WorkloadBase):
         computes = 2 * (self.accumulation_steps - 1) + 1 + (buckets if self.overlap else 1) + (
             1 if self.optimizer_flops_per_parameter else 0) + (1 if self.overlap else 0)  # the Wait
         step = ProgramSize(operations=computes * nranks)
-        step += collective_size("allreduce", self.algorithm, nranks, groups, self.inter_algorithm).times(buckets)
-        return step.times(self.steps)
+        step += collective_size("allreduce", self.algorithm, nranks, groups, self.inter_algorithm).repeated(buckets)
+        return step.repeated(self.steps)
 
     def bucket_sizes(self) -> list[int]:
         total = self.gradient_bytes

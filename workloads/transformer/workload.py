@@ -203,6 +203,7 @@ class TransformerTraining(WorkloadBase):
         for s in range(lowering.p):
             program = lowering.stage_step(s, 0)
             size = ProgramSize(operations=len(program))
+            used: set = set()
             for op in program:
                 if type(op) is Collective:
                     key = (op.op, op.algorithm, op.group)
@@ -211,9 +212,11 @@ class TransformerTraining(WorkloadBase):
                         steps, peers = lowered_size(op.op, op.algorithm, g)
                         bounds[key] = (-(-steps // g), -(-peers // g))
                     steps, peers = bounds[key]
-                    size += ProgramSize(steps=steps, peers=peers)
+                    # A rank's collectives of one kind on one group use the same pairs: counted once.
+                    size += ProgramSize(steps=steps, peers=0 if key in used else peers)
+                    used.add(key)
             total += size.times(per_stage_ranks)
-        return total.times(self.training.steps)
+        return total.repeated(self.training.steps)
 
     # -- accounting -------------------------------------------------------------------
 
