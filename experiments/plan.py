@@ -23,14 +23,17 @@ Four steps:
    reason.
 3. The fitting layouts, at most ``--max-points`` of them, run through the
    simulated executor in parallel worker processes.  When there are more,
-   the ones simulated are those with the smallest *ideal* step time,
-   ``hardware FLOPs / (GPUs x peak FLOP/s) / (1 - ideal pipeline bubble)``
-   (no communication, every GEMM at peak), ties broken by the layout's
+   the ones simulated are those with the smallest *estimated* step time
+   (``workloads.transformer.estimate``: compute at peak, tensor-, pipeline-
+   and data-parallel collectives as rings on the cluster's links, the
+   schedule's bubble; milliseconds a layout), ties broken by the layout's
    fields: the estimate only chooses, the simulator ranks.  A point that
    fails (a deadlock, the simulator's own memory limit ``--max-memory``, an
    error) is recorded with its error and the search goes on.
 4. The best ``--top`` are printed, ranked by simulated step time (ties: the
-   layout's fields, in the CSV's column order); ``plan.csv`` (every
+   layout's fields, in the CSV's column order), each with what it loses to
+   the first (the part of the step that grew most), and how well the
+   estimate ranked the simulated layouts (Spearman); ``plan.csv`` (every
    enumerated layout that divides) and ``plan.png`` (step time against memory
    per GPU) go to ``--out``.
 
@@ -57,10 +60,12 @@ from experiments import common, plots
 from experiments.output import make_out_dir
 from experiments.run import training_summary
 from topologies.builders import gpu_cluster
+from topologies.gpu_cluster import GPU_CLUSTER_DEFAULTS
 from topologies.hardware import cluster_presets, load_cluster_preset
 from topologies.model import TopologyError
 from workloads.scenario import scenario_from_dict
-from workloads.transformer import (TransformerTraining, hardware_flops_per_step, ideal_bubble_fraction)
+from workloads.transformer import TransformerTraining
+from workloads.transformer.estimate import Fabric, estimate_step
 from workloads.transformer.memory import GIB, check_fits, memory_per_stage
 from workloads.transformer.spec import (PRECISION_BYTES, RECOMPUTE, SCHEDULES, ModelSpec, load_model,
                                         model_presets)
@@ -84,7 +89,8 @@ columns of the table and of plan.csv:
   mem_gib / memory_bytes          memory per GPU of the fullest pipeline stage (memory model)
   weights/gradients/optimizer/activations_bytes   that stage's parts
   fits, over_bytes, memory_note   against the GPU's memory: bytes over it and the memory model's reason
-  estimate_s         ideal step time: hardware FLOPs / (GPUs x peak) / (1 - ideal bubble); orders --max-points
+  estimate_s         estimated step time (workloads.transformer.estimate: compute at peak, ring collectives on
+                     the cluster's links, the schedule's bubble); orders --max-points
   status             ok, failed (see error), not simulated (beyond --max-points), does not fit
   step_time_s, tokens_per_s       simulated time of one step, global batch x seq_len / step time
   mfu, hfu           model / hardware FLOPs per step / (step time x GPUs x peak FLOP/s)
@@ -96,8 +102,8 @@ EPILOG = f"""\
 restricting the search: each of --tp, --pp, --virtual-stages, --ep, --micro-batch, --zero, --recompute,
 --schedule and --sequence-parallel takes a comma-separated list that replaces its default; values that do
 not divide are dropped and counted (so --tp 16 extends the search past one server).  The search simulates
-at most --max-points fitting layouts (default 16), the ones with the smallest ideal step time (which ignores
-communication, so it favours small micro-batches and many virtual stages: restrict those to steer it).
+at most --max-points fitting layouts (default 16), the ones with the smallest estimated step time (a closed
+form: compute at peak, collectives as rings on the cluster's links, the bubble; see docs/model.md).
 
 cost: a point's operations grow as GPUs x micro-batches x layers / pp = tp x layers x global batch /
 micro-batch; GPT-3 175B on 64 GPUs with tp 8, pp 8 and 8 micro-batches is 160k operations, about 10 s on one
@@ -235,6 +241,7 @@ class Cluster:
     gpus_per_node: int
     memory_bytes: float
     peak_flops_per_s: float
+    fabric: Fabric | None = None
 
 
 def load_cluster(name_or_path: str, precision: str) -> Cluster:
@@ -247,7 +254,11 @@ def load_cluster(name_or_path: str, precision: str) -> Cluster:
     except (TopologyError, ValueError, OSError) as exc:
         raise PlanError(f"--cluster: {exc}") from None
     stem = preset.name if name_or_path in cluster_presets() else Path(name_or_path).stem
-    return Cluster(stem, shown, server.nranks, float(server.rank_memory_bytes[0]), float(peak))
+    kw = {**GPU_CLUSTER_DEFAULTS, **preset.keywords}
+    fabric = Fabric(float(peak), server.nranks, float(kw["scale_up_bandwidth_bytes_per_s"]),
+                    float(kw["scale_up_latency_s"]), float(kw["scale_out_bandwidth_bytes_per_s"]),
+                    float(kw["scale_out_latency_s"]))
+    return Cluster(stem, shown, server.nranks, float(server.rank_memory_bytes[0]), float(peak), fabric)
 
 
 def resolve_model(name_or_path: str, seq_len: int | None) -> tuple[Any, ModelSpec, str]:
@@ -370,16 +381,16 @@ def assess(search: Search, layout: dict, cluster: Cluster) -> dict:
     peak = max(reports, key=lambda r: (r.total_bytes, -r.stage))
     memory = float(peak.total_bytes)
     note = check_fits(reports, cluster.memory_bytes) if math.isfinite(cluster.memory_bytes) else ""
-    flops = hardware_flops_per_step(search.model, workload.training, par.recompute)
-    busy = 1.0 - ideal_bubble_fraction(par.schedule, par.pp, m, par.virtual_stages)
-    estimate = flops / (search.gpus * cluster.peak_flops_per_s) / busy if cluster.peak_flops_per_s > 0 else 0.0
+    estimate = estimate_step(search.model, workload.training, par, m, cluster.fabric) \
+        if cluster.peak_flops_per_s > 0 else None
     return {
         **layout, "microbatches": m,
         "memory_bytes": memory, "mem_gib": memory / GIB,
         "weights_bytes": peak.weights_bytes, "gradients_bytes": peak.gradients_bytes,
         "optimizer_bytes": peak.optimizer_bytes, "activations_bytes": float(peak.activations_bytes),
         "fits": not note, "over_bytes": max(0.0, memory - cluster.memory_bytes) if note else 0.0,
-        "memory_note": note, "estimate_s": estimate,
+        "memory_note": note, "estimate_s": estimate.step_s if estimate else 0.0,
+        **{f"estimate_{k}_s": v for k, v in (estimate.parts() if estimate else {}).items()},
     }
 
 
@@ -433,7 +444,8 @@ def simulation_cost(row: dict) -> float:
 CSV_COLUMNS = (("rank",) + LAYOUT + ("microbatches", "status", "step_time_s", "tokens_per_s", "mfu", "hfu", "bubble")
                + tuple(f"exposed_{k}_s" for k in EXPOSED)
                + ("memory_bytes", "weights_bytes", "gradients_bytes", "optimizer_bytes", "activations_bytes", "fits",
-                  "over_bytes", "memory_note", "estimate_s", "error"))
+                  "over_bytes", "memory_note", "estimate_s", "estimate_compute_s", "estimate_bubble_s",
+                  "estimate_tp_s", "estimate_pp_s", "estimate_dp_s", "behind_first", "error"))
 
 
 def rank_rows(rows: list[dict]) -> list[dict]:
@@ -540,10 +552,10 @@ def report_nothing_fits(rows: list[dict], out: Path) -> int:
 
 
 def choose_layouts(fitting: list[dict], max_points: int) -> list[dict]:
-    """The fitting layouts to simulate: at most ``max_points``, by ideal step time (module docstring)."""
+    """The fitting layouts to simulate: at most ``max_points``, by estimated step time (module docstring)."""
     chosen = sorted(fitting, key=lambda r: (r["estimate_s"], layout_key(r)))[:max_points]
     if len(chosen) < len(fitting):
-        print(f"simulating {len(chosen)} of the {len(fitting)} fitting layouts, those with the smallest ideal "
+        print(f"simulating {len(chosen)} of the {len(fitting)} fitting layouts, those with the smallest estimated "
               f"step time (--max-points {max_points})")
     else:
         print(f"simulating {len(chosen)} layouts")
@@ -577,8 +589,10 @@ def simulate_layouts(chosen: list[dict], search: Search, cluster: Cluster, args,
 
 def report_plan(ordered: list[dict], model: ModelSpec, cluster: Cluster, args, out: Path, wall_start: float) -> int:
     """Write plan.csv (and plan.png) from the ranked rows and print the best; 0, or 1 if none was simulated."""
-    written = write_csv(ordered, out)
     ok = [r for r in ordered if r["status"] == "ok"]
+    for row in ordered:
+        row["behind_first"] = behind(row, ok[0]) if ok and row["status"] == "ok" and row is not ok[0] else ""
+    written = write_csv(ordered, out)
     failed = sum(r["status"] == "failed" for r in ordered)
     print()
     if ok:
@@ -586,7 +600,13 @@ def report_plan(ordered: list[dict], model: ModelSpec, cluster: Cluster, args, o
         print(common.format_table(ok[:args.top], table_columns(model.moe, "interleaved" in args.schedule)))
         print()
         print("step s: simulated step; MFU: model FLOPs / (step x GPUs x peak); mem: memory per GPU, fullest stage; "
-              "exposed TP/PP/DP/EP: communication not hidden behind compute, s per step (mean over GPUs)")
+              "exposed TP/PP/DP/EP: communication not hidden behind compute, s per step (mean over GPUs); "
+              "behind #1: the step time it loses to the first, and the part that loses most")
+        if len(ok) >= 3:
+            rho = spearman([r["estimate_s"] for r in ok], [r["step_time_s"] for r in ok])
+            ratio = float(pd.Series([r["estimate_s"] / r["step_time_s"] for r in ok]).median())
+            print(f"the estimate against the simulation over these {len(ok)} layouts: Spearman rank correlation "
+                  f"{rho:.2f}, estimate / simulated step {ratio:.2f} (median)")
     if failed:
         print(f"{failed} layout(s) failed in the simulator (status=failed, error in plan.csv)")
     if not args.no_plots and ok:
@@ -604,7 +624,29 @@ TABLE = (("rank", "#", "d"), ("tp", "tp", "d"), ("pp", "pp", "d"), ("dp", "dp", 
          ("virtual_stages", "v", "d"), ("zero", "zero", "d"), ("recompute", "recompute", ""),
          ("sp", "sp", ""), ("step_time_s", "step s", ".4g"), ("tokens_per_s", "tokens/s", ".4g"),
          ("mfu_pct", "MFU %", ".1f"), ("mem_gib", "mem GiB", ".1f"), ("exposed_tp_s", "TP s", ".3g"),
-         ("exposed_pp_s", "PP s", ".3g"), ("exposed_dp_s", "DP s", ".3g"), ("exposed_ep_s", "EP s", ".3g"))
+         ("exposed_pp_s", "PP s", ".3g"), ("exposed_dp_s", "DP s", ".3g"), ("exposed_ep_s", "EP s", ".3g"),
+         ("behind_first", "behind #1", ""))
+
+
+def behind(row: dict, first: dict) -> str:
+    """Why ``row`` is slower than ``first``: the step time it loses, and the part (bubble, an exposed
+    communication, compute and the rest) that grew most."""
+    lost = row["step_time_s"] - first["step_time_s"]
+    if lost <= 1e-9 * first["step_time_s"]:
+        return "tie"
+    parts = {kind.upper(): row[f"exposed_{kind}_s"] - first[f"exposed_{kind}_s"] for kind in EXPOSED}
+    parts["bubble"] = row["bubble"] * row["step_time_s"] - first["bubble"] * first["step_time_s"]
+    parts["compute"] = lost - sum(parts.values())
+    name, value = max(parts.items(), key=lambda kv: kv[1])
+    return f"+{lost:.3g} s: {name} +{value:.3g} s"
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rank correlation (average ranks for ties)."""
+    rx, ry = pd.Series(x).rank().to_numpy(), pd.Series(y).rank().to_numpy()
+    if rx.std() == 0 or ry.std() == 0:
+        return float("nan")
+    return float(((rx - rx.mean()) * (ry - ry.mean())).mean() / (rx.std() * ry.std()))
 
 
 def table_columns(moe: bool, interleaved: bool) -> tuple:
