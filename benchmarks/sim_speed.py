@@ -24,7 +24,10 @@ so its peak memory is its own):
 Prints per case and engine: ranks, messages, the simulated time, the wall
 time to build and simulate, and the peak RSS; then per case the ratio of
 the reference engine's wall time to the fast one's, and whether both gave
-the same simulated time (to 1e-9).
+the same simulated time (to 1e-9).  ``--engines unfolded fast`` times every
+fast path but symmetric rank classes against all of them, and compares
+every record's start and end (to 1e-9): on gpt1024 the fast engine
+simulates 8 ranks, one per pipeline stage (``simcore.symmetry``).
 
 Traffic no fast path recognises (random flows on an oversubscribed tree,
 concurrent jobs on a fat tree), against SimGrid: ``benchmarks/flow_speed.py``.
@@ -32,6 +35,7 @@ concurrent jobs on a fat tree), against SimGrid: ``benchmarks/flow_speed.py``.
     python benchmarks/sim_speed.py                                  # ring256 ring1024 contended gpt128
     python benchmarks/sim_speed.py --cases ring4096 ddp1024 gpt1024 # the long ones (the reference: ~35 min)
     python benchmarks/sim_speed.py --cases ring4096 --engines fast  # the fast engine alone
+    python benchmarks/sim_speed.py --cases gpt1024 --engines unfolded fast  # symmetric classes against none
 """
 from __future__ import annotations
 
@@ -42,12 +46,15 @@ import resource
 import sys
 import time
 
+import numpy as np
+
 NBYTES = 100_000_000
 BANDWIDTH_BYTES_PER_S = 12.5e9
 LATENCY_S = 1e-6
 CASES = ("ring256", "ring1024", "ring4096", "contended", "ddp1024", "gpt128", "gpt1024")
 DEFAULT_CASES = ("ring256", "ring1024", "contended", "gpt128")
-ENGINES = ("reference", "fast")
+# reference: every fast path off; unfolded: all but symmetric_ranks (each rank simulated); fast: all.
+ENGINES = ("reference", "unfolded", "fast")
 
 
 def closed_form_s(nranks: int) -> float:
@@ -108,20 +115,25 @@ def run_case(case: str, engine: str, out) -> None:
     topo, programs, kwargs, expected = build(case)
     load_s = time.perf_counter() - start
     start = time.perf_counter()
-    result = Simulator(topo, programs, fast_paths=FAST_PATHS if engine == "fast" else REFERENCE, **kwargs).run()
+    paths = {"fast": FAST_PATHS, "reference": REFERENCE,
+             "unfolded": tuple(p for p in FAST_PATHS if p != "symmetric_ranks")}[engine]
+    result = Simulator(topo, programs, fast_paths=paths, **kwargs).run()
     wall_s = time.perf_counter() - start
     out.put({"case": case, "engine": engine, "ranks": topo.nranks, "messages": result.summary["messages"],
              "simulated_s": result.makespan_s, "load_s": load_s, "wall_s": wall_s, "expected_s": expected,
              # ru_maxrss is in KiB on Linux.
-             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024})
+             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+             "symmetry": result.summary.get("symmetry", ""),
+             "records": {c: result.records[c].to_numpy() for c in ("start_s", "end_s")}})
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", nargs="+", choices=CASES, default=list(DEFAULT_CASES), metavar="CASE",
                         help=f"cases to run (default: {' '.join(DEFAULT_CASES)}; all: {' '.join(CASES)})")
-    parser.add_argument("--engines", nargs="+", choices=ENGINES, default=list(ENGINES),
-                        help="engines to time (default: both, for the ratio)")
+    parser.add_argument("--engines", nargs="+", choices=ENGINES, default=["reference", "fast"],
+                        help="engines to time (default: reference fast, for the ratio; unfolded: every fast path "
+                             "but symmetric rank classes, compared record by record with fast)")
     args = parser.parse_args(argv)
     from topologies.text import format_bytes
 
@@ -149,6 +161,8 @@ def main(argv=None) -> int:
                 ok = False
                 continue
             rows[engine] = row
+            if engine != "unfolded" and "unfolded" not in args.engines:
+                row.pop("records")
             print(f"{case:<10} {engine:<10} {row['ranks']:>5} {row['messages']:>10,}  {row['simulated_s']:.9f}"
                   f"  {row['load_s']:8.2f} {row['wall_s']:8.2f}  {format_bytes(row['peak_rss_bytes']):>9}",
                   flush=True)
@@ -156,6 +170,15 @@ def main(argv=None) -> int:
             if expected is not None and abs(row["simulated_s"] - expected) > 1e-9 * expected:
                 print(f"  MISMATCH: the closed form gives {expected:.9f} s", file=sys.stderr)
                 ok = False
+        if "unfolded" in rows and "fast" in rows:
+            full, fast = rows["unfolded"], rows["fast"]
+            a, b = fast["records"], full["records"]
+            worst = max((float(np.max(np.abs(a[c] - b[c]) / np.maximum(np.abs(b[c]), 1e-300), initial=0.0))
+                         if len(a[c]) == len(b[c]) else float("inf")) for c in a)
+            same = worst <= 1e-9
+            ok = ok and same
+            print(f"{case:<10} folded     {full['wall_s'] / fast['wall_s']:.1f}x faster than unfolded; records agree "
+                  f"to {worst:.1e} relative ({fast['symmetry']}){'' if same else '  MISMATCH'}", flush=True)
         if "reference" in rows and "fast" in rows:
             ref, fast = rows["reference"], rows["fast"]
             same = abs(fast["simulated_s"] - ref["simulated_s"]) <= 1e-9 * abs(ref["simulated_s"])

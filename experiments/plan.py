@@ -96,6 +96,8 @@ columns of the table and of plan.csv:
   mfu, hfu           model / hardware FLOPs per step / (step time x GPUs x peak FLOP/s)
   bubble             measured pipeline bubble: share of the step a GPU neither computes nor waits on TP/DP/EP
   exposed_tp/pp/dp/ep_s   communication not hidden behind compute, per step, mean over GPUs
+  estimate_compute/bubble/tp/pp/dp_s   the estimate's parts
+  behind_first (behind #1)   the step time it loses to the first simulated, and the part that grew most
   error              why a point failed (a deadlock, the simulator's memory limit, a bad value)"""
 
 EPILOG = f"""\
@@ -194,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pipeline stages (default: divisors of the layers)")
     g.add_argument("--virtual-stages", type=_positive_int_list, metavar="2,4", default=DEFAULT_VIRTUAL_STAGES,
                    help="model chunks per GPU for the interleaved schedule (default 2,4: more chunks shrink the "
-                        "bubble but add pipeline transfers, which the ideal estimate behind --max-points ignores)")
+                        "bubble but add pipeline transfers)")
     g.add_argument("--ep", type=_positive_int_list, metavar="1,2,...",
                    help="expert-parallel sizes, MoE models only (default: divisors of the experts)")
     g.add_argument("--micro-batch", type=_positive_int_list, metavar="1,2,...",
@@ -211,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sequence-parallel", type=_sp_list, metavar="on,off", default=(False, True),
                    help="on, off or on,off (default); on only applies with tp > 1")
     g.add_argument("--max-points", type=_positive_int, metavar="N", default=16,
-                   help="simulate at most this many fitting layouts, those with the smallest ideal step time "
+                   help="simulate at most this many fitting layouts, those with the smallest estimated step time "
                         "(default 16); the others are in plan.csv as 'not simulated'")
     p.add_argument("--top", type=_positive_int, metavar="N", default=10,
                    help="rows of the printed ranking (default 10)")
@@ -373,7 +375,7 @@ def describe(row: dict) -> str:
 
 
 def assess(search: Search, layout: dict, cluster: Cluster) -> dict:
-    """The layout's row before simulation: micro-batches, memory per GPU against the GPU's, ideal step time."""
+    """The layout's row before simulation: micro-batches, memory per GPU against the GPU's, estimated step time."""
     workload = _workload(search, layout)
     par = workload.parallel(search.gpus)
     m = workload.microbatches(search.gpus)

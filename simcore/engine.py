@@ -25,6 +25,10 @@ compares them on random scenarios, 1e-9 relative), and ``fast_paths=()``
   the same sums of durations the one-at-a-time timeouts add up.
 - ``alone_collectives``, ``fluid_rings``, ``held_rings``: collectives
   computed whole rather than message by message (``simcore.collective_path``).
+- ``symmetric_ranks``: ranks in classes that behave alike (``simcore.symmetry``)
+  simulated once per class, the others given their representative's records;
+  the collective strategies stand aside then (a turned group's collective is
+  one process, run message by message).
 
 Simultaneous events are processed in the order they were scheduled (SimPy's
 event id), and the network solves rates after all of them (see
@@ -52,6 +56,7 @@ from simcore.diagnostics import (
     non_finite_compute,
     non_finite_result,
 )
+from simcore.folded_path import FoldedCollectives
 from simcore.messages import Messages
 from simcore.recordlog import RecordLog
 from simcore.result import RunResult, group_comm_table
@@ -170,7 +175,10 @@ class Simulator:
 
     def counters(self) -> dict[str, int]:
         """How often each collective fast path ran and handed back (zeros where it is off)."""
-        return self._collectives.counters() if self._collectives is not None else dict(CollectivePath.ZERO)
+        counts = self._collectives.counters() if self._collectives is not None else dict(CollectivePath.ZERO)
+        folded = getattr(self, "_folded", None)
+        counts.update(folded.counters() if folded is not None else {"folded_whole": 0, "folded_handed_back": 0})
+        return counts
 
     # -- the run -----------------------------------------------------------------
 
@@ -187,8 +195,10 @@ class Simulator:
         # Folded, a collective on a turned group runs message by message: its members are one process.
         paths = self.collective_paths if sym is None else ()
         self._collectives = CollectivePath(self, paths) if paths else None
+        self._folded = None
         if sym is not None:
             self.messages.fold(self._fold_routes, sym.canonical)
+            self._folded = FoldedCollectives(self)
         self._log = RecordLog()
         self._compute_s = [0.0] * self.nranks
         self._comm_s = [0.0] * self.nranks
@@ -507,6 +517,8 @@ class Simulator:
     def _collective(self, rank: int, op: Collective, tag: int, link_j: list):
         if self._collectives is not None:
             yield from self._collectives.run(rank, op, tag, link_j)
+        elif self._folded is not None:
+            yield from self._folded.run(rank, op, tag, link_j)
         else:
             yield from self.steps(rank, iter(self.lowered(rank, op)), tag, link_j, self.slowdown(op))
 

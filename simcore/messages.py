@@ -60,6 +60,10 @@ class Messages:
         self._routes.update(routes)
         self._canonical = {pair: canonical(*pair) for pair in routes}
 
+    def matched_as(self, src: int, dst: int) -> tuple[int, int]:
+        """The (source, destination) a message from ``src`` to ``dst`` is matched as (see ``fold``)."""
+        return self._canonical[(src, dst)] if self._canonical is not None else (src, dst)
+
     def route(self, src: int, dst: int) -> tuple:
         """(links, bottleneck bandwidth, latency, energy per byte) from ``src`` to ``dst``."""
         cached = self._routes.get((src, dst))

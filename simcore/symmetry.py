@@ -50,10 +50,9 @@ from workloads.ops import P2P, Collective, Operation
 
 # Layout dimensions whose shifts are tried, in this order.
 SHIFTED_DIMS = ("tp", "dp")
-# Folded, a representative runs its turned groups' collectives message by message, where the full run
-# computes them whole (simcore.collective_path): classes smaller than this cost more than they save
-# (GPT-3 175B, measured on 2 cores: classes of 16 ranks 3.4 s folded against 2.7 s; of 128, 7.8 against 31 s).
-MIN_CLASS_RANKS = 32
+# Classes from this many ranks are folded.  Their collectives computed whole (simcore.folded_path), even
+# classes of 8 pay (GPT-3 175B on 64 A100s, classes of 8: 0.73 s folded against 1.3 s, on 2 cores).
+MIN_CLASS_RANKS = 2
 
 
 @dataclass

@@ -24,7 +24,7 @@ import pandas as pd
 import pytest
 
 from simcore.calibration import Calibration
-from simcore import collective_path, symmetry
+from simcore import collective_path
 from simcore.engine import FAST_PATHS, REFERENCE, SimulationError, Simulator
 from simcore.fastpath import VECTOR_MIN_MEMBERS
 from layout_cases import random_layout_case
@@ -318,7 +318,6 @@ def test_each_fast_path_alone_gives_the_reference_records(path, monkeypatch):
     ran = 0
     makes = ((random_case, range(0, N_CASES, 5), RTOL), (random_ring_case, range(0, N_RING_CASES, 5), RTOL_FLUID))
     if path == "symmetric_ranks":
-        monkeypatch.setattr(symmetry, "MIN_CLASS_RANKS", 2)
         makes = ((random_layout_case, range(0, 40, 4), RTOL),)
     for make, cases, rtol in makes:
         for case in cases:

@@ -28,11 +28,12 @@ fresh worker takes over.  The bar, over all cases:
   worker's RSS before it; RLIMIT_AS turns more into a MemoryError, i.e. a
   traceback).
 
-Mutated cases load with ``max_memory_bytes = FUZZ_MAX_MEMORY_BYTES`` (16 MiB):
-the limit bounds memory, not time, and a valid scenario near the 2 GiB
-default can simulate for many minutes (~30 us per lowered step, 64 B each);
-at 16 MiB everything admitted finishes in seconds, and the refusal is the same
-code at any limit.  The hostile files with huge counts load at the default
+Mutated cases load with ``max_memory_bytes = FUZZ_MAX_MEMORY_BYTES`` (16 MiB
+beyond the 80 MiB every run is estimated to load): the limit bounds memory,
+not time, and a valid scenario near the 2 GiB default can simulate for many
+minutes (~30 us per lowered step, 3 B each in the estimate); at this limit
+everything admitted finishes in seconds, and the refusal is the same code at
+any limit.  The hostile files with huge counts load at the default
 limit, which must refuse them too.
 
     python -m pytest -q tests/test_fuzz_scenarios.py            # ~1,000 cases
@@ -60,6 +61,7 @@ import yaml
 from executors import get_executor
 from simcore.engine import SimulationError
 from experiments.output import json_text as dumps_json
+from workloads.base import BASE_BYTES
 from topologies import TopologyError, load_topology
 from topologies.limits import DEFAULT_MAX_MEMORY_BYTES
 from workloads.scenario import ScenarioError, load_scenario
@@ -75,7 +77,7 @@ CASE_TIME_S = 10.0
 CASE_MEMORY_BYTES = 2**30
 # A child still running after this is killed and counted over time.
 CASE_KILL_S = 60.0
-FUZZ_MAX_MEMORY_BYTES = 16 * 2**20
+FUZZ_MAX_MEMORY_BYTES = BASE_BYTES + 16 * 2**20
 LOAD_MESSAGE_CHARS = 2_000
 SIMULATION_MESSAGE_CHARS = 20_000
 JOBS = max(1, min(2, os.cpu_count() or 1))

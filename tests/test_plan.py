@@ -179,7 +179,8 @@ def test_help_explains_restrictions_and_columns(capsys):
         plan.main(["--help"])
     assert exc.value.code == 0
     text = capsys.readouterr().out
-    for word in ("--max-points", "smallest ideal step time", "exposed_tp/pp/dp/ep_s", "mfu", "fits", "--tp 16"):
+    for word in ("--max-points", "smallest estimated step time", "exposed_tp/pp/dp/ep_s", "mfu", "fits", "--tp 16",
+                 "behind #1"):
         assert word in text
 
 

@@ -25,22 +25,18 @@ RTOL = 1e-9
 N_CASES = 40
 
 
-@pytest.fixture(autouse=True)
-def fold_small_classes(monkeypatch):
-    # Classes of a few ranks are folded here, where they are checked; a run folds from 32 ranks a class.
-    monkeypatch.setattr(symmetry, "MIN_CLASS_RANKS", 2)
-
-
 def _run(topo, programs, kwargs, fast_paths):
     sim = Simulator(topo, programs, fast_paths=fast_paths, **kwargs)
     return sim, sim.run()
 
 
 def test_folded_runs_give_every_record_of_the_reference():
-    folded = 0
+    folded = whole = handed_back = 0
     for case in range(N_CASES):
         topo, programs, kwargs = random_layout_case(case)
         sim, fast = _run(topo, programs, kwargs, FAST_PATHS)
+        whole += sim.counters()["folded_whole"]
+        handed_back += sim.counters()["folded_handed_back"]
         _, ref = _run(topo, programs, kwargs, REFERENCE)
         where = f"layout case {case} ({topo.name}, {topo.nranks} ranks, folded to " \
                 f"{fast.summary['simulated_ranks']}: {sim.fold_note or 'folded'})"
@@ -48,6 +44,8 @@ def test_folded_runs_give_every_record_of_the_reference():
         folded += fast.summary["simulated_ranks"] < topo.nranks
     # Most of these machines are symmetric: the classes must have been used, not only fallen back from.
     assert folded >= N_CASES // 2, folded
+    # Collectives computed whole (simcore.folded_path), and handed back where a message needed their links.
+    assert whole > 0 and handed_back > 0, (whole, handed_back)
 
 
 def test_a_folded_run_simulates_one_rank_per_class_and_counts_every_message():
@@ -132,7 +130,7 @@ def test_gpt3_steps_folded_equal_the_full_run(gpus):
     assert_same_result(fast, full, f"GPT-3 on {gpus} GPUs", RTOL)
 
 
-def test_small_classes_are_not_folded_by_default(monkeypatch):
+def test_classes_below_the_threshold_are_not_folded(monkeypatch):
     monkeypatch.setattr(symmetry, "MIN_CLASS_RANKS", 32)
     topo, programs, kwargs = _two_stage_case()
     sim, result = _run(topo, programs, kwargs, FAST_PATHS)
