@@ -63,6 +63,7 @@ from topologies.builders import gpu_cluster
 from topologies.gpu_cluster import GPU_CLUSTER_DEFAULTS
 from topologies.hardware import cluster_presets, load_cluster_preset
 from topologies.model import TopologyError
+from topologies.text import parse_bytes
 from workloads.scenario import scenario_from_dict
 from workloads.transformer import TransformerTraining
 from workloads.transformer.estimate import Fabric, estimate_step
@@ -610,7 +611,7 @@ def report_plan(ordered: list[dict], model: ModelSpec, cluster: Cluster, args, o
             print(f"the estimate against the simulation over these {len(ok)} layouts: Spearman rank correlation "
                   f"{rho:.2f}, estimate / simulated step {ratio:.2f} (median)")
     if failed:
-        print(f"{failed} layout(s) failed in the simulator (status=failed, error in plan.csv)")
+        print(failure_summary([r for r in ordered if r["status"] == "failed"]))
     if not args.no_plots and ok:
         frame = pd.DataFrame(ordered, columns=CSV_COLUMNS)
         written += plots.plot_plan(frame, out, capacity_bytes=cluster.memory_bytes)
@@ -628,6 +629,27 @@ TABLE = (("rank", "#", "d"), ("tp", "tp", "d"), ("pp", "pp", "d"), ("dp", "dp", 
          ("mfu_pct", "MFU %", ".1f"), ("mem_gib", "mem GiB", ".1f"), ("exposed_tp_s", "TP s", ".3g"),
          ("exposed_pp_s", "PP s", ".3g"), ("exposed_dp_s", "DP s", ".3g"), ("exposed_ep_s", "EP s", ".3g"),
          ("behind_first", "behind #1", ""))
+
+
+def failure_summary(failed: list[dict]) -> str:
+    """The failed points by reason: how many went over the simulator's memory limit (and what would let
+    them run), and the first other error as it was."""
+    over = [r for r in failed if "over the limit of" in r["error"]]
+    lines = [f"{len(failed)} layout(s) failed in the simulator (status=failed, error in plan.csv):"]
+    if over:
+        estimates = []
+        for row in over:
+            text = row["error"].split("need an estimated ", 1)[-1].split(" of memory", 1)[0]
+            estimates.append(text)
+        limit = over[0]["error"].split("over the limit of ", 1)[-1].split(";", 1)[0].split(" (", 1)[0]
+        low, high = min(estimates, key=parse_bytes), max(estimates, key=parse_bytes)
+        lines.append(f"  {len(over)} over the simulator's memory limit of {limit} (estimated {low}"
+                     + (f" to {high}" if high != low else "") + "): raise it with --max-memory, "
+                     "or search a smaller --global-batch (the operations grow with it)")
+    other = [r for r in failed if r not in over]
+    if other:
+        lines.append(f"  {len(other)} other(s), the first: {describe(other[0])}: {other[0]['error'][:300]}")
+    return "\n".join(lines)
 
 
 def behind(row: dict, first: dict) -> str:

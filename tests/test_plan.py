@@ -232,3 +232,18 @@ def test_moe_searches_expert_parallelism(tmp_path, capsys):
     frame = pd.read_csv(tmp_path / "out" / "plan.csv")
     assert sorted(frame["ep"]) == [2, 4] and (frame["status"] == "ok").all()
     assert (frame["exposed_ep_s"] >= 0).all()
+
+
+def test_failures_are_summed_up_by_reason():
+    over = ("ScenarioError: layout: the topology (7.8 MiB) and the programs, 1 operations over 8 ranks (3 GiB), "
+            "need an estimated {} of memory, over the limit of 2 GiB (2147483648 B); raise the limit with ...")
+    row = {"tp": 8, "pp": 8, "dp": 16, "ep": 1, "micro_batch": 1, "schedule": "1f1b", "virtual_stages": 1,
+           "zero": 1, "recompute": "none", "sequence_parallel": True}
+    failed = [dict(row, error=over.format("5.686 GiB")), dict(row, error=over.format("2.822 GiB")),
+              dict(row, error="DeadlockError: rank 3 waits")]
+    text = plan.failure_summary(failed)
+    assert text.splitlines() == [
+        "3 layout(s) failed in the simulator (status=failed, error in plan.csv):",
+        "  2 over the simulator's memory limit of 2 GiB (estimated 2.822 GiB to 5.686 GiB): raise it with "
+        "--max-memory, or search a smaller --global-batch (the operations grow with it)",
+        "  1 other(s), the first: tp=8 pp=8 dp=16 mb=1 1f1b zero=1 rc=none sp: DeadlockError: rank 3 waits"]
