@@ -607,10 +607,13 @@ class Simulator:
         own_wait_s = np.array(self._wait_s)
         link_bytes = np.array(self.net.bytes_on_link)
         messages = self.messages.count
+        per_group = None
         if sym is not None:
             # Every rank is its representative's image: the same times, records and bytes.
             rep_of = sym.rep_of
             compute_s, comm_s, end_s, own_wait_s = (a[rep_of] for a in (compute_s, comm_s, end_s, own_wait_s))
+            # A rank's exposed communication per group is its representative's: found on theirs alone.
+            per_group = _images_of_records(group_comm_table(records, self.programs, float(makespan)), rep_of)
             records = _images_of_records(records, rep_of)
             link_bytes = _images_of_link_bytes(link_bytes, sym)
             messages *= sym.size
@@ -678,11 +681,15 @@ class Simulator:
         }
         return RunResult(records=records, summary=summary, per_rank=per_rank, per_link=per_link, per_node=per_node,
                          servers=topo.groups(),
-                         per_group=group_comm_table(records, self.programs, float(makespan)))
+                         per_group=per_group if per_group is not None
+                         else group_comm_table(records, self.programs, float(makespan)))
 
 
 def _images_of_records(records: pd.DataFrame, rep_of: np.ndarray) -> pd.DataFrame:
-    """The representatives' records (sorted by rank, op index) given to every rank of their class."""
+    """The representatives' rows (of records or another per-rank table, sorted by rank) given to every rank
+    of their class."""
+    if not len(records):
+        return records
     n = len(rep_of)
     rank = records["rank"].to_numpy()
     count = np.bincount(rank, minlength=n)
