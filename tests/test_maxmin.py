@@ -99,7 +99,8 @@ def _water_filling(paths, capacity) -> list[float]:
                 for link in path:
                     users.setdefault(link, []).append(fid)
         share, link = min((spare[link] / len(fids), link) for link, fids in users.items())
-        for fid in users[link]:
+        # A flow listed on a link twice (a link twice in its path) counts twice there, and is fixed once.
+        for fid in dict.fromkeys(users[link]):
             fixed[fid] = True
             rate[fid] = share
             for other in paths[fid]:
@@ -273,26 +274,6 @@ def test_rates_refuses_paths_and_capacities_it_cannot_fill(paths, capacity, mess
         rates(paths, capacity)
 
 
-def _weighted_water_filling(paths, capacity) -> list[float]:
-    """The textbook loop where a link listed k times in a path carries that flow k times (a weight)."""
-    rate = [0.0] * len(paths)
-    fixed = [False] * len(paths)
-    spare = [float(c) for c in capacity]
-    while not all(fixed):
-        users = {}
-        for fid, path in enumerate(paths):
-            if not fixed[fid]:
-                for link in path:
-                    users.setdefault(link, []).append(fid)
-        share, link = min((spare[link] / len(fids), link) for link, fids in users.items())
-        for fid in dict.fromkeys(users[link]):
-            fixed[fid] = True
-            rate[fid] = share
-            for other in paths[fid]:
-                spare[other] = max(spare[other] - share, 0.0)
-    return rate
-
-
 def test_a_link_listed_twice_in_a_path_weighs_twice():
     # Symmetric rank classes (simcore.symmetry) give a message its images' crossings of a link as repeats.
     rng = np.random.default_rng(77)
@@ -308,7 +289,7 @@ def test_a_link_listed_twice_in_a_path_weighs_twice():
             attach(slot, table.I, table.FL, table.E, table.LI, table.K)
             slots.append(slot)
         got = table.fill_from_scratch(slots)
-        assert got == pytest.approx(_weighted_water_filling(paths, capacity), rel=1e-12), f"case {case}"
+        assert got == pytest.approx(_water_filling(paths, capacity), rel=1e-12), f"case {case}"
     # Closed form: one flow through a link twice and one through it once share it 2:1 at c/3 each.
     table = FlowTable([3.0])
     slots = []
