@@ -408,8 +408,9 @@ def simulate_point(data: dict, max_memory_bytes: int | None) -> dict:
     """
     started = time.perf_counter()
     try:
-        scenario = scenario_from_dict(data, where="layout", max_memory_bytes=max_memory_bytes)
-        result = get_executor("sim").run(scenario)
+        scenario = scenario_from_dict(data, where="layout", max_memory_bytes=max_memory_bytes, records=False)
+        # The step's report needs no records: a folded run keeps its representatives' only.
+        result = get_executor("sim", expand_records=False).run(scenario)
         report = training_summary(scenario, result)
         if report is None:
             raise ValueError("the run produced no training step (makespan 0)")

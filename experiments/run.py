@@ -75,8 +75,11 @@ def training_summary(scenario, result):
     if report is None or result.makespan_s <= 0:
         return None
     capacities = getattr(scenario.topology, "rank_memory_bytes", None) or [math.inf]
+    # A folded run's records are its representatives' (result.rep_of): the computes come from per_rank.
+    compute = result.per_rank["compute_s"].tolist() if result.rep_of is not None else None
     return report(scenario.nranks, result.makespan_s, result.records, result.per_group,
-                  peak_flops_per_s(scenario.topology, scenario.workload.precision), min(capacities))
+                  peak_flops_per_s(scenario.topology, scenario.workload.precision), min(capacities),
+                  compute_s_by_rank=compute)
 
 
 def kind_table(records) -> str:

@@ -59,7 +59,7 @@ from simcore.diagnostics import (
 from simcore.folded_path import FoldedCollectives
 from simcore.messages import Messages
 from simcore.recordlog import RecordLog
-from simcore.result import RunResult, group_comm_table
+from simcore.result import RunResult, group_comm_table, images_of_records
 from simcore.stragglers import SlowdownSampler, rank_streams
 from simcore.symmetry import find_symmetry, rep_pairs, shadowed_routes
 from topologies import Topology
@@ -96,8 +96,12 @@ class Simulator:
         aligned: bool = False,
         process_groups: ProcessGroups | None = None,
         fast_paths: Iterable[str] = FAST_PATHS,
+        expand_records: bool = True,
     ):
         self.topology = topology
+        # False: a folded run's result keeps its representatives' records only (RunResult.rep_of says whose
+        # each rank's are), so its memory grows with the classes, not the ranks.
+        self.expand_records = expand_records
         # A scenario's programs are kept as they are (checked already, see below); others are copied.
         self.programs = programs if isinstance(programs, Programs) else [list(p) for p in programs]
         self.seed = int(seed)
@@ -124,6 +128,7 @@ class Simulator:
         self.merge_computes = "merged_computes" in fast_paths
         self.fold = "symmetric_ranks" in fast_paths
         self.symmetry = None
+        self._symmetry_sought = False
         self.fold_note = "" if self.fold else "off"
         # The collective paths assume a send completes as its message arrives, on links without buckets.
         exact = not self.calibration.buffered_sends and not self.calibration.link_burst_bytes
@@ -189,8 +194,8 @@ class Simulator:
         env = simpy.Environment()
         self.env = env
         self.messages = Messages(env, self.topology, self.calibration, self._size_mismatch)
-        if self.fold and self.symmetry is None:
-            self._find_symmetry()
+        if self.fold and not self._symmetry_sought:
+            self.find_symmetry()
         sym = self.symmetry
         # Folded, a collective on a turned group runs message by message: its members are one process.
         paths = self.collective_paths if sym is None else ()
@@ -233,8 +238,10 @@ class Simulator:
             )
         return result
 
-    def _find_symmetry(self) -> None:
-        """Ranks in classes that behave alike (simcore.symmetry), or why not in ``fold_note``."""
+    def find_symmetry(self) -> None:
+        """Ranks in classes that behave alike (simcore.symmetry) into ``symmetry``, or why not into
+        ``fold_note``; once (``run`` calls it where the caller has not)."""
+        self._symmetry_sought = True
         cal = self.calibration
         sym, why = find_symmetry(self.topology, self.programs, self.process_groups,
                                  stragglers_active=self.stragglers.active, aligned=self.aligned,
@@ -613,8 +620,9 @@ class Simulator:
             rep_of = sym.rep_of
             compute_s, comm_s, end_s, own_wait_s = (a[rep_of] for a in (compute_s, comm_s, end_s, own_wait_s))
             # A rank's exposed communication per group is its representative's: found on theirs alone.
-            per_group = _images_of_records(group_comm_table(records, self.programs, float(makespan)), rep_of)
-            records = _images_of_records(records, rep_of)
+            per_group = images_of_records(group_comm_table(records, self.programs, float(makespan)), rep_of)
+            if self.expand_records:
+                records = images_of_records(records, rep_of)
             link_bytes = _images_of_link_bytes(link_bytes, sym)
             messages *= sym.size
         wait_s = own_wait_s + (makespan - end_s)
@@ -679,38 +687,13 @@ class Simulator:
             "events": events_scheduled(self.env),
             "wall_s": round(wall_s, 4),
         }
+        if sym is not None and not self.expand_records:
+            summary["operations"] = int(sum(len(p) for p in self.programs))
         return RunResult(records=records, summary=summary, per_rank=per_rank, per_link=per_link, per_node=per_node,
+                         rep_of=None if sym is None or self.expand_records else sym.rep_of,
                          servers=topo.groups(),
                          per_group=per_group if per_group is not None
                          else group_comm_table(records, self.programs, float(makespan)))
-
-
-def _images_of_records(records: pd.DataFrame, rep_of: np.ndarray) -> pd.DataFrame:
-    """The representatives' rows (of records or another per-rank table, sorted by rank) given to every rank
-    of their class."""
-    if not len(records):
-        return records
-    n = len(rep_of)
-    rank = records["rank"].to_numpy()
-    count = np.bincount(rank, minlength=n)
-    start = np.concatenate(([0], np.cumsum(count)[:-1]))
-    take_count = count[rep_of]
-    take_start = start[rep_of]
-    offsets = np.concatenate(([0], np.cumsum(take_count)[:-1]))
-    rows = np.arange(int(take_count.sum())) - np.repeat(offsets - take_start, take_count)
-    columns = {}
-    for name in records.columns:
-        values = records[name].to_numpy()
-        if values.dtype == object:
-            # Strings taken as small codes: a take of millions of Python objects costs a cache miss each.
-            codes, uniques = pd.factorize(values, use_na_sentinel=False)
-            table = np.empty(len(uniques), dtype=object)
-            table[:] = list(uniques)
-            columns[name] = table[codes[rows]]
-        else:
-            columns[name] = values[rows]
-    columns["rank"] = np.repeat(np.arange(n, dtype=rank.dtype), take_count)
-    return pd.DataFrame(columns, copy=False)
 
 
 def _images_of_link_bytes(link_bytes: np.ndarray, sym) -> np.ndarray:

@@ -176,6 +176,20 @@ class RunResult:
     per_group: pd.DataFrame = field(default_factory=pd.DataFrame)
     # The ranks of each server (the topology's groups), for the trace's processes; None: one process.
     servers: tuple[tuple[int, ...], ...] | None = None
+    # Set where ``records`` holds a folded run's representatives' rows only (simcore.symmetry): rank r's
+    # records are rank rep_of[r]'s.  ``all_records()`` gives every rank's.
+    rep_of: np.ndarray | None = None
+
+    def all_records(self) -> pd.DataFrame:
+        """Every rank's records (a folded run's representatives' given to their classes)."""
+        return self.records if self.rep_of is None else images_of_records(self.records, self.rep_of)
+
+    def record_count(self) -> int:
+        """How many rows ``all_records()`` has, without building them."""
+        if self.rep_of is None:
+            return len(self.records)
+        per_rank = np.bincount(self.records["rank"].to_numpy(), minlength=len(self.rep_of))
+        return int(per_rank[self.rep_of].sum())
 
     @property
     def makespan_s(self) -> float:
@@ -311,3 +325,31 @@ def _merged_slices(records: pd.DataFrame, groups: pd.Series, comm: pd.Series, wi
              "dur": (end - start) * 1e6, "args": {"operations": int(count)}}
             for tid, name, start, end, count in zip(runs["tid"], runs["name"], runs["start_s"], runs["end_s"],
                                                     runs["operations"])]
+
+
+def images_of_records(records: pd.DataFrame, rep_of: np.ndarray) -> pd.DataFrame:
+    """The representatives' rows (of records or another per-rank table, sorted by rank) given to every rank
+    of their class."""
+    if not len(records):
+        return records
+    n = len(rep_of)
+    rank = records["rank"].to_numpy()
+    count = np.bincount(rank, minlength=n)
+    start = np.concatenate(([0], np.cumsum(count)[:-1]))
+    take_count = count[rep_of]
+    take_start = start[rep_of]
+    offsets = np.concatenate(([0], np.cumsum(take_count)[:-1]))
+    rows = np.arange(int(take_count.sum())) - np.repeat(offsets - take_start, take_count)
+    columns = {}
+    for name in records.columns:
+        values = records[name].to_numpy()
+        if values.dtype == object:
+            # Strings taken as small codes: a take of millions of Python objects costs a cache miss each.
+            codes, uniques = pd.factorize(values, use_na_sentinel=False)
+            table = np.empty(len(uniques), dtype=object)
+            table[:] = list(uniques)
+            columns[name] = table[codes[rows]]
+        else:
+            columns[name] = values[rows]
+    columns["rank"] = np.repeat(np.arange(n, dtype=rank.dtype), take_count)
+    return pd.DataFrame(columns, copy=False)

@@ -218,8 +218,8 @@ def test_huge_topologies_are_refused_before_they_are_built(tmp_path, topology, e
 
 @pytest.mark.parametrize("workload, expected", [
     ("{kind: collective, op: allreduce, nbytes: 8, iterations: 1000000000}",
-     "the programs, 4,000,000,000 operations and 24,000,000,000 collective steps over 4 ranks (812.2 GiB), "
-     "need an estimated 812.2 GiB of memory, over the limit of 2 GiB"),
+     "the programs, 4,000,000,000 operations and 24,000,000,000 collective steps over 4 ranks (1.266 TiB), "
+     "need an estimated 1.266 TiB of memory, over the limit of 2 GiB"),
     ("{kind: collective, op: allreduce, nbytes: 8, iterations: 1e308}",
      "workload.iterations: expected an integer of at most 2^63-1 in size, got 1e+308"),
     ("{kind: data_parallel, steps: 1e308}", "workload.steps: expected an integer of at most 2^63-1 in size"),

@@ -18,7 +18,7 @@ from test_fast_engine import assert_same_result
 from topologies import LinkSpec, Topology, gpu_cluster, hierarchical, switch
 from workloads.groups import ProcessGroups
 from workloads.ops import Collective, Compute, Recv, Send
-from workloads.scenario import scenario_from_dict
+from workloads.scenario import ScenarioError, scenario_from_dict
 from workloads.stragglers import StragglerSpec
 
 RTOL = 1e-9
@@ -137,3 +137,55 @@ def test_classes_below_the_threshold_are_not_folded(monkeypatch):
     assert sim.fold_note == "classes of 4 ranks (folding pays from 32)"
     assert result.summary["simulated_ranks"] == 8
     assert result.summary["symmetry"] == "every rank simulated: classes of 4 ranks (folding pays from 32)"
+
+
+def test_a_folded_run_may_keep_its_representatives_records_only():
+    from experiments.run import training_summary
+
+    data = {"name": "gpt3-64",
+            "topology": {"builder": "gpu_cluster", "preset": "dgx_a100", "nodes": 8},
+            "workload": {"kind": "transformer", "model": "gpt3_175b", "micro_batch": 1, "recompute": "full",
+                         "tp": 8, "pp": 8, "schedule": "1f1b", "global_batch": 16}}
+    scenario = scenario_from_dict(data, max_memory_bytes=16 * 2**30)
+    kwargs = {"process_groups": scenario.groups, "seed": scenario.seed}
+    _, full = _run(scenario.topology, scenario.programs(), kwargs, FAST_PATHS)
+    sim = Simulator(scenario.topology, scenario.programs(), expand_records=False, **kwargs)
+    kept = sim.run()
+    # One representative per stage: 8 ranks' records of 64.
+    assert full.rep_of is None and kept.rep_of is not None
+    assert sorted(set(kept.records["rank"])) == [0, 8, 16, 24, 32, 40, 48, 56]
+    assert kept.record_count() == len(full.records) == kept.summary["operations"]
+    expanded = type(full)(records=kept.all_records(), summary=kept.summary, per_rank=kept.per_rank,
+                          per_link=kept.per_link, per_node=kept.per_node, per_group=kept.per_group)
+    assert_same_result(expanded, full, "records given to the classes afterwards", 0.0)
+    # The step's report is the same from the representatives' records and the per-rank computes.
+    a, b = training_summary(scenario, kept), training_summary(scenario, full)
+    for key in ("step_time_s", "mfu", "hfu", "bubble_fraction"):
+        assert a[key] == pytest.approx(b[key], rel=1e-12), key
+    assert a["exposed_comm_s"] == pytest.approx(b["exposed_comm_s"], rel=1e-12)
+
+
+def test_a_scenario_that_fits_only_folded_stops_before_it_simulates_unfolded():
+    from executors import get_executor
+    from simcore.engine import SimulationError
+    from workloads.scenario import memory_estimate_bytes
+
+    # Two spines: the routes between leaves are ECMP choices, so the stage's ranks cannot be folded.
+    data = {"name": "gpt3-128-two-spines",
+            "topology": {"builder": "gpu_cluster", "preset": "dgx_a100", "nodes": 16, "fabric": "fat_tree",
+                         "nics_per_leaf": 32, "spines": 2},
+            "workload": {"kind": "transformer", "model": "gpt3_175b", "micro_batch": 1, "recompute": "full",
+                         "tp": 8, "pp": 8, "schedule": "1f1b", "global_batch": 32}}
+    probe = scenario_from_dict(data, max_memory_bytes=2**40)
+    assert probe.memory_check is None  # far under this limit either way
+    folded = sum(memory_estimate_bytes(probe.topology, probe.workload))
+    unfolded = sum(memory_estimate_bytes(probe.topology, probe.workload, folded=False))
+    assert folded < unfolded
+    limit = (folded + unfolded) // 2
+    scenario = scenario_from_dict(data, max_memory_bytes=limit)
+    assert scenario.memory_check == (unfolded, limit)
+    with pytest.raises(SimulationError, match="every rank must be simulated .*ECMP.*over the limit"):
+        get_executor("sim").run(scenario)
+    # Below the folded estimate it is refused as it loads.
+    with pytest.raises(ScenarioError, match="over the limit"):
+        scenario_from_dict(data, max_memory_bytes=folded - 1)

@@ -19,15 +19,19 @@ WORKLOADS: dict[str, type] = {}
 
 # Measured peak memory of a simulation (CPython 3.11, simcore.engine; benchmarks/memory_estimate.py prints
 # estimate and peak side by side): what any run loads (the compiled flow solver, numpy's fast paths) ~60-80 MiB;
-# per rank its SimPy process, random stream and table rows (~3 kB); per operation its place in the
-# program, its record as the engine logs it and its row of the records table (~270 B simulated, ~140 B
-# where symmetric classes are simulated once and their records copied: 200 B sits within 1.5x of both); per lowered
-# collective step what the fast paths keep of it (~2.5 B: a large ring's schedule); per distinct (rank,
-# peer) pair its message queues and cached route (~2.5 kB, on an all-to-all).  Point-to-point messages
-# fall under their operations.
+# per rank its SimPy process, random stream and table rows (~3 kB); per operation a simulated rank runs, its
+# place in the program, its record as the engine logs it and its row of the records table (~260 B, ~450 B
+# with a straggler model drawing for it: 330 B is within 1.5x of both); per
+# operation of a rank that is a representative's image (symmetric classes, simcore.symmetry) its place in the
+# program and its row of the records given to it (~150 B; ~16 B where the run keeps the representatives'
+# records only); per lowered collective step what the fast paths keep of it (~2.5 B: a large ring's schedule);
+# per distinct (rank, peer) pair its message queues and cached route (~2.5 kB, on an all-to-all).
+# Point-to-point messages fall under their operations.
 BASE_BYTES = 80 * 2**20
 RANK_BYTES = 4096
-OPERATION_BYTES = 200
+OPERATION_BYTES = 330
+IMAGE_OPERATION_BYTES = 150
+IMAGE_OPERATION_BYTES_UNRECORDED = 16
 STEP_BYTES = 3
 PEER_BYTES = 2600
 
@@ -45,23 +49,32 @@ class ProgramSize:
     operations: int = 0
     steps: int = 0
     peers: int = 0
+    # The share of ranks the engine simulates where symmetric classes hold (simcore.symmetry), as the
+    # workload's layout predicts them; the others are their representatives' images.
+    simulated_share: float = 1.0
 
     def __add__(self, other: "ProgramSize") -> "ProgramSize":
-        return ProgramSize(self.operations + other.operations, self.steps + other.steps, self.peers + other.peers)
+        return ProgramSize(self.operations + other.operations, self.steps + other.steps, self.peers + other.peers,
+                           max(self.simulated_share, other.simulated_share))
 
     def times(self, n: int) -> "ProgramSize":
         """``n`` times as many ranks, each doing this."""
-        return ProgramSize(self.operations * n, self.steps * n, self.peers * n)
+        return ProgramSize(self.operations * n, self.steps * n, self.peers * n, self.simulated_share)
 
     def repeated(self, n: int) -> "ProgramSize":
         """This done ``n`` times over by the same ranks: the same pairs."""
-        return ProgramSize(self.operations * n, self.steps * n, self.peers)
+        return ProgramSize(self.operations * n, self.steps * n, self.peers, self.simulated_share)
 
-    def memory_bytes(self, nranks: int) -> int:
-        """Estimated peak memory of simulating these programs on ``nranks`` ranks."""
+    def memory_bytes(self, nranks: int, *, folded: bool = True, records: bool = True) -> int:
+        """Estimated peak memory of simulating these programs on ``nranks`` ranks; ``folded``: with the
+        predicted symmetric classes (else every rank simulated); ``records``: every rank's records kept."""
+        share = self.simulated_share if folded else 1.0
         pairs = min(self.peers, nranks * max(nranks - 1, 0))
-        return (BASE_BYTES + nranks * RANK_BYTES + self.operations * OPERATION_BYTES + self.steps * STEP_BYTES
-                + pairs * PEER_BYTES)
+        simulated = self.operations * share
+        images = self.operations - simulated
+        image_bytes = IMAGE_OPERATION_BYTES if records else IMAGE_OPERATION_BYTES_UNRECORDED
+        return int(BASE_BYTES + nranks * RANK_BYTES + simulated * OPERATION_BYTES + images * image_bytes
+                   + share * (self.steps * STEP_BYTES + pairs * PEER_BYTES))
 
     def describe(self, nranks: int) -> str:
         return (f"{format_count(self.operations)} operations and {format_count(self.steps)} collective steps "

@@ -81,6 +81,9 @@ class Scenario:
     origin: str = field(default="", compare=False)
     # Named process groups (workloads.groups); None: the world only.
     groups: ProcessGroups | None = None
+    # (the estimate with every rank simulated, the memory limit) where the scenario fits the limit only
+    # with its symmetric classes folded: a run that cannot fold stops before it simulates.
+    memory_check: tuple[int, int] | None = field(default=None, compare=False)
 
     def __post_init__(self):
         if self.groups is None:
@@ -169,12 +172,16 @@ def with_workload_groups(groups: ProcessGroups, workload, nranks: int) -> Proces
 
 
 def scenario_from_dict(data: dict[str, Any], *, base_dir: Path | None = None, where: str = "scenario",
-                       max_memory_bytes: int | None = None) -> Scenario:
+                       max_memory_bytes: int | None = None, records: bool = True) -> Scenario:
     """Build and validate a scenario; every error names ``where`` and the item.
 
     A scenario whose estimated memory (topology and programs, see
     ``topologies.limits``) exceeds ``max_memory_bytes`` (default 2 GiB) is refused
-    before either is built.
+    before either is built.  The estimate counts the symmetric classes the
+    workload's layout predicts; where only they make it fit, the run checks
+    that it folds (``Scenario.memory_check``).  ``records=False``: the run
+    keeps a folded run's representatives' records only (as ``experiments.plan``
+    does).
     """
     # The parts are read in this order, so a file with several faults is told of the same one first.
     limit = _check_top_level(data, where, max_memory_bytes)
@@ -182,7 +189,7 @@ def scenario_from_dict(data: dict[str, Any], *, base_dir: Path | None = None, wh
     seed = _read_text_and_seed(data, where)
     groups = _read_groups(data.get("groups"), topology.nranks, where)
     workload, stragglers, energy = _read_run_settings(data, topology.nranks, where)
-    _check_workload_fits(workload, topology, limit, where)
+    unfolded_bytes = _check_workload_fits(workload, topology, limit, where, stragglers, records)
     profile, topology = _read_profile(data.get("profile"), topology, base_dir, where)
     try:
         # The workload's own groups (a transformer's layout) join the declared ones here.
@@ -197,6 +204,7 @@ def scenario_from_dict(data: dict[str, Any], *, base_dir: Path | None = None, wh
             profile=profile,
             origin=where if base_dir is not None else "",
             groups=groups,
+            memory_check=None if unfolded_bytes is None else (unfolded_bytes, limit),
         )
     except ValueError as exc:
         raise ScenarioError(f"{where}: {exc}") from None
@@ -276,15 +284,17 @@ def _read_run_settings(data: dict[str, Any], nranks: int, where: str) -> tuple[A
     return workload, stragglers, energy
 
 
-def _check_workload_fits(workload, topology: Topology, limit: int, where: str) -> None:
-    """The workload's layout fits the topology's GPUs, and its programs this machine's memory ``limit``."""
+def _check_workload_fits(workload, topology: Topology, limit: int, where: str, stragglers: StragglerSpec,
+                         records: bool) -> int | None:
+    """The workload's layout fits the topology's GPUs, and its programs this machine's memory ``limit``
+    (the estimate unfolded where it fits only folded, see ``_check_memory``)."""
     try:
         # A layout that does not fit the GPUs is refused, never silently simulated.
         workload.check_fits(topology)
     except ValueError as exc:
         raise ScenarioError(f"{where}: {exc}") from None
     try:
-        _check_memory(topology, workload, limit)
+        return _check_memory(topology, workload, limit, stragglers, records)
     except (ValueError, TypeError) as exc:
         raise ScenarioError(f"{where}: {exc}") from None
 
@@ -308,20 +318,32 @@ def _read_profile(profile_data, topology: Topology, base_dir: Path | None,
         raise ScenarioError(f"{where}: profile: {exc}") from None
 
 
-def memory_estimate_bytes(topology: Topology, workload) -> tuple[int, int]:
+def memory_estimate_bytes(topology: Topology, workload, *, folded: bool = True,
+                          records: bool = True) -> tuple[int, int]:
     """(the topology's, the programs' simulation) estimated peak bytes, from closed forms, before anything
-    is built: what the memory limit is checked against."""
+    is built: what the memory limit is checked against.  ``folded``: with the symmetric classes the
+    workload's layout predicts (else every rank simulated); ``records``: every rank's records kept."""
     size = workload.size(topology.nranks, topology.groups())
-    return topology_memory_bytes(topology), size.memory_bytes(topology.nranks)
+    return topology_memory_bytes(topology), size.memory_bytes(topology.nranks, folded=folded, records=records)
 
 
-def _check_memory(topology: Topology, workload, limit: int) -> None:
-    topology_bytes, program_bytes = memory_estimate_bytes(topology, workload)
+def _check_memory(topology: Topology, workload, limit: int, stragglers: StragglerSpec,
+                  records: bool) -> int | None:
+    """Refuse what the estimate puts over ``limit``; the estimate with every rank simulated where the
+    run fits only folded (the run checks then that it folds), else None."""
+    # A straggler model breaks every symmetry (simcore.symmetry): such a run is not folded.
+    folded = not stragglers.active
+    topology_bytes, program_bytes = memory_estimate_bytes(topology, workload, folded=folded, records=records)
     size = workload.size(topology.nranks, topology.groups())
     if topology_bytes + program_bytes > limit:
         raise ValueError(over_limit_message(
             f"the topology ({format_bytes(topology_bytes)}) and the programs, {size.describe(topology.nranks)} "
             f"({format_bytes(program_bytes)}), need", topology_bytes + program_bytes, limit))
+    if folded:
+        topology_bytes, unfolded = memory_estimate_bytes(topology, workload, folded=False, records=records)
+        if topology_bytes + unfolded > limit:
+            return topology_bytes + unfolded
+    return None
 
 
 def _check_programs(scenario: Scenario) -> None:

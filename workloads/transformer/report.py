@@ -22,7 +22,8 @@ GROUP_KINDS = {"tp": "tp", "pp": "pp", "dp": "dp", "edp": "dp", "ep": "ep"}
 
 
 def training_report(workload: TransformerTraining, nranks: int, makespan_s: float, records, per_group,
-                    peak_flops_per_s: Sequence[float], memory_capacity_bytes: float = math.inf) -> dict[str, Any]:
+                    peak_flops_per_s: Sequence[float], memory_capacity_bytes: float = math.inf,
+                    compute_s_by_rank: Sequence[float] | None = None) -> dict[str, Any]:
     """Time per step, tokens/s, MFU, HFU, pipeline bubble and exposed communication by group kind.
 
     ``records``: the run's records (a DataFrame with rank, kind, start_s,
@@ -33,6 +34,9 @@ def training_report(workload: TransformerTraining, nranks: int, makespan_s: floa
     communication: the pipeline's fill and drain, and the transfers between
     stages (which ``exposed_comm_s['pp']`` also counts).  ``memory``: each
     stage's peak bytes per GPU by kind, against ``memory_capacity_bytes``.
+    ``compute_s_by_rank`` (each rank's compute time), where given, stands
+    for the records' computes: a folded run keeps its representatives'
+    records only.
     """
     steps = workload.training.steps
     par, m = workload.parallel(nranks), workload.microbatches(nranks)
@@ -42,14 +46,17 @@ def training_report(workload: TransformerTraining, nranks: int, makespan_s: floa
     model_flops = model_flops_per_step(model, training)
     hardware_flops = hardware_flops_per_step(model, training, par.recompute)
     peak = float(sum(peak_flops_per_s))
-    compute = records[records["kind"] == "compute"]
-    compute_s = (compute["end_s"] - compute["start_s"]).groupby(compute["rank"]).sum()
+    if compute_s_by_rank is None:
+        compute = records[records["kind"] == "compute"]
+        compute_total_s = float((compute["end_s"] - compute["start_s"]).sum())
+    else:
+        compute_total_s = float(sum(compute_s_by_rank))
     by_kind = {"tp": 0.0, "pp": 0.0, "dp": 0.0, "ep": 0.0, "other": 0.0}
     if per_group is not None and len(per_group):
         totals = per_group.groupby(per_group["group"].fillna("").astype(str))["comm_s"].sum()
         for group, seconds in totals.items():
             by_kind[GROUP_KINDS.get(group, "other")] += float(seconds) / nranks
-    busy_s = float(compute_s.sum()) / nranks + sum(v for k, v in by_kind.items() if k != "pp")
+    busy_s = compute_total_s / nranks + sum(v for k, v in by_kind.items() if k != "pp")
     bubble = max(0.0, 1.0 - busy_s / makespan_s) if makespan_s > 0 else 0.0
     return {
         "step_time_s": step_s,

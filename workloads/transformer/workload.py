@@ -216,7 +216,10 @@ class TransformerTraining(WorkloadBase):
                     size += ProgramSize(steps=steps, peers=0 if key in used else peers)
                     used.add(key)
             total += size.times(per_stage_ranks)
-        return total.repeated(self.training.steps)
+        # The ranks of a stage are tp x dp shifts of each other (simcore.symmetry), where the machine allows.
+        par = self.parallel(nranks)
+        share = 1.0 / (par.tp * par.dp) if par.ep == 1 else 1.0
+        return dataclasses.replace(total.repeated(self.training.steps), simulated_share=share)
 
     # -- accounting -------------------------------------------------------------------
 
@@ -255,6 +258,7 @@ class TransformerTraining(WorkloadBase):
     # -- the report -------------------------------------------------------------------------
 
     def training_report(self, nranks: int, makespan_s: float, records, per_group,
-                        peak_flops_per_s: Sequence[float], memory_capacity_bytes: float = math.inf) -> dict[str, Any]:
+                        peak_flops_per_s: Sequence[float], memory_capacity_bytes: float = math.inf,
+                        compute_s_by_rank: Sequence[float] | None = None) -> dict[str, Any]:
         return training_report(self, nranks, makespan_s, records, per_group, peak_flops_per_s,
-                               memory_capacity_bytes)
+                               memory_capacity_bytes, compute_s_by_rank)
