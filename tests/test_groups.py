@@ -718,3 +718,23 @@ def test_a_scenario_runs_on_its_groups():
     result = get_executor("sim").run(scenario_from_dict(data))
     assert result.makespan_s == pytest.approx(ring_allreduce_s(4, N, 2 * A_IN + 2 * A_OUT, B_OUT / 4), rel=REL)
     assert set(result.records["group"]) == {"dp"}
+
+
+def test_equal_programs_are_checked_once_per_context_and_still_name_the_rank_that_fails():
+    # Every rank runs the same list; only rank 1's place makes its send one to itself.
+    from workloads.groups import ProcessGroups
+    from workloads.ops import Send
+    from workloads.validate import validate_programs
+
+    program = [Send(1, 8, group="g")]
+    groups = ProcessGroups(4, {"g": ((0, 1), (2, 3))})
+    with pytest.raises(ValueError, match=r"rank 1 op 0 \(send\): a rank cannot send to itself"):
+        validate_programs([program] * 4, 4, None, groups)
+    # Collectives depend on the group's size only: equal programs on groups of one size pass once checked.
+    from workloads.ops import Collective
+    ring = [Collective("allreduce", 64, algorithm="ring", group="g")]
+    validate_programs([ring] * 4, 4, None, groups)
+    # Members that run different programs are still compared collective by collective.
+    other = [Collective("allreduce", 128, algorithm="ring", group="g")]
+    with pytest.raises(ValueError, match=r"group g \[2, 3\]: collective #1 on it is allreduce \(ring\) of 64 B"):
+        validate_programs([ring, ring, ring, other], 4, None, groups)

@@ -53,58 +53,139 @@ def validate_programs(programs: Sequence[Sequence[Operation]], nranks: int, grou
     # collectives per micro-batch): each object is checked once per group size.
     checked: set = set()
     checked_ids: set = set()
-    # (group name, group id) -> rank -> [(op index, collective)]
-    issued: dict[tuple[str, int], dict[int, list]] = {}
+    # Ranks often run equal programs (a pipeline stage's, on every tp and dp rank): a program is checked
+    # once per context its checks depend on (its groups' sizes, the rank's index in each, the members where
+    # a hierarchical collective needs them), in rank order, so the first rank that fails is the one named.
+    distinct: list = []          # the distinct programs, each once
+    program_of: list[int] = []   # per rank, its program's place in distinct
+    by_head: dict[tuple, list[int]] = {}
+    for program in programs:
+        head = (len(program), id(program[0]) if len(program) else None)
+        for i in by_head.get(head, ()):
+            if distinct[i] is program or distinct[i] == program:
+                program_of.append(i)
+                break
+        else:
+            by_head.setdefault(head, []).append(len(distinct))
+            program_of.append(len(distinct))
+            distinct.append(program)
+    uses = [_group_uses(program) for program in distinct]
+    contexts: set = set()
+    known = set(pg.names)
+
+    def place(name: str, rank: int, messages: set, hierarchical: set) -> tuple:
+        if name not in known:
+            return ("unknown",)  # the program's check names it
+        members = pg.members(name, rank)
+        if members is None:
+            return (None,)
+        # A message's peer is checked against the rank's own place; a collective against the group's size.
+        return (pg.index(name, rank) if name in messages else None, len(members),
+                members if name in hierarchical else None)
+
     for rank, program in enumerate(programs):
-        handles: set[str] = set()
-        members_of: dict[str, tuple] = {}  # this rank's group of each name
+        names, messages, hierarchical = uses[program_of[rank]]
+        context = (program_of[rank],) + tuple(place(name, rank, messages, hierarchical) for name in names)
+        if context in contexts:
+            continue
+        contexts.add(context)
+        _check_program(rank, program, pg, server_groups, checked, checked_ids)
+    # The members of a group whose programs are equal issue the same collectives on it (alltoallv's counts
+    # are compared pair by pair all the same); the others are compared collective by collective.
+    issued_of: dict[tuple[int, str], list] = {}
 
-        def where(index, op):
-            return f"rank {rank} op {index} ({getattr(op, 'kind', type(op).__name__)})"
+    def issued(rank: int, name: str) -> list:
+        key = (program_of[rank], name)
+        found = issued_of.get(key)
+        if found is None:
+            found = issued_of[key] = [(i, op) for i, op in enumerate(programs[rank])
+                                      if type(op) is Collective and op.group == name]
+        return found
 
-        for index, op in enumerate(program):
-            kind = type(op)
-            if kind is Compute:
-                continue  # checked when it was made; most of a training step's operations
-            if kind is Collective or kind in P2P:
-                members = members_of.get(op.group)
-                if members is None:
-                    members = members_of[op.group] = _members(pg, op.group, rank, where(index, op))
-                size = len(members)
+    seen_groups: set = set()
+    for rank in range(nranks):
+        names, _, _ = uses[program_of[rank]]
+        for name in names:
+            members = pg.members(name, rank) if name in known else None
+            if members is None:
+                continue
+            gid = pg.group_id(name, rank)
+            if (name, gid) in seen_groups:
+                continue
+            seen_groups.add((name, gid))
+            first = program_of[members[0]]
+            if all(program_of[m] == first for m in members) and not any(
+                    op.op == "alltoallv" for _, op in issued(members[0], name)):
+                continue
+            by_rank = {m: issued(m, name) for m in members if issued(m, name)}
+            if by_rank:
+                _check_matching(pg, name, gid, by_rank)
+
+
+def _group_uses(program) -> tuple[tuple[str, ...], set, set]:
+    """(the group names a program's collectives and messages use, in order; those its messages use; those
+    a hierarchical collective uses)."""
+    names: dict[str, None] = {}
+    messages: set = set()
+    hierarchical: set = set()
+    for op in {id(op): op for op in program}.values():
+        kind = type(op)
+        if kind is Collective or kind in P2P:
+            names[op.group] = None
             if kind in P2P:
-                if op.peer >= size or op.peer == pg.index(op.group, rank):
-                    on = f" of group {op.group}" if op.group else ""
-                    if op.peer >= size:
-                        raise ValueError(f"{where(index, op)}: peer {op.peer} is not a rank{on} (there are {size})")
-                    raise ValueError(f"{where(index, op)}: a rank cannot {op.kind} to itself")
-            elif kind is Collective:
-                hierarchical = op.algorithm == "hierarchical"
-                seen = (id(op), members if hierarchical else size)
-                if seen not in checked_ids:
-                    key = (op, members if hierarchical else size)
-                    if key not in checked:
-                        try:
-                            check_collective(op, size, group_server_groups(members, server_groups)
-                                             if hierarchical else None)
-                        except ValueError as exc:
-                            raise ValueError(f"{where(index, op)}: {exc}"
-                                             + (f" (on group {op.group})" if op.group else "")) from None
-                        checked.add(key)
-                    checked_ids.add(seen)
-                issued.setdefault((op.group, pg.group_id(op.group, rank)), {}).setdefault(rank, []).append(
-                    (index, op))
-            elif kind is Wait:
-                missing = [h for h in op.handles if h not in handles]
-                if missing:
-                    raise ValueError(f"{where(index, op)}: waits for unknown handle(s) {short_names(missing)}")
-            else:
-                raise ValueError(f"{where(index, op)}: not an operation: {short(op)}")
-            if is_nonblocking(op):
-                if op.handle in handles:
-                    raise ValueError(f"{where(index, op)}: handle {short(op.handle)} is already in use")
-                handles.add(op.handle)
-    for (name, gid), by_rank in issued.items():
-        _check_matching(pg, name, gid, by_rank)
+                messages.add(op.group)
+            elif op.algorithm == "hierarchical":
+                hierarchical.add(op.group)
+    return tuple(names), messages, hierarchical
+
+
+def _check_program(rank: int, program, pg: ProcessGroups, server_groups, checked: set, checked_ids: set) -> None:
+    """Each operation of ``rank``'s program on its own: ValueError naming the rank and the op index."""
+    handles: set[str] = set()
+    members_of: dict[str, tuple] = {}  # this rank's group of each name
+
+    def where(index, op):
+        return f"rank {rank} op {index} ({getattr(op, 'kind', type(op).__name__)})"
+
+    for index, op in enumerate(program):
+        kind = type(op)
+        if kind is Compute:
+            continue  # checked when it was made; most of a training step's operations
+        if kind is Collective or kind in P2P:
+            members = members_of.get(op.group)
+            if members is None:
+                members = members_of[op.group] = _members(pg, op.group, rank, where(index, op))
+            size = len(members)
+        if kind in P2P:
+            if op.peer >= size or op.peer == pg.index(op.group, rank):
+                on = f" of group {op.group}" if op.group else ""
+                if op.peer >= size:
+                    raise ValueError(f"{where(index, op)}: peer {op.peer} is not a rank{on} (there are {size})")
+                raise ValueError(f"{where(index, op)}: a rank cannot {op.kind} to itself")
+        elif kind is Collective:
+            hierarchical = op.algorithm == "hierarchical"
+            seen = (id(op), members if hierarchical else size)
+            if seen not in checked_ids:
+                key = (op, members if hierarchical else size)
+                if key not in checked:
+                    try:
+                        check_collective(op, size, group_server_groups(members, server_groups)
+                                         if hierarchical else None)
+                    except ValueError as exc:
+                        raise ValueError(f"{where(index, op)}: {exc}"
+                                         + (f" (on group {op.group})" if op.group else "")) from None
+                    checked.add(key)
+                checked_ids.add(seen)
+        elif kind is Wait:
+            missing = [h for h in op.handles if h not in handles]
+            if missing:
+                raise ValueError(f"{where(index, op)}: waits for unknown handle(s) {short_names(missing)}")
+        else:
+            raise ValueError(f"{where(index, op)}: not an operation: {short(op)}")
+        if is_nonblocking(op):
+            if op.handle in handles:
+                raise ValueError(f"{where(index, op)}: handle {short(op.handle)} is already in use")
+            handles.add(op.handle)
 
 
 def _members(pg: ProcessGroups, name: str, rank: int, where: str) -> tuple[int, ...]:
