@@ -155,11 +155,24 @@ class Simulator:
         on a precision the node lacks."""
         topo = self.topology
         peaks = []
+        # The precisions of each distinct program, in the order its computes first name them: ranks often
+        # run equal programs (a pipeline stage's), and a training step's are millions of operations.
+        precisions_of: dict[tuple, list] = {}
         for rank, program in enumerate(self.programs):
             known = {"": topo.rank_flops_per_s[rank]}
-            # Each distinct operation object once: programs repeat a few computes many times.
-            for op in {id(op): op for op in program}.values():
-                if type(op) is Compute and op.precision not in known:
+            head = (len(program), id(program[0]) if len(program) else None)
+            found = None
+            for other, precisions in precisions_of.get(head, ()):
+                if other is program or other == program:
+                    found = precisions
+                    break
+            if found is None:
+                # Each distinct operation object once: programs repeat a few computes many times.
+                found = list({op.precision: op for op in {id(op): op for op in program}.values()
+                              if type(op) is Compute}.values())
+                precisions_of.setdefault(head, []).append((program, found))
+            for op in found:
+                if op.precision not in known:
                     try:
                         known[op.precision] = topo.peak_flops_per_s(rank, op.precision)
                     except ValueError as exc:

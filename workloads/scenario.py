@@ -333,14 +333,16 @@ def _check_memory(topology: Topology, workload, limit: int, stragglers: Straggle
     run fits only folded (the run checks then that it folds), else None."""
     # A straggler model breaks every symmetry (simcore.symmetry): such a run is not folded.
     folded = not stragglers.active
-    topology_bytes, program_bytes = memory_estimate_bytes(topology, workload, folded=folded, records=records)
+    # Counted once: a transformer's size builds a step of each stage.
     size = workload.size(topology.nranks, topology.groups())
+    topology_bytes = topology_memory_bytes(topology)
+    program_bytes = size.memory_bytes(topology.nranks, folded=folded, records=records)
     if topology_bytes + program_bytes > limit:
         raise ValueError(over_limit_message(
             f"the topology ({format_bytes(topology_bytes)}) and the programs, {size.describe(topology.nranks)} "
             f"({format_bytes(program_bytes)}), need", topology_bytes + program_bytes, limit))
     if folded:
-        topology_bytes, unfolded = memory_estimate_bytes(topology, workload, folded=False, records=records)
+        unfolded = size.memory_bytes(topology.nranks, folded=False, records=records)
         if topology_bytes + unfolded > limit:
             return topology_bytes + unfolded
     return None
