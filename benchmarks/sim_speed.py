@@ -20,6 +20,10 @@ so its peak memory is its own):
 - ``gpt128``, ``gpt1024``: one GPT-3 175B training step (tp 8, pp 8, 1F1B,
   full recompute) on 128 and 1024 A100 GPUs (``benchmarks/transformer_step.py``
   for the scenario), dp 2 and dp 16.
+- ``gpt1t512``: a 1T-parameter GPT (128 layers, hidden 25600, 160 heads,
+  seq 2048) on 512 A100s, tp 8, pp 64, 512 micro-batches (Narayanan et al.
+  2021's largest), the representatives' records kept (run it with
+  ``--engines fast``: the reference would take hours).
 
 Prints per case and engine: ranks, messages, the simulated time, the wall
 time to build and simulate, and the peak RSS; then per case the ratio of
@@ -51,7 +55,7 @@ import numpy as np
 NBYTES = 100_000_000
 BANDWIDTH_BYTES_PER_S = 12.5e9
 LATENCY_S = 1e-6
-CASES = ("ring256", "ring1024", "ring4096", "contended", "ddp1024", "gpt128", "gpt1024")
+CASES = ("ring256", "ring1024", "ring4096", "contended", "ddp1024", "gpt128", "gpt1024", "gpt1t512")
 DEFAULT_CASES = ("ring256", "ring1024", "contended", "gpt128")
 # reference: every fast path off; unfolded: all but symmetric_ranks (each rank simulated); fast: all.
 ENGINES = ("reference", "unfolded", "fast")
@@ -101,6 +105,17 @@ def build(case: str):
     from transformer_step import scenario_dict
     from workloads.scenario import scenario_from_dict
 
+    if case == "gpt1t512":
+        data = {"name": "gpt-1t-512-a100", "topology": {"builder": "gpu_cluster", "preset": "dgx_a100", "nodes": 64},
+                "workload": {"kind": "transformer", "recompute": "full", "tp": 8, "pp": 64, "schedule": "1f1b",
+                             "micro_batch": 1, "global_batch": 512,
+                             "model": {"name": "gpt_1t", "layers": 128, "hidden": 25600, "heads": 160,
+                                       "seq_len": 2048, "vocab": 51200}}}
+        scenario = scenario_from_dict(data, records=False)
+        # The representatives' records only (RunResult.rep_of): every rank's would be 22 million rows.
+        kwargs = {"seed": scenario.seed, "process_groups": scenario.groups, "name": scenario.name,
+                  "expand_records": False}
+        return scenario.topology, scenario.programs(), kwargs, None
     nodes = {"gpt128": 16, "gpt1024": 128}[case]
     spec = dict(GPT_CASES["1024"], nodes=nodes, global_batch=256 * nodes // 128)
     scenario = scenario_from_dict(scenario_dict(spec), max_memory_bytes=20 * 2**30)
