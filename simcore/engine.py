@@ -67,7 +67,7 @@ from workloads.collectives import lower, lower_in_group, root_peer
 from workloads.groups import WORLD, ProcessGroups
 from workloads.ops import Collective, Compute, Irecv, Isend, Operation, Recv, Send, Wait, wait_group
 from workloads.stragglers import StragglerSpec
-from workloads.validate import Programs, validated
+from workloads.validate import Programs, distinct_programs, validated
 
 __all__ = ["FAST_PATHS", "PROGRESS_EVERY_EVENTS", "REFERENCE", "DeadlockError", "NonFiniteResultError",
            "SimulationError", "Simulator", "simulate"]
@@ -155,23 +155,15 @@ class Simulator:
         on a precision the node lacks."""
         topo = self.topology
         peaks = []
-        # The precisions of each distinct program, in the order its computes first name them: ranks often
-        # run equal programs (a pipeline stage's), and a training step's are millions of operations.
-        precisions_of: dict[tuple, list] = {}
+        # The first compute of each precision, per distinct program: ranks often run equal programs (a
+        # pipeline stage's), and a training step's are millions of operations; programs repeat a few
+        # compute objects many times, each looked at once.
+        distinct, program_of = distinct_programs(self.programs)
+        precisions_of = [list({op.precision: op for op in {id(op): op for op in program}.values()
+                               if type(op) is Compute}.values()) for program in distinct]
         for rank, program in enumerate(self.programs):
             known = {"": topo.rank_flops_per_s[rank]}
-            head = (len(program), id(program[0]) if len(program) else None)
-            found = None
-            for other, precisions in precisions_of.get(head, ()):
-                if other is program or other == program:
-                    found = precisions
-                    break
-            if found is None:
-                # Each distinct operation object once: programs repeat a few computes many times.
-                found = list({op.precision: op for op in {id(op): op for op in program}.values()
-                              if type(op) is Compute}.values())
-                precisions_of.setdefault(head, []).append((program, found))
-            for op in found:
+            for op in precisions_of[program_of[rank]]:
                 if op.precision not in known:
                     try:
                         known[op.precision] = topo.peak_flops_per_s(rank, op.precision)
@@ -195,7 +187,7 @@ class Simulator:
         """How often each collective fast path ran and handed back (zeros where it is off)."""
         counts = self._collectives.counters() if self._collectives is not None else dict(CollectivePath.ZERO)
         folded = getattr(self, "_folded", None)
-        counts.update(folded.counters() if folded is not None else {"folded_whole": 0, "folded_handed_back": 0})
+        counts.update(folded.counters() if folded is not None else FoldedCollectives.ZERO)
         return counts
 
     # -- the run -----------------------------------------------------------------

@@ -34,6 +34,8 @@ class _Whole:
 class FoldedCollectives:
     """The collectives of one folded run of ``sim`` (a ``simcore.engine.Simulator``)."""
 
+    ZERO = {"folded_whole": 0, "folded_handed_back": 0}
+
     def __init__(self, sim):
         self.sim = sim
         self.env = sim.env

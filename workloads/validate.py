@@ -56,19 +56,7 @@ def validate_programs(programs: Sequence[Sequence[Operation]], nranks: int, grou
     # Ranks often run equal programs (a pipeline stage's, on every tp and dp rank): a program is checked
     # once per context its checks depend on (its groups' sizes, the rank's index in each, the members where
     # a hierarchical collective needs them), in rank order, so the first rank that fails is the one named.
-    distinct: list = []          # the distinct programs, each once
-    program_of: list[int] = []   # per rank, its program's place in distinct
-    by_head: dict[tuple, list[int]] = {}
-    for program in programs:
-        head = (len(program), id(program[0]) if len(program) else None)
-        for i in by_head.get(head, ()):
-            if distinct[i] is program or distinct[i] == program:
-                program_of.append(i)
-                break
-        else:
-            by_head.setdefault(head, []).append(len(distinct))
-            program_of.append(len(distinct))
-            distinct.append(program)
+    distinct, program_of = distinct_programs(programs)
     uses = [_group_uses(program) for program in distinct]
     contexts: set = set()
     known = set(pg.names)
@@ -120,6 +108,25 @@ def validate_programs(programs: Sequence[Sequence[Operation]], nranks: int, grou
             by_rank = {m: issued(m, name) for m in members if issued(m, name)}
             if by_rank:
                 _check_matching(pg, name, gid, by_rank)
+
+
+def distinct_programs(programs) -> tuple[list, list[int]]:
+    """(the distinct programs, each once; per rank, its program's place among them): ranks often run
+    equal programs (a pipeline stage's), compared as lists of the same operation objects."""
+    distinct: list = []
+    program_of: list[int] = []
+    by_head: dict[tuple, list[int]] = {}
+    for program in programs:
+        head = (len(program), id(program[0]) if len(program) else None)
+        for i in by_head.get(head, ()):
+            if distinct[i] is program or distinct[i] == program:
+                program_of.append(i)
+                break
+        else:
+            by_head.setdefault(head, []).append(len(distinct))
+            program_of.append(len(distinct))
+            distinct.append(program)
+    return distinct, program_of
 
 
 def _group_uses(program) -> tuple[tuple[str, ...], set, set]:
