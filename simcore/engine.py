@@ -295,7 +295,8 @@ class Simulator:
                         pass
                 # No event is left; a fast path holding a collective for members that will now never
                 # come hands what it holds back as messages, and the run goes on.
-                if self._collectives is None or not self._collectives.drained():
+                holder = self._collectives if self._collectives is not None else self._folded
+                if holder is None or not holder.drained():
                     return None
         except SimulationError as exc:
             return exc

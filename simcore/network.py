@@ -108,6 +108,9 @@ class FlowNetwork:
         self.reserved_until_s: list[float] | None = None
         self.reserved_by: list | None = None
         self._on_reserved: Callable[[object, float], None] | None = None
+        # Link -> the tag of messages that may cross it while it is reserved (simcore.folded_path: a
+        # collective held for its last members lets the one before it on the same ring finish).
+        self.reserved_passes: dict[int, int] = {}
 
     def counts(self) -> dict[str, int]:
         """How much solving a run took: solves, rates computed, re-solves that stayed near their change
@@ -143,8 +146,11 @@ class FlowNetwork:
         reserved = self.reserved_until_s
         if nbytes and reserved is not None:
             now = clock_now(self.env)
+            passing = self.reserved_passes
             for link in links:
                 if reserved[link] > now:
+                    if passing and passing.get(link) == message[2]:
+                        continue  # the collective before its holder, on its own links
                     self._on_reserved(self.reserved_by[link], now)
         self.flows_started += 1
         if nbytes and links:
@@ -189,6 +195,10 @@ class FlowNetwork:
         t.I[slot, ALONE] = 1
         t.I[slot, VERSION] += 1
         call_at(self.env, delivered_s, self._delivered_alone, (slot, int(t.I[slot, VERSION])))
+
+    def message_of(self, slot: int):
+        """The message the flow in ``slot`` carries."""
+        return self._message[slot]
 
     def deliver_at(self, delivered_s: float, message) -> None:
         """A message whose last byte has left is delivered at ``delivered_s``."""

@@ -70,3 +70,39 @@ def random_layout_case(case: int):
     layout = groups.layout
     programs = [list(per_stage[layout.coordinates(r)["pp"]]) for r in range(n)]
     return topo, programs, dict(seed=case, process_groups=groups)
+
+
+def spanning_layout_case(case: int):
+    """(topology, programs, simulator keywords) of a layout whose data-parallel groups span leaf switches,
+    so that a group folds to several representatives, with pipeline messages that cross its rings' links
+    while they run (collectives computed whole, then handed back)."""
+    rng = np.random.default_rng(9000 + case)
+    tp = int(rng.choice([1, 2]))
+    pp = int(rng.choice([2, 3]))
+    dp = int(rng.choice([4, 6, 8]))
+    topo = gpu_cluster(pp * dp, gpus_per_node=tp, fabric=str(rng.choice(["rail_optimized", "fat_tree"])),
+                       nics_per_leaf=int(rng.choice([1, 2, 4])))
+    n = topo.nranks
+    groups = layout_groups(n, tp, pp)
+    programs_by_stage = [[] for _ in range(pp)]
+    for phase in range(int(rng.integers(3, 7))):
+        # Sizes every group size here divides, so that the rings turn with their groups.
+        nbytes = int(rng.choice([48, 4800, 480_000, 4_800_000]))
+        op = str(rng.choice(["allreduce", "allgather", "reduce_scatter"]))
+        message = int(rng.choice([0, 100, 300_000, 3_000_000]))  # 0: no message in this phase
+        buckets = int(rng.integers(1, 4))
+        for s in range(pp):
+            program = programs_by_stage[s]
+            program.append(Compute(float(rng.choice([0.0, 1e5, 2e6])) * (1 + s)))
+            # Buckets: collectives on one ring back to back, each started as its rank ends the one before.
+            handles = tuple(f"d{phase}b{b}" for b in range(buckets))
+            program += [Collective(op, nbytes, algorithm="ring", group="dp", blocking=False, handle=h)
+                        for h in handles]
+            if s + 1 < pp and message:
+                program.append(Send(s + 1, message, tag=phase, group="pp"))
+            if s > 0 and message:
+                program.append(Recv(s - 1, message, tag=phase, group="pp"))
+            program.append(Wait(handles))
+    layout = groups.layout
+    programs = [list(programs_by_stage[layout.coordinates(r)["pp"]]) for r in range(n)]
+    return topo, programs, dict(seed=case, process_groups=groups)

@@ -11,13 +11,13 @@ from __future__ import annotations
 import networkx as nx
 import pytest
 
-from simcore import symmetry
+from simcore import folded_path, symmetry
 from simcore.engine import FAST_PATHS, REFERENCE, Simulator
-from layout_cases import layout_groups, random_layout_case
+from layout_cases import layout_groups, random_layout_case, spanning_layout_case
 from test_fast_engine import assert_same_result
 from topologies import LinkSpec, Topology, gpu_cluster, hierarchical, switch
 from workloads.groups import ProcessGroups
-from workloads.ops import Collective, Compute, Recv, Send
+from workloads.ops import Collective, Compute, Recv, Send, Wait
 from workloads.scenario import ScenarioError, scenario_from_dict
 from workloads.stragglers import StragglerSpec
 
@@ -46,6 +46,59 @@ def test_folded_runs_give_every_record_of_the_reference():
     assert folded >= N_CASES // 2, folded
     # Collectives computed whole (simcore.folded_path), and handed back where a message needed their links.
     assert whole > 0 and handed_back > 0, (whole, handed_back)
+
+
+def test_groups_of_several_representatives_are_computed_whole_held_and_handed_back():
+    # Data-parallel rings over several leaf switches fold to several representatives each; buckets run
+    # back to back and pipeline messages cross the rings' links while they run.
+    counts = dict.fromkeys(("folded_whole", "folded_held", "folded_handed_back"), 0)
+    several = 0
+    for case in range(60):
+        topo, programs, kwargs = spanning_layout_case(case)
+        sim, fast = _run(topo, programs, kwargs, FAST_PATHS)
+        _, ref = _run(topo, programs, kwargs, REFERENCE)
+        assert_same_result(fast, ref, f"spanning case {case} ({fast.summary['symmetry']})", RTOL)
+        for name in counts:
+            counts[name] += sim.counters()[name]
+        several += sim.symmetry is not None and sim.symmetry.steps.get("dp", 1) > 1
+    assert several >= 15, several
+    assert all(counts.values()), counts
+
+
+def test_a_ring_held_while_the_one_before_it_finishes_on_its_links(monkeypatch):
+    # Oversubscribed uplinks: the message that crosses them is the slowest of each step, so the
+    # representatives that do not wait on it start the next bucket while it still crosses: the next one
+    # is held over the previous one's reservations (or its messages, where it was handed back).
+    priors = []
+    hold = folded_path.FoldedCollectives._hold
+
+    def counting_hold(self, whole):
+        held = hold(self, whole)
+        if held:
+            priors.append(len(whole.priors) + len(self.net.reserved_passes))
+        return held
+
+    monkeypatch.setattr(folded_path.FoldedCollectives, "_hold", counting_hold)
+    pp, dp = 2, 8
+    for fabric in ("rail_optimized", "fat_tree"):
+        for message in (100, 3_000_000):
+            topo = gpu_cluster(pp * dp, gpus_per_node=1, fabric=fabric, nics_per_leaf=4, oversubscription=8.0)
+            groups = layout_groups(topo.nranks, 1, pp)
+            handles = tuple(f"b{b}" for b in range(5))
+            per_stage = []
+            for s in range(pp):
+                program = [Compute(1e6 * (s + 1))]
+                program += [Collective("allreduce", 4_800_000, algorithm="ring", group="dp", blocking=False, handle=h)
+                            for h in handles]
+                program += [Send(1, message, group="pp")] if s == 0 else [Recv(0, message, group="pp")]
+                program += [Wait(handles), Collective("allgather", 480_000, algorithm="ring", group="dp")]
+                per_stage.append(program)
+            programs = [list(per_stage[groups.layout.coordinates(r)["pp"]]) for r in range(topo.nranks)]
+            sim, fast = _run(topo, programs, {"process_groups": groups}, FAST_PATHS)
+            _, ref = _run(topo, programs, {"process_groups": groups}, REFERENCE)
+            assert_same_result(fast, ref, f"{fabric}, a message of {message} B", RTOL)
+            assert fast.summary["simulated_ranks"] == 8
+    assert sum(priors) > 0, priors
 
 
 def test_a_folded_run_simulates_one_rank_per_class_and_counts_every_message():
