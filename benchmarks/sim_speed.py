@@ -24,6 +24,12 @@ so its peak memory is its own):
   seq 2048) on 512 A100s, tp 8, pp 64, 512 micro-batches (Narayanan et al.
   2021's largest), the representatives' records kept (run it with
   ``--engines fast``: the reference would take hours).
+- ``llama405b16k``: Llama 3 405B (126 layers over 16 stages of unequal
+  depth, seq 8192) on 16,384 H100s (the ``dgx_h100_pods`` preset: 2,048
+  servers, rail leaves of 32 servers, pods of 512), tp 8, pp 16, dp 128,
+  sequence parallel, full recompute, ZeRO-1, 2,048 sequences: the layout of
+  Llama 3's training.  Each data-parallel ring of 128 crosses four leaves,
+  so 512 ranks are simulated; the representatives' records are kept.
 
 Prints per case and engine: ranks, messages, the simulated time, the wall
 time to build and simulate, and the peak RSS; then per case the ratio of
@@ -40,6 +46,7 @@ concurrent jobs on a fat tree), against SimGrid: ``benchmarks/flow_speed.py``.
     python benchmarks/sim_speed.py --cases ring4096 ddp1024 gpt1024 # the long ones (the reference: ~35 min)
     python benchmarks/sim_speed.py --cases ring4096 --engines fast  # the fast engine alone
     python benchmarks/sim_speed.py --cases gpt1024 --engines unfolded fast  # symmetric classes against none
+    python benchmarks/sim_speed.py --cases gpt1024 gpt1t512 llama405b16k --engines fast  # issue 20's goals
 """
 from __future__ import annotations
 
@@ -55,7 +62,7 @@ import numpy as np
 NBYTES = 100_000_000
 BANDWIDTH_BYTES_PER_S = 12.5e9
 LATENCY_S = 1e-6
-CASES = ("ring256", "ring1024", "ring4096", "contended", "ddp1024", "gpt128", "gpt1024", "gpt1t512")
+CASES = ("ring256", "ring1024", "ring4096", "contended", "ddp1024", "gpt128", "gpt1024", "gpt1t512", "llama405b16k")
 DEFAULT_CASES = ("ring256", "ring1024", "contended", "gpt128")
 # reference: every fast path off; unfolded: all but symmetric_ranks (each rank simulated); fast: all.
 ENGINES = ("reference", "unfolded", "fast")
@@ -105,6 +112,16 @@ def build(case: str):
     from transformer_step import scenario_dict
     from workloads.scenario import scenario_from_dict
 
+    if case == "llama405b16k":
+        data = {"name": "llama3-405b-16k-h100",
+                "topology": {"builder": "gpu_cluster", "preset": "dgx_h100_pods", "nodes": 2048},
+                "workload": {"kind": "transformer", "model": "llama3_405b", "tp": 8, "pp": 16, "schedule": "1f1b",
+                             "micro_batch": 1, "global_batch": 2048, "recompute": "full",
+                             "sequence_parallel": True, "zero": 1}}
+        scenario = scenario_from_dict(data, records=False)
+        kwargs = {"seed": scenario.seed, "process_groups": scenario.groups, "name": scenario.name,
+                  "expand_records": False}
+        return scenario.topology, scenario.programs(), kwargs, None
     if case == "gpt1t512":
         data = {"name": "gpt-1t-512-a100", "topology": {"builder": "gpu_cluster", "preset": "dgx_a100", "nodes": 64},
                 "workload": {"kind": "transformer", "recompute": "full", "tp": 8, "pp": 64, "schedule": "1f1b",

@@ -208,7 +208,7 @@ class Simulator:
         self._folded = None
         if sym is not None:
             self.messages.fold(self._fold_routes, sym.canonical)
-            self._folded = FoldedCollectives(self)
+            self._folded = FoldedCollectives(self, self._fold_routes)
         self._log = RecordLog()
         self._compute_s = [0.0] * self.nranks
         self._comm_s = [0.0] * self.nranks
@@ -324,6 +324,10 @@ class Simulator:
         group_of_handle: dict[str, str] = {}
         current = self._current
         messages = self.messages
+        merge = self.merge_computes and not aligned
+        folded = self._folded
+        private_plan = folded.private_plan if folded is not None and self.merge_computes else None
+        run_private = folded.run_private if private_plan is not None else None
         index = -1
         while index + 1 < nops:
             index += 1
@@ -335,8 +339,32 @@ class Simulator:
                     arrived = env.now
                     yield barrier
                     self._wait_s[rank] += env.now - arrived
-            if type(op) is Compute:
-                index, end_s, failure = computes(index, clock_now(env))
+            plan = private_plan(rank, op) if private_plan is not None and type(op) is Collective else None
+            if type(op) is Compute or plan is not None:
+                # Computes, and collectives on links only this rank's own cross (simcore.folded_path), run
+                # one after another up to the next operation that meets another rank.
+                end_s = clock_now(env)
+                failure = ""
+                while True:
+                    if plan is None:
+                        index, end_s, failure = computes(index, end_s)
+                        if failure:
+                            break
+                    else:
+                        gi = number[op.group]
+                        coll_seq[gi] += 1
+                        start = end_s
+                        end_s, link_e = run_private(plan, start)
+                        self._comm_s[rank] += end_s - start
+                        add_record((rank, index, op.group, op.kind, op.algorithm, root_peer(op), op.nbytes, 0.0,
+                                    start, end_s, idle_w * (end_s - start) + link_e))
+                    if index + 1 == nops:
+                        break
+                    op = program[index + 1]
+                    plan = private_plan(rank, op) if private_plan is not None and type(op) is Collective else None
+                    if plan is None and (type(op) is not Compute or not merge):
+                        break
+                    index += 1
                 current[rank] = (index, program[index])
                 if end_s > clock_now(env):
                     yield event_at(env, end_s)

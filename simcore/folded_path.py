@@ -34,16 +34,19 @@ import math
 
 import numpy as np
 
-from simcore.clock import AFTER_PROCESSES, call_at, call_at_end_of_instant, event_at, now as clock_now, succeed_at
+from workloads.ops import Collective
+
+from simcore.clock import AFTER_PROCESSES, call_at_end_of_instant, event_at, now as clock_now, succeed_at
 
 
 class _Plan:
     """A collective's steps on one group, checked, as arrays over (step, representative)."""
 
     __slots__ = ("reps", "steps", "nsteps", "sends", "recvs", "routes", "work", "dur", "dur_lat", "red", "pred",
-                 "energy_per_byte", "energy_j", "link_bytes", "last_use", "owner", "links", "closed")
+                 "energy_per_byte", "energy_j", "link_bytes", "last_use", "owner", "links", "closed", "seq")
 
-    def __init__(self, reps, steps, sends, recvs, routes, work, dur, lat, red, pred, energy_per_byte, owner):
+    def __init__(self, reps, steps, sends, recvs, routes, work, dur, lat, red, pred, energy_per_byte, owner,
+                 reduce_s_per_byte):
         self.reps, self.steps, self.sends, self.recvs, self.routes = reps, steps, sends, recvs, routes
         self.nsteps = len(sends)
         self.work, self.dur, self.red, self.pred = work, dur, red, pred
@@ -70,32 +73,43 @@ class _Plan:
         for k in range(self.nsteps):
             depends = depends | depends[pred[k]]
         self.closed = bool(depends.all())
+        # One representative: per step (duration, duration + latency, reduced bytes, links whose last byte
+        # it sends), for the scalar recursion of the hot path.
+        if R == 1:
+            last_at: dict[int, list] = {}
+            for link, (k, _) in last_use.items():
+                last_at.setdefault(k, []).append(link)
+            r = reduce_s_per_byte
+            self.seq = [(float(dur[k, 0]), float(self.dur_lat[k, 0]), float(red[k, 0]) * r if r and red[k, 0] else 0.0,
+                         tuple(last_at.get(k, ()))) for k in range(self.nsteps)]
 
 
 class _Whole:
     """One collective of a group's representatives: held for its last ones, then computed whole."""
 
-    __slots__ = ("plan", "tag", "slowdown", "waiting", "arrival_s", "held", "priors", "times", "handed",
+    __slots__ = ("plan", "tag", "slowdown", "waiting", "arrival_s", "held", "priors", "committed", "handed",
                  "event_path", "arrived")
 
-    def __init__(self, plan, tag, slowdown):
+    def __init__(self, plan, tag, slowdown, waiting=None, arrival_s=None):
         self.plan, self.tag, self.slowdown = plan, tag, slowdown
-        self.waiting: list = [None] * len(plan.reps) if plan is not None else []  # (rank, link_j, done) per rep
-        self.arrival_s: list[float] = [math.inf] * len(plan.reps) if plan is not None else []
+        R = len(plan.reps)
+        self.waiting: list = waiting or [None] * R  # (rank, link_j, done) per representative
+        self.arrival_s: list[float] = arrival_s or [math.inf] * R
         self.arrived = 0
         self.held = False
         self.priors: list[_Whole] = []  # computed collectives on the same ring still running on held links
-        self.times = None  # (start, last byte, delivered, end), once computed
+        self.committed = False
         self.handed = False
         self.event_path = False
 
 
 class FoldedCollectives:
-    """The collectives of one folded run of ``sim`` (a ``simcore.engine.Simulator``)."""
+    """The collectives of one folded run of ``sim`` (a ``simcore.engine.Simulator``) whose representatives'
+    messages take ``routes`` ((representative, peer) -> (links with shadows, ...), ``simcore.symmetry``)."""
 
     ZERO = {"folded_whole": 0, "folded_held": 0, "folded_handed_back": 0}
 
-    def __init__(self, sim):
+    def __init__(self, sim, routes: dict):
         self.sim = sim
         self.env = sim.env
         self.messages = sim.messages
@@ -112,6 +126,13 @@ class FoldedCollectives:
         self.whole = 0
         self.held = 0
         self.handed_back = 0
+        # Per link, the (representative, peer) pairs whose messages (or images' shadows) cross it.
+        self._pairs_on: dict[int, set] = {}
+        for pair, route in routes.items():
+            for link in route[0]:
+                self._pairs_on.setdefault(link, set()).add(pair)
+        self._private: dict[tuple, _Plan | None] = {}  # (rank, id(op)) -> plan (programs keep their ops alive)
+        self._overlapped: dict[tuple, bool] = {}
 
     def counters(self) -> dict[str, int]:
         return {"folded_whole": self.whole, "folded_held": self.held, "folded_handed_back": self.handed_back}
@@ -138,13 +159,9 @@ class FoldedCollectives:
             return
         done = self.env.event()
         if len(reps) == 1:
-            whole = _Whole(plan, tag, sim.slowdown(op))
-            whole.waiting[0] = (rank, link_j, done)
-            whole.arrival_s[0] = clock_now(self.env)
-            if not self._links_free(plan):
-                yield from sim.steps(rank, iter(sim.lowered(rank, op)), tag, link_j, whole.slowdown)
+            if not self._commit_one(plan, tag, sim.slowdown(op), rank, link_j, done):
+                yield from sim.steps(rank, iter(sim.lowered(rank, op)), tag, link_j, sim.slowdown(op))
                 return
-            self._commit(whole)
             yield done
             return
         key = (members, tag)
@@ -166,6 +183,51 @@ class FoldedCollectives:
             self._unhold(whole)
             self._commit(whole)
         yield done
+
+    # -- collectives on links no one else uses ------------------------------------------
+
+    def private_plan(self, rank: int, op) -> _Plan | None:
+        """The plan of ``rank``'s blocking collective ``op`` where nothing but that rank's own blocking
+        collectives on that group ever crosses its links (a tensor-parallel group's NVLinks): its times
+        depend on its start alone, so the interpreter runs it inline (``run_private``), as a compute;
+        else None."""
+        # Keyed by the operation itself: a program repeats a few collective objects thousands of times.
+        found = self._private.get((rank, id(op)), False)
+        if found is not False:
+            return found
+        key = (rank, id(op))
+        found = None
+        members = self.sim.members(rank, op)
+        if op.blocking and self._reps_in(members) == (rank,) and not self._overlaps(rank, op.group):
+            plan = self._plan((rank,), op)
+            if plan is not None and all(src == rank and dst in members for link in plan.links
+                                        for src, dst in self._pairs_on.get(link, ())):
+                found = plan
+        self._private[key] = found
+        return found
+
+    def _overlaps(self, rank: int, group: str) -> bool:
+        """Whether ``rank``'s program runs a non-blocking collective on ``group`` (it would share the links)."""
+        program = self.sim.programs[rank]
+        key = (id(program), group)
+        found = self._overlapped.get(key)
+        if found is None:
+            found = self._overlapped[key] = any(
+                type(op) is Collective and op.group == group and not op.blocking for op in {id(o): o for o in program}.values())
+        return found
+
+    def run_private(self, plan: _Plan, t: float) -> tuple[float, float]:
+        """A private collective (``private_plan``) started at ``t``: (its end, its link energy), its bytes
+        and messages counted, as ``_commit_one`` would at ``t``."""
+        for dur, dur_lat, red_s, _ in plan.seq:
+            d = t + dur_lat
+            t = d + red_s if red_s else d
+        bytes_on_link = self.net.bytes_on_link
+        for link, nbytes in plan.link_bytes.items():
+            bytes_on_link[link] += nbytes
+        self.messages.count += plan.nsteps
+        self.whole += 1
+        return t, plan.energy_j[0]
 
     def _decide(self, event) -> None:
         whole = event.value
@@ -236,7 +298,8 @@ class FoldedCollectives:
                 if recv.peer != src or recv.nbytes != send.nbytes:
                     return None
                 pred[k, i] = q
-        return _Plan(reps, steps, sends, recvs, routes, work, dur, lat, red, pred, energy_per_byte, owner)
+        return _Plan(reps, steps, sends, recvs, routes, work, dur, lat, red, pred, energy_per_byte, owner,
+                     sim.reduce_s_per_byte)
 
     def _links_free(self, plan: _Plan) -> bool:
         now = clock_now(self.env)
@@ -245,11 +308,43 @@ class FoldedCollectives:
 
     # -- computed whole ------------------------------------------------------------------
 
+    def _commit_one(self, plan: _Plan, tag: int, slowdown: float, rank: int, link_j: list, done) -> bool:
+        """A group with one representative: its collective whole from now, if its links are free (the
+        scalar form of ``_commit``, on the hot path)."""
+        net, env = self.net, self.env
+        t = clock_now(env)
+        reserved = net.reserved_until_s
+        link_free = net.link_free
+        for link in plan.links:
+            if reserved[link] > t or not link_free(link, t):
+                return False
+        whole = _Whole(plan, tag, slowdown, [(rank, link_j, done)], [t])
+        whole.committed = True
+        by = net.reserved_by
+        for dur, dur_lat, red_s, last_links in plan.seq:
+            if last_links:
+                until = t + dur
+                for link in last_links:
+                    if until > reserved[link]:
+                        reserved[link] = until
+                        by[link] = whole
+            d = t + dur_lat
+            t = d + red_s if red_s else d
+        bytes_on_link = net.bytes_on_link
+        for link, nbytes in plan.link_bytes.items():
+            bytes_on_link[link] += nbytes
+        self.messages.count += plan.nsteps
+        link_j[0] += plan.energy_j[0]
+        self.whole += 1
+        succeed_at(env, done, t)
+        return True
+
     def _commit(self, whole: _Whole) -> None:
         """Every representative in, from its own start: the whole collective, its links reserved until their
-        last byte, each representative resuming at its end."""
+        last byte (a reservation lapses by itself), each representative resuming at its end."""
         plan, net, env = whole.plan, self.net, self.env
-        whole.times = start, last, delivered, end = self._times(plan, whole.arrival_s)
+        start, last, delivered, end = self._times(plan, whole.arrival_s)
+        whole.committed = True
         bytes_on_link = net.bytes_on_link
         for link, nbytes in plan.link_bytes.items():
             bytes_on_link[link] += nbytes
@@ -266,7 +361,6 @@ class FoldedCollectives:
         final = end[-1]
         for i, (_, _, done) in enumerate(whole.waiting):
             succeed_at(env, done, final[i])
-        call_at(env, max(final), self._release_at_end, whole)
 
     def _times(self, plan: _Plan, starts: list[float]) -> tuple:
         """(start, last byte, delivered, end) of each step of each representative, as lists of rows; a
@@ -274,15 +368,14 @@ class FoldedCollectives:
         r = self.sim.reduce_s_per_byte
         K = plan.nsteps
         if len(plan.reps) == 1:
-            dur, dur_lat, red = plan.dur[:, 0].tolist(), plan.dur_lat[:, 0].tolist(), plan.red[:, 0].tolist()
             start, last, delivered, end = [], [], [], []
             t = starts[0]
-            for k in range(K):
+            for dur, dur_lat, red_s, _ in plan.seq:
                 start.append((t,))
-                last.append((t + dur[k],))
-                d = t + dur_lat[k]
+                last.append((t + dur,))
+                d = t + dur_lat
                 delivered.append((d,))
-                t = d + red[k] * r if r and red[k] else d
+                t = d + red_s if red_s else d
                 end.append((t,))
             return start, last, delivered, end
         R = len(plan.reps)
@@ -302,11 +395,6 @@ class FoldedCollectives:
         lasts = starts_a + plan.dur
         return starts_a.tolist(), lasts.tolist(), dels.tolist(), ends.tolist()
 
-    def _release_at_end(self, event) -> None:
-        whole = event.value
-        if not whole.handed:
-            self._release(whole, clock_now(self.env))
-
     def _release(self, whole: _Whole, now: float) -> None:
         reserved, by = self.net.reserved_until_s, self.net.reserved_by
         for link in whole.plan.links:
@@ -325,23 +413,24 @@ class FoldedCollectives:
         priors: dict[int, _Whole] = {}
         passes: dict[int, int] = {}
         for link in plan.links:
+            # The last collective that ran on it message by message, if on this ring with this owner: its
+            # owner starts this one after its own part of that one, so that one's messages may pass.
+            on = self._on_messages.get(link)
+            if on is not None and (on[0].reps != plan.reps or on[0].owner.get(link) != plan.owner[link]):
+                on = None
             if reserved[link] > now:
                 # Reserved by the collective before this one on the ring, on the same representative's
-                # messages: it starts this one after its own part of that one.
+                # messages, for the same reason.
                 prior = by[link]
-                if (type(prior) is not _Whole or prior.times is None or prior.plan.reps != plan.reps
+                if (type(prior) is not _Whole or not prior.committed or prior.plan.reps != plan.reps
                         or prior.plan.owner.get(link) != plan.owner[link] or not net.link_quiet(link, now)):
                     return False
                 priors[id(prior)] = prior
             elif not net.link_quiet(link, now):
-                on = self._on_messages.get(link)
-                if on is None or on[0].reps != plan.reps or on[0].owner.get(link) != plan.owner[link]:
+                if on is None or any(net.message_of(slot)[2] != on[1] for slot in net.table.slots_on(link)):
                     return False
-                tag = on[1]
-                message = net.message_of
-                if any(message(slot)[2] != tag for slot in net.table.slots_on(link)):
-                    return False
-                passes[link] = tag
+            if on is not None:
+                passes[link] = on[1]
         for link in plan.links:
             reserved[link] = math.inf
             by[link] = whole
@@ -401,19 +490,19 @@ class FoldedCollectives:
             self._unhold(whole)
             for prior in whole.priors:
                 self._hand_back(prior, now)
-            whole.times = self._times(plan, whole.arrival_s)
             whole.event_path = True
             for link in plan.links:
                 self._on_messages[link] = (plan, whole.tag)
-        else:
+        times = self._times(plan, whole.arrival_s)
+        if not held:
             self._release(whole, now)
-            if now >= max(whole.times[3][-1]):
+            if now >= max(times[3][-1]):
                 return  # it ends at this instant: nothing is left to hand back
         whole.handed = True
         self.handed_back += 1
         messages, net, env = self.messages, self.net, self.env
         K, R = plan.nsteps, len(plan.reps)
-        start, last, delivered, end = whole.times
+        start, last, delivered, end = times
         # Each representative's step at ``now`` (K: finished).
         step = [next((k for k in range(K) if end[k][i] > now), K) for i in range(R)]
         bytes_on_link = net.bytes_on_link

@@ -65,6 +65,7 @@ class Symmetry:
     orders: list[int]
     link_perms: list[np.ndarray]
     steps: dict[str, int] = field(default_factory=dict)  # the shift of each layout dimension
+    ops_of: dict | None = None  # id(program) -> its distinct operations, for the stages' programs
     rep_of: np.ndarray = field(init=False)
     exponents: np.ndarray = field(init=False)  # per rank, the element (exponents) taking rep_of to it
 
@@ -160,7 +161,10 @@ def find_symmetry(topology: Topology, programs: Sequence[Sequence[Operation]], p
         if r != first and programs[r] != programs[first]:
             return None, f"rank {r} runs another program than rank {first} of its stage"
     stage_programs = [programs[r] for r in first_of_stage.values()]
-    used = _group_names_used(stage_programs)
+    # Each distinct program's distinct operations, once: a training step repeats a few hundred objects
+    # tens of thousands of times.
+    ops_of = {id(p): list({id(op): op for op in p}.values()) for p in stage_programs}
+    used = _group_names_used(ops_of)
     if WORLD in used:
         return None, "an operation runs on the whole world"
     generators, orders, link_perms, steps = [], [], [], {}
@@ -172,7 +176,7 @@ def find_symmetry(topology: Topology, programs: Sequence[Sequence[Operation]], p
             shifted[:, axis] = (shifted[:, axis] + step) % size
             perm = np.array([layout.rank_of({"tp": int(t), "dp": int(d), "pp": int(p)}) for t, d, p in shifted],
                             np.int64)
-            reason = _groups_turn(perm, process_groups, used, stage_programs, topology)
+            reason = _groups_turn(perm, process_groups, used, ops_of, topology)
             if reason:
                 last_reason = f"a {dim} shift: {reason}"
                 break  # a larger step turns the same groups: it fails the same way
@@ -194,24 +198,15 @@ def find_symmetry(topology: Topology, programs: Sequence[Sequence[Operation]], p
         sym = Symmetry(n, generators, orders, link_perms, steps)
     except ValueError as exc:
         return None, str(exc)
+    sym.ops_of = ops_of
     return sym, ""
 
 
-def _group_names_used(programs) -> set[str]:
-    seen_ids: set[int] = set()
-    names: set[str] = set()
-    for program in {id(p): p for p in programs}.values():
-        for op in program:
-            if id(op) in seen_ids:
-                continue
-            seen_ids.add(id(op))
-            group = getattr(op, "group", None)
-            if group is not None:
-                names.add(group)
-    return names
+def _group_names_used(ops_of: dict) -> set[str]:
+    return {op.group for ops in ops_of.values() for op in ops if getattr(op, "group", None) is not None}
 
 
-def _groups_turn(perm: np.ndarray, pg: ProcessGroups, used: set[str], programs, topology) -> str:
+def _groups_turn(perm: np.ndarray, pg: ProcessGroups, used: set[str], ops_of: dict, topology) -> str:
     """"" where ``perm`` maps every group of each used name onto one of that name, turned by the same number
     of places, and what runs on a turned group turns with it; else why not."""
     for name in sorted(used):
@@ -228,7 +223,7 @@ def _groups_turn(perm: np.ndarray, pg: ProcessGroups, used: set[str], programs, 
                 return f"group {name!r} is reordered, not turned"
             turns.add(k)
         if turns != {0}:
-            reason = _turns_with_its_group(name, programs, len(family[0]), topology)
+            reason = _turns_with_its_group(name, ops_of, len(family[0]), topology)
             if reason:
                 return reason
     return ""
@@ -237,14 +232,12 @@ def _groups_turn(perm: np.ndarray, pg: ProcessGroups, used: set[str], programs, 
 _TURNS: dict[tuple, bool] = {}
 
 
-def _turns_with_its_group(name: str, programs, size: int, topology) -> str:
+def _turns_with_its_group(name: str, ops_of: dict, size: int, topology) -> str:
     """"" if every operation on groups ``name`` is a collective whose lowering turns with the group."""
-    seen: set[int] = set()
-    for program in {id(p): p for p in programs}.values():
-        for op in program:
-            if id(op) in seen or getattr(op, "group", None) != name:
+    for ops in ops_of.values():
+        for op in ops:
+            if getattr(op, "group", None) != name:
                 continue
-            seen.add(id(op))
             if isinstance(op, P2P):
                 return f"a message names a peer in group {name!r}, which the shift turns"
             if type(op) is Collective and not _lowering_turns(op, size):
@@ -281,12 +274,17 @@ def rep_pairs(sym: Symmetry, programs, process_groups: ProcessGroups, servers) -
     lowered sends, in the order first met."""
     pairs: dict[tuple[int, int], None] = {}
     lowered: dict[tuple, tuple] = {}
+    sending: dict[int, list] = {}  # per program (a stage's ranks share theirs), its distinct sending operations
     for rep in sym.reps:
-        seen: set[int] = set()
-        for op in programs[rep]:
-            if id(op) in seen:
-                continue
-            seen.add(id(op))
+        program = programs[rep]
+        ops = sending.get(id(program))
+        if ops is None:
+            distinct = sym.ops_of.get(id(program)) if sym.ops_of else None
+            if distinct is None:
+                distinct = {id(op): op for op in program}.values()
+            ops = sending[id(program)] = [op for op in distinct
+                                          if type(op).__name__ in ("Send", "Isend") or type(op) is Collective]
+        for op in ops:
             kind = type(op).__name__
             if kind in ("Send", "Isend"):
                 peer = op.peer if op.group == WORLD else process_groups.world_rank(op.group, rep, op.peer)
@@ -294,13 +292,17 @@ def rep_pairs(sym: Symmetry, programs, process_groups: ProcessGroups, servers) -
             elif type(op) is Collective:
                 members = process_groups.members(op.group, rep)
                 index = process_groups.index(op.group, rep)
-                key = (op.op, op.algorithm, op.nbytes, getattr(op, "root", 0), members, index)
-                peers = lowered.get(key)
-                if peers is None:
-                    peers = lowered[key] = tuple(dict.fromkeys(
-                        t.peer for sends, _ in lower_in_group(op, members, index, servers) for t in sends))
-                for peer in peers:
-                    pairs[(rep, peer)] = None
+                # Peers by their place in the group (a ring's are the same at every rank of that place), but
+                # for the hierarchical all-reduce, whose steps follow the group's servers.
+                where = members if op.algorithm == "hierarchical" else len(members)
+                key = (op.op, op.algorithm, op.nbytes, getattr(op, "root", 0), op.send_nbytes, where, index)
+                places = lowered.get(key)
+                if places is None:
+                    places = lowered[key] = tuple(dict.fromkeys(
+                        t.peer for sends, _ in lower_in_group(op, tuple(range(len(members))), index, servers)
+                        for t in sends))
+                for place in places:
+                    pairs[(rep, members[place])] = None
     return list(pairs)
 
 
@@ -313,7 +315,8 @@ def shadowed_routes(sym: Symmetry, topology: Topology, pairs) -> tuple[dict | No
         if not topology.route_unique(src, dst):
             return None, f"the route from rank {src} to rank {dst} is one of several of equal cost (ECMP)"
         own[(src, dst)] = topology.route(src, dst)
-    used = np.array(sorted({link for route in own.values() for link in route.links}), np.int64)
+    used = np.zeros(len(topology.link_bandwidth_bytes_per_s), bool)
+    used[[link for route in own.values() for link in route.links]] = True
     capacity = topology.link_bandwidth_bytes_per_s
     energy = topology.link_energy_per_byte_j
     routes = {}
@@ -323,7 +326,7 @@ def shadowed_routes(sym: Symmetry, topology: Topology, pairs) -> tuple[dict | No
             routes[pair] = ((), float("inf"), route.latency_s, 0.0)
             continue
         images = sym.link_images(links)[1:].ravel()
-        shadows = images[np.isin(images, used)]
+        shadows = images[used[images]]
         path = tuple(links.tolist()) + tuple(np.sort(shadows).tolist())
         counts: dict[int, int] = {}
         for link in path:

@@ -35,7 +35,7 @@ GiB = 2**30
 
 def test_shipped_presets_are_listed():
     assert node_types() == ["a100_80gb", "cpu", "h100_sxm", "h200"]
-    assert cluster_presets() == ["dgx_a100", "dgx_h100"]
+    assert cluster_presets() == ["dgx_a100", "dgx_h100", "dgx_h100_pods"]
 
 
 def test_a100_published_figures():
@@ -291,6 +291,35 @@ def test_gpu_cluster_rail_optimized_routes():
     assert _path(t, 0, 8) == ["n0", "nic0", "leaf0", "nic8", "n8"]  # same rail
     assert _path(t, 0, 9) == ["n0", "nic0", "leaf0", "spine0", "leaf1", "nic9", "n9"]  # across rails
     assert t.route(0, 9).latency_s == pytest.approx(3e-6 + 2 * 0.5e-6, rel=1e-12)
+
+
+def test_gpu_cluster_pods_add_a_third_level():
+    # 4 servers of 2 GPUs, rails of 1 server per leaf, pods of 2 servers: 8 leaves, 2 pod spines, a core.
+    t = gpu_cluster(4, gpus_per_node=2, fabric="rail_optimized", nics_per_leaf=1, pod_servers=2,
+                    pod_oversubscription=4.0)
+    assert (t.graph.number_of_nodes(), t.graph.number_of_edges()) == (8 + 8 + 4 + 8 + 2 + 1, 24 + 8 + 2)
+    assert (t.graph.number_of_nodes(), t.graph.number_of_edges()) == BUILDER_SIZES["gpu_cluster"](
+        4, gpus_per_node=2, fabric="rail_optimized", nics_per_leaf=1, pod_servers=2)
+    assert _path(t, 0, 2) == ["n0", "nic0", "leaf0", "pod0", "leaf1", "nic2", "n2"]  # one pod
+    assert _path(t, 0, 4) == ["n0", "nic0", "leaf0", "pod0", "core", "pod1", "leaf2", "nic4", "n4"]
+    assert t.route(0, 4).latency_s == pytest.approx(3e-6 + 4 * 0.5e-6, rel=1e-12)
+    bw = t.link_bandwidth_bytes_per_s
+    assert bw[t.link_index[("leaf0", "pod0")]] == 50e9  # one NIC below, non-blocking
+    assert bw[t.link_index[("pod0", "core")]] == 4 * 50e9 / 4.0  # the pod's 4 NICs, 1:4 between pods
+    big = gpu_cluster(1024, preset="dgx_h100_pods")
+    assert big.params["pod_servers"] == 512 and big.params["pod_oversubscription"] == 7.0
+    assert {n for n in big.graph if n.startswith(("pod", "core", "spine"))} == {"pod0", "pod1", "core"}
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"fabric": "rail_optimized", "nics_per_leaf": 2, "pod_servers": 3}, "pod_servers 3 must hold nics_per_leaf"),
+    ({"fabric": "fat_tree", "nics_per_leaf": 4, "pod_servers": 1}, "must hold whole leaves"),
+    ({"nics_per_leaf": 2, "pod_servers": 2, "spines": 2}, "pod_servers needs spines: 1"),
+    ({"nics_per_leaf": 2, "pod_servers": 2, "pod_oversubscription": 0.5}, "pod_oversubscription must be >= 1"),
+])
+def test_gpu_cluster_pods_are_checked(kwargs, message):
+    with pytest.raises(TopologyError, match=message):
+        gpu_cluster(4, gpus_per_node=2, **kwargs)
 
 
 def test_gpu_cluster_inside_a_server_even_with_equal_latencies():

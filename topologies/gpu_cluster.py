@@ -34,6 +34,8 @@ GPU_CLUSTER_DEFAULTS = {
     "oversubscription": 1.0,
     "nics_per_leaf": 32,
     "spines": 1,
+    "pod_servers": 0,
+    "pod_oversubscription": 1.0,
     "fabric_latency_s": 0.5e-6,
     "switch_idle_power_w": DEFAULT_SWITCH.idle_power_w,
     "switch_busy_power_w": DEFAULT_SWITCH.busy_power_w,
@@ -43,7 +45,8 @@ SCALE_OUT_KEYS = SpecKeys("scale_out", LinkSpec)
 # How presets and scenario files write gpu_cluster's specs.
 GPU_CLUSTER_SPECS = (NODE_KEYS, SCALE_UP_KEYS, SCALE_OUT_KEYS, SWITCH_KEYS)
 # The other keywords a preset may set, which the call overrides whole.
-FABRIC_KEYS = ("gpus_per_node", "fabric", "oversubscription", "nics_per_leaf", "spines", "fabric_latency_s")
+FABRIC_KEYS = ("gpus_per_node", "fabric", "oversubscription", "nics_per_leaf", "spines", "pod_servers",
+               "pod_oversubscription", "fabric_latency_s")
 _NIC = {"role": "switch", "flops_per_s": 0.0, "idle_power_w": 0.0, "busy_power_w": 0.0}
 
 
@@ -59,6 +62,8 @@ def gpu_cluster(
     oversubscription: float | None = None,
     nics_per_leaf: int | None = None,
     spines: int | None = None,
+    pod_servers: int | None = None,
+    pod_oversubscription: float | None = None,
     fabric_latency_s: float | None = None,
     switch: NodeSpec | None = None,
 ) -> Topology:
@@ -79,7 +84,11 @@ def gpu_cluster(
     carry its NICs' bandwidth / ``oversubscription``, split evenly over the
     spines (one spine, the default, is the whole spine layer as one
     aggregate switch: flows share it max-min fairly, as ideal adaptive
-    routing would; more spines add ECMP's uneven hashing).
+    routing would; more spines add ECMP's uneven hashing).  ``pod_servers``
+    (0: none) adds a third level: the leaves of each ``pod_servers`` servers
+    join their pod's spine ``pod{j}`` (one aggregate switch), and the pods
+    join one core switch ``core``, each pod's uplink carrying its NICs'
+    bandwidth / (``oversubscription`` x ``pod_oversubscription``).
 
     ``scale_up`` and ``scale_out`` are GPU-to-GPU figures: latency and
     energy per byte through the NVSwitch, and through two NICs and one leaf
@@ -116,13 +125,27 @@ def _gpu_cluster_shape(nodes, given: dict) -> dict:
         raise TopologyError(f"gpu_cluster: unknown fabric {short(fabric)}; known: {', '.join(FABRICS)}")
     per_leaf = check_int(keywords["nics_per_leaf"], "gpu_cluster: nics_per_leaf", 1)
     nspines = check_int(keywords["spines"], "gpu_cluster: spines", 1)
-    keywords.update(gpus_per_node=gpus, nics_per_leaf=per_leaf, spines=nspines)
+    pod = check_int(keywords["pod_servers"], "gpu_cluster: pod_servers", 0)
+    keywords.update(gpus_per_node=gpus, nics_per_leaf=per_leaf, spines=nspines, pod_servers=pod)
     if fabric == "fat_tree":
         leaves = -(-(servers * gpus) // per_leaf)
     else:
         leaves = gpus * -(-servers // per_leaf)
+    pods = 0
+    if pod and pod < servers:
+        # A pod holds whole leaves: in a fat tree, NICs fill leaves in server order; on rails, a leaf
+        # takes one NIC of each of nics_per_leaf servers.
+        whole = pod % per_leaf == 0 if fabric == "rail_optimized" else (pod * gpus) % per_leaf == 0
+        if not whole:
+            unit = "nics_per_leaf servers" if fabric == "rail_optimized" else "whole leaves of nics_per_leaf NICs"
+            raise TopologyError(f"gpu_cluster: pod_servers {pod} must hold {unit} ({per_leaf})")
+        if nspines > 1:
+            raise TopologyError("gpu_cluster: pod_servers needs spines: 1 (each pod's spine is one aggregate "
+                                f"switch), got spines {nspines}")
+        pods = -(-servers // pod)
     return {"preset": preset, "keywords": keywords, "servers": servers, "gpus_per_node": gpus, "fabric": fabric,
-            "nics_per_leaf": per_leaf, "spines": nspines if leaves > 1 else 0, "leaves": leaves}
+            "nics_per_leaf": per_leaf, "spines": nspines if leaves > 1 and not pods else 0, "leaves": leaves,
+            "pod_servers": pod, "pods": pods}
 
 
 def _gpu_cluster_parts(shape: dict, *, node, scale_up, scale_out, switch) -> dict:
@@ -134,8 +157,10 @@ def _gpu_cluster_parts(shape: dict, *, node, scale_up, scale_out, switch) -> dic
     out = link_of(scale_out, base["scale_out"], f"{what}scale_out")
     fabric_latency_s = check_real(keywords["fabric_latency_s"], f"{what}fabric_latency_s")
     oversubscription = check_real(keywords["oversubscription"], f"{what}oversubscription")
-    if oversubscription < 1:
-        raise TopologyError(f"{what}oversubscription must be >= 1 (1: non-blocking), got {short(oversubscription)}")
+    pod_oversubscription = check_real(keywords["pod_oversubscription"], f"{what}pod_oversubscription")
+    for name, value in (("oversubscription", oversubscription), ("pod_oversubscription", pod_oversubscription)):
+        if value < 1:
+            raise TopologyError(f"{what}{name} must be >= 1 (1: non-blocking), got {short(value)}")
     if up.latency_s > out.latency_s:
         raise TopologyError(
             f"{what}scale_up_latency_s ({short(up.latency_s)}) must not exceed scale_out_latency_s "
@@ -147,8 +172,10 @@ def _gpu_cluster_parts(shape: dict, *, node, scale_up, scale_out, switch) -> dic
     params = {"nodes": shape["servers"], **({"preset": shape["preset"]} if shape["preset"] is not None else {}),
               **NODE_KEYS.flat(gpu), **SCALE_UP_KEYS.flat(up.attrs()), **SCALE_OUT_KEYS.flat(out.attrs()),
               **{key: keywords[key] for key in FABRIC_KEYS}, "oversubscription": oversubscription,
+              "pod_oversubscription": pod_oversubscription,
               "fabric_latency_s": fabric_latency_s, **SWITCH_KEYS.flat(sw)}
     return {"gpu": gpu, "switch": sw, "scale_up": up, "scale_out": out, "oversubscription": oversubscription,
+            "pod_oversubscription": pod_oversubscription,
             "fabric_latency_s": fabric_latency_s, "params": params}
 
 
@@ -181,6 +208,28 @@ def _gpu_cluster_graph(shape: dict, parts: dict) -> nx.Graph:
         g.add_edge(f"n{r}", f"nvswitch{s}", **nvlink)
         g.add_edge(f"n{r}", f"nic{r}", **pcie)
         g.add_edge(f"nic{r}", f"leaf{leaf}", **nic_link)
+    pods = shape["pods"]
+    if pods:
+        for j in range(pods):
+            g.add_node(f"pod{j}", **sw)
+        g.add_node("core", **sw)
+        # The leaf of NIC r's pod: rails hold nics_per_leaf servers per leaf, in server order.
+        pod_of_leaf = [0] * nleaves
+        for r in range(servers * gpus):
+            s, local = divmod(r, gpus)
+            leaf = r // per_leaf if shape["fabric"] == "fat_tree" else local * blocks + s // per_leaf
+            pod_of_leaf[leaf] = s // shape["pod_servers"]
+        nics_in_pod = [0] * pods
+        for i in range(nleaves):
+            nics_in_pod[pod_of_leaf[i]] += nics_on[i]
+            g.add_edge(f"leaf{i}", f"pod{pod_of_leaf[i]}", bandwidth_bytes_per_s=nics_on[i] * out.bandwidth_bytes_per_s
+                       / parts["oversubscription"], latency_s=parts["fabric_latency_s"],
+                       energy_per_byte_j=out.energy_per_byte_j / 2)
+        for j in range(pods):
+            g.add_edge(f"pod{j}", "core", bandwidth_bytes_per_s=nics_in_pod[j] * out.bandwidth_bytes_per_s
+                       / parts["oversubscription"] / parts["pod_oversubscription"],
+                       latency_s=parts["fabric_latency_s"], energy_per_byte_j=out.energy_per_byte_j / 2)
+        return g
     for i in range(nleaves if nspines else 0):
         uplink = {"bandwidth_bytes_per_s": nics_on[i] * out.bandwidth_bytes_per_s / parts["oversubscription"] / nspines,
                   "latency_s": parts["fabric_latency_s"], "energy_per_byte_j": out.energy_per_byte_j / 2}
@@ -193,5 +242,7 @@ def gpu_cluster_size(nodes, **kwargs) -> tuple[int, int]:
     """The (nodes, links) ``gpu_cluster(nodes, **kwargs)`` would make, from its shape arguments alone."""
     shape = _gpu_cluster_shape(nodes, kwargs)
     n = shape["servers"] * shape["gpus_per_node"]
-    leaves, spines = shape["leaves"], shape["spines"]
+    leaves, spines, pods = shape["leaves"], shape["spines"], shape["pods"]
+    if pods:
+        return 2 * n + shape["servers"] + leaves + pods + 1, 3 * n + leaves + pods
     return 2 * n + shape["servers"] + leaves + spines, 3 * n + leaves * spines

@@ -36,7 +36,8 @@ CLUSTER_KEYS = (
     "node_type", "gpus_per_node",
     "scale_up_bandwidth_bytes_per_s", "scale_up_latency_s", "scale_up_energy_per_byte_j",
     "scale_out_bandwidth_bytes_per_s", "scale_out_latency_s", "scale_out_energy_per_byte_j",
-    "fabric", "oversubscription", "nics_per_leaf", "spines", "fabric_latency_s",
+    "fabric", "oversubscription", "nics_per_leaf", "spines", "pod_servers", "pod_oversubscription",
+    "fabric_latency_s",
     "switch_idle_power_w", "switch_busy_power_w",
 )
 

@@ -10,6 +10,7 @@ then checks every link and node, so a wrong guess is refused, never used.
 """
 from __future__ import annotations
 
+import weakref
 from collections import deque
 from typing import Sequence
 
@@ -18,6 +19,25 @@ import numpy as np
 from .model import Topology
 
 _PER_NODE_KEYS_SKIPPED = ("group",)
+
+
+_KINDS: dict[int, tuple] = {}
+
+
+def _node_kinds(topology: Topology) -> tuple[dict, dict]:
+    """(per node, what an automorphism must keep: its degree and its attributes but ``group``, as one
+    comparable value; the adjacency as plain dicts), found once per topology: the search looks up
+    hundreds of thousands of pairs, which networkx's views make several times slower."""
+    cached = _KINDS.get(id(topology))
+    if cached is not None and cached[0]() is topology:
+        return cached[1]
+    g = topology.graph
+    adj = {u: dict(nbrs) for u, nbrs in g.adjacency()}
+    kinds = {u: (len(adj[u]), repr(sorted((k, v) for k, v in attrs.items() if k not in _PER_NODE_KEYS_SKIPPED)))
+             for u, attrs in g.nodes(data=True)}
+    _KINDS.clear()  # one topology at a time: a sweep's topologies come and go
+    _KINDS[id(topology)] = (weakref.ref(topology), (kinds, adj))
+    return kinds, adj
 
 
 def automorphism(topology: Topology, rank_perm: Sequence[int]) -> tuple[np.ndarray | None, str]:
@@ -33,14 +53,8 @@ def automorphism(topology: Topology, rank_perm: Sequence[int]) -> tuple[np.ndarr
         target = ranks[rank_perm[r]]
         image[node] = target
         taken.add(target)
-    adj = g.adj
     nodes = g.nodes
-
-    def alike(u, v) -> bool:
-        a, b = nodes[u], nodes[v]
-        if len(adj[u]) != len(adj[v]):
-            return False
-        return all(a.get(k) == b.get(k) for k in set(a) | set(b) if k not in _PER_NODE_KEYS_SKIPPED)
+    kind, adj = _node_kinds(topology)
 
     queue = deque(ranks)
     while queue:
@@ -52,7 +66,7 @@ def automorphism(topology: Topology, rank_perm: Sequence[int]) -> tuple[np.ndarr
             mapped = [w for w in adj[v] if w in image]
             pick = None
             for c in adj[mu]:
-                if c in taken or not alike(v, c):
+                if c in taken or kind[v] != kind[c]:
                     continue
                 if all(image[w] in adj[c] for w in mapped):
                     pick = c
@@ -69,7 +83,7 @@ def automorphism(topology: Topology, rank_perm: Sequence[int]) -> tuple[np.ndarr
         if mv not in adj[mu] or adj[mu][mv] != attrs:
             return None, f"link {u!r}-{v!r} maps to {mu!r}-{mv!r}, which is not a link alike"
     for u in g.nodes:
-        if not alike(u, image[u]):
+        if kind[u] != kind[image[u]]:
             return None, f"node {u!r} maps to {image[u]!r}, which differs"
     servers: dict = {}
     for node in ranks:
