@@ -8,7 +8,8 @@ Four steps:
 
 1. Enumerate layouts: every combination of the candidate tensor-parallel
    sizes (default: the divisors of the server's GPUs that divide the model's
-   heads), pipeline stages (default: divisors of the layers), virtual stages
+   heads), pipeline stages (default: divisors of the layers and powers of
+   two, stages of unequal depth balanced), virtual stages
    (interleaved only; default 2 and 4), expert-parallel
    sizes (MoE models only; default: divisors of the experts), micro-batch
    sizes (default: divisors of the global batch), ZeRO stages, recompute
@@ -105,7 +106,8 @@ EPILOG = f"""\
 restricting the search: each of --tp, --pp, --virtual-stages, --ep, --micro-batch, --zero, --recompute,
 --schedule and --sequence-parallel takes a comma-separated list that replaces its default; values that do
 not divide are dropped and counted (so --tp 16 extends the search past one server).  The search simulates
-at most --max-points fitting layouts (default 16), the ones with the smallest estimated step time (a closed
+at most --max-points fitting layouts (default 16, fewer past 1,024 GPUs), the ones with the smallest estimated
+step time (a closed
 form: compute at peak, collectives as rings on the cluster's links, the bubble; see docs/model.md).
 
 cost: a point's operations grow as GPUs x micro-batches x layers / pp = tp x layers x global batch /
@@ -186,7 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus", type=_positive_int, metavar="N", required=True,
                    help="GPUs in all; a multiple of the cluster's GPUs per server (servers = GPUs / that)")
     p.add_argument("--global-batch", type=_positive_int, metavar="N", default=None,
-                   help="sequences per optimizer step (default: as many as GPUs)")
+                   help="sequences per optimizer step (default: as many as GPUs, at most 16M tokens: 2,048 "
+                        "sequences of 8,192)")
     p.add_argument("--seq-len", type=_positive_int, metavar="N", help="override the model's sequence length")
     p.add_argument("--precision", default="bf16", choices=tuple(PRECISION_BYTES),
                    help="training precision (default bf16)")
@@ -194,7 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tp", type=_positive_int_list, metavar="1,2,4,8",
                    help="tensor-parallel sizes (default: divisors of the GPUs per server that divide the heads)")
     g.add_argument("--pp", type=_positive_int_list, metavar="1,2,...",
-                   help="pipeline stages (default: divisors of the layers)")
+                   help="pipeline stages (default: divisors of the layers and powers of two; stages of unequal "
+                        "depth are balanced)")
     g.add_argument("--virtual-stages", type=_positive_int_list, metavar="2,4", default=DEFAULT_VIRTUAL_STAGES,
                    help="model chunks per GPU for the interleaved schedule (default 2,4: more chunks shrink the "
                         "bubble but add pipeline transfers)")
@@ -213,9 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "more activations, so add it only to compare)")
     g.add_argument("--sequence-parallel", type=_sp_list, metavar="on,off", default=(False, True),
                    help="on, off or on,off (default); on only applies with tp > 1")
-    g.add_argument("--max-points", type=_positive_int, metavar="N", default=16,
+    g.add_argument("--max-points", type=_positive_int, metavar="N", default=None,
                    help="simulate at most this many fitting layouts, those with the smallest estimated step time "
-                        "(default 16); the others are in plan.csv as 'not simulated'")
+                        "(default 16 up to 1,024 GPUs, then fewer as a point's simulation grows with the GPUs: "
+                        "16 x 1024 / GPUs, at least 2); the others are in plan.csv as 'not simulated'")
     p.add_argument("--top", type=_positive_int, metavar="N", default=10,
                    help="rows of the printed ranking (default 10)")
     p.add_argument("--out", help="results folder (default results/plan-<model>-<cluster>-<gpus>)")
@@ -289,11 +294,30 @@ class Search:
     candidates: dict[str, tuple]
 
 
+# The largest batch published for models of this size: Llama 3 405B's 16M tokens (2,048 sequences of 8,192).
+MAX_DEFAULT_BATCH_TOKENS = 16 * 2**20
+
+
+def default_global_batch(gpus: int, seq_len: int) -> int:
+    """One sequence per GPU, at most ``MAX_DEFAULT_BATCH_TOKENS`` a step (a 16K-GPU job does not train on
+    134M-token batches)."""
+    return max(1, min(gpus, MAX_DEFAULT_BATCH_TOKENS // seq_len))
+
+
+def default_max_points(gpus: int) -> int:
+    """16 layouts simulated up to 1,024 GPUs; past that a point costs more (a 16,384-GPU step: ~40 s on one
+    core), so fewer: 16 x 1024 / GPUs, at least 2."""
+    return max(2, min(16, 16 * 1024 // gpus))
+
+
 def candidates(args, model: ModelSpec, gpus_per_node: int, global_batch: int) -> dict[str, tuple]:
     """Each dimension's candidate values: the option's list, or the default (module docstring)."""
     return {
         "tp": args.tp or tuple(t for t in divisors(gpus_per_node) if model.heads % t == 0),
-        "pp": args.pp or divisors(model.layers),
+        # Stages of unequal depth are balanced (workloads.transformer.spec.stage_layers): the powers of two as
+        # well as the layers' divisors (Llama 3 405B's 126 layers ran on 16 stages).
+        "pp": args.pp or tuple(sorted(set(divisors(model.layers)) | {2 ** k for k in range(1, model.layers.bit_length())
+                                                                      if 2 ** k <= model.layers})),
         "virtual_stages": args.virtual_stages,
         "ep": (args.ep or divisors(model.experts)) if model.moe else (1,),
         "micro_batch": args.micro_batch or divisors(global_batch),
@@ -477,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
     except PlanError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    global_batch = args.global_batch or args.gpus
+    global_batch = args.global_batch or default_global_batch(args.gpus, model.seq_len)
     out = Path(args.out or Path("results") / common.safe_name(f"plan-{model_name}-{cluster.name}-{args.gpus}"))
     max_memory_bytes = common.start_or_report(args, out)
     if max_memory_bytes is None:
@@ -491,7 +515,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not fitting:
         return report_nothing_fits(rows, out)
-    chosen = choose_layouts(fitting, args.max_points)
+    chosen = choose_layouts(fitting, args.max_points or default_max_points(args.gpus))
     try:
         results = simulate_layouts(chosen, search, cluster, args, out, max_memory_bytes)
     except common.SchedulerError as exc:

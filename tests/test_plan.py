@@ -247,3 +247,20 @@ def test_failures_are_summed_up_by_reason():
         "  2 over the simulator's memory limit of 2 GiB (estimated 2.822 GiB to 5.686 GiB): raise it with "
         "--max-memory, or search a smaller --global-batch (the operations grow with it)",
         "  1 other(s), the first: tp=8 pp=8 dp=16 mb=1 1f1b zero=1 rc=none sp: DeadlockError: rank 3 waits"]
+
+
+def test_defaults_for_large_jobs():
+    # One sequence per GPU, at most 16M tokens a step (Llama 3 405B's batch: 2,048 sequences of 8,192).
+    assert plan.default_global_batch(64, 2048) == 64
+    assert plan.default_global_batch(1024, 2048) == 1024
+    assert plan.default_global_batch(16384, 8192) == 2048
+    assert plan.default_global_batch(16384, 2**30) == 1
+    # 16 points up to 1,024 GPUs, then fewer, at least 2.
+    assert [plan.default_max_points(g) for g in (8, 1024, 2048, 4096, 8192, 16384)] == [16, 16, 8, 4, 2, 2]
+
+
+def test_pipeline_candidates_include_stages_of_unequal_depth():
+    args = plan.build_parser().parse_args(["--model", "llama3_405b", "--cluster", "dgx_h100", "--gpus", "64"])
+    model = ModelSpec(layers=126, hidden=1024, heads=16)
+    # Divisors of 126 and the powers of two below it: 16 stages of 7 or 8 layers, as Llama 3 405B ran.
+    assert plan.candidates(args, model, 8, 64)["pp"] == (1, 2, 3, 4, 6, 7, 8, 9, 14, 16, 18, 21, 32, 42, 63, 64, 126)
