@@ -37,6 +37,7 @@ arrives at the representative.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -44,7 +45,7 @@ import numpy as np
 
 from topologies import Topology
 from topologies.symmetry import automorphism
-from workloads.collectives import lower_in_group
+from workloads.collectives import DEFAULT_ALGORITHM, lower_in_group
 from workloads.groups import WORLD, ProcessGroups
 from workloads.ops import P2P, Collective, Operation
 
@@ -245,8 +246,25 @@ def _turns_with_its_group(name: str, ops_of: dict, size: int, topology) -> str:
     return ""
 
 
+# Ring collectives: every member sends and receives one chunk a step, of the vector split in n; with the
+# vector a multiple of n (chunks alike), whether the lowering turns does not depend on its size.
+_RINGS = ("allreduce", "allgather", "reduce_scatter")
+_RING_CHECKED = 16
+
+
+def _ring_of_equal_chunks(op: Collective, n: int) -> bool:
+    return op.op in _RINGS and (op.algorithm or DEFAULT_ALGORITHM.get(op.op)) == "ring" and op.nbytes % n == 0
+
+
 def _lowering_turns(op: Collective, n: int) -> bool:
-    key = (op.op, op.algorithm, op.nbytes, getattr(op, "root", 0), n)
+    # Checked on every member's steps (n lowerings of ~2n steps): keyed so that a ring's buckets of many sizes
+    # are checked once.
+    if _ring_of_equal_chunks(op, n) and op.nbytes and n > _RING_CHECKED:
+        # Its steps are its members' index-relative ring steps whatever n (workloads/collectives/ring.py):
+        # checked on a ring of _RING_CHECKED members with equal chunks, not 1,024 lowerings of 2,046 steps.
+        return _lowering_turns(dataclasses.replace(op, nbytes=_RING_CHECKED), _RING_CHECKED)
+    size = "equal chunks" if _ring_of_equal_chunks(op, n) and op.nbytes else op.nbytes
+    key = (op.op, op.algorithm, size, getattr(op, "root", 0), n)
     known = _TURNS.get(key)
     if known is not None:
         return known
@@ -275,6 +293,7 @@ def rep_pairs(sym: Symmetry, programs, process_groups: ProcessGroups, servers) -
     pairs: dict[tuple[int, int], None] = {}
     lowered: dict[tuple, tuple] = {}
     sending: dict[int, list] = {}  # per program (a stage's ranks share theirs), its distinct sending operations
+    largest = max((len(g) for name in process_groups.names for g in process_groups.family(name)), default=1)
     for rep in sym.reps:
         program = programs[rep]
         ops = sending.get(id(program))
@@ -282,8 +301,18 @@ def rep_pairs(sym: Symmetry, programs, process_groups: ProcessGroups, servers) -
             distinct = sym.ops_of.get(id(program)) if sym.ops_of else None
             if distinct is None:
                 distinct = {id(op): op for op in program}.values()
-            ops = sending[id(program)] = [op for op in distinct
-                                          if type(op).__name__ in ("Send", "Isend") or type(op) is Collective]
+            # One of each kind of sending operation: a step's buckets are hundreds of collectives whose
+            # peers are the same.
+            kinds: dict[tuple, object] = {}
+            for op in distinct:
+                if type(op).__name__ in ("Send", "Isend"):
+                    kinds.setdefault(("p2p", op.group, op.peer), op)
+                elif type(op) is Collective:
+                    # A ring whose every chunk holds a byte (nbytes >= its group's size) sends to its
+                    # neighbours whatever its size.
+                    size = op.nbytes if op.op not in _RINGS else min(op.nbytes, largest)
+                    kinds.setdefault((op.op, op.algorithm, size, op.root, op.send_nbytes, op.group), op)
+            ops = sending[id(program)] = list(kinds.values())
         for op in ops:
             kind = type(op).__name__
             if kind in ("Send", "Isend"):
@@ -295,7 +324,10 @@ def rep_pairs(sym: Symmetry, programs, process_groups: ProcessGroups, servers) -
                 # Peers by their place in the group (a ring's are the same at every rank of that place), but
                 # for the hierarchical all-reduce, whose steps follow the group's servers.
                 where = members if op.algorithm == "hierarchical" else len(members)
-                key = (op.op, op.algorithm, op.nbytes, getattr(op, "root", 0), op.send_nbytes, where, index)
+                # A ring's peers are its neighbours whatever its size, once every chunk holds a byte.
+                size = "chunks" if op.op in _RINGS and op.nbytes >= len(members) and (
+                    op.algorithm or DEFAULT_ALGORITHM.get(op.op)) == "ring" else op.nbytes
+                key = (op.op, op.algorithm, size, getattr(op, "root", 0), op.send_nbytes, where, index)
                 places = lowered.get(key)
                 if places is None:
                     places = lowered[key] = tuple(dict.fromkeys(

@@ -21,13 +21,22 @@ from workloads.transformer.spec import (BLOCKS, ModelSpec, ParallelSpec, Trainin
                                         stage_layers)
 
 
+def padded(nbytes: int, members: int) -> int:
+    """``nbytes`` rounded up to a multiple of the group's ``members``: Megatron-LM pads its gradient and
+    parameter buffers so that each data-parallel rank's shard is whole, and a ring's chunks are then equal
+    on every member (which is also what lets its members fold into classes, ``simcore.symmetry``)."""
+    return -(-nbytes // members) * members
+
+
 @dataclass
 class _Buckets:
-    """Gradients of one group kind, gathered into buckets of ``bucket_bytes`` as backward produces them."""
+    """Gradients of one group kind, gathered into buckets of ``bucket_bytes`` as backward produces them,
+    each padded to a multiple of the group's ``members``."""
 
     group: str
     op: str
     bucket_bytes: int
+    members: int = 1
     pending: int = 0
     handles: list = field(default_factory=list)
 
@@ -45,7 +54,7 @@ class _Buckets:
     def _emit(self, nbytes: int, out: list, prefix: str) -> None:
         handle = f"{prefix}{self.group}{len(self.handles)}"
         self.handles.append(handle)
-        out.append(Collective(self.op, nbytes, blocking=False, handle=handle, group=self.group))
+        out.append(Collective(self.op, padded(nbytes, self.members), blocking=False, handle=handle, group=self.group))
 
 
 class Lowering:
@@ -184,8 +193,8 @@ class Lowering:
                 last_backward[chunk] = i
         prefix = f"s{step}"
         reduce_op = "allreduce" if par.zero == 0 else "reduce_scatter"
-        dense = _Buckets("dp", reduce_op, par.bucket_bytes) if self.d > 1 else None
-        expert = _Buckets("edp", reduce_op, par.bucket_bytes) if self.edp > 1 else None
+        dense = _Buckets("dp", reduce_op, par.bucket_bytes, self.d) if self.d > 1 else None
+        expert = _Buckets("edp", reduce_op, par.bucket_bytes, self.edp) if self.edp > 1 else None
         out: list[Operation] = []
         pending_recv = self._recv(stage, order[0], prefix, 0, out)
         for i, (forward, mb, chunk) in enumerate(order):
@@ -229,8 +238,8 @@ class Lowering:
         waits = []
         for group, size, params in (("dp", self.d, dense), ("edp", self.edp, expert)):
             if size > 1 and params:
-                out.append(Collective("allgather", self.B * params, blocking=False, handle=f"{handle}{group}",
-                                      group=group))
+                out.append(Collective("allgather", padded(self.B * params, size), blocking=False,
+                                      handle=f"{handle}{group}", group=group))
                 # One wait per group, so that its exposed time is counted against that group.
                 waits.append(Wait((f"{handle}{group}",)))
         return waits
@@ -283,4 +292,4 @@ class Lowering:
             # Each rank updated its shard: gather the new weights before the next forward.
             for group, size, params in (("dp", self.d, dense_params), ("edp", self.edp, expert_params)):
                 if size > 1 and params:
-                    out.append(Collective("allgather", self.B * params, group=group))
+                    out.append(Collective("allgather", padded(self.B * params, size), group=group))
