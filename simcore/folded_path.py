@@ -222,12 +222,16 @@ class FoldedCollectives:
         for dur, dur_lat, red_s, _ in plan.seq:
             d = t + dur_lat
             t = d + red_s if red_s else d
+        self._count_whole(plan)
+        return t, plan.energy_j[0]
+
+    def _count_whole(self, plan: _Plan) -> None:
+        """What a collective computed whole adds to the run's counts: its bytes on each link, its messages."""
         bytes_on_link = self.net.bytes_on_link
         for link, nbytes in plan.link_bytes.items():
             bytes_on_link[link] += nbytes
-        self.messages.count += plan.nsteps
+        self.messages.count += plan.nsteps * len(plan.reps)
         self.whole += 1
-        return t, plan.energy_j[0]
 
     def _decide(self, event) -> None:
         whole = event.value
@@ -330,12 +334,8 @@ class FoldedCollectives:
                         by[link] = whole
             d = t + dur_lat
             t = d + red_s if red_s else d
-        bytes_on_link = net.bytes_on_link
-        for link, nbytes in plan.link_bytes.items():
-            bytes_on_link[link] += nbytes
-        self.messages.count += plan.nsteps
+        self._count_whole(plan)
         link_j[0] += plan.energy_j[0]
-        self.whole += 1
         succeed_at(env, done, t)
         return True
 
@@ -345,10 +345,7 @@ class FoldedCollectives:
         plan, net, env = whole.plan, self.net, self.env
         start, last, delivered, end = self._times(plan, whole.arrival_s)
         whole.committed = True
-        bytes_on_link = net.bytes_on_link
-        for link, nbytes in plan.link_bytes.items():
-            bytes_on_link[link] += nbytes
-        self.messages.count += plan.nsteps * len(plan.reps)
+        self._count_whole(plan)
         for i, (_, link_j, _) in enumerate(whole.waiting):
             link_j[0] += plan.energy_j[i]
         reserved, by = net.reserved_until_s, net.reserved_by
@@ -357,7 +354,6 @@ class FoldedCollectives:
             if until > reserved[link]:
                 reserved[link] = until
                 by[link] = whole
-        self.whole += 1
         final = end[-1]
         for i, (_, _, done) in enumerate(whole.waiting):
             succeed_at(env, done, final[i])

@@ -252,8 +252,12 @@ _RINGS = ("allreduce", "allgather", "reduce_scatter")
 _RING_CHECKED = 16
 
 
+def _is_ring(op: Collective) -> bool:
+    return op.op in _RINGS and (op.algorithm or DEFAULT_ALGORITHM.get(op.op)) == "ring"
+
+
 def _ring_of_equal_chunks(op: Collective, n: int) -> bool:
-    return op.op in _RINGS and (op.algorithm or DEFAULT_ALGORITHM.get(op.op)) == "ring" and op.nbytes % n == 0
+    return _is_ring(op) and op.nbytes % n == 0
 
 
 def _lowering_turns(op: Collective, n: int) -> bool:
@@ -325,8 +329,7 @@ def rep_pairs(sym: Symmetry, programs, process_groups: ProcessGroups, servers) -
                 # for the hierarchical all-reduce, whose steps follow the group's servers.
                 where = members if op.algorithm == "hierarchical" else len(members)
                 # A ring's peers are its neighbours whatever its size, once every chunk holds a byte.
-                size = "chunks" if op.op in _RINGS and op.nbytes >= len(members) and (
-                    op.algorithm or DEFAULT_ALGORITHM.get(op.op)) == "ring" else op.nbytes
+                size = "chunks" if _is_ring(op) and op.nbytes >= len(members) else op.nbytes
                 key = (op.op, op.algorithm, size, getattr(op, "root", 0), op.send_nbytes, where, index)
                 places = lowered.get(key)
                 if places is None:
